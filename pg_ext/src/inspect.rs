@@ -1,0 +1,80 @@
+//! Reading back: the normalised decode of a payload, the wire document of a stored row, cursors.
+
+use pgrx::prelude::*;
+use trackway_wire::{Cursor, Position};
+
+use crate::ingest::to_unix_micros;
+use crate::{errors, settings};
+
+/// The normalised position a payload decodes to (what would be stored), for inspection. Invalid input
+/// raises the same error as `trackway.ingest`.
+#[pg_extern(stable, strict, parallel_safe)]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn decode(payload: &str) -> pgrx::JsonB {
+    let position = trackway_wire::decode(payload.as_bytes(), settings::max_payload_bytes())
+        .unwrap_or_else(|e| errors::raise(&e));
+    let text = trackway_wire::normalized_json(&position);
+    pgrx::JsonB(serde_json::from_str(&text).unwrap_or_else(|e| error!("trackway: normalised JSON: {e}")))
+}
+
+/// The wire document of stored columns, as text. `trackway.to_wire(positions)` wraps this.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(immutable, parallel_safe, name = "_wire_text")]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn wire_text(
+    device_id: &str,
+    ts: TimestampWithTimeZone,
+    latitude: f64,
+    longitude: f64,
+    altitude: Option<f64>,
+    angle: Option<f64>,
+    speed: Option<f64>,
+    satellites: Option<i16>,
+    priority: Option<i16>,
+    attributes: Option<&str>,
+) -> String {
+    let position = Position {
+        device_id: device_id.to_owned(),
+        ts_micros: to_unix_micros(ts),
+        latitude,
+        longitude,
+        altitude,
+        angle,
+        speed,
+        satellites,
+        priority,
+        attributes: attributes.map(str::to_owned),
+    };
+    trackway_wire::encode(&position).unwrap_or_else(|e| errors::raise(&e))
+}
+
+/// The parts of a cursor: its transaction, sequence, listed uncertain transactions and the start of an
+/// uncertain range (NULL for the list form). Raises a clear error for a malformed cursor.
+#[pg_extern(immutable, strict, parallel_safe, name = "_cursor_parts")]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn cursor_parts(
+    cursor: &str,
+) -> TableIterator<
+    'static,
+    (name!(xid, i64), name!(seq, i64), name!(uncertain, Vec<i64>), name!(uncertain_from, Option<i64>)),
+> {
+    let c = Cursor::parse(cursor).unwrap_or_else(|e| errors::raise(&e));
+    let xid = to_i64(c.xid);
+    let uncertain = c.uncertain_list().iter().map(|&x| to_i64(x)).collect();
+    let from = c.uncertain_from().map(to_i64);
+    TableIterator::once((xid, c.seq, uncertain, from))
+}
+
+/// The cursor of row `(xid, seq)` read under a snapshot with `snapshot_xmax` and in-progress list `in_progress`.
+#[pg_extern(immutable, strict, parallel_safe, name = "_cursor")]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn cursor(xid: i64, seq: i64, snapshot_xmax: i64, in_progress: Vec<i64>) -> String {
+    let in_progress: Vec<u64> = in_progress.into_iter().filter_map(|x| u64::try_from(x).ok()).collect();
+    let xid = u64::try_from(xid).unwrap_or(0);
+    Cursor::from_snapshot(xid, seq, u64::try_from(snapshot_xmax).unwrap_or(0), &in_progress).to_string()
+}
+
+/// Full transaction ids are 64-bit but stay far below 2^63 (epoch × 2^32); clamp rather than wrap.
+fn to_i64(x: u64) -> i64 {
+    i64::try_from(x).unwrap_or(i64::MAX)
+}

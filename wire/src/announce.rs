@@ -1,0 +1,162 @@
+//! NOTIFY payloads on channel `trackway_positions`: new rows, batched, each payload under PostgreSQL's limit.
+//!
+//! One payload is a JSON object holding the rows of one committing statement, in insert order:
+//!
+//! ```json
+//! {"positions":[
+//!   {"cursor":"812:10045","position":{"deviceId":"356307042441013","timestamp":"2026-11-27T08:00:00.000Z", ...}},
+//!   {"cursor":"812:10046","deviceId":"356307042441021","timestamp":"2026-11-27T08:00:00.000Z"}
+//! ]}
+//! ```
+//!
+//! An entry with `position` carries the row's wire document (DESIGN §1). A row whose document would not fit
+//! is announced *by reference* (`deviceId` and `timestamp`, no `position`); readers fetch it with
+//! `trackway.positions_since` or by key. Payloads are packed greedily, so a commit of 1,000 rows sends a few
+//! dozen NOTIFYs instead of 1,000.
+
+use crate::cursor::Cursor;
+use crate::{encode, format_timestamp, Position};
+
+/// PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; stay clearly below.
+pub const MAX_NOTIFY_PAYLOAD_BYTES: usize = 7_900;
+
+const OPEN: &str = "{\"positions\":[";
+const CLOSE: &str = "]}";
+
+/// A newly inserted row as the announcement trigger sees it.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    /// `ingest_xid` of the row.
+    pub xid: u64,
+    /// `ingest_seq` of the row.
+    pub seq: i64,
+    /// The stored columns.
+    pub position: Position,
+}
+
+/// The NOTIFY payloads announcing `rows`; `snapshot_xmax` and `in_progress` describe a snapshot taken by
+/// the inserting transaction (see [`Cursor::from_snapshot`]). Rows are announced in `(xid, seq)` order. Never fails: a row that cannot be
+/// encoded (only possible for hand-written `attributes`) is announced by reference.
+pub fn announcements(rows: &mut [NewRow], snapshot_xmax: u64, in_progress: &[u64]) -> Vec<String> {
+    rows.sort_unstable_by_key(|r| (r.xid, r.seq));
+    pack(rows.iter().map(|row| entry(row, snapshot_xmax, in_progress)))
+}
+
+/// One row's entry: its wire document when that fits in a payload, else a reference.
+fn entry(row: &NewRow, snapshot_xmax: u64, in_progress: &[u64]) -> String {
+    let cursor = Cursor::from_snapshot(row.xid, row.seq, snapshot_xmax, in_progress).to_string();
+    let budget = MAX_NOTIFY_PAYLOAD_BYTES - OPEN.len() - CLOSE.len();
+    if let Ok(wire) = encode(&row.position) {
+        let full = format!("{{\"cursor\":\"{cursor}\",\"position\":{wire}}}");
+        if full.len() <= budget {
+            return full;
+        }
+    }
+    format!(
+        "{{\"cursor\":\"{cursor}\",\"deviceId\":{},\"timestamp\":\"{}\"}}",
+        json_string(&row.position.device_id),
+        format_timestamp(row.position.ts_micros)
+    )
+}
+
+/// Packs entries greedily into payloads of at most [`MAX_NOTIFY_PAYLOAD_BYTES`].
+pub fn pack(entries: impl Iterator<Item = String>) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut current = String::from(OPEN);
+    for entry in entries {
+        let separator = usize::from(current.len() > OPEN.len());
+        if current.len() + separator + entry.len() + CLOSE.len() > MAX_NOTIFY_PAYLOAD_BYTES
+            && current.len() > OPEN.len()
+        {
+            current.push_str(CLOSE);
+            payloads.push(std::mem::replace(&mut current, String::from(OPEN)));
+        }
+        if current.len() > OPEN.len() {
+            current.push(',');
+        }
+        current.push_str(&entry);
+    }
+    if current.len() > OPEN.len() {
+        current.push_str(CLOSE);
+        payloads.push(current);
+    }
+    payloads
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn row(seq: i64, device: &str, attributes: Option<String>) -> NewRow {
+        NewRow {
+            xid: 812,
+            seq,
+            position: Position {
+                device_id: device.to_owned(),
+                ts_micros: 1_795_680_000_000_000 + seq,
+                latitude: 54.5,
+                longitude: 25.25,
+                altitude: Some(112.0),
+                angle: None,
+                speed: None,
+                satellites: Some(11),
+                priority: None,
+                attributes,
+            },
+        }
+    }
+
+    fn entries_of(payloads: &[String]) -> Vec<Value> {
+        payloads
+            .iter()
+            .flat_map(|p| {
+                let v: Value = serde_json::from_str(p).expect("payload is JSON");
+                v["positions"].as_array().expect("positions array").clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_thousand_rows_take_few_payloads_each_under_the_limit() {
+        let mut rows: Vec<NewRow> = (0..1000)
+            .rev()
+            .map(|i| row(i, &format!("dev-{}", i % 7), Some(r#"{"66": 12873, "239": 1}"#.to_owned())))
+            .collect();
+        let payloads = announcements(&mut rows, 901, &[800, 811, 900]);
+        assert!(payloads.len() < 1000 / 20, "{} payloads", payloads.len());
+        assert!(payloads.iter().all(|p| p.len() <= MAX_NOTIFY_PAYLOAD_BYTES));
+        let entries = entries_of(&payloads);
+        assert_eq!(entries.len(), 1000);
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e["cursor"], format!("812:{i}:800,811"), "rows in insert order with cursors");
+            assert_eq!(e["position"]["deviceId"], format!("dev-{}", i % 7));
+            assert_eq!(e["position"]["attributes"]["66"], 12873);
+        }
+    }
+
+    #[test]
+    fn oversized_rows_are_announced_by_reference() {
+        let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(20_000));
+        let mut rows = vec![row(1, "small", None), row(2, "huge \"one\"", Some(big)), row(3, "small", None)];
+        let payloads = announcements(&mut rows, 813, &[]);
+        assert!(payloads.iter().all(|p| p.len() <= MAX_NOTIFY_PAYLOAD_BYTES));
+        let entries = entries_of(&payloads);
+        assert_eq!(entries.len(), 3);
+        assert!(entries[0].get("position").is_some());
+        assert_eq!(entries[1].get("position"), None);
+        assert_eq!(entries[1]["deviceId"], "huge \"one\"");
+        assert_eq!(entries[1]["timestamp"], format_timestamp(1_795_680_000_000_002));
+        assert_eq!(entries[1]["cursor"], "812:2");
+        assert!(entries[2].get("position").is_some());
+    }
+
+    #[test]
+    fn no_rows_no_payloads() {
+        assert!(announcements(&mut [], 1, &[]).is_empty());
+    }
+}
