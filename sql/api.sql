@@ -30,13 +30,25 @@ COMMENT ON FUNCTION trackway.attribute_bytea(jsonb, text[]) IS
     'Byte-string attribute at the given path as bytea; NULL when absent or not a byte string.';
 
 -- The current snapshot's xmax and in-progress transactions, as bigints (cursors are built from them).
+-- A snapshot's xmax is one past the latest *completed* transaction, so transactions that started after
+-- it (and before ours, when we have an id) are not in its list: their status is asked one by one (the
+-- gap is as wide as the number of concurrent writers), and xmax is then moved up to our own id.
 CREATE FUNCTION trackway._snapshot(OUT xmax bigint, OUT in_progress bigint[])
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, trackway, pg_temp
 AS $$
-    SELECT pg_snapshot_xmax(s)::text::bigint,
-           ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x)
-    FROM pg_current_snapshot() AS s
+    WITH s AS (
+        SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax,
+               pg_current_snapshot() AS snap,
+               pg_current_xact_id_if_assigned()::text::bigint AS own
+    ), gap AS (
+        SELECT s.own AS upto FROM s WHERE s.own - s.xmax BETWEEN 1 AND 64
+    )
+    SELECT coalesce((SELECT upto FROM gap), s.xmax),
+           ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s.snap) AS x)
+           || ARRAY(SELECT g FROM gap, generate_series(s.xmax, gap.upto - 1) AS g
+                    WHERE pg_xact_status(g::text::xid8) = 'in progress')
+    FROM s
 $$;
 
 -- A cursor for "now": resuming from it returns exactly the rows that are not visible to this snapshot.
@@ -51,7 +63,8 @@ COMMENT ON FUNCTION trackway.current_cursor() IS
     'A cursor standing at the current snapshot: trackway.positions_since(current_cursor()) returns only rows committed later.';
 
 -- Every committed row after a cursor, in (transaction, sequence) order, each with its own cursor.
--- Never misses a row; may repeat a few rows of transactions that overlapped the cursor's snapshot.
+-- Never misses a row; may repeat a few rows of transactions that committed while the cursor's
+-- snapshot saw them running (deduplicate by cursor or by (deviceId, timestamp)).
 CREATE FUNCTION trackway.positions_since(
     after text,
     device_ids text[] DEFAULT NULL,
@@ -75,16 +88,21 @@ AS $$
         SELECT p.* FROM trackway.positions p, c
         WHERE p.ingest_xid >= c.uncertain_from AND p.ingest_xid < c.xid
     ), page AS (
-        SELECT * FROM hits h
-        WHERE device_ids IS NULL OR h.device_id = ANY (device_ids)
-        ORDER BY h.ingest_xid, h.ingest_seq
-        LIMIT greatest(max_rows, 0)
+        -- One row more than asked for tells whether the last row's transaction continues.
+        SELECT h.*, lead(h.ingest_xid) OVER w AS next_xid, row_number() OVER w AS n
+        FROM (SELECT * FROM hits h
+              WHERE device_ids IS NULL OR h.device_id = ANY (device_ids)
+              ORDER BY h.ingest_xid, h.ingest_seq
+              LIMIT greatest(max_rows, 0) + 1) AS h
+        WINDOW w AS (ORDER BY h.ingest_xid, h.ingest_seq)
     )
-    SELECT trackway._cursor(p.ingest_xid::text::bigint, p.ingest_seq, s.xmax, s.in_progress),
+    SELECT trackway._cursor_after(after, p.ingest_xid::text::bigint, p.ingest_seq,
+                                  coalesce(p.next_xid = p.ingest_xid, false), s.xmax, s.in_progress),
            p.device_id, p.ts,
            trackway._wire_text(p.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.angle, p.speed,
                                p.satellites, p.priority, p.attributes::text)::jsonb
     FROM page p, trackway._snapshot() AS s
+    WHERE p.n <= max_rows
     ORDER BY p.ingest_xid, p.ingest_seq
 $$;
 COMMENT ON FUNCTION trackway.positions_since(text, text[], integer) IS
@@ -200,5 +218,6 @@ GRANT EXECUTE ON FUNCTION
     trackway._snapshot(),
     trackway._cursor(bigint, bigint, bigint, bigint[]),
     trackway._cursor_parts(text),
+    trackway._cursor_after(text, bigint, bigint, boolean, bigint, bigint[]),
     trackway.positions_since(text, text[], integer)
 TO trackway_reader;

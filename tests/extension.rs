@@ -1,1 +1,322 @@
+//! Cross-process tests of the `trackway` extension: a real PostgreSQL with the extension installed, driven
+//! through tokio-postgres like the relay and other tools drive it.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_postgres::Client;
+use trackway_tests::{connect, entries_of, fresh_database, shared_data, Listener};
+
+/// How long a listener waits for more notifications before it decides there are none.
+const QUIET: Duration = Duration::from_millis(700);
+
+async fn ingest_batch(client: &Client, payloads: &[String]) -> Vec<(i32, String, Option<String>)> {
+    client
+        .query("SELECT ord, status, error FROM trackway.ingest_batch($1) ORDER BY ord", &[&payloads])
+        .await
+        .expect("ingest_batch")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+fn payload(device: &str, second: u32) -> String {
+    format!(
+        r#"{{"deviceId":"{device}","timestamp":"2026-11-27T08:{:02}:{:02}.000Z","latitude":54.5,"longitude":25.25,"attributes":{{"66":{second}}}}}"#,
+        second / 60,
+        second % 60
+    )
+}
+
+#[tokio::test]
+async fn valid_samples_give_205_rows_and_the_right_latest_positions() {
+    let db = fresh_database("valid").await;
+    let client = connect(&db).await;
+    let lines = shared_data("positions-valid.jsonl");
+    let results = ingest_batch(&client, &lines).await;
+    assert_eq!(results.len(), lines.len());
+    let inserted = results.iter().filter(|r| r.1 == "inserted").count();
+    let duplicates = results.iter().filter(|r| r.1 == "duplicate").count();
+    assert_eq!((inserted, duplicates), (205, lines.len() - 205), "{results:?}");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 205);
+
+    // Ingesting everything again, one by one this time, adds nothing.
+    for line in &lines {
+        let status: String = client.query_one("SELECT trackway.ingest($1)", &[line]).await.expect("ingest").get(0);
+        assert_eq!(status, "duplicate");
+    }
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 205);
+
+    // The latest position of each device is the one with the greatest timestamp in the file.
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).expect("json");
+        let (device, ts) = (v["deviceId"].as_str().expect("id"), v["timestamp"].as_str().expect("ts"));
+        let entry = expected.entry(device.to_owned()).or_default();
+        if ts > entry.as_str() {
+            *entry = ts.to_owned();
+        }
+    }
+    let latest: BTreeMap<String, String> = client
+        .query(
+            "SELECT device_id, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+             FROM trackway.latest_positions",
+            &[],
+        )
+        .await
+        .expect("latest")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(latest, expected);
+}
+
+#[tokio::test]
+async fn wire_to_database_to_wire_gives_back_equal_documents() {
+    let db = fresh_database("roundtrip").await;
+    let client = connect(&db).await;
+    let lines = shared_data("positions-valid.jsonl");
+    ingest_batch(&client, &lines).await;
+    let mut seen = HashSet::new();
+    for line in &lines {
+        let sent: Value = serde_json::from_str(line).expect("json");
+        let key = (sent["deviceId"].to_string(), sent["timestamp"].to_string());
+        if !seen.insert(key) {
+            continue; // a repeat of an earlier line: the first one is what was stored
+        }
+        let row = client
+            .query_one(
+                "SELECT trackway.to_wire(p)::text FROM trackway.positions p \
+                 WHERE device_id = $1 AND ts = $2::text::timestamptz",
+                &[&sent["deviceId"].as_str(), &sent["timestamp"].as_str()],
+            )
+            .await
+            .expect("stored row");
+        let back: Value = serde_json::from_str(row.get::<_, &str>(0)).expect("wire json");
+        assert_eq!(back, sent, "round trip of {line}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_samples_are_reported_with_their_field_and_the_session_survives() {
+    let db = fresh_database("invalid").await;
+    let client = connect(&db).await;
+    let cases: Vec<(String, String)> = shared_data("positions-invalid.jsonl")
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("json");
+            (v["field"].as_str().expect("field").to_owned(), v["payload"].as_str().expect("payload").to_owned())
+        })
+        .collect();
+    assert_eq!(cases.len(), 15);
+    let payloads: Vec<String> = cases.iter().map(|c| c.1.clone()).collect();
+    for (i, (ord, status, error)) in ingest_batch(&client, &payloads).await.into_iter().enumerate() {
+        let field = &cases[i].0;
+        assert_eq!((ord, status.as_str()), (i as i32 + 1, "invalid"));
+        let error = error.expect("an error message");
+        if field.is_empty() {
+            assert!(!error.contains(": ") || error.starts_with("payload"), "{error}");
+        } else {
+            assert!(error.starts_with(&format!("{field}: ")), "expected field {field}: {error}");
+        }
+    }
+    // trackway.ingest raises for each, with a data-exception SQLSTATE, and the backend lives on.
+    for (field, payload) in &cases {
+        let err = client.query_one("SELECT trackway.ingest($1)", &[payload]).await.expect_err("must fail");
+        let db_error = err.as_db_error().expect("an ERROR from the server, not a lost connection");
+        assert!(db_error.code().code().starts_with("22"), "{field}: SQLSTATE {:?}", db_error.code());
+        assert!(db_error.message().starts_with(field.as_str()), "{field}: {}", db_error.message());
+        assert_eq!(count(&client, "SELECT 1::bigint").await, 1, "session usable after {field}");
+    }
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 0);
+}
+
+#[tokio::test]
+async fn hostile_payloads_are_clean_errors() {
+    let db = fresh_database("hostile").await;
+    let client = connect(&db).await;
+    let deep = format!(r#"{{"deviceId":"a","attributes":{}}}"#, "[".repeat(100_000));
+    let huge = format!(
+        r#"{{"deviceId":"a","timestamp":"2026-11-27T08:00:00Z","latitude":1,"longitude":2,"attributes":{{"x":"{}"}}}}"#,
+        "y".repeat(3 << 20)
+    );
+    let nul = r#"{"deviceId":"a\u0000b","timestamp":"2026-11-27T08:00:00Z","latitude":1,"longitude":2}"#.to_owned();
+    let nan = r#"{"deviceId":"a","timestamp":"2026-11-27T08:00:00Z","latitude":NaN,"longitude":2}"#.to_owned();
+    let good = payload("survivor", 1);
+    let results = ingest_batch(&client, &[deep, huge, nul, nan, good]).await;
+    let statuses: Vec<&str> = results.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(statuses, ["invalid", "invalid", "invalid", "invalid", "inserted"], "{results:?}");
+    assert!(results[1].2.as_deref().unwrap_or("").contains("limit"), "{results:?}");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 1);
+}
+
+#[tokio::test]
+async fn every_new_row_is_announced_once_after_commit_by_every_route() {
+    let db = fresh_database("notify").await;
+    let client = connect(&db).await;
+    let mut listener = Listener::start(&db).await;
+
+    // ingest_batch, with an in-batch repeat and an invalid item.
+    let batch = vec![payload("a", 1), payload("a", 2), payload("a", 1), "{".to_owned()];
+    ingest_batch(&client, &batch).await;
+    let entries = listener.entries(QUIET).await;
+    let stamps: Vec<&str> = entries.iter().map(|e| e["position"]["timestamp"].as_str().expect("ts")).collect();
+    assert_eq!(stamps, ["2026-11-27T08:00:01.000Z", "2026-11-27T08:00:02.000Z"]);
+    assert_eq!(entries[0]["position"]["attributes"]["66"], 1);
+
+    // Duplicates announce nothing.
+    ingest_batch(&client, &[payload("a", 1), payload("a", 2)]).await;
+    client.query_one("SELECT trackway.ingest($1)", &[&payload("a", 1)]).await.expect("ingest");
+    assert!(listener.drain(QUIET).await.is_empty(), "duplicates must not be announced");
+
+    // trackway.ingest: nothing before commit, one entry after.
+    client.batch_execute("BEGIN").await.expect("begin");
+    client.query_one("SELECT trackway.ingest($1)", &[&payload("b", 1)]).await.expect("ingest");
+    assert!(listener.drain(QUIET).await.is_empty(), "nothing is announced before commit");
+    client.batch_execute("COMMIT").await.expect("commit");
+    let entries = listener.entries(QUIET).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["position"]["deviceId"], "b");
+
+    // A rolled-back ingest announces nothing.
+    client.batch_execute("BEGIN").await.expect("begin");
+    client.query_one("SELECT trackway.ingest($1)", &[&payload("b", 2)]).await.expect("ingest");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    assert!(listener.drain(QUIET).await.is_empty());
+
+    // Plain INSERT, with ON CONFLICT skipping an existing row.
+    client
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude, attributes) VALUES
+               ('c', '2026-11-27T08:00:00Z', 1, 2, '{\"11\": 18446744073709551615}'),
+               ('b', '2026-11-27T08:00:01Z', 1, 2, NULL)
+             ON CONFLICT DO NOTHING",
+        )
+        .await
+        .expect("insert");
+    let entries = listener.entries(QUIET).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["position"]["deviceId"], "c");
+    assert_eq!(entries[0]["position"]["attributes"]["11"]["__bigint"], "18446744073709551615");
+
+    // COPY.
+    let sink = client
+        .copy_in("COPY trackway.positions (device_id, ts, latitude, longitude) FROM STDIN")
+        .await
+        .expect("copy");
+    futures_util::pin_mut!(sink);
+    use futures_util::SinkExt;
+    sink.send(bytes_of("d\t2026-11-27 08:00:00+00\t1\t2\nd\t2026-11-27 08:00:01+00\t3\t4\n")).await.expect("send");
+    assert_eq!(sink.finish().await.expect("finish copy"), 2);
+    let entries = listener.entries(QUIET).await;
+    let d: Vec<f64> = entries.iter().map(|e| e["position"]["latitude"].as_f64().expect("lat")).collect();
+    assert_eq!(d, [1.0, 3.0]);
+    assert_eq!(count(&client, "SELECT latitude::bigint FROM trackway.latest_positions WHERE device_id = 'd'").await, 3);
+}
+
+fn bytes_of(s: &str) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(s.as_bytes())
+}
+
+#[tokio::test]
+async fn a_commit_of_1000_rows_sends_few_notifications_each_under_8000_bytes() {
+    let db = fresh_database("batching").await;
+    let client = connect(&db).await;
+    let mut listener = Listener::start(&db).await;
+    let big_attributes = format!(r#","attributes":{{"blob":"{}","n":{{"__bigint":"-9223372036854775808"}}}}"#, "z".repeat(9000));
+    let mut payloads: Vec<String> = (0..1000).map(|i| payload(&format!("dev-{}", i % 50), i)).collect();
+    // One row too large to carry whole: announced by reference.
+    payloads.push(payload("huge", 1).replace(r#","attributes":{"66":1}"#, &big_attributes));
+    let results = ingest_batch(&client, &payloads).await;
+    assert!(results.iter().all(|r| r.1 == "inserted"));
+    let raw = listener.drain(QUIET).await;
+    assert!(raw.len() <= 1001 / 10, "{} NOTIFYs for 1001 rows", raw.len());
+    assert!(raw.iter().all(|p| p.len() < 8000), "a payload over the limit");
+    let entries: Vec<Value> = raw.iter().flat_map(|p| entries_of(p)).collect();
+    assert_eq!(entries.len(), 1001, "each new row exactly once");
+    let cursors: HashSet<&str> = entries.iter().map(|e| e["cursor"].as_str().expect("cursor")).collect();
+    assert_eq!(cursors.len(), 1001, "every entry has its own cursor");
+    let by_ref: Vec<&Value> = entries.iter().filter(|e| e.get("position").is_none()).collect();
+    assert_eq!(by_ref.len(), 1);
+    assert_eq!(by_ref[0]["deviceId"], "huge");
+    // The reader fetches the referenced row from its cursor's predecessor… or simply by key.
+    let fetched: i64 = client
+        .query_one(
+            "SELECT count(*) FROM trackway.positions WHERE device_id = $1 AND ts = $2::text::timestamptz",
+            &[&by_ref[0]["deviceId"].as_str(), &by_ref[0]["timestamp"].as_str()],
+        )
+        .await
+        .expect("fetch by reference")
+        .get(0);
+    assert_eq!(fetched, 1);
+}
+
+/// Two writers commit out of transaction-id order. A reader that saw only the later transaction's
+/// announcement and resumes from its cursor must still get the rows of the earlier transaction.
+#[tokio::test]
+async fn resuming_from_a_cursor_misses_no_row_of_a_transaction_that_committed_later() {
+    let db = fresh_database("cursor").await;
+    let early = connect(&db).await;
+    let late = connect(&db).await;
+    let reader = connect(&db).await;
+    let mut listener = Listener::start(&db).await;
+
+    early.batch_execute("BEGIN").await.expect("begin");
+    early.query_one("SELECT trackway.ingest($1)", &[&payload("early", 1)]).await.expect("ingest"); // smaller xid
+    late.query_one("SELECT trackway.ingest($1)", &[&payload("late", 1)]).await.expect("ingest"); // commits first
+    let first = listener.entries(QUIET).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["position"]["deviceId"], "late");
+    let cursor = first[0]["cursor"].as_str().expect("cursor").to_owned();
+
+    // The reader disconnects here; the early transaction commits while nobody listens.
+    early.batch_execute("COMMIT").await.expect("commit");
+    let resumed = reader
+        .query("SELECT device_id, cursor FROM trackway.positions_since($1)", &[&cursor])
+        .await
+        .expect("positions_since");
+    let devices: Vec<&str> = resumed.iter().map(|r| r.get(0)).collect();
+    assert_eq!(devices, ["early"], "the earlier transaction's row must be replayed, and only it");
+
+    // Resuming from the last replayed row gives nothing more; current_cursor() is past everything.
+    let last: &str = resumed[0].get(1);
+    assert_eq!(reader.query("SELECT 1 FROM trackway.positions_since($1)", &[&last]).await.expect("since").len(), 0);
+    let now: String = reader.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    assert_eq!(reader.query("SELECT 1 FROM trackway.positions_since($1)", &[&now]).await.expect("since").len(), 0);
+}
+
+#[tokio::test]
+async fn concurrent_batches_with_overlapping_keys_store_each_row_once() {
+    let db = fresh_database("concurrent").await;
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&db).await;
+            let mut statuses: HashMap<String, usize> = HashMap::new();
+            for round in 0..10u32 {
+                // Every writer sends the same keys, in a different order.
+                let mut batch: Vec<String> = (0..200).map(|i| payload(&format!("dev-{}", i % 20), round * 200 + i)).collect();
+                if writer % 2 == 1 {
+                    batch.reverse();
+                }
+                for (_, status, _) in ingest_batch(&client, &batch).await {
+                    *statuses.entry(status).or_default() += 1;
+                }
+            }
+            statuses
+        }));
+    }
+    let mut inserted = 0;
+    for task in tasks {
+        inserted += task.await.expect("writer").get("inserted").copied().unwrap_or(0);
+    }
+    let client = connect(&db).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 2000);
+    assert_eq!(inserted, 2000, "each row reported inserted by exactly one writer");
+}

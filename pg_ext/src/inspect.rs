@@ -74,6 +74,17 @@ fn cursor(xid: i64, seq: i64, snapshot_xmax: i64, in_progress: Vec<i64>) -> Stri
     Cursor::from_snapshot(xid, seq, u64::try_from(snapshot_xmax).unwrap_or(0), &in_progress).to_string()
 }
 
+/// The cursor after replaying row `(xid, seq)` from cursor `after` (see `Cursor::advance`).
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(immutable, strict, parallel_safe, name = "_cursor_after")]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn cursor_after(after: &str, xid: i64, seq: i64, more_in_txn: bool, snapshot_xmax: i64, in_progress: Vec<i64>) -> String {
+    let after = Cursor::parse(after).unwrap_or_else(|e| errors::raise(&e));
+    let in_progress: Vec<u64> = in_progress.into_iter().filter_map(|x| u64::try_from(x).ok()).collect();
+    let (xid, xmax) = (u64::try_from(xid).unwrap_or(0), u64::try_from(snapshot_xmax).unwrap_or(0));
+    after.advance(xid, seq, more_in_txn, xmax, &in_progress).to_string()
+}
+
 /// Full transaction ids are 64-bit but stay far below 2^63 (epoch × 2^32); clamp rather than wrap.
 fn to_i64(x: u64) -> i64 {
     i64::try_from(x).unwrap_or(i64::MAX)

@@ -99,17 +99,14 @@ fn push_number(out: &mut String, text: &str) -> Result<(), DecodeError> {
             format!("number {} is beyond the range of a JavaScript number", quoted(text)),
         )
     };
-    let double = finite_f64(text);
-    if is_integer_literal(text) {
-        if let Some(n) = safe_integer(text) {
-            push_integer(out, n);
-        } else {
-            double.ok_or_else(out_of_range)?;
-            out.push_str(text);
-            out.push_str(".0");
-        }
+    if !is_integer_literal(text) {
+        push_storage_double(out, finite_f64(text).ok_or_else(out_of_range)?);
+    } else if let Some(n) = safe_integer(text) {
+        push_integer(out, n);
     } else {
-        push_storage_double(out, double.ok_or_else(out_of_range)?);
+        finite_f64(text).ok_or_else(out_of_range)?;
+        out.push_str(text);
+        out.push_str(".0");
     }
     Ok(())
 }

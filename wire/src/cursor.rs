@@ -67,6 +67,34 @@ impl Cursor {
         Cursor { uncertain: Uncertain::From(lowest), ..cursor }
     }
 
+    /// The cursor after replaying row `(xid, seq)` from this cursor under a snapshot (`snapshot_xmax`, `xip`).
+    /// `more_in_txn` says whether rows of the same transaction follow it. A row after `(self.xid, self.seq)`
+    /// moves the cursor there; a row of an uncertain (older) transaction keeps the position and only drops
+    /// the uncertain transactions that are now fully delivered, so later rows already seen are not repeated.
+    pub fn advance(&self, xid: u64, seq: i64, more_in_txn: bool, snapshot_xmax: u64, xip: &[u64]) -> Cursor {
+        if (xid, seq) > (self.xid, self.seq) {
+            return Cursor::from_snapshot(xid, seq, snapshot_xmax, xip);
+        }
+        let running = xip.iter().copied().filter(|&x| x < self.xid);
+        match &self.uncertain {
+            Uncertain::List(list) => {
+                let rest: Vec<u64> = list
+                    .iter()
+                    .copied()
+                    .filter(|&x| x > xid || (x == xid && more_in_txn))
+                    .chain(running)
+                    .collect();
+                Cursor::new(self.xid, self.seq, &rest)
+            }
+            Uncertain::From(_) => {
+                let start = if more_in_txn { xid } else { xid.saturating_add(1) };
+                let lowest = running.fold(start, u64::min);
+                let uncertain = if lowest < self.xid { Uncertain::From(lowest) } else { Uncertain::List(Vec::new()) };
+                Cursor { xid: self.xid, seq: self.seq, uncertain }
+            }
+        }
+    }
+
     /// Parses the text form; errors name the `cursor` and say what is wrong.
     pub fn parse(text: &str) -> Result<Cursor, DecodeError> {
         let mut parts = text.splitn(3, ':');
@@ -184,6 +212,28 @@ mod tests {
         assert_eq!(Cursor::from_snapshot(812, 3, 900, &[799]).to_string(), "812:3:799");
         assert_eq!(Cursor::from_snapshot(812, 3, 805, &[799, 803]).to_string(), "812:3:799-");
         assert_eq!(Cursor::from_snapshot(812, 3, 805, &[]).to_string(), "812:3:805-");
+    }
+
+    #[test]
+    fn advancing_past_the_position_moves_it() {
+        let c = Cursor::parse("812:3:799").expect("cursor");
+        assert_eq!(c.advance(812, 4, true, 900, &[]).to_string(), "812:4");
+        assert_eq!(c.advance(850, 1, false, 900, &[799, 860]).to_string(), "850:1:799");
+    }
+
+    #[test]
+    fn replaying_an_uncertain_transaction_keeps_the_position() {
+        let c = Cursor::parse("812:3:700,799").expect("cursor");
+        // All of 700 delivered, 799 still to come: only 799 stays uncertain.
+        assert_eq!(c.advance(700, 9, false, 900, &[]).to_string(), "812:3:799");
+        // 700 has more rows after this one: it stays uncertain too.
+        assert_eq!(c.advance(700, 9, true, 900, &[]).to_string(), "812:3:700,799");
+        // Everything delivered, one transaction still running.
+        assert_eq!(c.advance(799, 1, false, 900, &[805, 950]).to_string(), "812:3:805");
+        let r = Cursor::parse("812:3:700-").expect("cursor");
+        assert_eq!(r.advance(750, 1, false, 900, &[]).to_string(), "812:3:751-");
+        assert_eq!(r.advance(811, 1, false, 900, &[]).to_string(), "812:3");
+        assert_eq!(r.advance(811, 1, false, 900, &[720]).to_string(), "812:3:720-");
     }
 
     #[test]

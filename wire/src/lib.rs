@@ -16,7 +16,7 @@
 //! The codec never panics and never recurses deeper than `serde_json`'s recursion limit, whatever the input.
 //!
 //! Modules:
-//! - [`error`]: [`DecodeError`] and [`ErrorKind`], the one error type;
+//! - `error`: [`DecodeError`] and [`ErrorKind`], the one error type;
 //! - `decode`: payload → [`Position`] (top-level fields);
 //! - `attributes`: wire attributes → storage form (sentinels, JS numbers);
 //! - `encode`: [`Position`] → wire document, and [`normalized_json`];
@@ -33,7 +33,7 @@ mod batch;
 pub mod cursor;
 mod decode;
 mod encode;
-pub mod error;
+mod error;
 mod json;
 mod number;
 mod timestamp;

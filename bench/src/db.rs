@@ -1,0 +1,126 @@
+//! Connections, the throw-away benchmark database, and facts about the server.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio_postgres::{Client, Config, NoTls};
+
+/// How often `CREATE EXTENSION trackway` is retried while the extension is not installed.
+const EXTENSION_ATTEMPTS: u32 = 5;
+const EXTENSION_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// Connects and drives the connection on a background task.
+pub async fn connect(config: &Config) -> Result<Client> {
+    let dbname = config.get_dbname().unwrap_or("(default)").to_owned();
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("connecting to database {dbname}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("connection to {dbname} failed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// A database name that needs no quoting, so it can be written into `CREATE DATABASE`.
+pub fn check_database_name(name: &str) -> Result<()> {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63;
+    if !plain {
+        bail!("benchmark database name {name:?} must be lower-case letters, digits and '_' (at most 63)");
+    }
+    Ok(())
+}
+
+/// Drops (if present) and creates `name` through the maintenance connection.
+pub async fn recreate_database(maintenance: &Client, name: &str) -> Result<()> {
+    drop_database(maintenance, name).await?;
+    maintenance
+        .batch_execute(&format!("CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"))
+        .await
+        .with_context(|| format!("creating database {name}"))
+}
+
+pub async fn drop_database(maintenance: &Client, name: &str) -> Result<()> {
+    maintenance
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .with_context(|| format!("dropping database {name}"))
+}
+
+/// `CREATE EXTENSION trackway`, waiting for it while it is not installed (it may be being re-installed).
+pub async fn create_extension(client: &Client) -> Result<()> {
+    for attempt in 1..=EXTENSION_ATTEMPTS {
+        match client.batch_execute("CREATE EXTENSION trackway").await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < EXTENSION_ATTEMPTS && extension_missing(&e) => {
+                eprintln!(
+                    "CREATE EXTENSION trackway failed ({}); retrying in {}s ({attempt}/{EXTENSION_ATTEMPTS})",
+                    describe(&e),
+                    EXTENSION_RETRY_DELAY.as_secs()
+                );
+                tokio::time::sleep(EXTENSION_RETRY_DELAY).await;
+            }
+            Err(e) => return Err(e).context("CREATE EXTENSION trackway"),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Whether the error says the extension's files are not (or not completely) installed.
+fn extension_missing(e: &tokio_postgres::Error) -> bool {
+    let text = describe(e);
+    text.contains("is not available")
+        || text.contains("could not open extension control file")
+        || text.contains("could not access file")
+        || text.contains("could not load library")
+}
+
+/// The server's message of a database error (tokio-postgres only says "db error" in `Display`).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// A single value of a one-row query, as text.
+pub async fn scalar(client: &Client, sql: &str) -> Result<String> {
+    let row = client.query_one(sql, &[]).await.with_context(|| format!("running {sql}"))?;
+    row.try_get::<_, String>(0).with_context(|| format!("reading the result of {sql}"))
+}
+
+/// Lines describing the machine and the server settings that matter for write throughput.
+pub async fn machine_facts(client: &Client) -> Result<Vec<String>> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mut facts = vec![
+        format!("nproc: {cpus}"),
+        format!("PostgreSQL: {}", scalar(client, "SELECT version()").await?),
+    ];
+    let settings = client
+        .query(
+            "SELECT name, setting || coalesce(' ' || unit, '') FROM pg_settings
+             WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size',
+                            'checkpoint_timeout', 'work_mem')
+             ORDER BY name",
+            &[],
+        )
+        .await
+        .context("reading server settings")?;
+    let settings: Vec<String> =
+        settings.iter().map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+    facts.push(format!("settings: {}", settings.join(", ")));
+    facts.push(format!(
+        "trackway {}; TimescaleDB in the benchmark database: {}",
+        scalar(client, "SELECT extversion::text FROM pg_extension WHERE extname = 'trackway'").await?,
+        scalar(
+            client,
+            "SELECT CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb') THEN 'yes' ELSE 'no' END"
+        )
+        .await?
+    ));
+    Ok(facts)
+}

@@ -1,0 +1,102 @@
+//! `trackway-bench`: how fast positions get into PostgreSQL through `trackway.ingest_batch`, compared with
+//! the two baselines a user would otherwise reach for (DESIGN.md §6).
+//!
+//! `trackway-bench ingest` creates a throw-away database with the extension, generates deterministic
+//! wire-format payloads (a fleet of trackers around Vilnius, with `__bigint` and `__buffer_b64` sentinels)
+//! and stores the same rows, in batches of one round trip and one transaction each, through:
+//!
+//! - **`ingest_batch`**: the product — decode and validate in Rust, insert with `ON CONFLICT DO NOTHING`,
+//!   then the statement trigger keeps `latest_positions` and sends the NOTIFYs;
+//! - **`COPY FROM STDIN`** of the already decoded rows into a table indexed exactly like
+//!   `trackway.positions`, without a trigger: the storage limit of this machine;
+//! - **plain SQL**: `INSERT … SELECT` from the JSON payloads with `ON CONFLICT DO NOTHING` into another such
+//!   table, in several spellings (the fastest one counts) — what a user could write without the extension,
+//!   although it does no sentinel decoding, no validation, no latest-position upkeep and no NOTIFY;
+//! - `ingest_batch` again with every payload a duplicate (the cost of re-delivery), and optionally with the
+//!   trigger disabled, to tell the trigger's share of the time.
+//!
+//! Only the database round trips are timed; each route runs several times on an emptied target after a
+//! CHECKPOINT and the median counts. The goals: `ingest_batch` reaches at least half of COPY's rows/s and at
+//! least the fastest plain-SQL route's rows/s.
+
+mod db;
+mod ingest;
+mod payloads;
+mod report;
+mod routes;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "trackway-bench", about = "Trackway benchmarks", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// SQL ingest: ingest_batch vs COPY vs plain SQL, in one fresh database.
+    Ingest(IngestArgs),
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// Positions to store per run.
+    #[arg(long, default_value_t = 200_000)]
+    rows: usize,
+    /// Distinct devices sending them.
+    #[arg(long, default_value_t = 1_000)]
+    devices: usize,
+    /// Rows per round trip (and per transaction).
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Runs per route; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
+    /// Seed of the payload generator.
+    #[arg(long, default_value_t = 20_261_127)]
+    seed: u64,
+    /// Maintenance connection, used to create and drop the benchmark database.
+    #[arg(long, default_value = "postgres://postgres@localhost/postgres")]
+    database_url: String,
+    /// Name of the benchmark database (dropped and re-created).
+    #[arg(long, default_value = "trackway_bench")]
+    bench_database: String,
+    /// Keep the benchmark database afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Also time ingest_batch with the insert trigger disabled (diagnostic).
+    #[arg(long)]
+    without_trigger: bool,
+}
+
+impl From<IngestArgs> for ingest::Options {
+    fn from(a: IngestArgs) -> ingest::Options {
+        ingest::Options {
+            rows: a.rows,
+            devices: a.devices,
+            batch: a.batch,
+            repetitions: a.repetitions,
+            seed: a.seed,
+            database_url: a.database_url,
+            bench_database: a.bench_database,
+            keep: a.keep,
+            without_trigger: a.without_trigger,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Ingest(args) => ingest::run(&args.into()).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trackway-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
