@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{quoted, DecodeError, ErrorKind};
 use crate::json::push_str_literal;
-use crate::number::{finite_f64, is_integer_literal, push_integer, push_storage_double, safe_integer};
+use crate::number::{
+    finite_f64, is_integer_literal, push_integer, push_storage_double, safe_integer,
+};
 use crate::MAX_BIGINT_DIGITS;
 
 /// The sentinel key of an integer beyond JavaScript's safe range.
@@ -34,7 +36,10 @@ pub(crate) fn to_storage(attributes: &Map<String, Value>) -> Result<String, Deco
 /// The bytes of a base64 string, standard alphabet, padding optional.
 pub fn decode_b64(s: &str) -> Result<Vec<u8>, DecodeError> {
     LENIENT_BASE64.decode(s).map_err(|e| {
-        DecodeError::new(ErrorKind::Syntax, format!("{BUFFER_KEY} is not valid base64: {e}"))
+        DecodeError::new(
+            ErrorKind::Syntax,
+            format!("{BUFFER_KEY} is not valid base64: {e}"),
+        )
     })
 }
 
@@ -96,7 +101,10 @@ fn push_number(out: &mut String, text: &str) -> Result<(), DecodeError> {
     let out_of_range = || {
         DecodeError::new(
             ErrorKind::OutOfRange,
-            format!("number {} is beyond the range of a JavaScript number", quoted(text)),
+            format!(
+                "number {} is beyond the range of a JavaScript number",
+                quoted(text)
+            ),
         )
     };
     if !is_integer_literal(text) {
@@ -115,14 +123,21 @@ fn push_number(out: &mut String, text: &str) -> Result<(), DecodeError> {
 fn push_sentinel(out: &mut String, map: &Map<String, Value>) -> Result<(), DecodeError> {
     let mut entries = map.iter();
     let (Some((key, value)), None) = (entries.next(), entries.next()) else {
-        let key = if map.contains_key(BIGINT_KEY) { BIGINT_KEY } else { BUFFER_KEY };
+        let key = if map.contains_key(BIGINT_KEY) {
+            BIGINT_KEY
+        } else {
+            BUFFER_KEY
+        };
         return Err(DecodeError::new(
             ErrorKind::WrongType,
             format!("an object with {key} must have no other key"),
         ));
     };
     let Value::String(text) = value else {
-        return Err(DecodeError::new(ErrorKind::WrongType, format!("{key} must be a string")));
+        return Err(DecodeError::new(
+            ErrorKind::WrongType,
+            format!("{key} must be a string"),
+        ));
     };
     if key == BIGINT_KEY {
         push_bigint(out, text)
@@ -177,4 +192,3 @@ fn push_buffer(out: &mut String, text: &str) -> Result<(), DecodeError> {
     out.push_str("\"}");
     Ok(())
 }
-

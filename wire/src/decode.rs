@@ -27,13 +27,18 @@ pub fn decode(payload: &[u8], max_payload_bytes: usize) -> Result<Position, Deco
         DecodeError::new(ErrorKind::Syntax, format!("payload is not valid JSON: {e}"))
     })?;
     let Value::Object(mut fields) = value else {
-        return Err(DecodeError::new(ErrorKind::Syntax, "payload is not a JSON object"));
+        return Err(DecodeError::new(
+            ErrorKind::Syntax,
+            "payload is not a JSON object",
+        ));
     };
     Ok(Position {
         device_id: required(&mut fields, "deviceId", device_id)?,
         ts_micros: required(&mut fields, "timestamp", timestamp)?,
         latitude: required(&mut fields, "latitude", |v| number_within(&v, -90.0, 90.0))?,
-        longitude: required(&mut fields, "longitude", |v| number_within(&v, -180.0, 180.0))?,
+        longitude: required(&mut fields, "longitude", |v| {
+            number_within(&v, -180.0, 180.0)
+        })?,
         altitude: optional(&mut fields, "altitude", |v| number(&v))?,
         angle: optional(&mut fields, "angle", |v| number_within(&v, 0.0, 360.0))?,
         speed: optional(&mut fields, "speed", |v| number_within(&v, 0.0, f64::MAX))?,
@@ -50,7 +55,10 @@ fn required<T>(
     check: impl FnOnce(Value) -> Result<T, DecodeError>,
 ) -> Result<T, DecodeError> {
     match fields.remove(name) {
-        None | Some(Value::Null) => Err(DecodeError::new(ErrorKind::Missing, "required field is missing")),
+        None | Some(Value::Null) => Err(DecodeError::new(
+            ErrorKind::Missing,
+            "required field is missing",
+        )),
         Some(value) => check(value),
     }
     .map_err(|e| e.within(name))
@@ -78,7 +86,10 @@ fn device_id(value: Value) -> Result<String, DecodeError> {
     if id.len() > MAX_DEVICE_ID_BYTES {
         return Err(DecodeError::new(
             ErrorKind::OutOfRange,
-            format!("is {} bytes, above the limit of {MAX_DEVICE_ID_BYTES}", id.len()),
+            format!(
+                "is {} bytes, above the limit of {MAX_DEVICE_ID_BYTES}",
+                id.len()
+            ),
         ));
     }
     if id.contains('\0') {
@@ -114,7 +125,11 @@ fn number(value: &Value) -> Result<f64, DecodeError> {
 fn number_within(value: &Value, min: f64, max: f64) -> Result<f64, DecodeError> {
     let n = number(value)?;
     if !(min..=max).contains(&n) {
-        let bounds = if max == f64::MAX { format!("at least {min}") } else { format!("between {min} and {max}") };
+        let bounds = if max == f64::MAX {
+            format!("at least {min}")
+        } else {
+            format!("between {min} and {max}")
+        };
         return Err(DecodeError::new(
             ErrorKind::OutOfRange,
             format!("must be {bounds}, got {}", value_text(value)),
@@ -135,7 +150,11 @@ fn small_count(value: &Value) -> Result<i16, DecodeError> {
     if !(0.0..=f64::from(i16::MAX)).contains(&n) {
         return Err(DecodeError::new(
             ErrorKind::OutOfRange,
-            format!("must be between 0 and {}, got {}", i16::MAX, value_text(value)),
+            format!(
+                "must be between 0 and {}, got {}",
+                i16::MAX,
+                value_text(value)
+            ),
         ));
     }
     // In range and integral: the conversion is exact.
@@ -150,7 +169,10 @@ fn attributes(value: &Value) -> Result<String, DecodeError> {
 }
 
 fn wrong_type(expected: &str, got: &Value) -> DecodeError {
-    DecodeError::new(ErrorKind::WrongType, format!("must be {expected}, got {}", type_name(got)))
+    DecodeError::new(
+        ErrorKind::WrongType,
+        format!("must be {expected}, got {}", type_name(got)),
+    )
 }
 
 /// The JSON type of a value, for error messages.

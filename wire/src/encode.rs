@@ -19,7 +19,9 @@ use crate::Position;
 pub fn encode(p: &Position) -> Result<String, DecodeError> {
     for (name, value) in float_fields(p) {
         if value.is_some_and(|v| !v.is_finite()) {
-            return Err(DecodeError::new(ErrorKind::OutOfRange, "is not a finite number").within(name));
+            return Err(
+                DecodeError::new(ErrorKind::OutOfRange, "is not a finite number").within(name),
+            );
         }
     }
     let attributes = p
@@ -100,7 +102,10 @@ fn push_key(out: &mut String, name: &str) {
 /// Storage-form `attributes` text → wire-form compact JSON text.
 fn attributes_to_wire(text: &str) -> Result<String, DecodeError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        DecodeError::new(ErrorKind::Syntax, format!("stored attributes are not valid JSON: {e}"))
+        DecodeError::new(
+            ErrorKind::Syntax,
+            format!("stored attributes are not valid JSON: {e}"),
+        )
     })?;
     let Value::Object(map) = &value else {
         return Err(DecodeError::new(
@@ -165,7 +170,10 @@ fn push_number(out: &mut String, text: &str) -> Result<(), DecodeError> {
         return Ok(());
     }
     let value = finite_f64(text).ok_or_else(|| {
-        DecodeError::new(ErrorKind::OutOfRange, "number is beyond the range of a JavaScript number")
+        DecodeError::new(
+            ErrorKind::OutOfRange,
+            "number is beyond the range of a JavaScript number",
+        )
     })?;
     push_js_number(out, value);
     Ok(())

@@ -91,7 +91,10 @@ fn push_positional(out: &mut String, mantissa: &str, exponent: i32) {
 }
 
 fn push_zeros(out: &mut String, count: u64) {
-    out.extend(std::iter::repeat_n('0', usize::try_from(count).unwrap_or(0)));
+    out.extend(std::iter::repeat_n(
+        '0',
+        usize::try_from(count).unwrap_or(0),
+    ));
 }
 
 /// Appends an integer.
@@ -116,7 +119,10 @@ mod tests {
         assert_eq!(js_number(1e21).as_deref(), Some("1e+21"));
         assert_eq!(js_number(1.5e-7).as_deref(), Some("1.5e-7"));
         assert_eq!(js_number(-0.0).as_deref(), Some("0"));
-        assert_eq!(js_number(18446744073709551616.0).as_deref(), Some("18446744073709552000"));
+        assert_eq!(
+            js_number(18446744073709551616.0).as_deref(),
+            Some("18446744073709552000")
+        );
         assert_eq!(js_number(f64::NAN), None);
         assert_eq!(js_number(f64::INFINITY), None);
     }
@@ -135,12 +141,23 @@ mod tests {
         assert_eq!(storage(123456789012.5), "123456789012.5");
         assert_eq!(storage(1.2345e25), "12345000000000000000000000.0");
         assert_eq!(storage(5e-324), format!("0.{}5", "0".repeat(323)));
-        assert_eq!(storage(f64::MAX), format!("17976931348623157{}.0", "0".repeat(292)));
+        assert_eq!(
+            storage(f64::MAX),
+            format!("17976931348623157{}.0", "0".repeat(292))
+        );
     }
 
     #[test]
     fn storage_form_round_trips_through_f64() {
-        let samples = [1.0, 0.3, 1e300, 2.2250738585072014e-308, 123.456e-5, 9007199254740993.0, 6.02e23];
+        let samples = [
+            1.0,
+            0.3,
+            1e300,
+            2.2250738585072014e-308,
+            123.456e-5,
+            9007199254740993.0,
+            6.02e23,
+        ];
         for value in samples.iter().flat_map(|v| [*v, -*v]) {
             let text = storage(value);
             assert!(!text.contains('e'), "{text}");

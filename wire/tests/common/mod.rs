@@ -23,7 +23,8 @@ pub fn with_attributes(attributes: &str) -> String {
 
 /// A valid payload where the member `name` is replaced by the JSON text `value` (or removed when `None`).
 pub fn replacing(name: &str, value: Option<&str>) -> String {
-    let mut map: serde_json::Map<String, Value> = serde_json::from_str(&payload("")).unwrap_or_default();
+    let mut map: serde_json::Map<String, Value> =
+        serde_json::from_str(&payload("")).unwrap_or_default();
     map.remove(name);
     let mut text = serde_json::to_string(&map).unwrap_or_default();
     if let Some(value) = value {
@@ -56,7 +57,9 @@ pub fn fails(payload: &str, path: &str, kind: ErrorKind) -> String {
 
 /// The storage form of `attributes` for a payload with these attributes.
 pub fn stored(attributes: &str) -> String {
-    ok(&with_attributes(attributes)).attributes.unwrap_or_default()
+    ok(&with_attributes(attributes))
+        .attributes
+        .unwrap_or_default()
 }
 
 /// Parses JSON text, panicking with the text on failure.
@@ -78,10 +81,14 @@ pub fn check_stable(payload: &[u8]) {
         return;
     };
     let wire = encode(&first).unwrap_or_else(|e| panic!("encode failed for {first:?}: {e}"));
-    let second = decode(wire.as_bytes(), usize::MAX).unwrap_or_else(|e| panic!("re-decode failed for {wire}: {e}"));
+    let second = decode(wire.as_bytes(), usize::MAX)
+        .unwrap_or_else(|e| panic!("re-decode failed for {wire}: {e}"));
     let rewire = encode(&second).unwrap_or_else(|e| panic!("re-encode failed for {second:?}: {e}"));
     assert_eq!(json(&wire), json(&rewire));
-    let strip = |p: &Position| Position { attributes: None, ..p.clone() };
+    let strip = |p: &Position| Position {
+        attributes: None,
+        ..p.clone()
+    };
     assert_eq!(strip(&first), strip(&second), "{wire}");
     assert_eq!(first.attributes.is_some(), second.attributes.is_some());
 }
