@@ -96,8 +96,10 @@ pub async fn scalar(client: &Client, sql: &str) -> Result<String> {
 /// Lines describing the machine and the server settings that matter for write throughput.
 pub async fn machine_facts(client: &Client) -> Result<Vec<String>> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     let mut facts = vec![
-        format!("nproc: {cpus}"),
+        format!("nproc: {cpus}; load average (1/5/15 min) at the end: {}", load.join(" ")),
         format!("PostgreSQL: {}", scalar(client, "SELECT version()").await?),
     ];
     let settings = client
