@@ -16,9 +16,16 @@ pub fn server() -> String {
     std::env::var("TRACKWAY_TEST_PG").unwrap_or_else(|_| "host=localhost user=postgres".to_owned())
 }
 
+pub mod relay;
+
 /// Connects to `dbname`; the connection task runs in the background.
 pub async fn connect(dbname: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(&format!("{} dbname={dbname}", server()), NoTls)
+    connect_to(&server(), dbname).await
+}
+
+/// Connects to `dbname` on `server` (libpq key=value form without dbname).
+pub async fn connect_to(server: &str, dbname: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(&format!("{server} dbname={dbname}"), NoTls)
         .await
         .unwrap_or_else(|e| panic!("connect to {dbname}: {e}"));
     tokio::spawn(async move {
@@ -29,13 +36,18 @@ pub async fn connect(dbname: &str) -> Client {
 
 /// Creates (or re-creates) database `trackway_test_<name>` with the extension installed, returns its name.
 pub async fn fresh_database(name: &str) -> String {
+    fresh_database_on(&server(), name).await
+}
+
+/// [`fresh_database`] on another server (libpq key=value form without dbname).
+pub async fn fresh_database_on(server: &str, name: &str) -> String {
     let dbname = format!("trackway_test_{name}");
-    let admin = connect("postgres").await;
+    let admin = connect_to(server, "postgres").await;
     // Separate statements: DROP/CREATE DATABASE cannot run in the implicit transaction of a batch.
     for sql in [format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"), format!("CREATE DATABASE {dbname}")] {
         admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
-    connect(&dbname).await.batch_execute("CREATE EXTENSION trackway").await.unwrap_or_else(|e| panic!("CREATE EXTENSION trackway: {e:?}"));
+    connect_to(server, &dbname).await.batch_execute("CREATE EXTENSION trackway").await.unwrap_or_else(|e| panic!("CREATE EXTENSION trackway: {e:?}"));
     dbname
 }
 

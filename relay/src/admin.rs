@@ -1,0 +1,102 @@
+//! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process answers), `/readyz`
+//! (Redis and PostgreSQL both reachable; the answer is cached briefly so probes cannot load the backends).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use deadpool_postgres::Pool;
+use tokio::{net::TcpListener, sync::Mutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::{error::Error, metrics::Metrics, stream::Link};
+
+/// How long a readiness answer is reused.
+const READY_CACHE: Duration = Duration::from_secs(1);
+/// Longest time one readiness check may take per backend.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Encoded on every `/metrics` request.
+    pub metrics: Metrics,
+    /// Checked by `/readyz`.
+    pub readiness: Arc<Readiness>,
+}
+
+/// The readiness check and its cached answer.
+pub struct Readiness {
+    /// PostgreSQL connections (shared with the consumer).
+    pool: Pool,
+    /// A Redis connection of its own, so a blocking read never delays a probe.
+    redis: Mutex<Link>,
+    /// The last answer and when it was computed; the lock also stops concurrent probes from checking twice.
+    cached: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Readiness {
+    /// A check of `pool` and the Redis behind `redis`.
+    pub fn new(pool: Pool, redis: Link) -> Readiness {
+        Readiness { pool, redis: Mutex::new(redis), cached: Mutex::new(None) }
+    }
+
+    /// `Ok` when both backends answered within the last second, else the first problem.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut cached = self.cached.lock().await;
+        if let Some((at, answer)) = cached.as_ref() {
+            if at.elapsed() < READY_CACHE {
+                return answer.clone();
+            }
+        }
+        let answer = self.check_now().await;
+        *cached = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn check_now(&self) -> Result<(), String> {
+        let redis = async { self.redis.lock().await.ping().await.map_err(|e| e.to_string()) };
+        match tokio::time::timeout(READY_TIMEOUT, redis).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("redis: {e}")),
+            Err(_) => return Err("redis: no answer within 2 s".to_owned()),
+        }
+        match tokio::time::timeout(READY_TIMEOUT, crate::database::ping(&self.pool)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("postgres: {e}")),
+            Err(_) => Err("postgres: no answer within 2 s".to_owned()),
+        }
+    }
+}
+
+/// The routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Serves until shutdown.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> Result<(), Error> {
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, "admin server listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(|source| Error::Admin { addr, source })
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics.encode())
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.readiness.check().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}

@@ -1,0 +1,117 @@
+//! Capped exponential backoff, and the up/down state of a backend that is logged once per change.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// First delay after a failure.
+const INITIAL: Duration = Duration::from_millis(100);
+/// Longest delay between attempts.
+const CAP: Duration = Duration::from_secs(10);
+
+/// Delays for consecutive attempts: 100 ms, doubling up to 10 s, each with ±20 % jitter so that
+/// several relays do not retry in step.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    /// Failures since the last success.
+    attempts: u32,
+}
+
+impl Backoff {
+    /// The delay before the next attempt; grows with every call.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = INITIAL.saturating_mul(1u32 << self.attempts.min(16));
+        self.attempts = self.attempts.saturating_add(1);
+        exp.min(CAP).mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+
+    /// Starts over after a success.
+    pub fn reset(&mut self) {
+        self.attempts = 0;
+    }
+
+    /// Sleeps for the next delay. Returns `false` when shutdown came first.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// Whether a backend (PostgreSQL or Redis) currently works, so that an outage is logged when it starts and
+/// when it ends, not on every failed attempt.
+#[derive(Debug)]
+pub struct BackendState {
+    /// `postgres` or `redis`, for logs and metric labels.
+    name: &'static str,
+    /// When the current outage began; `None` while the backend works.
+    down_since: Option<Instant>,
+    /// Failed attempts in the current outage.
+    failures: u64,
+}
+
+impl BackendState {
+    /// A backend assumed to work.
+    pub fn new(name: &'static str) -> BackendState {
+        BackendState { name, down_since: None, failures: 0 }
+    }
+
+    /// Records a failed attempt; logs only the first of an outage. Returns `true` on that first one.
+    pub fn failed(&mut self, error: &dyn std::fmt::Display) -> bool {
+        self.failures += 1;
+        if self.down_since.is_some() {
+            tracing::debug!(backend = self.name, error = %error, attempt = self.failures, "still unavailable");
+            return false;
+        }
+        self.down_since = Some(Instant::now());
+        tracing::warn!(backend = self.name, error = %error, "backend unavailable; retrying with backoff");
+        true
+    }
+
+    /// Records a success; logs the end of an outage. Returns `true` when it ended one.
+    pub fn succeeded(&mut self) -> bool {
+        let Some(since) = self.down_since.take() else { return false };
+        tracing::info!(backend = self.name, down_for_ms = since.elapsed().as_millis() as u64,
+                       failed_attempts = self.failures, "backend available again");
+        self.failures = 0;
+        true
+    }
+
+    /// Whether an outage is in progress.
+    pub fn is_down(&self) -> bool {
+        self.down_since.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_then_cap_and_reset() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(80) && first <= Duration::from_millis(120), "{first:?}");
+        let mut last = first;
+        for _ in 0..20 {
+            last = b.next_delay();
+        }
+        assert!(last <= CAP.mul_f64(1.2) && last >= CAP.mul_f64(0.8), "{last:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn outage_is_reported_once_per_change() {
+        let mut s = BackendState::new("redis");
+        assert!(!s.succeeded());
+        assert!(s.failed(&"refused"));
+        assert!(!s.failed(&"refused"));
+        assert!(s.is_down());
+        assert!(s.succeeded());
+        assert!(!s.succeeded());
+        assert!(s.failed(&"refused"));
+    }
+}

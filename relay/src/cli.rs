@@ -1,0 +1,66 @@
+//! The `trackway-relay` command: load the configuration, set up logging, bind the admin listener, run
+//! until SIGTERM or SIGINT. Exit code 0 after a clean shutdown, 2 for a bad setting, 1 otherwise.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use crate::{config::Settings, telemetry, Error, Shutdown};
+
+/// Runs the relay as a process.
+pub fn main() -> ExitCode {
+    let config = match Settings::parse().validate() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("trackway-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = TcpListener::bind(config.admin_addr)
+            .await
+            .map_err(|source| Error::Admin { addr: config.admin_addr.to_string(), source })?;
+        let shutdown = Shutdown::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        crate::run(config, listener, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "relay failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `shutdown` at the first SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: Shutdown) {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the batch in flight, then stopping"),
+        () = terminate => tracing::info!("SIGTERM: finishing the batch in flight, then stopping"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,266 @@
+//! Configuration: every setting is an environment variable and a command-line flag (the flag wins), with a
+//! default where one is safe, and one clear error line for a bad value.
+//!
+//! Connection strings may carry passwords, so they are never echoed: not by `--help` (`hide_env_values`),
+//! not in validation errors, not by `Debug`.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::Parser;
+
+use crate::error::Error;
+
+/// The command line and environment, as parsed; [`Settings::validate`] turns it into a [`Config`].
+#[derive(Parser)]
+#[command(name = "trackway-relay", version, about = "Moves GPS positions from a Redis Stream into PostgreSQL \
+    (through the trackway extension) and serves health and metrics endpoints.")]
+pub struct Settings {
+    /// PostgreSQL connection string (URL or key=value form) of the database with the trackway extension.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true,
+          default_value = "postgres://postgres@localhost:5432/trackway")]
+    pub database_url: String,
+
+    /// Redis connection URL.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Stream the ingestion service writes positions to.
+    #[arg(long, env = "TRACKWAY_STREAM", default_value = "positions")]
+    pub stream: String,
+
+    /// Consumer group shared by every relay reading the stream.
+    #[arg(long, env = "TRACKWAY_GROUP", default_value = "trackway")]
+    pub group: String,
+
+    /// This relay's consumer name in the group [default: <host name>-<process id>]. Give each relay a
+    /// stable name so that after a restart it re-processes its own pending entries at once.
+    #[arg(long, env = "TRACKWAY_CONSUMER")]
+    pub consumer: Option<String>,
+
+    /// Stream that receives entries that cannot be stored [default: <stream>:dead].
+    #[arg(long, env = "TRACKWAY_DEAD_LETTER_STREAM")]
+    pub dead_letter_stream: Option<String>,
+
+    /// Field of a stream entry that holds the wire-format JSON payload.
+    #[arg(long, env = "TRACKWAY_PAYLOAD_FIELD", default_value = "payload")]
+    pub payload_field: String,
+
+    /// Entries per read and per `trackway.ingest_batch` call (1–10000).
+    #[arg(long, env = "TRACKWAY_BATCH_SIZE", default_value_t = 1000)]
+    pub batch_size: usize,
+
+    /// How long one read waits for new entries, in milliseconds (1–60000). Shutdown waits at most this
+    /// long for a read in flight.
+    #[arg(long, env = "TRACKWAY_BLOCK_MS", default_value_t = 2000)]
+    pub block_ms: u64,
+
+    /// An entry delivered more than this many times is dead-lettered instead of retried again (≥ 1).
+    #[arg(long, env = "TRACKWAY_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u64,
+
+    /// Entries pending on another consumer for longer than this (milliseconds, ≥ 1000) are taken over.
+    #[arg(long, env = "TRACKWAY_CLAIM_IDLE_MS", default_value_t = 60_000)]
+    pub claim_idle_ms: u64,
+
+    /// Address of the admin HTTP server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "TRACKWAY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: String,
+
+    /// Log format: `json`, `text`, or `auto` (text on a terminal, JSON otherwise). Filter with RUST_LOG.
+    #[arg(long, env = "TRACKWAY_LOG_FORMAT", default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Validated configuration of one relay.
+#[derive(Clone)]
+pub struct Config {
+    /// Where the positions go.
+    pub database: tokio_postgres::Config,
+    /// Where the positions come from.
+    pub redis: redis::ConnectionInfo,
+    /// Names in Redis: stream, group, consumer, dead-letter stream, payload field.
+    pub names: StreamNames,
+    /// Entries per read and per database round trip.
+    pub batch_size: usize,
+    /// Blocking read timeout.
+    pub block: Duration,
+    /// Deliveries after which an entry is dead-lettered.
+    pub max_deliveries: u64,
+    /// Idle time after which another consumer's pending entries are claimed.
+    pub claim_idle: Duration,
+    /// Admin HTTP address (`main` binds it; tests pass their own listener to `run`).
+    pub admin_addr: SocketAddr,
+    /// Log output format.
+    pub log_format: LogFormat,
+}
+
+/// The Redis names the relay works with.
+#[derive(Clone, Debug)]
+pub struct StreamNames {
+    /// Stream read by the consumer group.
+    pub stream: String,
+    /// Consumer group name.
+    pub group: String,
+    /// This relay's consumer name.
+    pub consumer: String,
+    /// Stream that receives dead letters.
+    pub dead_letter: String,
+    /// Entry field holding the payload.
+    pub payload_field: String,
+}
+
+impl Settings {
+    /// Checks every value; the error names the setting and never repeats a connection string.
+    pub fn validate(self) -> Result<Config, Error> {
+        let bad = |name: &str, why: String| Error::Config(format!("{name}: {why}"));
+        let database = tokio_postgres::Config::from_str(&self.database_url)
+            .map_err(|e| bad("DATABASE_URL", format!("not a valid PostgreSQL connection string ({e})")))?;
+        if database.get_user().is_none() {
+            return Err(bad("DATABASE_URL", "names no user (add user=… or postgres://user@host/db)".into()));
+        }
+        let redis = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())
+            .map_err(|e| bad("REDIS_URL", format!("not a valid Redis URL ({e})")))?;
+        for (name, value) in [("TRACKWAY_STREAM", &self.stream), ("TRACKWAY_GROUP", &self.group),
+                              ("TRACKWAY_PAYLOAD_FIELD", &self.payload_field)] {
+            if value.is_empty() {
+                return Err(bad(name, "must not be empty".into()));
+            }
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(bad("TRACKWAY_BATCH_SIZE", format!("{} is outside 1–10000", self.batch_size)));
+        }
+        if !(1..=60_000).contains(&self.block_ms) {
+            return Err(bad("TRACKWAY_BLOCK_MS", format!("{} is outside 1–60000", self.block_ms)));
+        }
+        if self.max_deliveries == 0 {
+            return Err(bad("TRACKWAY_MAX_DELIVERIES", "must be at least 1".into()));
+        }
+        if self.claim_idle_ms < 1000 {
+            return Err(bad("TRACKWAY_CLAIM_IDLE_MS", format!("{} is below 1000", self.claim_idle_ms)));
+        }
+        let admin_addr = self.admin_addr.parse().map_err(|_| {
+            bad("TRACKWAY_ADMIN_ADDR", format!("{:?} is not an address like 127.0.0.1:9090", self.admin_addr))
+        })?;
+        let consumer = match self.consumer {
+            Some(c) if c.is_empty() => return Err(bad("TRACKWAY_CONSUMER", "must not be empty".into())),
+            Some(c) => c,
+            None => default_consumer(),
+        };
+        let dead_letter = self.dead_letter_stream.unwrap_or_else(|| format!("{}:dead", self.stream));
+        if dead_letter == self.stream {
+            return Err(bad("TRACKWAY_DEAD_LETTER_STREAM", "must differ from TRACKWAY_STREAM".into()));
+        }
+        Ok(Config {
+            database,
+            redis,
+            names: StreamNames {
+                stream: self.stream,
+                group: self.group,
+                consumer,
+                dead_letter,
+                payload_field: self.payload_field,
+            },
+            batch_size: self.batch_size,
+            block: Duration::from_millis(self.block_ms),
+            max_deliveries: self.max_deliveries,
+            claim_idle: Duration::from_millis(self.claim_idle_ms),
+            admin_addr,
+            log_format: self.log_format,
+        })
+    }
+}
+
+/// `<host name>-<process id>`: unique among live relays, new after every restart.
+fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "relay".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+impl fmt::Debug for Config {
+    /// Shows where the relay connects without any password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database", &describe_database(&self.database))
+            .field("redis", &self.redis.addr().to_string())
+            .field("names", &self.names)
+            .field("batch_size", &self.batch_size)
+            .field("block", &self.block)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("claim_idle", &self.claim_idle)
+            .field("admin_addr", &self.admin_addr)
+            .finish()
+    }
+}
+
+/// `user@host:port/dbname`, for logs.
+pub fn describe_database(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{}@{host}:{port}/{}", config.get_user().unwrap_or("?"), config.get_dbname().unwrap_or("?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, Error> {
+        let mut argv = vec!["trackway-relay"];
+        argv.extend_from_slice(args);
+        Settings::try_parse_from(argv).map_err(|e| Error::Config(e.to_string()))?.validate()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(config.names.stream, "positions");
+        assert_eq!(config.names.dead_letter, "positions:dead");
+        assert_eq!(config.batch_size, 1000);
+        assert!(config.names.consumer.ends_with(&format!("-{}", std::process::id())));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_hide_secrets() {
+        let err = parse(&["--database-url", "postgres://u:hunter2@h:notaport/db"]).unwrap_err().to_string();
+        assert!(err.starts_with("DATABASE_URL:"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        for (flag, value, name) in [("--batch-size", "0", "TRACKWAY_BATCH_SIZE"),
+                                    ("--block-ms", "70000", "TRACKWAY_BLOCK_MS"),
+                                    ("--max-deliveries", "0", "TRACKWAY_MAX_DELIVERIES"),
+                                    ("--claim-idle-ms", "10", "TRACKWAY_CLAIM_IDLE_MS"),
+                                    ("--admin-addr", "nowhere", "TRACKWAY_ADMIN_ADDR"),
+                                    ("--redis-url", "http://x", "REDIS_URL")] {
+            let err = parse(&[flag, value]).unwrap_err().to_string();
+            assert!(err.starts_with(name), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let config = parse(&["--database-url", "postgres://u:hunter2@db:5433/x", "--redis-url",
+                             "redis://:sekrit@r:6379"]).expect("valid");
+        let shown = format!("{config:?}");
+        assert!(shown.contains("u@db:5433/x"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("sekrit"), "{shown}");
+    }
+}

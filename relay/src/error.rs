@@ -1,0 +1,24 @@
+//! The relay's one error type.
+
+/// Why the relay could not start or had to stop. Failures of PostgreSQL or Redis while running are not
+/// errors of this kind: the relay retries them with backoff and carries on (see `backoff`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting has a bad value; the message names the setting.
+    #[error("{0}")]
+    Config(String),
+    /// The admin listener could not be bound or served.
+    #[error("admin server on {addr}: {source}")]
+    Admin {
+        /// The address it tried.
+        addr: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The database pool could not be built (bad pool settings; not an unreachable server).
+    #[error("database pool: {0}")]
+    Pool(String),
+    /// A task of the relay panicked or was aborted.
+    #[error("task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}

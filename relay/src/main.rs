@@ -1,0 +1,5 @@
+//! `trackway-relay` binary: everything it does is in [`trackway_relay::cli`].
+
+fn main() -> std::process::ExitCode {
+    trackway_relay::cli::main()
+}

@@ -1,0 +1,347 @@
+//! Helpers for the relay tests: the relay in this process (port 0 listener passed in) or as a child process
+//! that a test may SIGKILL, private Redis and PostgreSQL servers that a test may stop and restart, and
+//! inspection of streams, groups and the admin endpoints.
+//!
+//! Tests that do not restart servers use the local Redis (`TRACKWAY_TEST_REDIS`, default
+//! `redis://127.0.0.1:6379`) with stream names of their own.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use redis::{aio::MultiplexedConnection, AsyncCommands};
+use tokio::{net::TcpListener, task::JoinHandle};
+use trackway_relay::{config::Settings, Error, Shutdown};
+
+/// URL of the shared local Redis.
+pub fn redis_url() -> String {
+    std::env::var("TRACKWAY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A name no other test run uses (stream names on the shared Redis).
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("trackway-test:{name}:{}:{nanos}", std::process::id())
+}
+
+/// A connection to the Redis at `url`.
+pub async fn redis(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// Adds one entry per payload (field `payload`), pipelined; returns the ids in order.
+pub async fn xadd_payloads(conn: &mut MultiplexedConnection, stream: &str, payloads: &[String]) -> Vec<String> {
+    let mut ids = Vec::with_capacity(payloads.len());
+    for chunk in payloads.chunks(500) {
+        let mut pipe = redis::pipe();
+        for p in chunk {
+            pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(p);
+        }
+        let chunk_ids: Vec<String> = pipe.query_async(conn).await.expect("XADD");
+        ids.extend(chunk_ids);
+    }
+    ids
+}
+
+/// Adds one entry with the given fields; returns its id.
+pub async fn xadd_fields(conn: &mut MultiplexedConnection, stream: &str, fields: &[(&str, &[u8])]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (f, v) in fields {
+        cmd.arg(*f).arg(*v);
+    }
+    cmd.query_async(conn).await.expect("XADD")
+}
+
+/// The group's pending count and lag, `None` while the group does not exist.
+pub async fn group_state(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> Option<(i64, Option<i64>)> {
+    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.ok()?;
+    let g = groups.into_iter().find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()))?;
+    let int = |v: Option<&redis::Value>| match v {
+        Some(redis::Value::Int(i)) => Some(*i),
+        _ => None,
+    };
+    Some((int(g.get("pending")).unwrap_or(-1), int(g.get("lag"))))
+}
+
+/// Waits until the group has read everything and acknowledged everything.
+pub async fn wait_drained(conn: &mut MultiplexedConnection, stream: &str, group: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = group_state(conn, stream, group).await;
+        if state == Some((0, Some(0))) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stream {stream} not drained after {timeout:?}: (pending, lag) = {state:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every entry of a stream as `(id, fields)`.
+pub async fn read_all(conn: &mut MultiplexedConnection, stream: &str) -> Vec<(String, HashMap<String, String>)> {
+    let reply: redis::streams::StreamRangeReply = conn.xrange_all(stream).await.expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let fields = e.map.iter().map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap_or_default())).collect();
+            (e.id, fields)
+        })
+        .collect()
+}
+
+/// A relay running inside the test process, its admin server on a port-0 listener.
+pub struct InProcess {
+    /// Where `/metrics`, `/healthz`, `/readyz` answer.
+    pub admin: SocketAddr,
+    /// Cancels the relay.
+    shutdown: Shutdown,
+    /// The relay's `run`.
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl InProcess {
+    /// Starts a relay configured by command-line flags.
+    pub async fn start(args: &[&str]) -> InProcess {
+        let mut argv = vec!["trackway-relay"];
+        argv.extend_from_slice(args);
+        let config = Settings::try_parse_from(argv).expect("flags").validate().expect("valid config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let admin = listener.local_addr().expect("addr");
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(trackway_relay::run(config, listener, shutdown.clone()));
+        InProcess { admin, shutdown, task }
+    }
+
+    /// Whether `run` is still going.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// Asks it to stop and waits for `run` to return.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("relay stops within 30 s").expect("relay task")
+    }
+}
+
+/// The relay binary as a child process.
+pub struct Process {
+    /// The running relay.
+    child: Child,
+    /// Its admin address.
+    pub admin: SocketAddr,
+}
+
+impl Process {
+    /// Starts the relay binary (`env!("CARGO_BIN_EXE_relay-under-test")` in a test) with flags; its log
+    /// goes to `/tmp/<log_name>.log`.
+    pub fn spawn(binary: &str, args: &[&str], log_name: &str) -> Process {
+        let admin = free_port_addr();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(format!("/tmp/{log_name}.log")).expect("log file");
+        let child = Command::new(binary)
+            .args(args)
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn relay");
+        Process { child, admin }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; waits up to 30 s for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "relay did not exit within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback address whose port was free a moment ago.
+pub fn free_port_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// `GET http://addr/path` → (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// The value of one sample (`name{labels} value`) in `/metrics` text; 0 when absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// A private Redis that a test may kill and restart; data survives restarts (AOF, fsync always).
+pub struct RedisServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its data directory.
+    dir: PathBuf,
+    /// The running server.
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a new, empty server.
+    pub fn start() -> RedisServer {
+        let port = free_port_addr().port();
+        let dir = std::env::temp_dir().join(format!("trackway-redis-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut server = RedisServer { port, dir, child: None };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                   "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        wait_for(|| redis::Client::open(self.url()).and_then(|c| c.get_connection()).is_ok(), "redis-server to start");
+    }
+
+    /// SIGKILL: a crash; what was acknowledged to clients is on disk.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private PostgreSQL 15 cluster (same binaries, so the installed extension is available) that a test may
+/// stop and start without disturbing other tests.
+pub struct PgCluster {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its data directory.
+    dir: PathBuf,
+}
+
+/// PostgreSQL 15 binaries (Debian layout).
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl PgCluster {
+    /// Creates and starts a new cluster.
+    pub fn start() -> PgCluster {
+        let port = free_port_addr().port();
+        let dir = std::env::temp_dir().join(format!("trackway-pg-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = dir.to_string_lossy().into_owned();
+        as_postgres(&format!("{PG_BIN}/initdb"), &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+        let cluster = PgCluster { port, dir };
+        cluster.restart();
+        cluster
+    }
+
+    /// libpq key=value form without dbname.
+    pub fn server(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres", self.port)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn restart(&self) {
+        let data = self.dir.to_string_lossy().into_owned();
+        let log = format!("{data}.log");
+        let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off", self.port);
+        as_postgres(&format!("{PG_BIN}/pg_ctl"), &["-D", &data, "-l", &log, "-o", &options, "-w", "start"]);
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn stop(&self) {
+        let data = self.dir.to_string_lossy().into_owned();
+        as_postgres(&format!("{PG_BIN}/pg_ctl"), &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.dir.to_string_lossy().into_owned();
+        let _ = run_as_postgres(&format!("{PG_BIN}/pg_ctl"), &["-D", &data, "-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a PostgreSQL tool as `postgres` when we are root (initdb refuses root); panics on failure.
+fn as_postgres(program: &str, args: &[&str]) {
+    let status = run_as_postgres(program, args).unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+}
+
+fn run_as_postgres(program: &str, args: &[&str]) -> std::io::Result<ExitStatus> {
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let mut cmd = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null()).status()
+}
+
+/// Polls `ready` every 50 ms for up to 20 s.
+fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,166 @@
+//! The relay's ingest path against the local Redis and PostgreSQL with the extension: the sample files,
+//! dead letters, reclaiming from a dead consumer, and the admin endpoints.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use trackway_tests::{
+    connect, fresh_database,
+    relay::{http_get, metric, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads, InProcess},
+    server, shared_data,
+};
+
+/// Flags for an in-process relay on database `db` and stream `stream`.
+fn flags(db: &str, stream: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--database-url".into(), format!("{} dbname={db}", server()),
+        "--redis-url".into(), redis_url(),
+        "--stream".into(), stream.into(),
+        "--block-ms".into(), "200".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+async fn start(db: &str, stream: &str, extra: &[&str]) -> InProcess {
+    let args = flags(db, stream, extra);
+    InProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+#[tokio::test]
+async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
+    let db = fresh_database("relay_samples").await;
+    let stream = unique("samples");
+    let mut conn = redis(&redis_url()).await;
+
+    let valid = shared_data("positions-valid.jsonl");
+    let invalid: Vec<(String, String)> = shared_data("positions-invalid.jsonl")
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("json");
+            (v["field"].as_str().expect("field").to_owned(), v["payload"].as_str().expect("payload").to_owned())
+        })
+        .collect();
+    assert_eq!((valid.len(), invalid.len()), (208, 15));
+    // Some entries are there before the relay starts (the group must start at the beginning), the rest after.
+    xadd_payloads(&mut conn, &stream, &valid[..100]).await;
+    let relay = start(&db, &stream, &["--batch-size", "50"]).await;
+    xadd_payloads(&mut conn, &stream, &valid[100..]).await;
+    let invalid_payloads: Vec<String> = invalid.iter().map(|c| c.1.clone()).collect();
+    let invalid_ids = xadd_payloads(&mut conn, &stream, &invalid_payloads).await;
+    let no_payload = xadd_fields(&mut conn, &stream, &[("something", b"else")]).await;
+    let not_utf8 = xadd_fields(&mut conn, &stream, &[("payload", b"{\"deviceId\":\"\xff\"}")]).await;
+
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    let client = connect(&db).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 205);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 5);
+
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 17, "{dead:#?}");
+    for ((field, payload), id) in invalid.iter().zip(&invalid_ids) {
+        let (_, letter) = dead.iter().find(|(_, f)| f.get("trackway.source_id") == Some(id)).unwrap_or_else(|| panic!("no dead letter for {id}"));
+        assert_eq!(letter.get("trackway.reason").map(String::as_str), Some("invalid"));
+        assert_eq!(letter.get("payload"), Some(payload), "original fields are kept");
+        let error = &letter["trackway.error"];
+        if !field.is_empty() {
+            assert!(error.starts_with(&format!("{field}: ")), "expected field {field}: {error}");
+        }
+    }
+    let reason_of = |id: &str| {
+        dead.iter().find(|(_, f)| f.get("trackway.source_id").map(String::as_str) == Some(id)).map(|(_, f)| f["trackway.reason"].clone())
+    };
+    assert_eq!(reason_of(&no_payload).as_deref(), Some("missing_payload"));
+    assert_eq!(reason_of(&not_utf8).as_deref(), Some("invalid"));
+
+    // The admin endpoints agree with what happened.
+    assert!(relay.is_running(), "bad input must not stop the relay");
+    assert_eq!(http_get(relay.admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(relay.admin, "/readyz").await.0, 200);
+    let (status, text) = http_get(relay.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"inserted\"}"), 205.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"duplicate\"}"), 3.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"invalid\"}"), 15.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 16.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"missing_payload\"}"), 1.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_acks_total"), 225.0, "{text}");
+    let read = metric(&text, "trackway_relay_entries_read_total{source=\"new\"}");
+    assert_eq!(read, 225.0, "{text}");
+    assert!(metric(&text, "trackway_relay_batches_total{outcome=\"committed\"}") >= 5.0, "{text}");
+    assert!(metric(&text, "trackway_relay_ingest_duration_seconds_count") >= 5.0, "{text}");
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
+    let db = fresh_database("relay_reclaim").await;
+    let stream = unique("reclaim");
+    let mut conn = redis(&redis_url()).await;
+    let payloads: Vec<String> = shared_data("positions-valid.jsonl").into_iter().take(40).collect();
+    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg("trackway").arg("0").arg("MKSTREAM")
+        .query_async(&mut conn).await.expect("XGROUP CREATE");
+    xadd_payloads(&mut conn, &stream, &payloads).await;
+    // A consumer takes all 40 and dies without acknowledging.
+    let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("trackway").arg("dead-one").arg("COUNT").arg(100)
+        .arg("STREAMS").arg(&stream).arg(">").query_async(&mut conn).await.expect("XREADGROUP");
+
+    let relay = start(&db, &stream, &["--claim-idle-ms", "1000", "--consumer", "rescuer"]).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    let client = connect(&db).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 40);
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, "trackway_relay_reclaimed_total"), 40.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_entries_read_total{source=\"claimed\"}"), 40.0, "{text}");
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_entry_delivered_too_often_is_dead_lettered_with_that_reason() {
+    let db = fresh_database("relay_deliveries").await;
+    let stream = unique("deliveries");
+    let mut conn = redis(&redis_url()).await;
+    let payloads: Vec<String> = shared_data("positions-valid.jsonl").into_iter().take(3).collect();
+    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg("trackway").arg("0").arg("MKSTREAM")
+        .query_async(&mut conn).await.expect("XGROUP CREATE");
+    let ids = xadd_payloads(&mut conn, &stream, &payloads).await;
+    // Consumer "crashy" was handed the entries again and again (each history read is a delivery), as if
+    // they crashed it every time.
+    assert_eq!(ids.len(), 3);
+    for from in [">", "0", "0"] {
+        let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("trackway").arg("crashy").arg("COUNT").arg(10)
+            .arg("STREAMS").arg(&stream).arg(from).query_async(&mut conn).await.expect("XREADGROUP");
+    }
+    let relay = start(&db, &stream, &["--consumer", "crashy", "--max-deliveries", "3"]).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 3, "{dead:#?}");
+    for (_, letter) in &dead {
+        assert_eq!(letter["trackway.reason"], "max_deliveries");
+        assert!(letter["trackway.error"].contains("limit 3"), "{letter:?}");
+    }
+    let client = connect(&db).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 0);
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_database_is_missing_and_nothing_is_acked() {
+    let stream = unique("nodb");
+    let mut conn = redis(&redis_url()).await;
+    let payloads: Vec<String> = shared_data("positions-valid.jsonl").into_iter().take(5).collect();
+    xadd_payloads(&mut conn, &stream, &payloads).await;
+    let relay = start("trackway_test_no_such_database", &stream, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = http_get(relay.admin, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("postgres"), "{body}");
+    assert_eq!(http_get(relay.admin, "/healthz").await.0, 200);
+    let state = trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await;
+    assert_eq!(state, Some((5, Some(0))), "read but not acknowledged while the database is unreachable");
+    relay.stop().await.expect("clean stop even while the database is unreachable");
+}
