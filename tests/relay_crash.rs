@@ -1,1 +1,158 @@
-//! placeholder
+//! Crash safety: the relay process is SIGKILLed at random moments while 50,000 entries (new positions,
+//! repeats and invalid ones) arrive, and restarted each time. Afterwards every valid position is a row
+//! exactly once, every invalid entry is a dead letter exactly once, and nothing is pending.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use trackway_tests::{
+    connect, fresh_database,
+    relay::{read_all, redis, redis_url, unique, wait_drained, xadd_payloads, Process},
+    server,
+};
+
+const ENTRIES: usize = 50_000;
+const DEVICES: usize = 200;
+const KILLS: usize = 6;
+
+/// One generated entry: its payload, and the stored key `(device_id, unix ms)` when it is valid.
+struct Generated {
+    payload: String,
+    key: Option<(String, i64)>,
+}
+
+/// Entry `i`: every 10th is invalid (latitude out of range), every 10th (offset 3) repeats an earlier
+/// valid payload, the rest are new positions.
+fn generate(rng: &mut fastrand::Rng) -> Vec<Generated> {
+    let base_ms: i64 = 1_795_000_000_000;
+    let mut out: Vec<Generated> = Vec::with_capacity(ENTRIES);
+    let mut valid: Vec<usize> = Vec::new();
+    for i in 0..ENTRIES {
+        let device = format!("crash-{:04}", i % DEVICES);
+        let ms = base_ms + (i as i64) * 1000;
+        let ts = time_iso(ms);
+        let g = match i % 10 {
+            7 => Generated {
+                payload: format!(r#"{{"deviceId":"{device}","timestamp":"{ts}","latitude":123.5,"longitude":25.0}}"#),
+                key: None,
+            },
+            3 if !valid.is_empty() => {
+                let earlier = &out[valid[rng.usize(..valid.len())]];
+                Generated { payload: earlier.payload.clone(), key: None }
+            }
+            _ => {
+                valid.push(i);
+                Generated {
+                    payload: format!(
+                        r#"{{"deviceId":"{device}","timestamp":"{ts}","latitude":{},"longitude":{},"speed":{},"attributes":{{"16":{{"__bigint":"{}"}}}}}}"#,
+                        54.0 + rng.f64(), 25.0 + rng.f64(), rng.u32(0..200), u64::MAX - rng.u64(0..1000)
+                    ),
+                    key: Some((device, ms)),
+                }
+            }
+        };
+        out.push(g);
+    }
+    out
+}
+
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (days from civil, proleptic Gregorian).
+fn time_iso(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
+    let seed = std::env::var("TRACKWAY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("crash test seed {seed} (set TRACKWAY_TEST_SEED to repeat)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let entries = generate(&mut rng);
+    let expected_keys: HashSet<(String, i64)> = entries.iter().filter_map(|g| g.key.clone()).collect();
+    let invalid_count = entries.iter().filter(|g| g.payload.contains("123.5")).count();
+
+    let db = fresh_database("relay_crash").await;
+    let stream = unique("crash");
+    let args: Vec<String> = vec![
+        "--database-url".into(), format!("{} dbname={db}", server()),
+        "--redis-url".into(), redis_url(),
+        "--stream".into(), stream.clone(),
+        "--consumer".into(), "crash-test".into(),
+        "--batch-size".into(), "200".into(),
+        "--block-ms".into(), "100".into(),
+        "--claim-idle-ms".into(), "1000".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let binary = env!("CARGO_BIN_EXE_relay-under-test");
+
+    // The producer adds entries in chunks while the relay is killed and restarted.
+    let mut conn = redis(&redis_url()).await;
+    let payloads: Vec<String> = entries.iter().map(|g| g.payload.clone()).collect();
+    let producer = {
+        let mut conn = conn.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(payloads.len());
+            for chunk in payloads.chunks(500) {
+                ids.extend(xadd_payloads(&mut conn, &stream, chunk).await);
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+            ids
+        })
+    };
+    for _ in 0..KILLS {
+        let relay = Process::spawn(binary, &args, "trackway-test-relay-crash");
+        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
+        relay.kill();
+    }
+    let ids = producer.await.expect("producer");
+    let relay = Process::spawn(binary, &args, "trackway-test-relay-crash");
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(180)).await;
+    let status = tokio::task::spawn_blocking(move || relay.terminate()).await.expect("terminate");
+    assert!(status.success(), "SIGTERM must end the relay with exit code 0, got {status}");
+
+    // Every valid position exactly once.
+    let client = connect(&db).await;
+    let rows = client
+        .query("SELECT device_id, (extract(epoch FROM ts) * 1000)::bigint FROM trackway.positions", &[])
+        .await
+        .expect("rows");
+    let stored: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(stored.len(), expected_keys.len(), "row count");
+    let stored_set: HashSet<(String, i64)> = stored.into_iter().collect();
+    assert_eq!(stored_set, expected_keys, "stored keys differ from the valid entries");
+
+    // Every invalid entry exactly once in the dead-letter stream.
+    let invalid_ids: HashSet<&String> =
+        ids.iter().zip(&entries).filter(|(_, g)| g.payload.contains("123.5")).map(|(id, _)| id).collect();
+    assert_eq!(invalid_ids.len(), invalid_count);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    let mut per_source: HashMap<String, usize> = HashMap::new();
+    for (_, letter) in &dead {
+        assert_eq!(letter["trackway.reason"], "invalid", "{letter:?}");
+        assert!(letter["trackway.error"].starts_with("latitude: "), "{letter:?}");
+        *per_source.entry(letter["trackway.source_id"].clone()).or_default() += 1;
+    }
+    let doubled: Vec<_> = per_source.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "dead-lettered more than once: {doubled:?}");
+    let dead_ids: HashSet<&String> = per_source.keys().collect();
+    assert_eq!(dead_ids, invalid_ids, "dead letters differ from the invalid entries");
+}
+
+#[test]
+fn time_iso_matches_known_dates() {
+    assert_eq!(time_iso(0), "1970-01-01T00:00:00.000Z");
+    assert_eq!(time_iso(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+    assert_eq!(time_iso(951_782_400_000), "2000-02-29T00:00:00.000Z");
+}
