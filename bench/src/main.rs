@@ -22,6 +22,7 @@
 mod db;
 mod ingest;
 mod payloads;
+mod relay;
 mod report;
 mod routes;
 
@@ -38,6 +39,59 @@ struct Cli {
 enum Command {
     /// SQL ingest: ingest_batch vs COPY vs plain SQL, in one fresh database.
     Ingest(IngestArgs),
+    /// End to end: Redis Stream -> trackway-relay -> committed rows, vs ingest_batch called directly.
+    Relay(RelayArgs),
+}
+
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// Positions to store per run.
+    #[arg(long, default_value_t = 200_000)]
+    rows: usize,
+    /// Distinct devices sending them.
+    #[arg(long, default_value_t = 1_000)]
+    devices: usize,
+    /// Entries per relay batch, and rows per direct ingest_batch call.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Runs per route; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
+    /// Seed of the payload generator.
+    #[arg(long, default_value_t = 20_261_127)]
+    seed: u64,
+    /// Maintenance connection, used to create and drop the benchmark database.
+    #[arg(long, default_value = "postgres://postgres@localhost/postgres")]
+    database_url: String,
+    /// Name of the benchmark database (dropped and re-created).
+    #[arg(long, default_value = "trackway_bench_relay")]
+    bench_database: String,
+    /// Redis that holds the benchmark streams.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// The relay binary [default: trackway-relay next to this binary].
+    #[arg(long)]
+    relay_binary: Option<std::path::PathBuf>,
+    /// Keep the benchmark database afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+impl From<RelayArgs> for relay::Options {
+    fn from(a: RelayArgs) -> relay::Options {
+        relay::Options {
+            rows: a.rows,
+            devices: a.devices,
+            batch: a.batch,
+            repetitions: a.repetitions,
+            seed: a.seed,
+            database_url: a.database_url,
+            bench_database: a.bench_database,
+            redis_url: a.redis_url,
+            relay_binary: a.relay_binary,
+            keep: a.keep,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -91,6 +145,7 @@ impl From<IngestArgs> for ingest::Options {
 async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Ingest(args) => ingest::run(&args.into()).await,
+        Command::Relay(args) => relay::run(&args.into()).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
