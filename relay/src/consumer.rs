@@ -1,11 +1,16 @@
 //! The ingest loop: stream entries → `trackway.ingest_batch` → XACK, nothing lost, nothing twice.
 //!
-//! Order of work: first this consumer's own pending entries (left by a crash or a lost connection), then
-//! entries idle too long on other consumers (XAUTOCLAIM, when a sweep is due), then new entries with a
-//! blocking read. Each batch is stored with one database call and acknowledged only after that call has
-//! committed; an entry that cannot be stored is dead-lettered and acknowledged in one atomic Redis step.
-//! A crash at any point leaves the entries pending, and handling them again is harmless: stored rows come
-//! back as `duplicate`, and a dead letter is written only while its entry is still pending.
+//! Order of reading: first this consumer's own pending entries (left by a crash or a lost connection),
+//! then entries idle too long on other consumers (XAUTOCLAIM, when a sweep is due), then new entries.
+//! Each batch is stored with one database call and acknowledged only after that call has committed; an
+//! entry that cannot be stored is dead-lettered and acknowledged in one atomic Redis step. A crash at any
+//! point leaves entries pending, and handling them again is harmless: stored rows come back as
+//! `duplicate`, and a dead letter is written only while its entry is still pending.
+//!
+//! Three stages overlap so the database is never idle waiting for Redis: while batch N is stored, batch
+//! N+1 is read (without blocking) and batch N−1 is acknowledged. Each stage has its own Redis connection
+//! where it needs one, so a blocking read never delays an acknowledgement. When nothing was read ahead,
+//! the pending acknowledgement is finished before the next blocking read.
 
 use std::{
     collections::HashMap,
@@ -17,7 +22,7 @@ use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backoff::{Backoff, BackendState},
+    backoff::{BackendState, Backoff},
     config::Config,
     database::{self, IngestError, Status},
     metrics::Metrics,
@@ -45,6 +50,12 @@ impl Source {
     }
 }
 
+/// A batch read from the stream.
+struct Batch {
+    source: Source,
+    entries: Vec<Entry>,
+}
+
 /// The result for one payload sent to the database.
 #[derive(Clone, Debug)]
 enum Stored {
@@ -54,35 +65,199 @@ enum Stored {
     Rejected(String),
 }
 
-/// The consumer and everything it needs; runs until shutdown.
+/// What to tell Redis about a handled batch.
+#[derive(Default)]
+struct Settlement {
+    /// Entries to acknowledge (stored, duplicate, or deleted from the stream).
+    acks: Vec<String>,
+    /// Entries to dead-letter and acknowledge.
+    dead: Vec<DeadLetter>,
+}
+
+/// The consumer: three stages and the signal that stops them.
 pub struct Consumer {
-    /// Group operations and names.
-    group: Group,
-    /// This task's Redis connection (blocking reads happen on it, so nothing else shares it).
-    link: Link,
-    /// PostgreSQL connections.
-    pool: Pool,
+    /// Reads batches.
+    reader: Reader,
+    /// Stores payloads.
+    storer: Storer,
+    /// Acknowledges and dead-letters.
+    settler: Settler,
+    /// Stops reading; the batch in hand is finished first.
+    shutdown: CancellationToken,
+    /// Deliveries after which an entry is dead-lettered.
+    max_deliveries: u64,
+    /// Entry field holding the payload.
+    payload_field: String,
     /// Counters and histograms.
     metrics: Metrics,
-    /// Stops the loop after the batch in flight.
-    shutdown: CancellationToken,
-    /// Entries per read and per database call.
+}
+
+impl Consumer {
+    /// A consumer for `config`; connects lazily.
+    pub fn new(config: &Config, pool: Pool, metrics: Metrics, shutdown: CancellationToken) -> Result<Consumer, RedisError> {
+        let group = Group::new(config.names.clone());
+        Ok(Consumer {
+            reader: Reader {
+                group: group.clone(),
+                link: Link::new(config.redis.clone(), config.block)?,
+                batch_size: config.batch_size,
+                block: config.block,
+                claim_idle: config.claim_idle,
+                group_ready: false,
+                pending_after: Some("0".to_owned()),
+                claim_start: "0-0".to_owned(),
+                next_claim: Instant::now(),
+                redis: BackendState::new("redis"),
+                backoff: Backoff::default(),
+                metrics: metrics.clone(),
+            },
+            storer: Storer { pool, postgres: BackendState::new("postgres"), backoff: Backoff::default(), metrics: metrics.clone() },
+            settler: Settler {
+                group,
+                link: Link::new(config.redis.clone(), Duration::ZERO)?,
+                redis: BackendState::new("redis"),
+                backoff: Backoff::default(),
+                metrics: metrics.clone(),
+            },
+            shutdown,
+            max_deliveries: config.max_deliveries,
+            payload_field: config.names.payload_field.clone(),
+            metrics,
+        })
+    }
+
+    /// Reads, stores and acknowledges until shutdown; the batch in hand is finished first.
+    pub async fn run(mut self) {
+        let names = &self.reader.group.names;
+        tracing::info!(stream = %names.stream, group = %names.group, consumer = %names.consumer, "consumer started");
+        let mut unsettled: Option<Settlement> = None;
+        let mut ahead: Option<Batch> = None;
+        loop {
+            let batch = match ahead.take() {
+                Some(batch) => batch,
+                None => {
+                    if let Some(s) = unsettled.take() {
+                        self.settler.settle(s, &self.shutdown).await;
+                    }
+                    if self.shutdown.is_cancelled() {
+                        break;
+                    }
+                    match self.reader.next(true).await {
+                        Ok(Some(batch)) => batch,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            if !self.reader.failed(e, &self.shutdown).await {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let (mut settlement, to_store) = self.prepare(&batch).await;
+            let payloads: Vec<&str> = to_store.iter().map(|(_, p)| *p).collect();
+            let read_ahead = async {
+                if self.shutdown.is_cancelled() {
+                    return None;
+                }
+                match self.reader.next(false).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        // The next blocking read retries with backoff.
+                        self.reader.redis.failed(&e);
+                        self.reader.group_ready = false;
+                        None
+                    }
+                }
+            };
+            let settle_previous = async {
+                if let Some(s) = unsettled.take() {
+                    self.settler.settle(s, &self.shutdown).await;
+                }
+            };
+            let (stored, next, ()) = tokio::join!(self.storer.store(&payloads, &self.shutdown), read_ahead, settle_previous);
+            let Some(stored) = stored else {
+                tracing::info!("shutdown while PostgreSQL is unavailable; the batch stays pending");
+                break;
+            };
+            for ((entry, _), result) in to_store.iter().zip(stored) {
+                self.classify(entry, result, &mut settlement);
+            }
+            unsettled = Some(settlement);
+            ahead = next;
+        }
+        if let Some(s) = unsettled.take() {
+            self.settler.settle(s, &self.shutdown).await;
+        }
+        self.settler.leave_if_idle().await;
+        tracing::info!("consumer stopped");
+    }
+
+    /// Sorts a batch: what can go to the database, and what is settled without it (deleted entries,
+    /// entries without a usable payload, entries delivered too often).
+    async fn prepare<'b>(&mut self, batch: &'b Batch) -> (Settlement, Vec<(&'b Entry, &'b str)>) {
+        self.metrics.entries_read.with_label_values(&[batch.source.label()]).inc_by(batch.entries.len() as u64);
+        self.metrics.batch_size.observe(batch.entries.len() as f64);
+        let deliveries = match batch.source {
+            Source::New => HashMap::new(),
+            Source::Pending | Source::Claimed => self.reader.deliveries(&batch.entries).await,
+        };
+        let mut settlement = Settlement::default();
+        let mut to_store = Vec::with_capacity(batch.entries.len());
+        for entry in &batch.entries {
+            if entry.fields.is_none() {
+                // Deleted from the stream while pending: nothing left to store.
+                settlement.acks.push(entry.id.clone());
+                continue;
+            }
+            if let Some(&n) = deliveries.get(&entry.id) {
+                if n > self.max_deliveries {
+                    let error = format!("delivered {n} times without being stored (limit {})", self.max_deliveries);
+                    settlement.dead.push(dead_letter(entry, "max_deliveries", error));
+                    continue;
+                }
+            }
+            match payload_of(entry, &self.payload_field) {
+                Ok(payload) => to_store.push((entry, payload)),
+                Err((reason, error)) => settlement.dead.push(dead_letter(entry, reason, error)),
+            }
+        }
+        (settlement, to_store)
+    }
+
+    /// Records the database's answer for one entry.
+    fn classify(&self, entry: &Entry, result: Stored, settlement: &mut Settlement) {
+        let status = match result {
+            Stored::Status(Status::Inserted) => "inserted",
+            Stored::Status(Status::Duplicate) => "duplicate",
+            Stored::Status(Status::Invalid(error)) => {
+                self.metrics.rows.with_label_values(&["invalid"]).inc();
+                settlement.dead.push(dead_letter(entry, "invalid", error));
+                return;
+            }
+            Stored::Rejected(error) => {
+                settlement.dead.push(dead_letter(entry, "rejected", error));
+                return;
+            }
+        };
+        self.metrics.rows.with_label_values(&[status]).inc();
+        settlement.acks.push(entry.id.clone());
+    }
+}
+
+/// Reading stage: own pending entries, claim sweeps, new entries.
+struct Reader {
+    /// Group operations and names.
+    group: Group,
+    /// Connection for reads (blocking reads happen on it, so nothing else shares it).
+    link: Link,
+    /// Entries per read.
     batch_size: usize,
     /// Blocking read timeout.
     block: Duration,
-    /// Deliveries after which an entry is dead-lettered.
-    max_deliveries: u64,
     /// Idle time after which other consumers' entries are claimed.
     claim_idle: Duration,
-    /// Redis up/down, logged once per change.
-    redis: BackendState,
-    /// PostgreSQL up/down, logged once per change.
-    postgres: BackendState,
-    /// Delay between Redis attempts.
-    redis_backoff: Backoff,
-    /// Delay between PostgreSQL attempts.
-    postgres_backoff: Backoff,
-    /// Whether the group is known to exist (reset when Redis says NOGROUP).
+    /// Whether the group is known to exist (reset after a Redis failure).
     group_ready: bool,
     /// Scan position in this consumer's pending entries; `None` once they are all handled.
     pending_after: Option<String>,
@@ -90,68 +265,27 @@ pub struct Consumer {
     claim_start: String,
     /// When the next XAUTOCLAIM sweep starts.
     next_claim: Instant,
+    /// Redis up/down as this connection sees it, logged once per change.
+    redis: BackendState,
+    /// Delay between attempts.
+    backoff: Backoff,
+    /// Counters.
+    metrics: Metrics,
 }
 
-/// A batch read from the stream.
-struct Batch {
-    source: Source,
-    entries: Vec<Entry>,
-}
-
-impl Consumer {
-    /// A consumer for `config`; connects lazily.
-    pub fn new(config: &Config, pool: Pool, metrics: Metrics, shutdown: CancellationToken) -> Result<Consumer, RedisError> {
-        Ok(Consumer {
-            group: Group::new(config.names.clone()),
-            link: Link::new(config.redis.clone(), config.block)?,
-            pool,
-            metrics,
-            shutdown,
-            batch_size: config.batch_size,
-            block: config.block,
-            max_deliveries: config.max_deliveries,
-            claim_idle: config.claim_idle,
-            redis: BackendState::new("redis"),
-            postgres: BackendState::new("postgres"),
-            redis_backoff: Backoff::default(),
-            postgres_backoff: Backoff::default(),
-            group_ready: false,
-            pending_after: Some("0".to_owned()),
-            claim_start: "0-0".to_owned(),
-            next_claim: Instant::now(),
-        })
+impl Reader {
+    /// The next batch: own pending entries first, then a claim sweep when due, then new entries (waiting
+    /// up to the block time only when `block`).
+    async fn next(&mut self, block: bool) -> Result<Option<Batch>, RedisError> {
+        let batch = self.try_next(block).await?;
+        self.backoff.reset();
+        if self.redis.succeeded() {
+            self.metrics.reconnects.with_label_values(&["redis"]).inc();
+        }
+        Ok(batch)
     }
 
-    /// Reads, stores and acknowledges until shutdown; the batch in flight is finished first.
-    pub async fn run(mut self) {
-        tracing::info!(stream = %self.group.names.stream, group = %self.group.names.group,
-                       consumer = %self.group.names.consumer, "consumer started");
-        while !self.shutdown.is_cancelled() {
-            match self.next_batch().await {
-                Ok(Some(batch)) => {
-                    self.redis_ok();
-                    self.handle(batch).await;
-                }
-                Ok(None) => self.redis_ok(),
-                Err(e) => {
-                    if !self.redis_failed(e).await {
-                        break;
-                    }
-                }
-            }
-        }
-        if !self.redis.is_down() {
-            match self.group.leave_if_idle(&mut self.link).await {
-                Ok(true) => tracing::debug!("left the consumer group (no pending entries)"),
-                Ok(false) => tracing::info!("entries still pending on this consumer; they will be re-processed"),
-                Err(e) => tracing::debug!(error = %e, "could not leave the consumer group"),
-            }
-        }
-        tracing::info!("consumer stopped");
-    }
-
-    /// The next batch: own pending entries first, then a claim sweep when due, then new entries.
-    async fn next_batch(&mut self) -> Result<Option<Batch>, RedisError> {
+    async fn try_next(&mut self, block: bool) -> Result<Option<Batch>, RedisError> {
         if !self.group_ready {
             self.group.ensure(&mut self.link).await?;
             self.group_ready = true;
@@ -166,7 +300,8 @@ impl Consumer {
         if Instant::now() >= self.next_claim {
             let claimed = self.group.autoclaim(&mut self.link, self.claim_idle, &self.claim_start, self.batch_size).await?;
             if claimed.next == "0-0" {
-                self.next_claim = Instant::now() + (self.claim_idle / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+                let pause = (self.claim_idle / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+                self.next_claim = Instant::now() + pause;
             }
             self.claim_start = claimed.next;
             if claimed.deleted > 0 {
@@ -178,64 +313,9 @@ impl Consumer {
                 return Ok(Some(Batch { source: Source::Claimed, entries: claimed.entries }));
             }
         }
-        let entries = self.group.read_new(&mut self.link, self.batch_size, self.block).await?;
+        let block = if block { Some(self.block) } else { None };
+        let entries = self.group.read_new(&mut self.link, self.batch_size, block).await?;
         Ok((!entries.is_empty()).then_some(Batch { source: Source::New, entries }))
-    }
-
-    /// Stores one batch and acknowledges it. Returns early only at shutdown during an outage, leaving the
-    /// entries pending.
-    async fn handle(&mut self, batch: Batch) {
-        let Batch { source, entries } = batch;
-        self.metrics.entries_read.with_label_values(&[source.label()]).inc_by(entries.len() as u64);
-        self.metrics.batch_size.observe(entries.len() as f64);
-        let deliveries = match source {
-            Source::New => HashMap::new(),
-            Source::Pending | Source::Claimed => self.deliveries(&entries).await,
-        };
-
-        let mut acks: Vec<&str> = Vec::new();
-        let mut dead: Vec<DeadLetter> = Vec::new();
-        let mut to_store: Vec<(&Entry, &str)> = Vec::new();
-        let payload_field = self.group.names.payload_field.clone();
-        for entry in &entries {
-            if entry.fields.is_none() {
-                // Deleted from the stream while pending: nothing left to store.
-                acks.push(&entry.id);
-                continue;
-            }
-            if let Some(&n) = deliveries.get(&entry.id) {
-                if n > self.max_deliveries {
-                    dead.push(dead_letter(entry, "max_deliveries",
-                        format!("delivered {n} times without being stored (limit {})", self.max_deliveries)));
-                    continue;
-                }
-            }
-            match payload_of(entry, &payload_field) {
-                Ok(payload) => to_store.push((entry, payload)),
-                Err((reason, error)) => dead.push(dead_letter(entry, reason, error)),
-            }
-        }
-
-        let payloads: Vec<&str> = to_store.iter().map(|(_, p)| *p).collect();
-        let Some(results) = self.store(&payloads).await else { return };
-        for ((entry, _), result) in to_store.iter().zip(results) {
-            match result {
-                Stored::Status(Status::Inserted) => {
-                    self.metrics.rows.with_label_values(&["inserted"]).inc();
-                    acks.push(&entry.id);
-                }
-                Stored::Status(Status::Duplicate) => {
-                    self.metrics.rows.with_label_values(&["duplicate"]).inc();
-                    acks.push(&entry.id);
-                }
-                Stored::Status(Status::Invalid(error)) => {
-                    self.metrics.rows.with_label_values(&["invalid"]).inc();
-                    dead.push(dead_letter(entry, "invalid", error));
-                }
-                Stored::Rejected(error) => dead.push(dead_letter(entry, "rejected", error)),
-            }
-        }
-        self.settle(&acks, &dead).await;
     }
 
     /// Delivery counts of redelivered entries (empty when Redis cannot tell now; checked again next time).
@@ -250,9 +330,35 @@ impl Consumer {
         }
     }
 
-    /// Stores the payloads, one database call per batch; retries while the database is unavailable and
-    /// splits a batch the server refuses until the refused payloads are found. `None` at shutdown.
-    async fn store(&mut self, payloads: &[&str]) -> Option<Vec<Stored>> {
+    /// Records a failure and waits before the next attempt. Afterwards the group is checked again (it may
+    /// have been lost with a Redis restart) and own pending entries are scanned again. `false` at shutdown.
+    async fn failed(&mut self, error: RedisError, shutdown: &CancellationToken) -> bool {
+        if error.code() == Some("NOGROUP") {
+            tracing::warn!(error = %error, "consumer group missing; creating it again");
+        }
+        self.redis.failed(&error);
+        self.group_ready = false;
+        self.pending_after = Some("0".to_owned());
+        self.backoff.wait(shutdown).await
+    }
+}
+
+/// Storing stage: one `ingest_batch` call per batch.
+struct Storer {
+    /// PostgreSQL connections.
+    pool: Pool,
+    /// PostgreSQL up/down, logged once per change.
+    postgres: BackendState,
+    /// Delay between attempts.
+    backoff: Backoff,
+    /// Counters and histograms.
+    metrics: Metrics,
+}
+
+impl Storer {
+    /// Stores the payloads; retries while the database is unavailable and splits a batch the server
+    /// refuses until the refused payloads are found. `None` at shutdown during an outage.
+    async fn store(&mut self, payloads: &[&str], shutdown: &CancellationToken) -> Option<Vec<Stored>> {
         let mut results: Vec<Option<Stored>> = vec![None; payloads.len()];
         let mut ranges = if payloads.is_empty() { vec![] } else { vec![(0, payloads.len())] };
         while let Some((lo, hi)) = ranges.pop() {
@@ -262,19 +368,19 @@ impl Consumer {
                     Ok(statuses) => {
                         self.metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
                         self.metrics.batches.with_label_values(&["committed"]).inc();
-                        self.postgres_ok();
+                        self.succeeded();
                         for (slot, status) in results[lo..hi].iter_mut().zip(statuses) {
                             *slot = Some(Stored::Status(status));
                         }
                         break;
                     }
                     Err(IngestError::Rejected(error)) if hi - lo == 1 => {
-                        self.postgres_ok();
+                        self.succeeded();
                         results[lo] = Some(Stored::Rejected(error));
                         break;
                     }
                     Err(IngestError::Rejected(error)) => {
-                        self.postgres_ok();
+                        self.succeeded();
                         self.metrics.batches.with_label_values(&["split"]).inc();
                         tracing::warn!(entries = hi - lo, %error, "database refused the batch; splitting it to find the cause");
                         let mid = lo + (hi - lo) / 2;
@@ -285,8 +391,7 @@ impl Consumer {
                     Err(IngestError::Unavailable(error)) => {
                         self.metrics.batches.with_label_values(&["retried"]).inc();
                         self.postgres.failed(&error);
-                        if !self.postgres_backoff.wait(&self.shutdown).await {
-                            tracing::info!("shutdown while PostgreSQL is unavailable; the batch stays pending");
+                        if !self.backoff.wait(shutdown).await {
                             return None;
                         }
                     }
@@ -296,12 +401,41 @@ impl Consumer {
         Some(results.into_iter().map(|r| r.unwrap_or_else(|| Stored::Rejected("not stored".to_owned()))).collect())
     }
 
-    /// Acknowledges stored entries and writes dead letters, retrying while Redis is unavailable.
-    async fn settle(&mut self, acks: &[&str], dead: &[DeadLetter]) {
+    fn succeeded(&mut self) {
+        self.backoff.reset();
+        if self.postgres.succeeded() {
+            self.metrics.reconnects.with_label_values(&["postgres"]).inc();
+        }
+    }
+}
+
+/// Acknowledging stage: XACK and dead letters, on a connection of its own.
+struct Settler {
+    /// Group operations and names.
+    group: Group,
+    /// Connection for acknowledgements (never blocked by a read).
+    link: Link,
+    /// Redis up/down as this connection sees it, logged once per change.
+    redis: BackendState,
+    /// Delay between attempts.
+    backoff: Backoff,
+    /// Counters.
+    metrics: Metrics,
+}
+
+impl Settler {
+    /// Acknowledges and dead-letters, retrying while Redis is unavailable; gives up only at shutdown (the
+    /// entries stay pending and come back as duplicates).
+    async fn settle(&mut self, settlement: Settlement, shutdown: &CancellationToken) {
+        let Settlement { acks, dead } = settlement;
+        let acks: Vec<&str> = acks.iter().map(String::as_str).collect();
         loop {
-            match self.group.settle(&mut self.link, acks, dead).await {
+            match self.group.settle(&mut self.link, &acks, &dead).await {
                 Ok(settled) => {
-                    self.redis_ok();
+                    self.backoff.reset();
+                    if self.redis.succeeded() {
+                        self.metrics.reconnects.with_label_values(&["redis"]).inc();
+                    }
                     self.metrics.acks.inc_by(settled.acked);
                     for (letter, written) in dead.iter().zip(&settled.written) {
                         if *written {
@@ -316,8 +450,9 @@ impl Consumer {
                     return;
                 }
                 Err(e) => {
-                    if !self.redis_failed(e).await {
-                        tracing::info!("shutdown while Redis is unavailable; stored entries stay pending and will come back as duplicates");
+                    self.redis.failed(&e);
+                    if !self.backoff.wait(shutdown).await {
+                        tracing::info!("shutdown while Redis is unavailable; handled entries stay pending");
                         return;
                     }
                 }
@@ -325,31 +460,16 @@ impl Consumer {
         }
     }
 
-    fn redis_ok(&mut self) {
-        self.redis_backoff.reset();
-        if self.redis.succeeded() {
-            self.metrics.reconnects.with_label_values(&["redis"]).inc();
+    /// Leaves the group when nothing is pending on this consumer, so stopped relays do not pile up in it.
+    async fn leave_if_idle(&mut self) {
+        if self.redis.is_down() {
+            return;
         }
-    }
-
-    fn postgres_ok(&mut self) {
-        self.postgres_backoff.reset();
-        if self.postgres.succeeded() {
-            self.metrics.reconnects.with_label_values(&["postgres"]).inc();
+        match self.group.leave_if_idle(&mut self.link).await {
+            Ok(true) => tracing::debug!("left the consumer group (no pending entries)"),
+            Ok(false) => tracing::info!("entries still pending on this consumer; they will be re-processed"),
+            Err(e) => tracing::debug!(error = %e, "could not leave the consumer group"),
         }
-    }
-
-    /// Records a Redis failure and waits before the next attempt. After it, the consumer re-checks the
-    /// group (it may have been lost with a Redis restart) and re-scans its own pending entries. Returns
-    /// `false` when shutdown came first.
-    async fn redis_failed(&mut self, error: RedisError) -> bool {
-        if error.code() == Some("NOGROUP") {
-            tracing::warn!(error = %error, "consumer group missing; creating it again");
-        }
-        self.redis.failed(&error);
-        self.group_ready = false;
-        self.pending_after = Some("0".to_owned());
-        self.redis_backoff.wait(&self.shutdown).await
     }
 }
 

@@ -167,6 +167,7 @@ impl Link {
 }
 
 /// The consumer group's operations, for one consumer.
+#[derive(Clone)]
 pub struct Group {
     /// Names of stream, group, consumer, dead-letter stream and payload field.
     pub names: StreamNames,
@@ -195,11 +196,13 @@ impl Group {
         }
     }
 
-    /// Up to `count` new entries, waiting up to `block` for the first.
-    pub async fn read_new(&self, link: &mut Link, count: usize, block: Duration) -> Result<Vec<Entry>, RedisError> {
-        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+    /// Up to `count` new entries; with `block`, waits up to that long for the first.
+    pub async fn read_new(&self, link: &mut Link, count: usize, block: Option<Duration>) -> Result<Vec<Entry>, RedisError> {
         let mut cmd = self.read_cmd(count);
-        cmd.arg("BLOCK").arg(block_ms).arg("STREAMS").arg(&self.names.stream).arg(">");
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+        cmd.arg("STREAMS").arg(&self.names.stream).arg(">");
         parse_read(link.query(&cmd).await?)
     }
 
