@@ -156,3 +156,42 @@ fn time_iso_matches_known_dates() {
     assert_eq!(time_iso(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
     assert_eq!(time_iso(951_782_400_000), "2000-02-29T00:00:00.000Z");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_and_acknowledges_the_batch_in_flight_then_exits_zero() {
+    let db = fresh_database("relay_sigterm").await;
+    let stream = unique("sigterm");
+    let mut conn = redis(&redis_url()).await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let payloads: Vec<String> = generate(&mut rng).into_iter().filter(|g| g.key.is_some()).map(|g| g.payload).collect();
+    xadd_payloads(&mut conn, &stream, &payloads).await;
+    let args: Vec<String> = vec![
+        "--database-url".into(), format!("{} dbname={db}", server()),
+        "--redis-url".into(), redis_url(),
+        "--stream".into(), stream.clone(),
+        "--batch-size".into(), "500".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = Process::spawn(env!("CARGO_BIN_EXE_relay-under-test"), &args, "trackway-test-relay-sigterm");
+    let client = connect(&db).await;
+    // Wait until it is busy storing, then ask it to stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = client.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "relay stored nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || relay.terminate()).await.expect("terminate");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+
+    // Everything it read was stored and acknowledged; what it did not read is still in the stream.
+    let (pending, lag) = trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await.expect("group");
+    assert_eq!(pending, 0, "entries left unacknowledged after SIGTERM");
+    let rows: i64 = client.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);
+    let lag = lag.expect("lag known");
+    assert!(lag > 0, "the test should stop the relay before it drains the stream");
+    assert_eq!(rows + lag, payloads.len() as i64, "stored rows + unread entries = all entries");
+}

@@ -256,6 +256,17 @@ mod tests {
     }
 
     #[test]
+    fn help_documents_every_setting() {
+        use clap::CommandFactory;
+        let help = Settings::command().render_long_help().to_string();
+        for name in ["DATABASE_URL", "REDIS_URL", "TRACKWAY_STREAM", "TRACKWAY_GROUP", "TRACKWAY_CONSUMER",
+                     "TRACKWAY_DEAD_LETTER_STREAM", "TRACKWAY_PAYLOAD_FIELD", "TRACKWAY_BATCH_SIZE", "TRACKWAY_BLOCK_MS",
+                     "TRACKWAY_MAX_DELIVERIES", "TRACKWAY_CLAIM_IDLE_MS", "TRACKWAY_ADMIN_ADDR", "RUST_LOG"] {
+            assert!(help.contains(name), "--help does not mention {name}:\n{help}");
+        }
+    }
+
+    #[test]
     fn debug_never_shows_the_password() {
         let config = parse(&["--database-url", "postgres://u:hunter2@db:5433/x", "--redis-url",
                              "redis://:sekrit@r:6379"]).expect("valid");
