@@ -46,21 +46,21 @@ pub struct Settings {
     pub payload_field: String,
 
     /// Entries per read and per `trackway.ingest_batch` call (1–10000).
-    #[arg(long, env = "TRACKWAY_BATCH_SIZE", default_value_t = 1000)]
-    pub batch_size: usize,
+    #[arg(long, env = "TRACKWAY_BATCH_SIZE", default_value = "1000")]
+    pub batch_size: String,
 
     /// How long one read waits for new entries, in milliseconds (1–60000). Shutdown waits at most this
     /// long for a read in flight.
-    #[arg(long, env = "TRACKWAY_BLOCK_MS", default_value_t = 2000)]
-    pub block_ms: u64,
+    #[arg(long, env = "TRACKWAY_BLOCK_MS", default_value = "2000")]
+    pub block_ms: String,
 
     /// An entry delivered more than this many times is dead-lettered instead of retried again (≥ 1).
-    #[arg(long, env = "TRACKWAY_MAX_DELIVERIES", default_value_t = 5)]
-    pub max_deliveries: u64,
+    #[arg(long, env = "TRACKWAY_MAX_DELIVERIES", default_value = "5")]
+    pub max_deliveries: String,
 
     /// Entries pending on another consumer for longer than this (milliseconds, ≥ 1000) are taken over.
-    #[arg(long, env = "TRACKWAY_CLAIM_IDLE_MS", default_value_t = 60_000)]
-    pub claim_idle_ms: u64,
+    #[arg(long, env = "TRACKWAY_CLAIM_IDLE_MS", default_value = "60000")]
+    pub claim_idle_ms: String,
 
     /// Address of the admin HTTP server (/metrics, /healthz, /readyz).
     #[arg(long, env = "TRACKWAY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
@@ -123,7 +123,7 @@ pub struct StreamNames {
 impl Settings {
     /// Checks every value; the error names the setting and never repeats a connection string.
     pub fn validate(self) -> Result<Config, Error> {
-        let bad = |name: &str, why: String| Error::Config(format!("{name}: {why}"));
+        let bad = |name: &str, why: String| Error::Config(format!("{name} (--{}): {why}", flag_of(name)));
         let database = tokio_postgres::Config::from_str(&self.database_url)
             .map_err(|e| bad("DATABASE_URL", format!("not a valid PostgreSQL connection string ({e})")))?;
         if database.get_user().is_none() {
@@ -137,18 +137,18 @@ impl Settings {
                 return Err(bad(name, "must not be empty".into()));
             }
         }
-        if !(1..=10_000).contains(&self.batch_size) {
-            return Err(bad("TRACKWAY_BATCH_SIZE", format!("{} is outside 1–10000", self.batch_size)));
-        }
-        if !(1..=60_000).contains(&self.block_ms) {
-            return Err(bad("TRACKWAY_BLOCK_MS", format!("{} is outside 1–60000", self.block_ms)));
-        }
-        if self.max_deliveries == 0 {
-            return Err(bad("TRACKWAY_MAX_DELIVERIES", "must be at least 1".into()));
-        }
-        if self.claim_idle_ms < 1000 {
-            return Err(bad("TRACKWAY_CLAIM_IDLE_MS", format!("{} is below 1000", self.claim_idle_ms)));
-        }
+        let number = |name: &str, text: &str, range: std::ops::RangeInclusive<u64>| {
+            let value: u64 = text.trim().parse().map_err(|_| bad(name, format!("{text:?} is not a whole number")))?;
+            if range.contains(&value) {
+                Ok(value)
+            } else {
+                Err(bad(name, format!("{value} is outside {}–{}", range.start(), range.end())))
+            }
+        };
+        let batch_size = number("TRACKWAY_BATCH_SIZE", &self.batch_size, 1..=10_000)?;
+        let block_ms = number("TRACKWAY_BLOCK_MS", &self.block_ms, 1..=60_000)?;
+        let max_deliveries = number("TRACKWAY_MAX_DELIVERIES", &self.max_deliveries, 1..=1_000_000)?;
+        let claim_idle_ms = number("TRACKWAY_CLAIM_IDLE_MS", &self.claim_idle_ms, 1000..=86_400_000)?;
         let admin_addr = self.admin_addr.parse().map_err(|_| {
             bad("TRACKWAY_ADMIN_ADDR", format!("{:?} is not an address like 127.0.0.1:9090", self.admin_addr))
         })?;
@@ -171,14 +171,19 @@ impl Settings {
                 dead_letter,
                 payload_field: self.payload_field,
             },
-            batch_size: self.batch_size,
-            block: Duration::from_millis(self.block_ms),
-            max_deliveries: self.max_deliveries,
-            claim_idle: Duration::from_millis(self.claim_idle_ms),
+            batch_size: usize::try_from(batch_size).unwrap_or(1000),
+            block: Duration::from_millis(block_ms),
+            max_deliveries,
+            claim_idle: Duration::from_millis(claim_idle_ms),
             admin_addr,
             log_format: self.log_format,
         })
     }
+}
+
+/// The command-line flag of an environment variable (`TRACKWAY_BATCH_SIZE` → `batch-size`).
+fn flag_of(env: &str) -> String {
+    env.strip_prefix("TRACKWAY_").unwrap_or(env).to_ascii_lowercase().replace('_', "-")
 }
 
 /// `<host name>-<process id>`: unique among live relays, new after every restart.
@@ -242,16 +247,17 @@ mod tests {
     #[test]
     fn bad_values_name_the_setting_and_hide_secrets() {
         let err = parse(&["--database-url", "postgres://u:hunter2@h:notaport/db"]).unwrap_err().to_string();
-        assert!(err.starts_with("DATABASE_URL:"), "{err}");
+        assert!(err.starts_with("DATABASE_URL (--database-url): "), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
         for (flag, value, name) in [("--batch-size", "0", "TRACKWAY_BATCH_SIZE"),
                                     ("--block-ms", "70000", "TRACKWAY_BLOCK_MS"),
+                                    ("--block-ms", "soon", "TRACKWAY_BLOCK_MS"),
                                     ("--max-deliveries", "0", "TRACKWAY_MAX_DELIVERIES"),
                                     ("--claim-idle-ms", "10", "TRACKWAY_CLAIM_IDLE_MS"),
                                     ("--admin-addr", "nowhere", "TRACKWAY_ADMIN_ADDR"),
                                     ("--redis-url", "http://x", "REDIS_URL")] {
             let err = parse(&[flag, value]).unwrap_err().to_string();
-            assert!(err.starts_with(name), "{flag} {value}: {err}");
+            assert!(err.starts_with(&format!("{name} ({flag}): ")), "{flag} {value}: {err}");
         }
     }
 
