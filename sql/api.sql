@@ -111,6 +111,8 @@ COMMENT ON FUNCTION trackway.positions_since(text, text[], integer) IS
 -- The statement-level insert trigger: keeps latest_positions and announces the new rows.
 -- Transition tables hold only the rows actually inserted (not ON CONFLICT duplicates) and are filled by
 -- INSERT and COPY alike, so every route into the table is announced, once per row, at commit.
+-- trackway.ingest/ingest_batch do both jobs themselves for their own INSERT (they hold the decoded rows);
+-- _ingest_batch_statement() is true only for that one statement, so it is skipped here.
 CREATE FUNCTION trackway._positions_inserted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, trackway, pg_temp
@@ -120,6 +122,10 @@ DECLARE
     lats float8[]; lons float8[]; alts float8[]; angs float8[]; spds float8[];
     sats int2[]; pris int2[]; atts text[];
 BEGIN
+    IF trackway._ingest_batch_statement() THEN
+        RETURN NULL;
+    END IF;
+
     -- Rows are taken in device order so concurrent writers lock latest rows in the same order.
     INSERT INTO trackway.latest_positions AS l
         (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes,

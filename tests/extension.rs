@@ -319,4 +319,14 @@ async fn concurrent_batches_with_overlapping_keys_store_each_row_once() {
     let client = connect(&db).await;
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 2000);
     assert_eq!(inserted, 2000, "each row reported inserted by exactly one writer");
+    // Whichever writer won each row, every device's latest position is its newest row.
+    let stale = count(
+        &client,
+        "SELECT count(*) FROM trackway.latest_positions l
+         WHERE l.ts <> (SELECT max(p.ts) FROM trackway.positions p WHERE p.device_id = l.device_id)
+            OR l.ingest_seq <> (SELECT p.ingest_seq FROM trackway.positions p WHERE (p.device_id, p.ts) = (l.device_id, l.ts))",
+    )
+    .await;
+    assert_eq!(stale, 0, "latest_positions holds the newest row of every device");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 20);
 }

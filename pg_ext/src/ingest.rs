@@ -1,26 +1,95 @@
 //! `trackway.ingest(payload)` and `trackway.ingest_batch(payloads)`: the one way positions enter the table.
 //!
-//! A batch is decoded in Rust ([`BatchPlan`]) and stored with one `INSERT … SELECT FROM unnest(…) ON CONFLICT
-//! DO NOTHING` through SPI, so TimescaleDB routes rows to chunks and the insert trigger keeps the latest
-//! positions and sends the NOTIFYs. Invalid payloads never reach the INSERT, so one bad item cannot fail the
+//! A batch is decoded in Rust ([`BatchPlan`]) and stored with one SPI statement (a kept plan): an
+//! `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` into `positions`, with the upsert of
+//! `latest_positions` in the same statement (one row per device: the newest row of each device in the batch,
+//! when it was inserted). The rows are announced from the positions already decoded here, once the snapshot
+//! for their cursors is known. While that statement runs, the insert trigger `_positions_inserted` sees
+//! [`crate::statement::owned_by_ingest_batch`] and leaves both jobs to this module; for every other `INSERT`
+//! or `COPY` it does them itself. Invalid payloads never reach the INSERT, so one bad item cannot fail the
 //! others.
 
-use pgrx::prelude::*;
-use trackway_wire::{BatchPlan, Outcome, Position};
+use std::cell::OnceCell;
+use std::mem::ManuallyDrop;
+use std::thread::LocalKey;
 
-use crate::{errors, settings};
+use pgrx::pg_sys::{BuiltinOid, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use trackway_wire::{announce_rows, BatchPlan, Outcome, Position};
+
+use crate::{errors, settings, statement};
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
-const INSERT_ROWS: &str = "\
-INSERT INTO trackway.positions
-    (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes)
-SELECT d, t, la, lo, al, an, sp, sa, pr, at::jsonb
-FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[], $6::float8[],
-            $7::float8[], $8::int2[], $9::int2[], $10::text[]) AS u(d, t, la, lo, al, an, sp, sa, pr, at)
-ON CONFLICT (device_id, ts) DO NOTHING
-RETURNING device_id, ts";
+/// Stores the planned rows and keeps `latest_positions`: `$1..$10` are the columns of the rows, `$11`/`$12`
+/// the keys of the newest row of each device (in device order). Returns `(ingest_seq, device_id, ts)` of
+/// every row actually inserted. The upsert takes rows in device order, so concurrent batches lock latest
+/// rows in the same order, and only ever moves a device's latest position forward in time.
+const STORE_ROWS: &str = "\
+WITH new_rows AS (
+    INSERT INTO trackway.positions
+        (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes)
+    SELECT d, t, la, lo, al, an, sp, sa, pr, at::jsonb
+    FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[], $6::float8[],
+                $7::float8[], $8::int2[], $9::int2[], $10::text[]) AS u(d, t, la, lo, al, an, sp, sa, pr, at)
+    ON CONFLICT (device_id, ts) DO NOTHING
+    RETURNING *
+), latest AS (
+    INSERT INTO trackway.latest_positions AS l
+        (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes,
+         ingested_at, ingest_xid, ingest_seq)
+    SELECT n.device_id, n.ts, n.latitude, n.longitude, n.altitude, n.angle, n.speed, n.satellites,
+           n.priority, n.attributes, n.ingested_at, n.ingest_xid, n.ingest_seq
+    FROM new_rows n
+    JOIN unnest($11::text[], $12::timestamptz[]) AS w(d, t) ON n.device_id = w.d AND n.ts = w.t
+    ORDER BY n.device_id
+    ON CONFLICT (device_id) DO UPDATE
+        SET ts = excluded.ts, latitude = excluded.latitude, longitude = excluded.longitude,
+            altitude = excluded.altitude, angle = excluded.angle, speed = excluded.speed,
+            satellites = excluded.satellites, priority = excluded.priority, attributes = excluded.attributes,
+            ingested_at = excluded.ingested_at, ingest_xid = excluded.ingest_xid, ingest_seq = excluded.ingest_seq
+        WHERE l.ts < excluded.ts
+)
+SELECT n.ingest_seq, n.device_id, n.ts FROM new_rows n";
+
+/// Parameter types of [`STORE_ROWS`].
+const STORE_ROWS_ARGS: [BuiltinOid; 12] = [
+    BuiltinOid::TEXTARRAYOID,
+    BuiltinOid::TIMESTAMPTZARRAYOID,
+    BuiltinOid::FLOAT8ARRAYOID,
+    BuiltinOid::FLOAT8ARRAYOID,
+    BuiltinOid::FLOAT8ARRAYOID,
+    BuiltinOid::FLOAT8ARRAYOID,
+    BuiltinOid::FLOAT8ARRAYOID,
+    BuiltinOid::INT2ARRAYOID,
+    BuiltinOid::INT2ARRAYOID,
+    BuiltinOid::TEXTARRAYOID,
+    BuiltinOid::TEXTARRAYOID,
+    BuiltinOid::TIMESTAMPTZARRAYOID,
+];
+
+/// This transaction's id and a snapshot taken after its rows were inserted: what the rows' cursors are
+/// made of (the same function the insert trigger uses).
+const SNAPSHOT: &str = "\
+SELECT pg_catalog.pg_current_xact_id()::text::int8, s.xmax, s.in_progress FROM trackway._snapshot() AS s";
+
+/// Queues the announcements; they are delivered at commit (and dropped on rollback).
+const NOTIFY: &str = "SELECT pg_catalog.pg_notify('trackway_positions', p) FROM unnest($1::text[]) AS p";
+
+/// A statement prepared on first use and kept for the life of the backend (`SPI_keepplan`), so a batch
+/// is not parsed and planned again on every call. PostgreSQL re-plans it by itself when the objects it
+/// uses change (plan-cache invalidation), e.g. after `DROP EXTENSION` / `CREATE EXTENSION`.
+///
+/// Never dropped: freeing a plan while the backend exits is not worth the risk; the memory goes with it.
+type KeptPlan = OnceCell<ManuallyDrop<OwnedPreparedStatement>>;
+
+thread_local! {
+    static STORE_ROWS_PLAN: KeptPlan = const { OnceCell::new() };
+    static SNAPSHOT_PLAN: KeptPlan = const { OnceCell::new() };
+    static NOTIFY_PLAN: KeptPlan = const { OnceCell::new() };
+}
 
 /// Stores one position. Returns `inserted` or `duplicate`; an invalid payload raises an ERROR whose
 /// message starts with the path of the failing field.
@@ -56,52 +125,120 @@ fn ingest_batch(
     }))
 }
 
-/// Decodes, inserts and classifies a batch of payloads (`None` = SQL NULL).
+/// Decodes, inserts, announces and classifies a batch of payloads (`None` = SQL NULL).
 fn run_batch<'a>(payloads: impl Iterator<Item = Option<&'a str>>) -> Vec<Outcome> {
     let plan = BatchPlan::new(payloads.map(|p| p.map(str::as_bytes)), settings::max_payload_bytes());
     if plan.rows.is_empty() {
-        return plan.finish(std::iter::empty());
+        return plan.finish_rows(std::iter::empty());
     }
-    let inserted = insert_rows(&plan.rows);
-    plan.finish(inserted.iter().map(|(d, t)| (d.as_str(), *t)))
+    let inserted = Spi::connect_mut(|client| store_and_announce(client, &plan))
+        .unwrap_or_else(|e| error!("trackway: storing positions failed: {e}"));
+    plan.finish_rows(inserted)
 }
 
-/// Inserts the rows; returns the keys `(device_id, unix micros)` that were new.
-fn insert_rows(rows: &[Position]) -> Vec<(String, i64)> {
-    let columns = Columns::from(rows);
-    Spi::connect_mut(|client| {
-        let table = client.update(
-            INSERT_ROWS,
-            None,
-            &[
-                columns.device_id.into(),
-                columns.ts.into(),
-                columns.latitude.into(),
-                columns.longitude.into(),
-                columns.altitude.into(),
-                columns.angle.into(),
-                columns.speed.into(),
-                columns.satellites.into(),
-                columns.priority.into(),
-                columns.attributes.into(),
-            ],
-        )?;
-        let mut keys = Vec::with_capacity(table.len());
-        for row in table {
-            let device_id: Option<String> = row.get(1)?;
-            let ts: Option<TimestampWithTimeZone> = row.get(2)?;
-            if let (Some(device_id), Some(ts)) = (device_id, ts) {
-                keys.push((device_id, pg_sys::TimestampTz::from(ts) + PG_EPOCH_OFFSET_MICROS));
+/// Stores the planned rows, keeps `latest_positions`, queues the NOTIFYs of the new rows; returns the
+/// indexes in `plan.rows` of the rows that were new.
+fn store_and_announce(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi::Result<Vec<usize>> {
+    // (index in plan.rows, ingest_seq) of every inserted row.
+    let inserted = store(client, plan)?;
+    if inserted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (xid, snapshot_xmax, in_progress) = snapshot(client)?;
+    let payloads = announce_rows(
+        inserted.iter().map(|&(row, seq)| (xid, seq, &plan.rows[row])),
+        snapshot_xmax,
+        &in_progress,
+    );
+    with_kept_plan(&NOTIFY_PLAN, client, NOTIFY, &[BuiltinOid::TEXTARRAYOID], |client, notify| {
+        client.update(&**notify, None, &[payloads.into()]).map(|_| ())
+    })?;
+    Ok(inserted.into_iter().map(|(row, _)| row).collect())
+}
+
+/// Runs [`STORE_ROWS`]; returns `(index in plan.rows, ingest_seq)` of each inserted row.
+fn store(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi::Result<Vec<(usize, i64)>> {
+    let rows = &plan.rows;
+    let columns = Columns::from(rows.as_slice());
+    let newest: Vec<usize> = plan.newest_per_device().collect();
+    let newest_device: Vec<&str> = newest.iter().map(|&i| rows[i].device_id.as_str()).collect();
+    let newest_ts: Vec<TimestampWithTimeZone> = newest.iter().map(|&i| to_timestamptz(rows[i].ts_micros)).collect();
+    let args = [
+        columns.device_id.into(),
+        columns.ts.into(),
+        columns.latitude.into(),
+        columns.longitude.into(),
+        columns.altitude.into(),
+        columns.angle.into(),
+        columns.speed.into(),
+        columns.satellites.into(),
+        columns.priority.into(),
+        columns.attributes.into(),
+        newest_device.into(),
+        newest_ts.into(),
+    ];
+    let table = {
+        // The insert trigger leaves this statement's rows to us (also when an ERROR unwinds through here).
+        let _owned = statement::OwnedByIngestBatch::begin();
+        with_kept_plan(&STORE_ROWS_PLAN, client, STORE_ROWS, &STORE_ROWS_ARGS, |client, store| {
+            client.update(&**store, None, &args)
+        })?
+    };
+    let mut inserted = Vec::with_capacity(table.len());
+    for row in table {
+        let seq: Option<i64> = row.get(1)?;
+        let device_id: Option<&str> = row.get(2)?;
+        let ts: Option<TimestampWithTimeZone> = row.get(3)?;
+        if let (Some(seq), Some(device_id), Some(ts)) = (seq, device_id, ts) {
+            if let Some(index) = plan.row_index(device_id, to_unix_micros(ts)) {
+                inserted.push((index, seq));
             }
         }
-        Ok::<_, pgrx::spi::Error>(keys)
-    })
-    .unwrap_or_else(|e| error!("trackway: storing positions failed: {e}"))
+    }
+    Ok(inserted)
 }
 
-/// The rows of a batch as one array per column, the shape `unnest` takes.
-struct Columns {
-    device_id: Vec<String>,
+/// Runs [`SNAPSHOT`]: `(own xid, snapshot xmax, in-progress xids)`.
+fn snapshot(client: &mut SpiClient<'_>) -> pgrx::spi::Result<(u64, u64, Vec<u64>)> {
+    with_kept_plan(&SNAPSHOT_PLAN, client, SNAPSHOT, &[], |client, snapshot| {
+        let row = client.update(&**snapshot, Some(1), &[])?.first();
+        let xid: Option<i64> = row.get(1)?;
+        let xmax: Option<i64> = row.get(2)?;
+        let in_progress: Option<Vec<i64>> = row.get(3)?;
+        let to_u64 = |x: i64| u64::try_from(x).unwrap_or(0);
+        Ok((
+            xid.map_or(0, to_u64),
+            xmax.map_or(0, to_u64),
+            in_progress.unwrap_or_default().into_iter().filter_map(|x| u64::try_from(x).ok()).collect(),
+        ))
+    })
+}
+
+/// Runs `f` with the kept plan of `sql` (preparing it on first use).
+fn with_kept_plan<'conn, R>(
+    key: &'static LocalKey<KeptPlan>,
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+    args: &[BuiltinOid],
+    f: impl FnOnce(&mut SpiClient<'conn>, &OwnedPreparedStatement) -> pgrx::spi::Result<R>,
+) -> pgrx::spi::Result<R> {
+    key.with(|cell| {
+        if cell.get().is_none() {
+            let args: Vec<PgOid> = args.iter().map(|&oid| PgOid::BuiltIn(oid)).collect();
+            let plan = client.prepare_mut(sql, &args)?.keep();
+            // Only fails if a nested call kept its own plan meanwhile; this one then stays unused.
+            let _ = cell.set(ManuallyDrop::new(plan));
+        }
+        match cell.get() {
+            Some(plan) => f(client, plan),
+            None => unreachable!("the plan was just kept"),
+        }
+    })
+}
+
+/// The rows of a batch as one array per column, the shape `unnest` takes (strings borrowed, not copied).
+struct Columns<'a> {
+    device_id: Vec<&'a str>,
     ts: Vec<TimestampWithTimeZone>,
     latitude: Vec<f64>,
     longitude: Vec<f64>,
@@ -110,11 +247,11 @@ struct Columns {
     speed: Vec<Option<f64>>,
     satellites: Vec<Option<i16>>,
     priority: Vec<Option<i16>>,
-    attributes: Vec<Option<String>>,
+    attributes: Vec<Option<&'a str>>,
 }
 
-impl From<&[Position]> for Columns {
-    fn from(rows: &[Position]) -> Columns {
+impl<'a> From<&'a [Position]> for Columns<'a> {
+    fn from(rows: &'a [Position]) -> Columns<'a> {
         let mut c = Columns {
             device_id: Vec::with_capacity(rows.len()),
             ts: Vec::with_capacity(rows.len()),
@@ -128,7 +265,7 @@ impl From<&[Position]> for Columns {
             attributes: Vec::with_capacity(rows.len()),
         };
         for p in rows {
-            c.device_id.push(p.device_id.clone());
+            c.device_id.push(&p.device_id);
             c.ts.push(to_timestamptz(p.ts_micros));
             c.latitude.push(p.latitude);
             c.longitude.push(p.longitude);
@@ -137,7 +274,7 @@ impl From<&[Position]> for Columns {
             c.speed.push(p.speed);
             c.satellites.push(p.satellites);
             c.priority.push(p.priority);
-            c.attributes.push(p.attributes.clone());
+            c.attributes.push(p.attributes.as_deref());
         }
         c
     }

@@ -2,9 +2,11 @@
 //!
 //! Table of contents:
 //! - `sql/schema.sql` — tables `trackway.positions`, `trackway.latest_positions`, `trackway.device_groups`;
-//! - [`ingest`] — `trackway.ingest(text)` and `trackway.ingest_batch(text[])`;
+//! - [`ingest`] — `trackway.ingest(text)` and `trackway.ingest_batch(text[])`: store, keep latest positions,
+//!   announce;
+//! - [`statement`] — tells the insert trigger which INSERT is `ingest_batch`'s own (the only `unsafe` code);
 //! - [`inspect`] — `trackway.decode(text)`, the wire document of a stored row, cursors;
-//! - [`announce`] — the NOTIFY payloads built by the insert trigger;
+//! - [`announce`] — the NOTIFY payloads built by the insert trigger (plain `INSERT`/`COPY`);
 //! - [`errors`] — wire-codec errors as PostgreSQL errors with a data-exception SQLSTATE;
 //! - [`settings`] — the `trackway.max_payload_bytes` setting;
 //! - `sql/api.sql` — SQL-language functions, the insert trigger, roles and grants, the TimescaleDB hookup.
@@ -19,6 +21,7 @@ mod errors;
 mod ingest;
 mod inspect;
 mod settings;
+mod statement;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -85,6 +85,89 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM trackway.latest_positions WHERE device_id = 'dev-4'"), 1);
     }
 
+    fn latest_latitude(device: &str) -> f64 {
+        Spi::get_one_with_args::<f64>(
+            "SELECT latitude FROM trackway.latest_positions WHERE device_id = $1",
+            &[device.into()],
+        )
+        .expect("query")
+        .expect("a latest row")
+    }
+
+    fn ingest_batch_statuses(payloads: Vec<String>) -> Vec<String> {
+        Spi::connect(|c| {
+            let table = c.select("SELECT status FROM trackway.ingest_batch($1) ORDER BY ord", None, &[payloads.into()])?;
+            let mut statuses = Vec::new();
+            for row in table {
+                statuses.push(row.get::<String>(1)?.expect("status"));
+            }
+            Ok::<_, pgrx::spi::Error>(statuses)
+        })
+        .expect("batch runs")
+    }
+
+    #[pg_test]
+    fn a_batch_moves_latest_forward_only() {
+        let at = |s: u32, lat: f64| payload("dev-10", &format!("2026-11-27T08:00:{s:02}.000Z"), lat);
+        assert_eq!(ingest_batch_statuses(vec![at(20, 54.2), at(10, 54.1)]), ["inserted", "inserted"]);
+        assert_eq!(latest_latitude("dev-10"), 54.2);
+        // The newest row of this batch is a repeat; the new, older row must not become the latest.
+        assert_eq!(ingest_batch_statuses(vec![at(15, 54.15), at(20, 54.9)]), ["inserted", "duplicate"]);
+        assert_eq!(latest_latitude("dev-10"), 54.2);
+        // Late data alone does not move it either; newer data does.
+        assert_eq!(ingest_batch_statuses(vec![at(5, 54.05)]), ["inserted"]);
+        assert_eq!(latest_latitude("dev-10"), 54.2);
+        assert_eq!(ingest_batch_statuses(vec![at(30, 54.3), at(25, 54.25)]), ["inserted", "inserted"]);
+        assert_eq!(latest_latitude("dev-10"), 54.3);
+        assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'dev-10'"), 6);
+    }
+
+    #[pg_test]
+    fn after_an_error_inside_ingest_the_trigger_handles_plain_inserts_again() {
+        Spi::run(
+            "CREATE FUNCTION public.tw_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.device_id = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER tw_boom BEFORE INSERT ON trackway.positions
+                 FOR EACH ROW EXECUTE FUNCTION public.tw_boom()",
+        )
+        .expect("test trigger");
+        // `DO` takes no parameters: the payload is handed over in a transaction-local setting.
+        let boom = payload("boom", "2026-11-27T08:00:00.000Z", 1.0);
+        Spi::run_with_args("SELECT set_config('tw.boom', $1, true)", &[boom.into()]).expect("set_config");
+        Spi::run(
+            "DO $$ BEGIN PERFORM trackway.ingest(current_setting('tw.boom'));
+                   RAISE EXCEPTION 'no error raised';
+               EXCEPTION WHEN raise_exception THEN
+                   IF SQLERRM <> 'boom' THEN RAISE; END IF;
+               END $$",
+        )
+        .expect("the ERROR inside ingest was caught");
+        Spi::run("INSERT INTO trackway.positions (device_id, ts, latitude, longitude) VALUES ('after-error', '2026-11-27T08:00:00Z', 7, 8)")
+            .expect("plain insert");
+        assert_eq!(latest_latitude("after-error"), 7.0);
+        assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'boom'"), 0);
+    }
+
+    #[pg_test]
+    fn rows_a_trigger_inserts_during_ingest_are_still_handled_by_the_insert_trigger() {
+        Spi::run(
+            "CREATE FUNCTION public.tw_mirror() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.device_id = 'mirror' THEN
+                     INSERT INTO trackway.positions (device_id, ts, latitude, longitude)
+                     VALUES ('mirror-copy', NEW.ts, NEW.latitude + 1, NEW.longitude);
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER tw_mirror AFTER INSERT ON trackway.positions
+                 FOR EACH ROW EXECUTE FUNCTION public.tw_mirror()",
+        )
+        .expect("test trigger");
+        assert_eq!(ingest(&payload("mirror", "2026-11-27T08:00:00.000Z", 10.0)), "inserted");
+        assert_eq!(latest_latitude("mirror"), 10.0);
+        assert_eq!(latest_latitude("mirror-copy"), 11.0);
+    }
+
     #[pg_test]
     fn plain_insert_also_updates_latest() {
         Spi::run(

@@ -38,18 +38,39 @@ pub struct NewRow {
 /// the inserting transaction (see [`Cursor::from_snapshot`]). Rows are announced in `(xid, seq)` order. Never fails: a row that cannot be
 /// encoded (only possible for hand-written `attributes`) is announced by reference.
 pub fn announcements(rows: &mut [NewRow], snapshot_xmax: u64, in_progress: &[u64]) -> Vec<String> {
-    rows.sort_unstable_by_key(|r| (r.xid, r.seq));
+    announce_rows(
+        rows.iter().map(|r| (r.xid, r.seq, &r.position)),
+        snapshot_xmax,
+        in_progress,
+    )
+}
+
+/// [`announcements`] of borrowed rows `(xid, seq, position)`, for a caller that still holds the positions
+/// it has just inserted (`trackway.ingest_batch`).
+pub fn announce_rows<'a>(
+    rows: impl IntoIterator<Item = (u64, i64, &'a Position)>,
+    snapshot_xmax: u64,
+    in_progress: &[u64],
+) -> Vec<String> {
+    let mut rows: Vec<(u64, i64, &Position)> = rows.into_iter().collect();
+    rows.sort_unstable_by_key(|&(xid, seq, _)| (xid, seq));
     pack(
-        rows.iter()
-            .map(|row| entry(row, snapshot_xmax, in_progress)),
+        rows.into_iter()
+            .map(|(xid, seq, position)| entry(xid, seq, position, snapshot_xmax, in_progress)),
     )
 }
 
 /// One row's entry: its wire document when that fits in a payload, else a reference.
-fn entry(row: &NewRow, snapshot_xmax: u64, in_progress: &[u64]) -> String {
-    let cursor = Cursor::from_snapshot(row.xid, row.seq, snapshot_xmax, in_progress).to_string();
+fn entry(
+    xid: u64,
+    seq: i64,
+    position: &Position,
+    snapshot_xmax: u64,
+    in_progress: &[u64],
+) -> String {
+    let cursor = Cursor::from_snapshot(xid, seq, snapshot_xmax, in_progress).to_string();
     let budget = MAX_NOTIFY_PAYLOAD_BYTES - OPEN.len() - CLOSE.len();
-    if let Ok(wire) = encode(&row.position) {
+    if let Ok(wire) = encode(position) {
         let full = format!("{{\"cursor\":\"{cursor}\",\"position\":{wire}}}");
         if full.len() <= budget {
             return full;
@@ -57,8 +78,8 @@ fn entry(row: &NewRow, snapshot_xmax: u64, in_progress: &[u64]) -> String {
     }
     format!(
         "{{\"cursor\":\"{cursor}\",\"deviceId\":{},\"timestamp\":\"{}\"}}",
-        json_string(&row.position.device_id),
-        format_timestamp(row.position.ts_micros)
+        json_string(&position.device_id),
+        format_timestamp(position.ts_micros)
     )
 }
 

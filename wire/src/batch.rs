@@ -85,18 +85,36 @@ impl BatchPlan {
     }
 
     /// The outcome of every payload, in input order, given the keys the insert reported as new.
-    pub fn finish<'k>(
-        mut self,
-        inserted: impl IntoIterator<Item = (&'k str, i64)>,
-    ) -> Vec<Outcome> {
-        for (device_id, ts_micros) in inserted {
-            let found = self.rows.binary_search_by(|row| {
+    pub fn finish<'k>(self, inserted: impl IntoIterator<Item = (&'k str, i64)>) -> Vec<Outcome> {
+        let rows: Vec<usize> = inserted
+            .into_iter()
+            .filter_map(|(device_id, ts_micros)| self.row_index(device_id, ts_micros))
+            .collect();
+        self.finish_rows(rows)
+    }
+
+    /// The index in [`rows`](Self::rows) of the row with key `(device_id, ts_micros)`, if planned.
+    pub fn row_index(&self, device_id: &str, ts_micros: i64) -> Option<usize> {
+        self.rows
+            .binary_search_by(|row| {
                 (row.device_id.as_str(), row.ts_micros).cmp(&(device_id, ts_micros))
-            });
-            if let Ok(row) = found {
-                if let Some(&index) = self.row_origin.get(row) {
-                    self.outcomes[index] = Some(Outcome::Inserted);
-                }
+            })
+            .ok()
+    }
+
+    /// Indexes in [`rows`](Self::rows) of the newest row of each device (the greatest `ts_micros`), in
+    /// device order: the only rows of the batch that can become a device's latest position.
+    pub fn newest_per_device(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.rows.len();
+        (0..n).filter(move |&i| i + 1 == n || self.rows[i + 1].device_id != self.rows[i].device_id)
+    }
+
+    /// The outcome of every payload, in input order, given the indexes in [`rows`](Self::rows) of the rows
+    /// the insert reported as new (out-of-range indexes are ignored).
+    pub fn finish_rows(mut self, inserted: impl IntoIterator<Item = usize>) -> Vec<Outcome> {
+        for row in inserted {
+            if let Some(&index) = self.row_origin.get(row) {
+                self.outcomes[index] = Some(Outcome::Inserted);
             }
         }
         self.outcomes
@@ -169,6 +187,35 @@ mod tests {
             Outcome::Invalid(e) => assert_eq!(e.to_string(), "payload is NULL"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn newest_per_device_picks_the_last_row_of_each_device() {
+        let texts = [
+            payload("b", 1),
+            payload("a", 3),
+            payload("a", 1),
+            payload("c", 2),
+            payload("a", 2),
+        ];
+        let plan = BatchPlan::new(
+            texts.iter().map(|t| Some(t.as_bytes())),
+            DEFAULT_MAX_PAYLOAD_BYTES,
+        );
+        let newest: Vec<(&str, i64)> = plan
+            .newest_per_device()
+            .map(|i| (plan.rows[i].device_id.as_str(), plan.rows[i].ts_micros))
+            .collect();
+        let second =
+            |s: i64| plan.rows[0].ts_micros - plan.rows[0].ts_micros % 60_000_000 + s * 1_000_000;
+        assert_eq!(
+            newest,
+            [("a", second(3)), ("b", second(1)), ("c", second(2))]
+        );
+        assert_eq!(plan.row_index("a", second(2)), Some(1));
+        assert_eq!(plan.row_index("a", second(4)), None);
+        let empty = BatchPlan::new(std::iter::empty(), DEFAULT_MAX_PAYLOAD_BYTES);
+        assert_eq!(empty.newest_per_device().count(), 0);
     }
 
     #[test]

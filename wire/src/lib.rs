@@ -38,7 +38,7 @@ mod json;
 mod number;
 mod timestamp;
 
-pub use announce::{announcements, NewRow, MAX_NOTIFY_PAYLOAD_BYTES};
+pub use announce::{announce_rows, announcements, NewRow, MAX_NOTIFY_PAYLOAD_BYTES};
 pub use attributes::decode_b64;
 pub use batch::{BatchPlan, Outcome};
 pub use cursor::Cursor;

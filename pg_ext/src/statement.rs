@@ -1,0 +1,63 @@
+//! Which INSERT the insert trigger is looking at: `trackway.ingest_batch`'s own, or anybody else's.
+//!
+//! `ingest_batch` keeps `latest_positions` and sends the NOTIFYs for the rows of its own INSERT (it has the
+//! decoded positions at hand), so the statement trigger `_positions_inserted` must skip exactly that
+//! statement and no other — a plain `INSERT` or `COPY` into `trackway.positions` is still its job.
+//!
+//! While `ingest_batch` runs its INSERT it holds an [`OwnedByIngestBatch`] guard, which records the trigger
+//! depth at which the statement runs. The trigger asks [`owned_by_ingest_batch`]; the answer is yes only
+//! one trigger level below that depth, so an INSERT into `positions` made by some other trigger fired
+//! *inside* that statement is still handled by the trigger. The guard is a Rust value in this backend's
+//! (only) thread, reset by `Drop` also when an ERROR unwinds through `ingest_batch`, so nothing of it
+//! outlives the statement, whatever the transaction does afterwards.
+//!
+//! This module holds the crate's only `unsafe` code.
+
+use std::cell::Cell;
+
+use pgrx::prelude::*;
+
+thread_local! {
+    /// The trigger depth (`pg_trigger_depth()`) at which `ingest_batch`'s INSERT runs, while it runs.
+    static OWNED_AT_DEPTH: Cell<Option<i32>> = const { Cell::new(None) };
+}
+
+/// Marks the statement about to run as `ingest_batch`'s own until dropped.
+#[must_use = "the mark lasts as long as the guard"]
+pub struct OwnedByIngestBatch {
+    previous: Option<i32>,
+}
+
+impl OwnedByIngestBatch {
+    /// Starts the mark at the current trigger depth.
+    pub fn begin() -> OwnedByIngestBatch {
+        let depth = trigger_depth();
+        OwnedByIngestBatch {
+            previous: OWNED_AT_DEPTH.with(|owned| owned.replace(Some(depth))),
+        }
+    }
+}
+
+impl Drop for OwnedByIngestBatch {
+    fn drop(&mut self) {
+        // Restores an outer mark: ingest_batch may be called by a trigger fired inside another ingest_batch.
+        OWNED_AT_DEPTH.with(|owned| owned.set(self.previous));
+    }
+}
+
+/// True when called by the insert trigger of the INSERT that `trackway.ingest_batch` is running right now:
+/// that statement's rows are kept in `latest_positions` and announced by `ingest_batch` itself.
+#[pg_extern(volatile, parallel_restricted, name = "_ingest_batch_statement")]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn owned_by_ingest_batch() -> bool {
+    let depth = trigger_depth();
+    OWNED_AT_DEPTH.with(|owned| owned.get().is_some_and(|at| at.checked_add(1) == Some(depth)))
+}
+
+/// `pg_trigger_depth()`: how many triggers are executing around the current code.
+fn trigger_depth() -> i32 {
+    // SAFETY: `pg_trigger_depth` is a built-in SQL function without arguments that only returns a backend
+    // counter; `direct_function_call` builds a valid (argument-less) call frame for it, and we are on the
+    // backend's thread, inside a transaction.
+    unsafe { pgrx::direct_function_call::<i32>(pg_sys::pg_trigger_depth, &[]) }.unwrap_or(0)
+}
