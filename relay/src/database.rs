@@ -15,6 +15,12 @@ const INGEST_BATCH: &str = "SELECT ord, status, error FROM trackway.ingest_batch
 const POOL_SIZE: usize = 4;
 /// How long a caller waits for a pooled connection, and for a new connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for an `ingest_batch` answer. A server that stops answering (a network partition without a
+/// reset) would otherwise stall the relay; after this the connection is discarded and the batch retried,
+/// which is safe because storing is idempotent.
+const INGEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// TCP keepalive idle time, so dead peers are noticed in well under the kernel's default two hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// What `trackway.ingest_batch` said about one payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +55,7 @@ pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
+    config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(POOL_SIZE)
@@ -62,8 +69,19 @@ pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
 /// Stores the payloads with one `trackway.ingest_batch` call; one status per payload, in order.
 pub async fn ingest_batch(pool: &Pool, payloads: &[&str]) -> Result<Vec<Status>, IngestError> {
     let client = pool.get().await.map_err(|e| IngestError::Unavailable(e.to_string()))?;
-    let statement = client.prepare_cached(INGEST_BATCH).await.map_err(classify)?;
-    let rows = client.query(&statement, &[&payloads]).await.map_err(classify)?;
+    let call = async {
+        let statement = client.prepare_cached(INGEST_BATCH).await?;
+        client.query(&statement, &[&payloads]).await
+    };
+    let answer = tokio::time::timeout(INGEST_TIMEOUT, call).await;
+    let rows = match answer {
+        Ok(rows) => rows.map_err(classify)?,
+        Err(_) => {
+            // The connection may still be busy with the call: never hand it out again.
+            drop(deadpool_postgres::Object::take(client));
+            return Err(IngestError::Unavailable(format!("no answer within {} s", INGEST_TIMEOUT.as_secs())));
+        }
+    };
     let mut statuses = vec![None; payloads.len()];
     for row in rows {
         let ord: i32 = row.try_get(0).map_err(classify)?;
