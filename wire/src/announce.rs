@@ -15,7 +15,7 @@
 //! dozen NOTIFYs instead of 1,000.
 
 use crate::cursor::Cursor;
-use crate::{encode, format_timestamp, Position};
+use crate::{encode, encode_decoded, format_timestamp, DecodeError, Position};
 
 /// PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; stay clearly below.
 pub const MAX_NOTIFY_PAYLOAD_BYTES: usize = 7_900;
@@ -38,26 +38,34 @@ pub struct NewRow {
 /// the inserting transaction (see [`Cursor::from_snapshot`]). Rows are announced in `(xid, seq)` order. Never fails: a row that cannot be
 /// encoded (only possible for hand-written `attributes`) is announced by reference.
 pub fn announcements(rows: &mut [NewRow], snapshot_xmax: u64, in_progress: &[u64]) -> Vec<String> {
-    announce_rows(
-        rows.iter().map(|r| (r.xid, r.seq, &r.position)),
-        snapshot_xmax,
-        in_progress,
-    )
+    let mut rows: Vec<(u64, i64, &Position)> =
+        rows.iter().map(|r| (r.xid, r.seq, &r.position)).collect();
+    announce(&mut rows, snapshot_xmax, in_progress, encode)
 }
 
-/// [`announcements`] of borrowed rows `(xid, seq, position)`, for a caller that still holds the positions
-/// it has just inserted (`trackway.ingest_batch`).
+/// [`announcements`] of borrowed rows `(xid, seq, position)` whose positions come straight from
+/// [`decode`](crate::decode), for a caller that still holds the positions it has just inserted
+/// (`trackway.ingest_batch`); documents are made with [`encode_decoded`].
 pub fn announce_rows<'a>(
     rows: impl IntoIterator<Item = (u64, i64, &'a Position)>,
     snapshot_xmax: u64,
     in_progress: &[u64],
 ) -> Vec<String> {
     let mut rows: Vec<(u64, i64, &Position)> = rows.into_iter().collect();
+    announce(&mut rows, snapshot_xmax, in_progress, encode_decoded)
+}
+
+/// Sorts rows by `(xid, seq)` and packs their entries, each document made by `document`.
+fn announce(
+    rows: &mut [(u64, i64, &Position)],
+    snapshot_xmax: u64,
+    in_progress: &[u64],
+    document: fn(&Position) -> Result<String, DecodeError>,
+) -> Vec<String> {
     rows.sort_unstable_by_key(|&(xid, seq, _)| (xid, seq));
-    pack(
-        rows.into_iter()
-            .map(|(xid, seq, position)| entry(xid, seq, position, snapshot_xmax, in_progress)),
-    )
+    pack(rows.iter().map(|&(xid, seq, position)| {
+        entry(xid, seq, position, snapshot_xmax, in_progress, document)
+    }))
 }
 
 /// One row's entry: its wire document when that fits in a payload, else a reference.
@@ -67,10 +75,11 @@ fn entry(
     position: &Position,
     snapshot_xmax: u64,
     in_progress: &[u64],
+    document: fn(&Position) -> Result<String, DecodeError>,
 ) -> String {
     let cursor = Cursor::from_snapshot(xid, seq, snapshot_xmax, in_progress).to_string();
     let budget = MAX_NOTIFY_PAYLOAD_BYTES - OPEN.len() - CLOSE.len();
-    if let Ok(wire) = encode(position) {
+    if let Ok(wire) = document(position) {
         let full = format!("{{\"cursor\":\"{cursor}\",\"position\":{wire}}}");
         if full.len() <= budget {
             return full;

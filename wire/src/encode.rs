@@ -33,6 +33,94 @@ pub fn encode(p: &Position) -> Result<String, DecodeError> {
     Ok(write_position(p, attributes.as_deref()))
 }
 
+/// [`encode`] for a position fresh from [`decode`](crate::decode): the same document, made without parsing
+/// `attributes` into a tree again.
+///
+/// `decode` writes `attributes` as compact JSON with the keys of every object sorted and unique, which is
+/// exactly the order [`encode`] gives them, so the wire form is produced by one pass over the text that only
+/// rewrites numbers. Only call it with `attributes` as `decode` wrote them: text that is not a JSON object,
+/// or a number that cannot be converted, falls back to [`encode`], but keys out of order would stay so.
+pub fn encode_decoded(p: &Position) -> Result<String, DecodeError> {
+    if float_fields(p)
+        .iter()
+        .any(|(_, v)| v.is_some_and(|v| !v.is_finite()))
+    {
+        return encode(p);
+    }
+    match p.attributes.as_deref().map(canonical_attributes_to_wire) {
+        None => Ok(write_position(p, None)),
+        Some(Some(wire)) => Ok(write_position(p, Some(&wire))),
+        Some(None) => encode(p),
+    }
+}
+
+/// The wire form of compact storage-form `attributes` text in one pass: numbers are rewritten like
+/// [`push_number`], everything else is copied. `None` when the text is not a compact JSON object in the
+/// shape `decode` writes, or a number cannot be converted (the caller then takes the slow path, which
+/// reports the error with its path).
+fn canonical_attributes_to_wire(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut depth: usize = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                // A string literal, copied as it is: decode wrote it with `push_str_literal`.
+                let start = at;
+                at += 1;
+                loop {
+                    match bytes.get(at)? {
+                        b'\\' => at += 2,
+                        b'"' => break,
+                        _ => at += 1,
+                    }
+                }
+                at += 1;
+                out.push_str(text.get(start..at)?);
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                while at < bytes.len()
+                    && matches!(bytes[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    at += 1;
+                }
+                push_number(&mut out, text.get(start..at)?).ok()?;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                out.push(char::from(bytes[at]));
+                at += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                out.push(char::from(bytes[at]));
+                at += 1;
+                if depth == 0 {
+                    // The object is closed: nothing may follow.
+                    return (at == bytes.len()).then_some(out);
+                }
+            }
+            b',' | b':' => {
+                out.push(char::from(bytes[at]));
+                at += 1;
+            }
+            _ => {
+                let literal = ["true", "false", "null"]
+                    .into_iter()
+                    .find(|l| bytes[at..].starts_with(l.as_bytes()))?;
+                out.push_str(literal);
+                at += literal.len();
+            }
+        }
+    }
+    None
+}
+
 /// The normalised form of a position, for inspection: the wire format's keys, `timestamp` in ISO-8601 UTC,
 /// numbers as JavaScript prints them (`null` when not finite), and `attributes` in storage form (integers as
 /// plain numbers, no sentinels). `attributes` that are not valid JSON are shown as a string.

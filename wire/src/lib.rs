@@ -43,7 +43,7 @@ pub use attributes::decode_b64;
 pub use batch::{BatchPlan, Outcome};
 pub use cursor::Cursor;
 pub use decode::decode;
-pub use encode::{encode, normalized_json};
+pub use encode::{encode, encode_decoded, normalized_json};
 pub use error::{DecodeError, ErrorKind};
 pub use number::{js_number, MAX_SAFE_INTEGER};
 pub use timestamp::format_timestamp;

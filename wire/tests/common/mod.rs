@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use trackway_wire::{decode, encode, DecodeError, ErrorKind, Position, DEFAULT_MAX_PAYLOAD_BYTES};
+use trackway_wire::{
+    decode, encode, encode_decoded, DecodeError, ErrorKind, Position, DEFAULT_MAX_PAYLOAD_BYTES,
+};
 
 /// The fixed fields of a valid payload, as JSON members (no braces).
 pub const BASE: &str = r#""deviceId":"356307042441013","timestamp":"2026-11-27T10:15:30.123Z","latitude":54.687157,"longitude":25.279652"#;
@@ -81,6 +83,8 @@ pub fn check_stable(payload: &[u8]) {
         return;
     };
     let wire = encode(&first).unwrap_or_else(|e| panic!("encode failed for {first:?}: {e}"));
+    // The one-pass encoder for fresh decodes gives exactly the same text.
+    assert_eq!(encode_decoded(&first).as_deref(), Ok(wire.as_str()), "{first:?}");
     let second = decode(wire.as_bytes(), usize::MAX)
         .unwrap_or_else(|e| panic!("re-decode failed for {wire}: {e}"));
     let rewire = encode(&second).unwrap_or_else(|e| panic!("re-encode failed for {second:?}: {e}"));
