@@ -1,6 +1,9 @@
 //! Capped exponential backoff, and the up/down state of a backend that is logged once per change.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use tokio_util::sync::CancellationToken;
 
@@ -41,11 +44,19 @@ impl Backoff {
 }
 
 /// Whether a backend (PostgreSQL or Redis) currently works, so that an outage is logged when it starts and
-/// when it ends, not on every failed attempt.
-#[derive(Debug)]
+/// when it ends, not on every failed attempt. Clones share the state: every connection to one backend
+/// reports into the same outage.
+#[derive(Clone, Debug)]
 pub struct BackendState {
     /// `postgres` or `redis`, for logs and metric labels.
     name: &'static str,
+    /// The shared part (held only for a few instructions, never across an await).
+    inner: Arc<Mutex<Outage>>,
+}
+
+/// The current outage, if any.
+#[derive(Debug, Default)]
+struct Outage {
     /// When the current outage began; `None` while the backend works.
     down_since: Option<Instant>,
     /// Failed attempts in the current outage.
@@ -55,33 +66,40 @@ pub struct BackendState {
 impl BackendState {
     /// A backend assumed to work.
     pub fn new(name: &'static str) -> BackendState {
-        BackendState { name, down_since: None, failures: 0 }
+        BackendState { name, inner: Arc::default() }
+    }
+
+    fn outage(&self) -> std::sync::MutexGuard<'_, Outage> {
+        // A panic elsewhere cannot leave an `Outage` inconsistent; keep using it.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records a failed attempt; logs only the first of an outage. Returns `true` on that first one.
-    pub fn failed(&mut self, error: &dyn std::fmt::Display) -> bool {
-        self.failures += 1;
-        if self.down_since.is_some() {
-            tracing::debug!(backend = self.name, error = %error, attempt = self.failures, "still unavailable");
+    pub fn failed(&self, error: &dyn std::fmt::Display) -> bool {
+        let mut outage = self.outage();
+        outage.failures += 1;
+        if outage.down_since.is_some() {
+            tracing::debug!(backend = self.name, error = %error, attempt = outage.failures, "still unavailable");
             return false;
         }
-        self.down_since = Some(Instant::now());
+        outage.down_since = Some(Instant::now());
         tracing::warn!(backend = self.name, error = %error, "backend unavailable; retrying with backoff");
         true
     }
 
     /// Records a success; logs the end of an outage. Returns `true` when it ended one.
-    pub fn succeeded(&mut self) -> bool {
-        let Some(since) = self.down_since.take() else { return false };
+    pub fn succeeded(&self) -> bool {
+        let mut outage = self.outage();
+        let Some(since) = outage.down_since.take() else { return false };
         tracing::info!(backend = self.name, down_for_ms = since.elapsed().as_millis() as u64,
-                       failed_attempts = self.failures, "backend available again");
-        self.failures = 0;
+                       failed_attempts = outage.failures, "backend available again");
+        outage.failures = 0;
         true
     }
 
     /// Whether an outage is in progress.
     pub fn is_down(&self) -> bool {
-        self.down_since.is_some()
+        self.outage().down_since.is_some()
     }
 }
 
@@ -105,10 +123,11 @@ mod tests {
 
     #[test]
     fn outage_is_reported_once_per_change() {
-        let mut s = BackendState::new("redis");
+        let s = BackendState::new("redis");
+        let other_connection = s.clone();
         assert!(!s.succeeded());
         assert!(s.failed(&"refused"));
-        assert!(!s.failed(&"refused"));
+        assert!(!other_connection.failed(&"refused"), "one outage, however many connections see it");
         assert!(s.is_down());
         assert!(s.succeeded());
         assert!(!s.succeeded());

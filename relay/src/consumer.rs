@@ -96,6 +96,7 @@ impl Consumer {
     /// A consumer for `config`; connects lazily.
     pub fn new(config: &Config, pool: Pool, metrics: Metrics, shutdown: CancellationToken) -> Result<Consumer, RedisError> {
         let group = Group::new(config.names.clone());
+        let redis = BackendState::new("redis");
         Ok(Consumer {
             reader: Reader {
                 group: group.clone(),
@@ -107,7 +108,7 @@ impl Consumer {
                 pending_after: Some("0".to_owned()),
                 claim_start: "0-0".to_owned(),
                 next_claim: Instant::now(),
-                redis: BackendState::new("redis"),
+                redis: redis.clone(),
                 backoff: Backoff::default(),
                 metrics: metrics.clone(),
             },
@@ -115,7 +116,7 @@ impl Consumer {
             settler: Settler {
                 group,
                 link: Link::new(config.redis.clone(), Duration::ZERO)?,
-                redis: BackendState::new("redis"),
+                redis,
                 backoff: Backoff::default(),
                 metrics: metrics.clone(),
             },
@@ -265,7 +266,7 @@ struct Reader {
     claim_start: String,
     /// When the next XAUTOCLAIM sweep starts.
     next_claim: Instant,
-    /// Redis up/down as this connection sees it, logged once per change.
+    /// Redis up/down (shared with the settler), logged once per change.
     redis: BackendState,
     /// Delay between attempts.
     backoff: Backoff,
@@ -415,7 +416,7 @@ struct Settler {
     group: Group,
     /// Connection for acknowledgements (never blocked by a read).
     link: Link,
-    /// Redis up/down as this connection sees it, logged once per change.
+    /// Redis up/down (shared with the reader), logged once per change.
     redis: BackendState,
     /// Delay between attempts.
     backoff: Backoff,
