@@ -32,7 +32,7 @@ fn generate(rng: &mut fastrand::Rng) -> Vec<Generated> {
     for i in 0..ENTRIES {
         let device = format!("crash-{:04}", i % DEVICES);
         let ms = base_ms + (i as i64) * 1000;
-        let ts = time_iso(ms);
+        let ts = trackway_wire::format_timestamp(ms * 1000);
         let g = match i % 10 {
             7 => Generated {
                 payload: format!(r#"{{"deviceId":"{device}","timestamp":"{ts}","latitude":123.5,"longitude":25.0}}"#),
@@ -56,21 +56,6 @@ fn generate(rng: &mut fastrand::Rng) -> Vec<Generated> {
         out.push(g);
     }
     out
-}
-
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (days from civil, proleptic Gregorian).
-fn time_iso(ms: i64) -> String {
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,13 +133,6 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     assert!(doubled.is_empty(), "dead-lettered more than once: {doubled:?}");
     let dead_ids: HashSet<&String> = per_source.keys().collect();
     assert_eq!(dead_ids, invalid_ids, "dead letters differ from the invalid entries");
-}
-
-#[test]
-fn time_iso_matches_known_dates() {
-    assert_eq!(time_iso(0), "1970-01-01T00:00:00.000Z");
-    assert_eq!(time_iso(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
-    assert_eq!(time_iso(951_782_400_000), "2000-02-29T00:00:00.000Z");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

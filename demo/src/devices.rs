@@ -57,7 +57,7 @@ impl Tracker {
         self.lat += metres * rad.cos() / 111_320.0;
         self.lon += metres * rad.sin() / (111_320.0 * self.lat.to_radians().cos());
         self.odometer += metres as u64;
-        let ts = time_iso(now_ms);
+        let ts = trackway_wire::format_timestamp(i64::try_from(now_ms * 1000).unwrap_or(0));
         json!({
             "deviceId": self.id,
             "timestamp": ts,
@@ -113,22 +113,6 @@ pub async fn run(args: Args) -> Result<()> {
     }
     eprintln!("sent {sent} positions ({broken} broken on purpose)");
     Ok(())
-}
-
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn time_iso(ms: u128) -> String {
-    let ms = i64::try_from(ms).unwrap_or(0);
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000)
 }
 
 #[cfg(test)]
