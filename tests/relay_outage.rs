@@ -12,7 +12,8 @@ use std::{
 
 use trackway_tests::{
     connect_to, fresh_database_on,
-    relay::{http_get, metric, redis, wait_drained, InProcess, PgCluster, RedisServer},
+    relay::{http_get, metric, redis, wait_drained, InProcess},
+    servers::{PgCluster, RedisServer},
 };
 
 /// Position `i` of a small fleet, one second apart.

@@ -17,6 +17,7 @@ pub fn server() -> String {
 }
 
 pub mod relay;
+pub mod servers;
 
 /// Connects to `dbname`; the connection task runs in the background.
 pub async fn connect(dbname: &str) -> Client {
@@ -62,8 +63,13 @@ pub struct Listener {
 impl Listener {
     /// Connects to `dbname` and starts listening.
     pub async fn start(dbname: &str) -> Listener {
+        Listener::start_on(&server(), dbname).await
+    }
+
+    /// [`Listener::start`] on another server (libpq key=value form without dbname).
+    pub async fn start_on(server: &str, dbname: &str) -> Listener {
         let (client, mut connection) =
-            tokio_postgres::connect(&format!("{} dbname={dbname}", server()), NoTls).await.expect("connect");
+            tokio_postgres::connect(&format!("{server} dbname={dbname}"), NoTls).await.expect("connect");
         let (tx, payloads) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -1,6 +1,5 @@
 //! Helpers for the relay tests: the relay in this process (port 0 listener passed in) or as a child process
-//! that a test may SIGKILL, private Redis and PostgreSQL servers that a test may stop and restart, and
-//! inspection of streams, groups and the admin endpoints.
+//! that a test may SIGKILL, and inspection of streams, groups and the admin endpoints.
 //!
 //! Tests that do not restart servers use the local Redis (`TRACKWAY_TEST_REDIS`, default
 //! `redis://127.0.0.1:6379`) with stream names of their own.
@@ -8,7 +7,6 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
@@ -208,140 +206,3 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A private Redis that a test may kill and restart; data survives restarts (AOF, fsync always).
-pub struct RedisServer {
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    /// Its data directory.
-    dir: PathBuf,
-    /// The running server.
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Starts a new, empty server.
-    pub fn start() -> RedisServer {
-        let port = free_port_addr().port();
-        let dir = std::env::temp_dir().join(format!("trackway-redis-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut server = RedisServer { port, dir, child: None };
-        server.restart();
-        server
-    }
-
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again) and waits until it answers.
-    pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                   "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
-        wait_for(|| redis::Client::open(self.url()).and_then(|c| c.get_connection()).is_ok(), "redis-server to start");
-    }
-
-    /// SIGKILL: a crash; what was acknowledged to clients is on disk.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A private PostgreSQL 15 cluster (same binaries, so the installed extension is available) that a test may
-/// stop and start without disturbing other tests.
-pub struct PgCluster {
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    /// Its data directory.
-    dir: PathBuf,
-}
-
-/// PostgreSQL 15 binaries (Debian layout).
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-impl PgCluster {
-    /// Creates and starts a new cluster.
-    pub fn start() -> PgCluster {
-        let port = free_port_addr().port();
-        let dir = std::env::temp_dir().join(format!("trackway-pg-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let data = dir.to_string_lossy().into_owned();
-        as_postgres(&format!("{PG_BIN}/initdb"), &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
-        let cluster = PgCluster { port, dir };
-        cluster.restart();
-        cluster
-    }
-
-    /// libpq key=value form without dbname.
-    pub fn server(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres", self.port)
-    }
-
-    /// Starts the server and waits until it accepts connections.
-    pub fn restart(&self) {
-        let data = self.dir.to_string_lossy().into_owned();
-        let log = format!("{data}.log");
-        let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off", self.port);
-        as_postgres(&format!("{PG_BIN}/pg_ctl"), &["-D", &data, "-l", &log, "-o", &options, "-w", "start"]);
-    }
-
-    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
-    pub fn stop(&self) {
-        let data = self.dir.to_string_lossy().into_owned();
-        as_postgres(&format!("{PG_BIN}/pg_ctl"), &["-D", &data, "-m", "immediate", "-w", "stop"]);
-    }
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        let data = self.dir.to_string_lossy().into_owned();
-        let _ = run_as_postgres(&format!("{PG_BIN}/pg_ctl"), &["-D", &data, "-m", "immediate", "stop"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Runs a PostgreSQL tool as `postgres` when we are root (initdb refuses root); panics on failure.
-fn as_postgres(program: &str, args: &[&str]) {
-    let status = run_as_postgres(program, args).unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(status.success(), "{program} {args:?} failed: {status}");
-}
-
-fn run_as_postgres(program: &str, args: &[&str]) -> std::io::Result<ExitStatus> {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let mut cmd = if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", program]);
-        c
-    } else {
-        Command::new(program)
-    };
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null()).status()
-}
-
-/// Polls `ready` every 50 ms for up to 20 s.
-fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}

@@ -1,0 +1,103 @@
+//! The extension inside TimescaleDB, on a private cluster that preloads `timescaledb`: a hypertable when
+//! TimescaleDB is there at `CREATE EXTENSION` time, `make_hypertable()` when it comes later, and the same
+//! ingest, latest-position and NOTIFY behaviour on the hypertable.
+//!
+//! TimescaleDB is not packaged for Debian 12, so these tests need a TimescaleDB built for PostgreSQL 15 and
+//! installed into it (see README, "TimescaleDB"). Where it is not installed they say so and pass without
+//! checking anything; set `TRACKWAY_REQUIRE_TIMESCALEDB=1` to make its absence a failure.
+
+use std::time::Duration;
+
+use trackway_tests::{connect_to, entries_of, fresh_database_on, servers::PgCluster, shared_data, Listener};
+
+/// Whether the TimescaleDB extension files are installed for PostgreSQL 15.
+fn timescaledb_installed() -> bool {
+    let installed = std::path::Path::new("/usr/share/postgresql/15/extension/timescaledb.control").exists();
+    if !installed {
+        assert!(std::env::var_os("TRACKWAY_REQUIRE_TIMESCALEDB").is_none(), "TimescaleDB is required but not installed");
+        eprintln!("TimescaleDB is not installed for PostgreSQL 15: nothing checked");
+    }
+    installed
+}
+
+fn cluster() -> PgCluster {
+    PgCluster::start_with("-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off")
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+async fn is_hypertable(client: &tokio_postgres::Client) -> bool {
+    count(client, "SELECT count(*) FROM timescaledb_information.hypertables \
+                   WHERE hypertable_schema = 'trackway' AND hypertable_name = 'positions'").await == 1
+}
+
+async fn ingest_samples(client: &tokio_postgres::Client) -> Vec<String> {
+    let lines = shared_data("positions-valid.jsonl");
+    let rows = client
+        .query("SELECT status FROM trackway.ingest_batch($1)", &[&lines])
+        .await
+        .expect("ingest_batch on a hypertable");
+    rows.iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+#[tokio::test]
+async fn positions_is_a_hypertable_and_ingest_notify_and_latest_work_on_it() {
+    if !timescaledb_installed() {
+        return;
+    }
+    let pg = cluster();
+    let admin = connect_to(&pg.server(), "postgres").await;
+    admin.batch_execute("CREATE DATABASE tsdb").await.expect("create database");
+    let client = connect_to(&pg.server(), "tsdb").await;
+    client.batch_execute("CREATE EXTENSION timescaledb; CREATE EXTENSION trackway").await.expect("extensions");
+    assert!(is_hypertable(&client).await, "positions must be a hypertable when TimescaleDB is present");
+
+    let mut listener = Listener::start_on(&pg.server(), "tsdb").await;
+    let statuses = ingest_samples(&client).await;
+    assert_eq!(statuses.iter().filter(|s| *s == "inserted").count(), 205);
+    assert_eq!(statuses.iter().filter(|s| *s == "duplicate").count(), 3);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 205);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 5);
+    assert!(count(&client, "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'positions'").await >= 1);
+    let announced = listener.entries(Duration::from_millis(500)).await;
+    assert_eq!(announced.len(), 205, "each new row announced once");
+
+    // A plain INSERT into the hypertable fires the statement trigger too; a duplicate does not.
+    client
+        .batch_execute("INSERT INTO trackway.positions (device_id, ts, latitude, longitude) \
+                        VALUES ('tsdb-1', '2026-11-28T00:00:00Z', 54.7, 25.3)")
+        .await
+        .expect("plain insert");
+    client
+        .batch_execute("INSERT INTO trackway.positions (device_id, ts, latitude, longitude) \
+                        VALUES ('tsdb-1', '2026-11-28T00:00:00Z', 54.7, 25.3) ON CONFLICT DO NOTHING")
+        .await
+        .expect("duplicate insert");
+    let announced: Vec<serde_json::Value> =
+        listener.drain(Duration::from_millis(500)).await.iter().flat_map(|p| entries_of(p)).collect();
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions WHERE device_id = 'tsdb-1'").await, 1);
+}
+
+#[tokio::test]
+async fn make_hypertable_converts_an_existing_table_with_its_rows() {
+    if !timescaledb_installed() {
+        return;
+    }
+    let pg = cluster();
+    let db = fresh_database_on(&pg.server(), "later").await;
+    let client = connect_to(&pg.server(), &db).await;
+    ingest_samples(&client).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 205);
+
+    client.batch_execute("CREATE EXTENSION timescaledb").await.expect("timescaledb");
+    assert!(!is_hypertable(&client).await);
+    client.batch_execute("SELECT trackway.make_hypertable(interval '1 hour')").await.expect("make_hypertable");
+    client.batch_execute("SELECT trackway.make_hypertable()").await.expect("make_hypertable again is a no-op");
+    assert!(is_hypertable(&client).await);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 205, "rows migrated");
+    let statuses = ingest_samples(&client).await;
+    assert!(statuses.iter().all(|s| s == "duplicate"), "uniqueness holds on the hypertable: {statuses:?}");
+}
