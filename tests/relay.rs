@@ -54,6 +54,8 @@ async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
     let invalid_ids = xadd_payloads(&mut conn, &stream, &invalid_payloads).await;
     let no_payload = xadd_fields(&mut conn, &stream, &[("something", b"else")]).await;
     let not_utf8 = xadd_fields(&mut conn, &stream, &[("payload", b"{\"deviceId\":\"\xff\"}")]).await;
+    let huge = format!(r#"{{"deviceId":"huge","note":"{}"}}"#, "x".repeat(2 << 20));
+    let too_large = xadd_fields(&mut conn, &stream, &[("payload", huge.as_bytes())]).await;
 
     wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
     let client = connect(&db).await;
@@ -61,7 +63,7 @@ async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 5);
 
     let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
-    assert_eq!(dead.len(), 17, "{dead:#?}");
+    assert_eq!(dead.len(), 18, "{:#?}", dead.iter().map(|(id, f)| (id, f.get("trackway.error"))).collect::<Vec<_>>());
     for ((field, payload), id) in invalid.iter().zip(&invalid_ids) {
         let (_, letter) = dead.iter().find(|(_, f)| f.get("trackway.source_id") == Some(id)).unwrap_or_else(|| panic!("no dead letter for {id}"));
         assert_eq!(letter.get("trackway.reason").map(String::as_str), Some("invalid"));
@@ -76,6 +78,10 @@ async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
     };
     assert_eq!(reason_of(&no_payload).as_deref(), Some("missing_payload"));
     assert_eq!(reason_of(&not_utf8).as_deref(), Some("invalid"));
+    assert_eq!(reason_of(&too_large).as_deref(), Some("invalid"));
+    let (_, letter) = dead.iter().find(|(_, f)| f["trackway.source_id"] == too_large).expect("huge one");
+    assert!(letter["trackway.error"].contains("above the limit"), "{}", letter["trackway.error"]);
+    assert_eq!(letter["payload"].len(), huge.len(), "the original payload is kept whole");
 
     // The admin endpoints agree with what happened.
     assert!(relay.is_running(), "bad input must not stop the relay");
@@ -85,12 +91,12 @@ async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
     assert_eq!(status, 200);
     assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"inserted\"}"), 205.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"duplicate\"}"), 3.0, "{text}");
-    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"invalid\"}"), 15.0, "{text}");
-    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 16.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"invalid\"}"), 16.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 17.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"missing_payload\"}"), 1.0, "{text}");
-    assert_eq!(metric(&text, "trackway_relay_acks_total"), 225.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_acks_total"), 226.0, "{text}");
     let read = metric(&text, "trackway_relay_entries_read_total{source=\"new\"}");
-    assert_eq!(read, 225.0, "{text}");
+    assert_eq!(read, 226.0, "{text}");
     assert!(metric(&text, "trackway_relay_batches_total{outcome=\"committed\"}") >= 5.0, "{text}");
     assert!(metric(&text, "trackway_relay_ingest_duration_seconds_count") >= 5.0, "{text}");
     relay.stop().await.expect("clean stop");

@@ -110,3 +110,45 @@ async fn relay_recovers_from_postgres_and_redis_restarts() {
     assert!(relay.is_running());
     relay.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_died_with_entries_pending_is_taken_over_by_another() {
+    let pg = PgCluster::start();
+    let db = fresh_database_on(&pg.server(), "takeover").await;
+    let stream = trackway_tests::relay::unique("takeover");
+    let redis_url = trackway_tests::relay::redis_url();
+    let mut conn = redis(&redis_url).await;
+    let payloads: Vec<String> = (0..300).map(payload).collect();
+    trackway_tests::relay::xadd_payloads(&mut conn, &stream, &payloads).await;
+    let flags = |consumer: &str| -> Vec<String> {
+        ["--database-url", &format!("{} dbname={db}", pg.server()), "--redis-url", &redis_url, "--stream", &stream,
+         "--consumer", consumer, "--claim-idle-ms", "1000", "--batch-size", "100"]
+            .iter().map(|s| s.to_string()).collect()
+    };
+    let binary = env!("CARGO_BIN_EXE_relay-under-test");
+
+    // Relay A reads entries while PostgreSQL is down, so it cannot store them, and is killed.
+    pg.stop();
+    let a_flags = flags("relay-a");
+    let a = trackway_tests::relay::Process::spawn(binary, &a_flags.iter().map(String::as_str).collect::<Vec<_>>(), "trackway-test-takeover");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await.map_or(0, |(pending, _)| pending) == 0 {
+        assert!(Instant::now() < deadline, "relay A never read anything");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill();
+    let pending_on_a: Vec<redis::Value> = redis::cmd("XPENDING").arg(&stream).arg("trackway").arg("-").arg("+").arg(1000).arg("relay-a")
+        .query_async(&mut conn).await.expect("XPENDING");
+    assert!(!pending_on_a.is_empty(), "relay A died holding entries");
+    pg.restart();
+
+    // Relay B, another consumer, claims them once they are idle and stores everything.
+    let b = InProcess::start(&flags("relay-b").iter().map(String::as_str).collect::<Vec<_>>()).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    let client = connect_to(&pg.server(), &db).await;
+    let rows: i64 = client.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);
+    assert_eq!(rows, 300);
+    let text = http_get(b.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, "trackway_relay_reclaimed_total"), pending_on_a.len() as f64, "{text}");
+    b.stop().await.expect("clean stop");
+}
