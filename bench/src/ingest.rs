@@ -8,7 +8,7 @@ use tokio_postgres::{Client, Config};
 
 use crate::report::{print_ratios, print_table, Measurement, Ratio};
 use crate::routes::{self, Run, SqlInputs, SQL_VARIANTS};
-use crate::{db, payloads};
+use crate::{db, payloads, workload::Workload};
 
 /// Goal for `ingest_batch` rows/s relative to COPY into an identically indexed table.
 const GOAL_VS_COPY: f64 = 0.5;
@@ -20,37 +20,14 @@ const SQL_TARGET: &str = "bench.sql_target";
 
 /// What to run.
 pub struct Options {
-    pub rows: usize,
-    pub devices: usize,
-    pub batch: usize,
-    pub repetitions: usize,
-    pub seed: u64,
-    pub database_url: String,
+    pub workload: Workload,
     pub bench_database: String,
-    pub keep: bool,
     pub without_trigger: bool,
 }
 
 /// Creates the benchmark database, runs every route, prints the results, drops the database.
 pub async fn run(options: &Options) -> Result<()> {
-    if options.rows == 0 || options.devices == 0 || options.batch == 0 || options.repetitions == 0 {
-        bail!("--rows, --devices, --batch and --repetitions must all be at least 1");
-    }
-    db::check_database_name(&options.bench_database)?;
-    let maintenance_config: Config = options.database_url.parse().context("parsing --database-url")?;
-    let maintenance = db::connect(&maintenance_config).await?;
-    db::recreate_database(&maintenance, &options.bench_database).await?;
-
-    let mut bench_config = maintenance_config.clone();
-    bench_config.dbname(&options.bench_database);
-    let result = run_in(&bench_config, options).await;
-
-    if options.keep {
-        eprintln!("kept database {}", options.bench_database);
-    } else {
-        db::drop_database(&maintenance, &options.bench_database).await?;
-    }
-    result
+    options.workload.with_fresh_database(&options.bench_database, |config| async move { run_in(&config, options).await }).await
 }
 
 async fn run_in(config: &Config, options: &Options) -> Result<()> {
@@ -59,28 +36,28 @@ async fn run_in(config: &Config, options: &Options) -> Result<()> {
     create_targets(&client).await?;
 
     let started = Instant::now();
-    let payloads = payloads::generate(options.rows, options.devices, options.seed);
-    let batches: Vec<Vec<&str>> = payloads.chunks(options.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
+    let payloads = payloads::generate(options.workload.rows, options.workload.devices, options.workload.seed);
+    let batches: Vec<Vec<&str>> = payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
     let sql_inputs = SqlInputs::new(&batches);
     let bytes: usize = payloads.iter().map(String::len).sum();
     eprintln!(
         "generated {} payloads of {} devices ({:.1} MB, {} batches) in {:.2}s (not timed)",
         payloads.len(),
-        options.devices,
+        options.workload.devices,
         bytes as f64 / 1e6,
         batches.len(),
         started.elapsed().as_secs_f64()
     );
     warm_up(&client).await?;
 
-    let expected = options.rows as u64;
+    let expected = options.workload.rows as u64;
     let mut ingest = Measurement::new("ingest_batch", expected);
     let mut copy = Measurement::new("COPY FROM STDIN (text)", expected);
     let mut sql: Vec<Measurement> =
         SQL_VARIANTS.iter().map(|v| Measurement::new(format!("plain SQL: {}", v.name), expected)).collect();
     let mut copy_chunks: Vec<Bytes> = Vec::new();
 
-    for rep in 1..=options.repetitions {
+    for rep in 1..=options.workload.repetitions {
         reset_positions(&client).await?;
         let run = timed(&client, rep, &ingest.route, routes::ingest_batch(&client, &batches)).await?;
         routes::expect_rows("ingest_batch", &run, expected)?;
@@ -88,7 +65,7 @@ async fn run_in(config: &Config, options: &Options) -> Result<()> {
         ingest.runs.push(run.elapsed);
 
         if copy_chunks.is_empty() {
-            copy_chunks = routes::dump_positions(&client, options.batch).await?;
+            copy_chunks = routes::dump_positions(&client, options.workload.batch).await?;
         }
         truncate(&client, COPY_TARGET).await?;
         let run = timed(&client, rep, &copy.route, routes::copy_in(&client, COPY_TARGET, &copy_chunks)).await?;
@@ -106,7 +83,7 @@ async fn run_in(config: &Config, options: &Options) -> Result<()> {
 
     // trackway.positions still holds every row of the last ingest_batch run: re-deliver them all.
     let mut duplicates = Measurement::new("ingest_batch, all duplicates", expected);
-    for rep in 1..=options.repetitions {
+    for rep in 1..=options.workload.repetitions {
         let run = timed(&client, rep, &duplicates.route, routes::ingest_batch(&client, &batches)).await?;
         routes::expect_rows(&duplicates.route, &run, 0)?;
         duplicates.runs.push(run.elapsed);
@@ -114,7 +91,7 @@ async fn run_in(config: &Config, options: &Options) -> Result<()> {
 
     let mut diagnostics = vec![duplicates];
     if options.without_trigger {
-        diagnostics.push(without_trigger(&client, &batches, options.repetitions, expected).await?);
+        diagnostics.push(without_trigger(&client, &batches, options.workload.repetitions, expected).await?);
     }
 
     let facts = db::machine_facts(&client).await?;
@@ -253,7 +230,7 @@ fn print_report(
     }
     println!(
         "  {} rows, {} devices, {} rows per round trip (one transaction each), median of {} runs, seed {}",
-        options.rows, options.devices, options.batch, options.repetitions, options.seed
+        options.workload.rows, options.workload.devices, options.workload.batch, options.workload.repetitions, options.workload.seed
     );
     println!();
     let mut table: Vec<&Measurement> = vec![ingest, copy];

@@ -25,6 +25,7 @@ mod payloads;
 mod relay;
 mod report;
 mod routes;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -45,24 +46,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RelayArgs {
-    /// Positions to store per run.
-    #[arg(long, default_value_t = 200_000)]
-    rows: usize,
-    /// Distinct devices sending them.
-    #[arg(long, default_value_t = 1_000)]
-    devices: usize,
-    /// Entries per relay batch, and rows per direct ingest_batch call.
-    #[arg(long, default_value_t = 1_000)]
-    batch: usize,
-    /// Runs per route; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    repetitions: usize,
-    /// Seed of the payload generator.
-    #[arg(long, default_value_t = 20_261_127)]
-    seed: u64,
-    /// Maintenance connection, used to create and drop the benchmark database.
-    #[arg(long, default_value = "postgres://postgres@localhost/postgres")]
-    database_url: String,
+    #[command(flatten)]
+    workload: workload::Workload,
     /// Name of the benchmark database (dropped and re-created).
     #[arg(long, default_value = "trackway_bench_relay")]
     bench_database: String,
@@ -72,54 +57,26 @@ struct RelayArgs {
     /// The relay binary [default: trackway-relay next to this binary].
     #[arg(long)]
     relay_binary: Option<std::path::PathBuf>,
-    /// Keep the benchmark database afterwards.
-    #[arg(long)]
-    keep: bool,
 }
 
 impl From<RelayArgs> for relay::Options {
     fn from(a: RelayArgs) -> relay::Options {
         relay::Options {
-            rows: a.rows,
-            devices: a.devices,
-            batch: a.batch,
-            repetitions: a.repetitions,
-            seed: a.seed,
-            database_url: a.database_url,
+            workload: a.workload,
             bench_database: a.bench_database,
             redis_url: a.redis_url,
             relay_binary: a.relay_binary,
-            keep: a.keep,
         }
     }
 }
 
 #[derive(clap::Args)]
 struct IngestArgs {
-    /// Positions to store per run.
-    #[arg(long, default_value_t = 200_000)]
-    rows: usize,
-    /// Distinct devices sending them.
-    #[arg(long, default_value_t = 1_000)]
-    devices: usize,
-    /// Rows per round trip (and per transaction).
-    #[arg(long, default_value_t = 1_000)]
-    batch: usize,
-    /// Runs per route; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    repetitions: usize,
-    /// Seed of the payload generator.
-    #[arg(long, default_value_t = 20_261_127)]
-    seed: u64,
-    /// Maintenance connection, used to create and drop the benchmark database.
-    #[arg(long, default_value = "postgres://postgres@localhost/postgres")]
-    database_url: String,
+    #[command(flatten)]
+    workload: workload::Workload,
     /// Name of the benchmark database (dropped and re-created).
     #[arg(long, default_value = "trackway_bench")]
     bench_database: String,
-    /// Keep the benchmark database afterwards.
-    #[arg(long)]
-    keep: bool,
     /// Also time ingest_batch with the insert trigger disabled (diagnostic).
     #[arg(long)]
     without_trigger: bool,
@@ -127,17 +84,7 @@ struct IngestArgs {
 
 impl From<IngestArgs> for ingest::Options {
     fn from(a: IngestArgs) -> ingest::Options {
-        ingest::Options {
-            rows: a.rows,
-            devices: a.devices,
-            batch: a.batch,
-            repetitions: a.repetitions,
-            seed: a.seed,
-            database_url: a.database_url,
-            bench_database: a.bench_database,
-            keep: a.keep,
-            without_trigger: a.without_trigger,
-        }
+        ingest::Options { workload: a.workload, bench_database: a.bench_database, without_trigger: a.without_trigger }
     }
 }
 

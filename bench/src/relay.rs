@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use tokio_postgres::{Client, Config};
 
 use crate::report::{print_table, Measurement};
-use crate::{db, payloads, routes};
+use crate::{db, payloads, routes, workload::Workload};
 
 /// Goal for end-to-end rows/s relative to calling `ingest_batch` directly.
 const GOAL_RATIO: f64 = 0.8;
@@ -25,23 +25,14 @@ const GOAL_RSS_MB: f64 = 50.0;
 
 /// What to run.
 pub struct Options {
-    pub rows: usize,
-    pub devices: usize,
-    pub batch: usize,
-    pub repetitions: usize,
-    pub seed: u64,
-    pub database_url: String,
+    pub workload: Workload,
     pub bench_database: String,
     pub redis_url: String,
     pub relay_binary: Option<PathBuf>,
-    pub keep: bool,
 }
 
 /// Creates the database, runs both routes `repetitions` times, prints the table, ratio and RSS.
 pub async fn run(options: &Options) -> Result<()> {
-    if options.rows == 0 || options.devices == 0 || options.batch == 0 || options.repetitions == 0 {
-        bail!("--rows, --devices, --batch and --repetitions must all be at least 1");
-    }
     let binary = match &options.relay_binary {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("trackway-relay"),
@@ -49,39 +40,29 @@ pub async fn run(options: &Options) -> Result<()> {
     if !binary.is_file() {
         bail!("relay binary {} not found (build it: cargo build --release -p trackway-relay)", binary.display());
     }
-    db::check_database_name(&options.bench_database)?;
-    let maintenance_config: Config = options.database_url.parse().context("parsing --database-url")?;
-    let maintenance = db::connect(&maintenance_config).await?;
-    db::recreate_database(&maintenance, &options.bench_database).await?;
-    let mut config = maintenance_config.clone();
-    config.dbname(&options.bench_database);
-    let result = run_in(&config, &binary, options).await;
-    if options.keep {
-        eprintln!("kept database {}", options.bench_database);
-    } else {
-        db::drop_database(&maintenance, &options.bench_database).await?;
-    }
-    result
+    options.workload.with_fresh_database(&options.bench_database, |config| async move {
+        run_in(&config, &binary, options).await
+    }).await
 }
 
 async fn run_in(config: &Config, binary: &std::path::Path, options: &Options) -> Result<()> {
     let client = db::connect(config).await?;
     db::create_extension(&client).await?;
-    let payloads = payloads::generate(options.rows, options.devices, options.seed);
-    let batches: Vec<Vec<&str>> = payloads.chunks(options.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
+    let payloads = payloads::generate(options.workload.rows, options.workload.devices, options.workload.seed);
+    let batches: Vec<Vec<&str>> = payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
     let redis = redis::Client::open(options.redis_url.as_str()).context("--redis-url")?;
     let mut conn = redis.get_multiplexed_async_connection().await.context("connecting to Redis")?;
     let database_url = database_url(config);
 
-    let expected = options.rows as u64;
+    let expected = options.workload.rows as u64;
     let mut relay = Measurement::new("relay: XADDed stream -> committed rows", expected);
     let mut direct = Measurement::new("ingest_batch called directly", expected);
     let mut peak_rss_kb = 0u64;
-    for rep in 1..=options.repetitions {
+    for rep in 1..=options.workload.repetitions {
         reset(&client).await?;
         let stream = format!("trackway-bench:{}:{rep}", std::process::id());
         fill_stream(&mut conn, &stream, &payloads).await?;
-        let (elapsed, rss_kb) = time_relay(binary, &database_url, &options.redis_url, &stream, options.batch, &mut conn).await?;
+        let (elapsed, rss_kb) = time_relay(binary, &database_url, &options.redis_url, &stream, options.workload.batch, &mut conn).await?;
         let _: i64 = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut conn).await?;
         check_count(&client, expected).await?;
         eprintln!("run {rep}: relay {:.3}s, peak RSS {:.1} MB", elapsed.as_secs_f64(), rss_kb as f64 / 1024.0);
