@@ -168,5 +168,18 @@ async fn readiness_fails_when_the_database_is_missing_and_nothing_is_acked() {
     assert_eq!(http_get(relay.admin, "/healthz").await.0, 200);
     let state = trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await;
     assert_eq!(state, Some((5, Some(0))), "read but not acknowledged while the database is unreachable");
+    // The sampled gauges show the same (sampled every 5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    loop {
+        let text = http_get(relay.admin, "/metrics").await.1;
+        if metric(&text, "trackway_relay_group_pending") == 5.0 {
+            assert_eq!(metric(&text, "trackway_relay_group_lag"), 0.0, "{text}");
+            assert!(metric(&text, "trackway_relay_batches_total{outcome=\"retried\"}") >= 1.0, "{text}");
+            assert_eq!(metric(&text, "trackway_relay_acks_total"), 0.0, "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "group_pending never sampled as 5: {text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     relay.stop().await.expect("clean stop even while the database is unreachable");
 }
