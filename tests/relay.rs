@@ -183,3 +183,36 @@ async fn readiness_fails_when_the_database_is_missing_and_nothing_is_acked() {
     }
     relay.stop().await.expect("clean stop even while the database is unreachable");
 }
+
+#[tokio::test]
+async fn two_relays_share_a_stream_and_each_entry_is_handled_once() {
+    let db = fresh_database("relay_shared").await;
+    let stream = unique("shared");
+    let mut conn = redis(&redis_url()).await;
+    let payloads: Vec<String> = (0..4000)
+        .map(|i| format!(r#"{{"deviceId":"shared-{}","timestamp":"2026-11-28T00:{:02}:{:02}.{:03}Z","latitude":54.7,"longitude":25.3}}"#,
+                         i % 50, i / 60000 % 60, i / 1000 % 60, i % 1000))
+        .collect();
+    let a = start(&db, &stream, &["--consumer", "a", "--batch-size", "100"]).await;
+    let b = start(&db, &stream, &["--consumer", "b", "--batch-size", "100"]).await;
+    for chunk in payloads.chunks(500) {
+        xadd_payloads(&mut conn, &stream, chunk).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    let client = connect(&db).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 4000);
+    let mut read = 0.0;
+    let mut duplicates = 0.0;
+    for relay in [&a, &b] {
+        let text = http_get(relay.admin, "/metrics").await.1;
+        let mine = metric(&text, "trackway_relay_entries_read_total{source=\"new\"}");
+        assert!(mine > 0.0, "both relays take part: {text}");
+        read += mine;
+        duplicates += metric(&text, "trackway_relay_rows_total{status=\"duplicate\"}");
+    }
+    assert_eq!(read, 4000.0, "each entry delivered to exactly one of the two relays");
+    assert_eq!(duplicates, 0.0);
+    a.stop().await.expect("clean stop");
+    b.stop().await.expect("clean stop");
+}
