@@ -103,6 +103,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     }
     let ids = producer.await.expect("producer");
     let relay = Process::spawn(binary, &args, "trackway-test-relay-crash");
+    relay.wait_healthy().await;
     wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(180)).await;
     let status = tokio::task::spawn_blocking(move || relay.terminate()).await.expect("terminate");
     assert!(status.success(), "SIGTERM must end the relay with exit code 0, got {status}");

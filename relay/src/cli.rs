@@ -26,11 +26,12 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        // Signal handlers first, so a SIGTERM during start-up is a clean shutdown too.
+        let shutdown = Shutdown::new();
+        tokio::spawn(cancel_on_signal(signals(), shutdown.clone()));
         let listener = TcpListener::bind(config.admin_addr)
             .await
             .map_err(|source| Error::Admin { addr: config.admin_addr.to_string(), source })?;
-        let shutdown = Shutdown::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
         crate::run(config, listener, shutdown).await
     });
     match result {
@@ -42,25 +43,44 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// SIGTERM, registered now (not when a task first polls), or `None` where it cannot be.
+#[cfg(unix)]
+fn signals() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn signals() -> Option<()> {
+    None
+}
+
 /// Cancels `shutdown` at the first SIGTERM or SIGINT.
-async fn cancel_on_signal(shutdown: Shutdown) {
-    #[cfg(unix)]
+#[cfg(unix)]
+async fn cancel_on_signal(terminate: Option<tokio::signal::unix::Signal>, shutdown: Shutdown) {
     let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+        match terminate {
+            Some(mut s) => {
                 s.recv().await;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+            None => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the batch in flight, then stopping"),
         () = terminate => tracing::info!("SIGTERM: finishing the batch in flight, then stopping"),
     }
+    shutdown.cancel();
+}
+
+/// Cancels `shutdown` at the first Ctrl-C.
+#[cfg(not(unix))]
+async fn cancel_on_signal(_: Option<()>, shutdown: Shutdown) {
+    let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
 }

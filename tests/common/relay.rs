@@ -158,6 +158,16 @@ impl Process {
         Process { child, admin }
     }
 
+    /// Waits up to 20 s until `/healthz` answers (the relay has started and handles signals).
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("http://{}/healthz", self.admin);
+        while !reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "relay at {} never became healthy", self.admin);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL, and reap it.
     pub fn kill(mut self) {
         let _ = self.child.kill();
