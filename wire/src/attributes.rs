@@ -97,7 +97,7 @@ fn reject_nul(text: &str) -> Result<(), DecodeError> {
 }
 
 /// A JavaScript number: a safe integer stays an integer, any other double gets a fractional part.
-fn push_number(out: &mut String, text: &str) -> Result<(), DecodeError> {
+pub(crate) fn push_number(out: &mut String, text: &str) -> Result<(), DecodeError> {
     let out_of_range = || {
         DecodeError::new(
             ErrorKind::OutOfRange,
@@ -147,7 +147,7 @@ fn push_sentinel(out: &mut String, map: &Map<String, Value>) -> Result<(), Decod
 }
 
 /// `{"__bigint": "-0012"}` → `-12`: an optional `-`, then 1..=1000 ASCII digits.
-fn push_bigint(out: &mut String, text: &str) -> Result<(), DecodeError> {
+pub(crate) fn push_bigint(out: &mut String, text: &str) -> Result<(), DecodeError> {
     let (negative, digits) = match text.strip_prefix('-') {
         Some(digits) => (true, digits),
         None => (false, text),
@@ -183,7 +183,7 @@ fn push_bigint(out: &mut String, text: &str) -> Result<(), DecodeError> {
 }
 
 /// `{"__buffer_b64": "AA"}` → `{"__buffer_b64":"AA=="}`: canonical padded base64.
-fn push_buffer(out: &mut String, text: &str) -> Result<(), DecodeError> {
+pub(crate) fn push_buffer(out: &mut String, text: &str) -> Result<(), DecodeError> {
     let bytes = decode_b64(text)?;
     out.push_str("{\"");
     out.push_str(BUFFER_KEY);

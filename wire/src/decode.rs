@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::attributes::to_storage;
 use crate::error::{excerpt, quoted, DecodeError, ErrorKind};
+use crate::fast;
 use crate::number::finite_f64;
 use crate::timestamp::parse_timestamp;
 use crate::{Position, MAX_DEVICE_ID_BYTES};
@@ -13,7 +14,29 @@ use crate::{Position, MAX_DEVICE_ID_BYTES};
 ///
 /// Payloads longer than `max_payload_bytes` are refused before parsing. Unknown top-level keys are ignored;
 /// `null` for an optional field means absent. Never panics, whatever the input.
+///
+/// Valid payloads take a one-pass fast path (`fast.rs`); anything it is not sure about, every invalid payload
+/// included, is decoded by [`decode_reference`], so errors are always the reference path's.
 pub fn decode(payload: &[u8], max_payload_bytes: usize) -> Result<Position, DecodeError> {
+    if payload.len() <= max_payload_bytes {
+        if let Some(position) = fast::decode(payload) {
+            return Ok(position);
+        }
+    }
+    decode_reference(payload, max_payload_bytes)
+}
+
+/// The fast path alone: `Some` exactly when it is sure of the position (which is then the reference path's),
+/// `None` when [`decode`] falls back to [`decode_reference`]. For tests and benchmarks.
+#[doc(hidden)]
+pub fn decode_fast(payload: &[u8]) -> Option<Position> {
+    fast::decode(payload)
+}
+
+/// The reference decoder: parses a `serde_json::Value` tree, then checks each field by hand. [`decode`] gives
+/// the same result for every input, faster; this one stays as its oracle (tests and benchmarks).
+#[doc(hidden)]
+pub fn decode_reference(payload: &[u8], max_payload_bytes: usize) -> Result<Position, DecodeError> {
     if payload.len() > max_payload_bytes {
         return Err(DecodeError::new(
             ErrorKind::TooLarge,

@@ -17,7 +17,8 @@
 //!
 //! Modules:
 //! - `error`: [`DecodeError`] and [`ErrorKind`], the one error type;
-//! - `decode`: payload → [`Position`] (top-level fields);
+//! - `decode`: payload → [`Position`] (top-level fields), the reference path;
+//! - `fast`: the fast path of [`decode`] for valid payloads (one pass, no `Value` tree);
 //! - `attributes`: wire attributes → storage form (sentinels, JS numbers);
 //! - `encode`: [`Position`] → wire document, and [`normalized_json`];
 //! - `number`: JavaScript number formatting and the storage form of doubles;
@@ -34,6 +35,7 @@ pub mod cursor;
 mod decode;
 mod encode;
 mod error;
+mod fast;
 mod json;
 mod number;
 mod timestamp;
@@ -42,7 +44,7 @@ pub use announce::{announce_rows, announcements, NewRow, MAX_NOTIFY_PAYLOAD_BYTE
 pub use attributes::decode_b64;
 pub use batch::{BatchPlan, Outcome};
 pub use cursor::Cursor;
-pub use decode::decode;
+pub use decode::{decode, decode_fast, decode_reference};
 pub use encode::{encode, encode_decoded, normalized_json};
 pub use error::{DecodeError, ErrorKind};
 pub use number::{js_number, MAX_SAFE_INTEGER};

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use trackway_wire::{decode, encode, ErrorKind, DEFAULT_MAX_PAYLOAD_BYTES};
+use trackway_wire::{encode, ErrorKind, DEFAULT_MAX_PAYLOAD_BYTES};
 
 #[test]
 fn deep_nesting_at_top_level() {

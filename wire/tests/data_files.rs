@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use trackway_wire::{decode, encode, DEFAULT_MAX_PAYLOAD_BYTES};
+use trackway_wire::{encode, DEFAULT_MAX_PAYLOAD_BYTES};
 
 const VALID: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),

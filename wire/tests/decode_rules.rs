@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use trackway_wire::{decode, decode_b64, ErrorKind, Position, MAX_DEVICE_ID_BYTES};
+use trackway_wire::{decode_b64, ErrorKind, Position, MAX_DEVICE_ID_BYTES};
 
 #[test]
 fn example_payload_decodes() {

@@ -10,7 +10,7 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 use trackway_wire::{
-    decode, encode, format_timestamp, js_number, DEFAULT_MAX_PAYLOAD_BYTES, MAX_SAFE_INTEGER,
+    decode_fast, encode, format_timestamp, js_number, DEFAULT_MAX_PAYLOAD_BYTES, MAX_SAFE_INTEGER,
 };
 
 /// 1970-01-01 to 2100-01-01, in microseconds.
@@ -188,6 +188,8 @@ proptest! {
         let text = serde_json::to_string(&doc).unwrap_or_default();
         let position = decode(text.as_bytes(), DEFAULT_MAX_PAYLOAD_BYTES)
             .map_err(|e| TestCaseError::fail(format!("{text} refused: {e}")))?;
+        // Canonical documents are what the fast path of `decode` is for: it must answer for them.
+        prop_assert!(decode_fast(text.as_bytes()).is_some(), "fast path fell back: {}", text);
         let wire = encode(&position).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
         prop_assert_eq!(json(&wire), doc, "{}", text);
         check_stable(text.as_bytes());

@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 use trackway_wire::{
-    decode, encode, encode_decoded, DecodeError, ErrorKind, Position, DEFAULT_MAX_PAYLOAD_BYTES,
+    decode_reference, encode, encode_decoded, DecodeError, ErrorKind, Position,
+    DEFAULT_MAX_PAYLOAD_BYTES,
 };
 
 /// The fixed fields of a valid payload, as JSON members (no braces).
@@ -34,6 +35,20 @@ pub fn replacing(name: &str, value: Option<&str>) -> String {
         text.push_str(&format!(r#","{name}":{value}}}"#));
     }
     text
+}
+
+/// `trackway_wire::decode`, checked against the reference decoder: the same position or the same error
+/// (path, kind and message), whatever the input. Every test decodes through this.
+pub fn decode(payload: &[u8], max_payload_bytes: usize) -> Result<Position, DecodeError> {
+    let fast = trackway_wire::decode(payload, max_payload_bytes);
+    let reference = decode_reference(payload, max_payload_bytes);
+    assert_eq!(
+        fast,
+        reference,
+        "fast and reference decoders differ on {:?}",
+        String::from_utf8_lossy(payload)
+    );
+    fast
 }
 
 /// Decodes with the default limit.
@@ -84,7 +99,11 @@ pub fn check_stable(payload: &[u8]) {
     };
     let wire = encode(&first).unwrap_or_else(|e| panic!("encode failed for {first:?}: {e}"));
     // The one-pass encoder for fresh decodes gives exactly the same text.
-    assert_eq!(encode_decoded(&first).as_deref(), Ok(wire.as_str()), "{first:?}");
+    assert_eq!(
+        encode_decoded(&first).as_deref(),
+        Ok(wire.as_str()),
+        "{first:?}"
+    );
     let second = decode(wire.as_bytes(), usize::MAX)
         .unwrap_or_else(|e| panic!("re-decode failed for {wire}: {e}"));
     let rewire = encode(&second).unwrap_or_else(|e| panic!("re-encode failed for {second:?}: {e}"));
