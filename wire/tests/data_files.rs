@@ -7,14 +7,6 @@ use common::*;
 use serde_json::Value;
 use trackway_wire::{encode, DEFAULT_MAX_PAYLOAD_BYTES};
 
-const VALID: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/positions-valid.jsonl"
-));
-const INVALID: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/positions-invalid.jsonl"
-));
 
 fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     text.lines()

@@ -13,14 +13,6 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use trackway_wire::{decode_fast, decode_reference, DEFAULT_MAX_PAYLOAD_BYTES};
 
-const VALID: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/positions-valid.jsonl"
-));
-const INVALID: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/positions-invalid.jsonl"
-));
 const FUZZ_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz_regressions");
 
 /// Both decoders agree on `bytes` (checked by `common::decode`), and whatever the fast path alone answers is
@@ -401,15 +393,7 @@ proptest! {
         edits in vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(b"{}[]\":,\\0123456789eE.-+ _abfnrtux\x00\x7f\xc3\xff".to_vec())), 1..4),
     ) {
         let mut bytes = text.into_bytes();
-        for (at, op, byte) in edits {
-            let at = at.index(bytes.len() + 1);
-            match op {
-                0 => bytes.insert(at, byte),
-                1 if at < bytes.len() => { bytes.remove(at); }
-                _ if at < bytes.len() => bytes[at] = byte,
-                _ => bytes.push(byte),
-            }
-        }
+        apply_edits(&mut bytes, edits);
         agree(&bytes);
     }
 

@@ -206,15 +206,7 @@ proptest! {
         edits in vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(INTERESTING)), 1..6),
     ) {
         let mut bytes = serde_json::to_vec(&doc).unwrap_or_default();
-        for (at, op, byte) in edits {
-            let at = at.index(bytes.len() + 1);
-            match op {
-                0 => bytes.insert(at, byte),
-                1 if at < bytes.len() => { bytes.remove(at); }
-                _ if at < bytes.len() => bytes[at] = byte,
-                _ => bytes.push(byte),
-            }
-        }
+        apply_edits(&mut bytes, edits);
         check_stable(&bytes);
     }
 

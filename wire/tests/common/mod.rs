@@ -8,6 +8,27 @@ use trackway_wire::{
 };
 
 /// The fixed fields of a valid payload, as JSON members (no braces).
+/// `../shared/data/positions-valid.jsonl`: one valid wire payload per line.
+pub const VALID: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/positions-valid.jsonl"));
+/// `../shared/data/positions-invalid.jsonl`: `{"field", "payload"}` per line.
+pub const INVALID: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/positions-invalid.jsonl"));
+
+/// Applies byte edits (insert, remove or replace `byte` at an index) to a document: the mutations the
+/// property tests feed to the decoder.
+pub fn apply_edits(bytes: &mut Vec<u8>, edits: Vec<(proptest::sample::Index, u8, u8)>) {
+    for (at, op, byte) in edits {
+        let at = at.index(bytes.len() + 1);
+        match op {
+            0 => bytes.insert(at, byte),
+            1 if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            _ if at < bytes.len() => bytes[at] = byte,
+            _ => bytes.push(byte),
+        }
+    }
+}
+
 pub const BASE: &str = r#""deviceId":"356307042441013","timestamp":"2026-11-27T10:15:30.123Z","latitude":54.687157,"longitude":25.279652"#;
 
 /// A valid payload with `extra` JSON members appended (`extra` may be empty).
