@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio_postgres::Client;
-use trackway_tests::{connect, entries_of, fresh_database, shared_data, Listener};
+use trackway_tests::{connect, entries_of, fresh_database, invalid_cases, shared_data, Listener};
 
 /// How long a listener waits for more notifications before it decides there are none.
 const QUIET: Duration = Duration::from_millis(700);
@@ -106,13 +106,7 @@ async fn wire_to_database_to_wire_gives_back_equal_documents() {
 async fn invalid_samples_are_reported_with_their_field_and_the_session_survives() {
     let db = fresh_database("invalid").await;
     let client = connect(&db).await;
-    let cases: Vec<(String, String)> = shared_data("positions-invalid.jsonl")
-        .iter()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("json");
-            (v["field"].as_str().expect("field").to_owned(), v["payload"].as_str().expect("payload").to_owned())
-        })
-        .collect();
+    let cases = invalid_cases();
     assert_eq!(cases.len(), 15);
     let payloads: Vec<String> = cases.iter().map(|c| c.1.clone()).collect();
     for (i, (ord, status, error)) in ingest_batch(&client, &payloads).await.into_iter().enumerate() {

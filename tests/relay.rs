@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use trackway_tests::{
     connect, fresh_database,
     relay::{http_get, metric, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads, InProcess},
-    server, shared_data,
+    invalid_cases, server, shared_data,
 };
 
 /// Flags for an in-process relay on database `db` and stream `stream`.
@@ -27,6 +26,18 @@ async fn start(db: &str, stream: &str, extra: &[&str]) -> InProcess {
     InProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
 }
 
+/// Creates group `trackway` on `stream` (and the stream), as the relay would.
+async fn create_group(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
+    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("trackway").arg("0").arg("MKSTREAM")
+        .query_async(conn).await.expect("XGROUP CREATE");
+}
+
+/// Reads up to 100 entries of `stream` as `consumer` from `from` (`>` new, `0` its pending), never acking.
+async fn read_as(conn: &mut redis::aio::MultiplexedConnection, stream: &str, consumer: &str, from: &str) {
+    let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("trackway").arg(consumer).arg("COUNT").arg(100)
+        .arg("STREAMS").arg(stream).arg(from).query_async(conn).await.expect("XREADGROUP");
+}
+
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
@@ -38,13 +49,7 @@ async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
     let mut conn = redis(&redis_url()).await;
 
     let valid = shared_data("positions-valid.jsonl");
-    let invalid: Vec<(String, String)> = shared_data("positions-invalid.jsonl")
-        .iter()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("json");
-            (v["field"].as_str().expect("field").to_owned(), v["payload"].as_str().expect("payload").to_owned())
-        })
-        .collect();
+    let invalid = invalid_cases();
     assert_eq!((valid.len(), invalid.len()), (208, 15));
     // Some entries are there before the relay starts (the group must start at the beginning), the rest after.
     xadd_payloads(&mut conn, &stream, &valid[..100]).await;
@@ -108,12 +113,10 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
     let stream = unique("reclaim");
     let mut conn = redis(&redis_url()).await;
     let payloads: Vec<String> = shared_data("positions-valid.jsonl").into_iter().take(40).collect();
-    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg("trackway").arg("0").arg("MKSTREAM")
-        .query_async(&mut conn).await.expect("XGROUP CREATE");
+    create_group(&mut conn, &stream).await;
     xadd_payloads(&mut conn, &stream, &payloads).await;
     // A consumer takes all 40 and dies without acknowledging.
-    let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("trackway").arg("dead-one").arg("COUNT").arg(100)
-        .arg("STREAMS").arg(&stream).arg(">").query_async(&mut conn).await.expect("XREADGROUP");
+    read_as(&mut conn, &stream, "dead-one", ">").await;
 
     let relay = start(&db, &stream, &["--claim-idle-ms", "1000", "--consumer", "rescuer"]).await;
     wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
@@ -131,15 +134,13 @@ async fn an_entry_delivered_too_often_is_dead_lettered_with_that_reason() {
     let stream = unique("deliveries");
     let mut conn = redis(&redis_url()).await;
     let payloads: Vec<String> = shared_data("positions-valid.jsonl").into_iter().take(3).collect();
-    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg("trackway").arg("0").arg("MKSTREAM")
-        .query_async(&mut conn).await.expect("XGROUP CREATE");
+    create_group(&mut conn, &stream).await;
     let ids = xadd_payloads(&mut conn, &stream, &payloads).await;
     // Consumer "crashy" was handed the entries again and again (each history read is a delivery), as if
     // they crashed it every time.
     assert_eq!(ids.len(), 3);
     for from in [">", "0", "0"] {
-        let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("trackway").arg("crashy").arg("COUNT").arg(10)
-            .arg("STREAMS").arg(&stream).arg(from).query_async(&mut conn).await.expect("XREADGROUP");
+        read_as(&mut conn, &stream, "crashy", from).await;
     }
     let relay = start(&db, &stream, &["--consumer", "crashy", "--max-deliveries", "3"]).await;
     wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;

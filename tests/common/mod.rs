@@ -116,3 +116,16 @@ pub fn shared_data(file: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// `positions-invalid.jsonl` as `(field the error must name, payload)`; the field is empty when the payload
+/// is not a JSON object at all.
+pub fn invalid_cases() -> Vec<(String, String)> {
+    shared_data("positions-invalid.jsonl")
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            let text = |key: &str| v[key].as_str().unwrap_or_else(|| panic!("no {key} in {l}")).to_owned();
+            (text("field"), text("payload"))
+        })
+        .collect()
+}
