@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 use trackway_tests::{connect, entries_of, fresh_database, invalid_cases, shared_data, Listener};
 
 /// How long a listener waits for more notifications before it decides there are none.
 const QUIET: Duration = Duration::from_millis(700);
 
-async fn ingest_batch(client: &Client, payloads: &[String]) -> Vec<(i32, String, Option<String>)> {
+async fn ingest_batch(client: &impl GenericClient, payloads: &[String]) -> Vec<(i32, String, Option<String>)> {
     client
         .query("SELECT ord, status, error FROM trackway.ingest_batch($1) ORDER BY ord", &[&payloads])
         .await
@@ -323,4 +323,95 @@ async fn concurrent_batches_with_overlapping_keys_store_each_row_once() {
     .await;
     assert_eq!(stale, 0, "latest_positions holds the newest row of every device");
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 20);
+}
+
+/// `n` new rows of device `dev-race` and the contested key `("contested", 0)` in the middle.
+fn batch_with_contested_key(n: u32) -> Vec<String> {
+    let mut batch: Vec<String> = (1..=n).map(|i| payload("dev-race", i)).collect();
+    batch.insert(batch.len() / 2, payload("contested", 0));
+    batch
+}
+
+#[tokio::test]
+async fn a_batch_that_loses_the_race_for_a_key_reports_it_duplicate_not_an_error() {
+    // ingest_batch first inserts a large batch without ON CONFLICT (in a subtransaction) and stores it again
+    // with ON CONFLICT when a key exists. Here the key is committed by another session *while* the batch
+    // waits on it, so the plain INSERT meets unique_violation and the fallback must take over.
+    let db = fresh_database("race").await;
+    let mut holder = connect(&db).await;
+    let holding = holder.transaction().await.expect("begin");
+    let held = ingest_batch(&holding, &[payload("contested", 0)]).await;
+    assert_eq!(held[0].1, "inserted");
+
+    let racer = tokio::spawn({
+        let db = db.clone();
+        async move { ingest_batch(&connect(&db).await, &batch_with_contested_key(40)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!racer.is_finished(), "the batch waits for the transaction holding its key");
+    holding.commit().await.expect("commit");
+
+    let outcome = racer.await.expect("racer");
+    let statuses: Vec<&str> = outcome.iter().map(|(_, status, _)| status.as_str()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "inserted").count(), 40, "{statuses:?}");
+    assert_eq!(outcome[20].1, "duplicate", "the contested key (ord 21) is a duplicate: {outcome:?}");
+    let client = connect(&db).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 41);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions WHERE device_id = 'contested'").await, 1);
+    assert_eq!(
+        count(&client, "SELECT extract(second FROM ts)::int8 FROM trackway.latest_positions WHERE device_id = 'dev-race'")
+            .await,
+        40,
+        "latest_positions has the newest row of the batch"
+    );
+}
+
+#[tokio::test]
+async fn an_error_while_a_batch_waits_on_a_key_is_raised_and_leaves_nothing_behind() {
+    let db = fresh_database("race_timeout").await;
+    let mut holder = connect(&db).await;
+    let holding = holder.transaction().await.expect("begin");
+    ingest_batch(&holding, &[payload("contested", 0)]).await;
+
+    let client = connect(&db).await;
+    client.batch_execute("SET lock_timeout = '300ms'").await.expect("lock_timeout");
+    let error = client
+        .query("SELECT * FROM trackway.ingest_batch($1)", &[&batch_with_contested_key(40)])
+        .await
+        .expect_err("the batch cannot wait longer than lock_timeout");
+    assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE), "{error:?}");
+    // The session is fine and the failed batch stored nothing, also not in latest_positions.
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 0);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 0);
+
+    holding.commit().await.expect("commit");
+    let outcome = ingest_batch(&client, &batch_with_contested_key(40)).await;
+    assert_eq!(outcome.iter().filter(|(_, status, _)| status == "inserted").count(), 40);
+    assert_eq!(outcome[20].1, "duplicate");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 41);
+}
+
+#[tokio::test]
+async fn many_batches_in_one_transaction_are_all_stored_and_announced() {
+    // More batches than ingest_batch tries optimistically per transaction, one of them with a stored key.
+    let db = fresh_database("one_transaction").await;
+    let mut listener = Listener::start(&db).await;
+    let mut client = connect(&db).await;
+    let transaction = client.transaction().await.expect("begin");
+    let mut inserted = 0;
+    for round in 0..12u32 {
+        let mut batch: Vec<String> = (0..50).map(|i| payload(&format!("dev-{i}"), round)).collect();
+        if round == 6 {
+            batch.push(payload("dev-0", 3)); // stored in round 3
+        }
+        for (_, status, _) in ingest_batch(&transaction, &batch).await {
+            inserted += usize::from(status == "inserted");
+        }
+    }
+    transaction.commit().await.expect("commit");
+    assert_eq!(inserted, 600);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 600);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions WHERE extract(minute FROM ts) = 0 AND extract(second FROM ts) = 11").await, 50);
+    let announced = listener.entries(QUIET).await;
+    assert_eq!(announced.len(), 600, "every stored row is announced once");
 }

@@ -3,38 +3,46 @@
 //! A batch is decoded in Rust ([`BatchPlan`]) and stored with one SPI statement (a kept plan): an
 //! `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` into `positions`, with the upsert of
 //! `latest_positions` in the same statement (one row per device: the newest row of each device in the batch,
-//! when it was inserted). The rows are announced from the positions already decoded here, once the snapshot
+//! when it was inserted). Large batches first try the same statement without `ON CONFLICT` in a
+//! subtransaction, and fall back when a row exists already ([`StorePolicy`] decides). The rows are announced from the positions already decoded here, once the snapshot
 //! for their cursors is known. While that statement runs, the insert trigger `_positions_inserted` sees
 //! [`crate::statement::owned_by_ingest_batch`] and leaves both jobs to this module; for every other `INSERT`
 //! or `COPY` it does them itself. Invalid payloads never reach the INSERT, so one bad item cannot fail the
 //! others.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::mem::ManuallyDrop;
 use std::thread::LocalKey;
 
 use pgrx::pg_sys::{BuiltinOid, PgOid};
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
-use trackway_wire::{announce_rows, BatchPlan, Outcome, Position};
+use pgrx::datum::DatumWithOid;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use trackway_wire::{announce_rows, BatchPlan, Insert, Outcome, Position, StorePolicy};
 
 use crate::{errors, settings, statement};
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
-/// Stores the planned rows and keeps `latest_positions`: `$1..$10` are the columns of the rows, `$11`/`$12`
-/// the keys of the newest row of each device (in device order). Returns `(ingest_seq, device_id, ts)` of
-/// every row actually inserted. The upsert takes rows in device order, so concurrent batches lock latest
-/// rows in the same order, and only ever moves a device's latest position forward in time.
-const STORE_ROWS: &str = "\
+/// The statement that stores the planned rows and keeps `latest_positions`, with `$conflict` the clause
+/// after the `INSERT` into `positions`: `$1..$10` are the columns of the rows, `$11`/`$12` the keys of the
+/// newest row of each device (in device order). Returns `(ingest_seq, device_id, ts)` of every row actually
+/// inserted. The upsert takes rows in device order, so concurrent batches lock latest rows in the same
+/// order, and only ever moves a device's latest position forward in time.
+macro_rules! store_rows {
+    ($conflict:literal) => {
+        concat!(
+            "\
 WITH new_rows AS (
     INSERT INTO trackway.positions
         (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes)
     SELECT d, t, la, lo, al, an, sp, sa, pr, at::jsonb
     FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[], $6::float8[],
                 $7::float8[], $8::int2[], $9::int2[], $10::text[]) AS u(d, t, la, lo, al, an, sp, sa, pr, at)
-    ON CONFLICT (device_id, ts) DO NOTHING
+    ",
+            $conflict,
+            "
     RETURNING *
 ), latest AS (
     INSERT INTO trackway.latest_positions AS l
@@ -52,9 +60,18 @@ WITH new_rows AS (
             ingested_at = excluded.ingested_at, ingest_xid = excluded.ingest_xid, ingest_seq = excluded.ingest_seq
         WHERE l.ts < excluded.ts
 )
-SELECT n.ingest_seq, n.device_id, n.ts FROM new_rows n";
+SELECT n.ingest_seq, n.device_id, n.ts FROM new_rows n"
+        )
+    };
+}
 
-/// Parameter types of [`STORE_ROWS`].
+/// Stores rows that may exist already (duplicates are skipped).
+const STORE_ROWS: &str = store_rows!("ON CONFLICT (device_id, ts) DO NOTHING");
+
+/// Stores rows expected to be new; raises `unique_violation` if one is not (see [`Insert::Optimistic`]).
+const STORE_NEW_ROWS: &str = store_rows!("");
+
+/// Parameter types of [`STORE_ROWS`] and [`STORE_NEW_ROWS`].
 const STORE_ROWS_ARGS: [BuiltinOid; 12] = [
     BuiltinOid::TEXTARRAYOID,
     BuiltinOid::TIMESTAMPTZARRAYOID,
@@ -87,6 +104,9 @@ type KeptPlan = OnceCell<ManuallyDrop<OwnedPreparedStatement>>;
 
 thread_local! {
     static STORE_ROWS_PLAN: KeptPlan = const { OnceCell::new() };
+    static STORE_NEW_ROWS_PLAN: KeptPlan = const { OnceCell::new() };
+    /// This backend's memory of recent batches, which decides how the next one is inserted.
+    static POLICY: RefCell<StorePolicy> = RefCell::new(StorePolicy::default());
     static SNAPSHOT_PLAN: KeptPlan = const { OnceCell::new() };
     static NOTIFY_PLAN: KeptPlan = const { OnceCell::new() };
 }
@@ -156,7 +176,8 @@ fn store_and_announce(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi
     Ok(inserted.into_iter().map(|(row, _)| row).collect())
 }
 
-/// Runs [`STORE_ROWS`]; returns `(index in plan.rows, ingest_seq)` of each inserted row.
+/// Stores the planned rows as [`StorePolicy`] says; returns `(index in plan.rows, ingest_seq)` of each
+/// inserted row.
 fn store(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi::Result<Vec<(usize, i64)>> {
     let rows = &plan.rows;
     let columns = Columns::from(rows.as_slice());
@@ -177,13 +198,20 @@ fn store(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi::Result<Vec<
         newest_device.into(),
         newest_ts.into(),
     ];
-    let table = {
-        // The insert trigger leaves this statement's rows to us (also when an ERROR unwinds through here).
-        let _owned = statement::OwnedByIngestBatch::begin();
-        with_kept_plan(&STORE_ROWS_PLAN, client, STORE_ROWS, &STORE_ROWS_ARGS, |client, store| {
-            client.update(&**store, None, &args)
-        })?
+    let insert = POLICY.with(|policy| policy.borrow().choose(rows.len(), statement::top_transaction_id()));
+    let table = match insert {
+        Insert::Optimistic => {
+            let attempt = statement::try_in_subtransaction(|| run_store(client, &STORE_NEW_ROWS_PLAN, STORE_NEW_ROWS, &args));
+            POLICY.with(|policy| policy.borrow_mut().attempted(statement::top_transaction_id()));
+            match attempt {
+                Some(table) => table?,
+                // A row exists already: everything the attempt did is undone; store with ON CONFLICT.
+                None => run_store(client, &STORE_ROWS_PLAN, STORE_ROWS, &args)?,
+            }
+        }
+        Insert::OnConflict => run_store(client, &STORE_ROWS_PLAN, STORE_ROWS, &args)?,
     };
+    POLICY.with(|policy| policy.borrow_mut().finished(table.len() < rows.len()));
     let mut inserted = Vec::with_capacity(table.len());
     for row in table {
         let seq: Option<i64> = row.get(1)?;
@@ -196,6 +224,18 @@ fn store(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi::Result<Vec<
         }
     }
     Ok(inserted)
+}
+
+/// Runs one of the store statements (kept in `plan`) with the batch's column arrays.
+fn run_store<'conn>(
+    client: &mut SpiClient<'conn>,
+    plan: &'static LocalKey<KeptPlan>,
+    sql: &'static str,
+    args: &[DatumWithOid<'_>],
+) -> pgrx::spi::Result<SpiTupleTable<'conn>> {
+    // The insert trigger leaves this statement's rows to us (also when an ERROR unwinds through here).
+    let _owned = statement::OwnedByIngestBatch::begin();
+    with_kept_plan(plan, client, sql, &STORE_ROWS_ARGS, |client, store| client.update(&**store, None, args))
 }
 
 /// Runs [`SNAPSHOT`]: `(own xid, snapshot xmax, in-progress xids)`.

@@ -11,10 +11,16 @@
 //! (only) thread, reset by `Drop` also when an ERROR unwinds through `ingest_batch`, so nothing of it
 //! outlives the statement, whatever the transaction does afterwards.
 //!
+//! It also runs code in a subtransaction ([`try_in_subtransaction`]), the way a PL/pgSQL block with an
+//! `EXCEPTION` clause does, for `ingest_batch`'s optimistic insert (see `trackway_wire::StorePolicy`).
+//!
 //! This module holds the crate's only `unsafe` code.
 
 use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
+use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
 thread_local! {
@@ -60,4 +66,55 @@ fn trigger_depth() -> i32 {
     // counter; `direct_function_call` builds a valid (argument-less) call frame for it, and we are on the
     // backend's thread, inside a transaction.
     unsafe { pgrx::direct_function_call::<i32>(pg_sys::pg_trigger_depth, &[]) }.unwrap_or(0)
+}
+
+/// Runs `attempt` in a subtransaction. `Some(result)` when it finished: its work joins the transaction.
+/// `None` when it raised `unique_violation`: all its work is rolled back (rows, sequence values aside) and
+/// the error is gone. Any other error (or panic) is rolled back and raised again.
+///
+/// Memory allocated by `attempt` lives in the caller's memory context, as in PL/pgSQL. What `attempt`
+/// borrows may be used again after `None`: every PostgreSQL object it touched was rolled back.
+pub fn try_in_subtransaction<R>(attempt: impl FnOnce() -> R) -> Option<R> {
+    // SAFETY: this is the sequence PL/pgSQL's `exec_stmt_block` uses. We are on the backend's thread,
+    // inside a transaction that is not in parallel mode (every caller is `parallel_unsafe`).
+    // `BeginInternalSubTransaction` switches to the subtransaction's memory context and resource owner;
+    // both are restored on every path below: after `ReleaseCurrentSubTransaction` on success, and after
+    // `RollbackAndReleaseCurrentSubTransaction` when an error was caught. pgrx's FFI guard has already
+    // copied and flushed PostgreSQL's error state when the error reaches the catch handlers, so
+    // rolling back (which releases locks, buffers, SPI tuple tables and plan references taken by
+    // `attempt`) is the only cleanup left.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        let restore = move || {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+        };
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        PgTryBuilder::new(AssertUnwindSafe(|| {
+            let result = attempt();
+            pg_sys::ReleaseCurrentSubTransaction();
+            restore();
+            Some(result)
+        }))
+        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, move |_| {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            restore();
+            None
+        })
+        .catch_others(move |error| {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            restore();
+            error.rethrow()
+        })
+        .execute()
+    }
+}
+
+/// The full id of the current top-level transaction, or 0 while it has none (it has written nothing).
+pub fn top_transaction_id() -> u64 {
+    // SAFETY: reads a field of the backend's transaction state; assigns nothing. We are on the backend's
+    // thread, inside a transaction.
+    unsafe { pg_sys::GetTopFullTransactionIdIfAny().value }
 }

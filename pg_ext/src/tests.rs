@@ -148,6 +148,52 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'boom'"), 0);
     }
 
+    /// `n` rows of `device`, one second apart from 08:00:01, each with latitude 50 + second/100.
+    fn rows_of(device: &str, n: u32) -> Vec<String> {
+        (1..=n).map(|s| payload(device, &format!("2026-11-27T08:{:02}:{:02}.000Z", s / 60, s % 60), 50.0 + f64::from(s) / 100.0)).collect()
+    }
+
+    #[pg_test]
+    fn a_large_batch_with_a_stored_key_is_stored_again_with_on_conflict() {
+        // Batches of 32 rows and more are first inserted without ON CONFLICT, in a subtransaction.
+        let mut batch = rows_of("dev-20", 40);
+        assert_eq!(ingest(&batch[39]), "inserted");
+        batch.swap(0, 39);
+        let statuses = ingest_batch_statuses(batch);
+        assert_eq!(statuses[0], "duplicate");
+        assert!(statuses[1..].iter().all(|s| s == "inserted"), "{statuses:?}");
+        assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'dev-20'"), 40);
+        assert_eq!(latest_latitude("dev-20"), 50.4);
+        // The next large batch, all new, is stored as well (optimistically or not, the answer is the same).
+        assert!(ingest_batch_statuses(rows_of("dev-21", 40)).iter().all(|s| s == "inserted"));
+        assert_eq!(latest_latitude("dev-21"), 50.4);
+    }
+
+    #[pg_test]
+    fn an_error_inside_a_large_batch_rolls_it_back_and_is_raised() {
+        Spi::run(
+            "CREATE FUNCTION public.tw_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.ts = '2026-11-27T08:00:30Z' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER tw_boom BEFORE INSERT ON trackway.positions
+                 FOR EACH ROW EXECUTE FUNCTION public.tw_boom()",
+        )
+        .expect("test trigger");
+        let batch = format!("{{{}}}", rows_of("dev-22", 40).iter().map(|p| format!("{:?}", p)).collect::<Vec<_>>().join(","));
+        Spi::run_with_args("SELECT set_config('tw.batch', $1, true)", &[batch.into()]).expect("set_config");
+        Spi::run(
+            "DO $$ BEGIN PERFORM trackway.ingest_batch(current_setting('tw.batch')::text[]);
+                   RAISE EXCEPTION 'no error raised';
+               EXCEPTION WHEN raise_exception THEN
+                   IF SQLERRM <> 'boom' THEN RAISE; END IF;
+               END $$",
+        )
+        .expect("the ERROR inside ingest_batch was raised and caught");
+        assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'dev-22'"), 0);
+        assert_eq!(count("SELECT count(*) FROM trackway.latest_positions WHERE device_id = 'dev-22'"), 0);
+        Spi::run("DROP TRIGGER tw_boom ON trackway.positions").expect("drop trigger");
+        assert!(ingest_batch_statuses(rows_of("dev-22", 40)).iter().all(|s| s == "inserted"));
+    }
+
     #[pg_test]
     fn rows_a_trigger_inserts_during_ingest_are_still_handled_by_the_insert_trigger() {
         Spi::run(

@@ -1,6 +1,6 @@
 //! Planning one `ingest_batch` call: decode every payload, drop repeats, order rows for the insert.
 //!
-//! The database does one `INSERT … ON CONFLICT DO NOTHING` for the planned rows; the rows it reports as
+//! The database does one `INSERT` for the planned rows (see [`crate::StorePolicy`] for which); the rows it reports as
 //! inserted become `inserted`, every other valid payload `duplicate`. Rows are sorted by
 //! `(device_id, ts)` so that concurrent batches take row locks in the same order and cannot deadlock.
 

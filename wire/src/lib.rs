@@ -26,7 +26,8 @@
 //! - `json`: small helpers that write compact JSON text;
 //! - [`cursor`]: live cursors (where a reader of new rows stands) and their text form;
 //! - [`announce`]: NOTIFY payloads announcing new rows;
-//! - `batch`: planning one `ingest_batch` call (decode, de-duplicate, order).
+//! - `batch`: planning one `ingest_batch` call (decode, de-duplicate, order);
+//! - `store`: [`StorePolicy`], whether a batch is inserted optimistically or with `ON CONFLICT`.
 
 pub mod announce;
 mod attributes;
@@ -38,6 +39,7 @@ mod error;
 mod fast;
 mod json;
 mod number;
+mod store;
 mod timestamp;
 
 pub use announce::{announce_rows, announcements, NewRow, MAX_NOTIFY_PAYLOAD_BYTES};
@@ -48,6 +50,7 @@ pub use decode::{decode, decode_fast, decode_reference};
 pub use encode::{encode, encode_decoded, normalized_json};
 pub use error::{DecodeError, ErrorKind};
 pub use number::{js_number, MAX_SAFE_INTEGER};
+pub use store::{Insert, StorePolicy, MAX_OPTIMISTIC_PER_TRANSACTION, MIN_OPTIMISTIC_ROWS};
 pub use timestamp::format_timestamp;
 
 /// The default upper bound on the size of one payload, in bytes (1 MiB).
