@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use tokio_postgres::{Client, Config};
 
-use crate::report::{print_ratios, print_table, Measurement, Ratio};
+use crate::report::{paired_ratios, print_ratios, print_table, Measurement, Ratio};
 use crate::routes::{self, Run, SqlInputs, SQL_VARIANTS};
 use crate::{db, payloads, workload::Workload};
 
@@ -242,6 +242,7 @@ fn print_report(
         name: "ingest_batch / COPY".to_owned(),
         value: ingest.rows_per_second() / copy.rows_per_second(),
         goal: GOAL_VS_COPY,
+        per_run: paired_ratios(ingest, &[copy]),
     }];
     if let Some(best) = best_sql {
         println!("fastest plain-SQL route: {}", best.route.trim_start_matches("plain SQL: "));
@@ -249,6 +250,7 @@ fn print_report(
             name: "ingest_batch / plain SQL (fastest)".to_owned(),
             value: ingest.rows_per_second() / best.rows_per_second(),
             goal: GOAL_VS_PLAIN_SQL,
+            per_run: paired_ratios(ingest, &sql.iter().collect::<Vec<_>>()),
         });
     }
     print_ratios(&ratios);
