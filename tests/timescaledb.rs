@@ -64,6 +64,13 @@ async fn positions_is_a_hypertable_and_ingest_notify_and_latest_work_on_it() {
     let announced = listener.entries(Duration::from_millis(500)).await;
     assert_eq!(announced.len(), 205, "each new row announced once");
 
+    // Again: the optimistic plain INSERT into the chunk meets unique_violation, the batch is stored again
+    // with ON CONFLICT, and nothing is added or announced.
+    let statuses = ingest_samples(&client).await;
+    assert!(statuses.iter().all(|s| s == "duplicate"), "{statuses:?}");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 205);
+    assert_eq!(listener.entries(Duration::from_millis(500)).await.len(), 0);
+
     // A plain INSERT into the hypertable fires the statement trigger too; a duplicate does not.
     client
         .batch_execute("INSERT INTO trackway.positions (device_id, ts, latitude, longitude) \
