@@ -226,6 +226,12 @@ fn store(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi::Result<Vec<
     Ok(inserted)
 }
 
+/// Optimistic inserts made so far in the current transaction (for tests of the cap).
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) fn optimistic_attempts_in_this_transaction() -> u32 {
+    POLICY.with(|policy| policy.borrow().attempts_in(statement::top_transaction_id()))
+}
+
 /// Runs one of the store statements (kept in `plan`) with the batch's column arrays.
 fn run_store<'conn>(
     client: &mut SpiClient<'conn>,

@@ -170,6 +170,26 @@ mod tests {
     }
 
     #[pg_test]
+    fn optimistic_inserts_are_capped_per_transaction() {
+        // Each optimistic insert takes a subtransaction id; a transaction gets at most a few of them.
+        for round in 0..12u32 {
+            let batch: Vec<String> = (0..50)
+                .map(|i| payload(&format!("dev-cap-{i}"), &format!("2026-11-27T09:00:{round:02}.000Z"), 50.0))
+                .collect();
+            assert!(ingest_batch_statuses(batch).iter().all(|s| s == "inserted"));
+        }
+        let own_xid = Spi::get_one::<i64>("SELECT pg_current_xact_id_if_assigned()::text::int8")
+            .expect("query runs")
+            .expect("the batches assigned a transaction id");
+        assert_eq!(crate::statement::top_transaction_id(), own_xid as u64);
+        assert_eq!(
+            crate::ingest::optimistic_attempts_in_this_transaction(),
+            trackway_wire::MAX_OPTIMISTIC_PER_TRANSACTION
+        );
+        assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id LIKE 'dev-cap-%'"), 600);
+    }
+
+    #[pg_test]
     fn an_error_inside_a_large_batch_rolls_it_back_and_is_raised() {
         Spi::run(
             "CREATE FUNCTION public.tw_boom() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -43,11 +43,22 @@ impl StorePolicy {
     /// How to insert a batch of `rows` distinct keys; `transaction` is the full id of the current top-level
     /// transaction, 0 while it has none (then it has made no attempt either: an attempt writes).
     pub fn choose(&self, rows: usize, transaction: u64) -> Insert {
-        let attempts_here = if transaction != 0 && transaction == self.transaction { self.attempts } else { 0 };
-        if rows < MIN_OPTIMISTIC_ROWS || self.last_met_stored_rows || attempts_here >= MAX_OPTIMISTIC_PER_TRANSACTION {
+        if rows < MIN_OPTIMISTIC_ROWS
+            || self.last_met_stored_rows
+            || self.attempts_in(transaction) >= MAX_OPTIMISTIC_PER_TRANSACTION
+        {
             Insert::OnConflict
         } else {
             Insert::Optimistic
+        }
+    }
+
+    /// Optimistic attempts made so far in top-level transaction `transaction` (0: it has none yet).
+    pub fn attempts_in(&self, transaction: u64) -> u32 {
+        if transaction != 0 && transaction == self.transaction {
+            self.attempts
+        } else {
+            0
         }
     }
 
@@ -101,6 +112,8 @@ mod tests {
             policy.attempted(41);
         }
         assert_eq!(policy.choose(1000, 41), Insert::OnConflict);
+        assert_eq!(policy.attempts_in(41), MAX_OPTIMISTIC_PER_TRANSACTION);
+        assert_eq!(policy.attempts_in(0), 0);
         // A new transaction: no id before its first write, then its own count.
         assert_eq!(policy.choose(1000, 0), Insert::Optimistic);
         policy.attempted(42);
