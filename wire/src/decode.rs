@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::attributes::to_storage;
 use crate::error::{excerpt, quoted, DecodeError, ErrorKind};
-use crate::fast;
+use crate::fast::{self, SERDE_PRIVATE_PREFIX};
 use crate::number::finite_f64;
 use crate::timestamp::parse_timestamp;
 use crate::{Position, MAX_DEVICE_ID_BYTES};
@@ -46,6 +46,12 @@ pub fn decode_reference(payload: &[u8], max_payload_bytes: usize) -> Result<Posi
             ),
         ));
     }
+    if has_reserved_key(payload) {
+        return Err(DecodeError::new(
+            ErrorKind::Syntax,
+            format!("payload has an object key starting with {SERDE_PRIVATE_PREFIX:?}, which the JSON parser reserves"),
+        ));
+    }
     let value: Value = serde_json::from_slice(payload).map_err(|e| {
         DecodeError::new(ErrorKind::Syntax, format!("payload is not valid JSON: {e}"))
     })?;
@@ -69,6 +75,46 @@ pub fn decode_reference(payload: &[u8], max_payload_bytes: usize) -> Result<Posi
         priority: optional(&mut fields, "priority", |v| small_count(&v))?,
         attributes: optional(&mut fields, "attributes", |v| attributes(&v))?,
     })
+}
+
+/// True when an object key of `payload` starts with [`SERDE_PRIVATE_PREFIX`]. With `arbitrary_precision`,
+/// `serde_json` turns `{"$serde_json::private::Number":"54.1"}` into the *number* 54.1 when it builds a
+/// `Value`, so such an object would pass as a number (a latitude, an attribute); refuse it before parsing.
+/// Exact for valid JSON (string tokens are followed from the first byte; a key is a string followed by `:`);
+/// on invalid JSON it may say true only if the text holds such a key, which is refused either way.
+fn has_reserved_key(payload: &[u8]) -> bool {
+    let mentions = |needle: &[u8]| payload.windows(needle.len()).any(|w| w == needle);
+    if !mentions(b"serde_json") && !mentions(b"\\u") {
+        return false;
+    }
+    let mut i = 0;
+    while i < payload.len() {
+        if payload[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        i += 1;
+        let mut escaped = false;
+        while i < payload.len() && (escaped || payload[i] != b'"') {
+            escaped = !escaped && payload[i] == b'\\';
+            i += 1;
+        }
+        if i == payload.len() {
+            return false;
+        }
+        i += 1;
+        let token = &payload[start..i];
+        let next = payload[i..].iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if next == Some(&b':') {
+            if let Ok(key) = serde_json::from_slice::<String>(token) {
+                if key.starts_with(SERDE_PRIVATE_PREFIX) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 /// A field that must be present and not `null`.

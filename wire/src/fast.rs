@@ -28,7 +28,7 @@ use crate::{Position, MAX_DEVICE_ID_BYTES};
 const MAX_DEPTH: u32 = 100;
 
 /// Keys `serde_json` treats specially when it builds a `Value` (numbers and raw values in disguise).
-const SERDE_PRIVATE_PREFIX: &str = "$serde_json::private::";
+pub(crate) const SERDE_PRIVATE_PREFIX: &str = "$serde_json::private::";
 
 /// The top-level fields that become columns, in `Position` order.
 const FIELDS: [&str; 10] = [

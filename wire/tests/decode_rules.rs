@@ -674,3 +674,25 @@ fn decode_b64_helper() {
     assert_eq!((e.path.as_str(), e.kind), ("", ErrorKind::Syntax));
     assert!(e.message.starts_with("__buffer_b64 is not valid base64: "));
 }
+
+#[test]
+fn objects_disguised_as_numbers_by_serde_json_private_keys_are_refused() {
+    // serde_json (arbitrary_precision) builds the number 54.1 from this object; it must not pass as one.
+    let disguised = r#"{"$serde_json::private::Number":"54.1"}"#;
+    let escaped = r#"{"\u0024serde_json::private::Number":"54.1"}"#;
+    for payload in [
+        replacing("latitude", Some(disguised)),
+        replacing("latitude", Some(escaped)),
+        with_attributes(&format!(r#"{{"66":{disguised}}}"#)),
+        with_attributes(r#"{"66":{"$serde_json::private::Number":"abc"}}"#),
+        payload(&format!(r#""unknown":{disguised}"#)),
+    ] {
+        let message = fails(&payload, "", ErrorKind::Syntax);
+        assert!(message.contains("$serde_json::private::"), "{payload}: {message}");
+    }
+    // The same text as a string value, or inside a longer key, is ordinary data.
+    assert_eq!(
+        stored(r#"{"note":"$serde_json::private::Number","x$serde_json::private::Number":1}"#),
+        r#"{"note":"$serde_json::private::Number","x$serde_json::private::Number":1}"#
+    );
+}
