@@ -16,13 +16,7 @@ impl Measurement {
 
     /// The median run time in seconds.
     pub fn seconds(&self) -> f64 {
-        let mut secs: Vec<f64> = self.runs.iter().map(Duration::as_secs_f64).collect();
-        secs.sort_by(f64::total_cmp);
-        match secs.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => secs[n / 2],
-            n => (secs[n / 2 - 1] + secs[n / 2]) / 2.0,
-        }
+        median(&self.runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>())
     }
 
     pub fn rows_per_second(&self) -> f64 {

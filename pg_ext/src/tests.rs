@@ -122,26 +122,36 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'dev-10'"), 6);
     }
 
-    #[pg_test]
-    fn after_an_error_inside_ingest_the_trigger_handles_plain_inserts_again() {
-        Spi::run(
+    /// A BEFORE INSERT trigger on `positions` that raises `boom` for rows matching `condition` (SQL over NEW).
+    fn boom_trigger(condition: &str) {
+        Spi::run(&format!(
             "CREATE FUNCTION public.tw_boom() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN IF NEW.device_id = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
+             BEGIN IF {condition} THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
              CREATE TRIGGER tw_boom BEFORE INSERT ON trackway.positions
-                 FOR EACH ROW EXECUTE FUNCTION public.tw_boom()",
-        )
+                 FOR EACH ROW EXECUTE FUNCTION public.tw_boom()"
+        ))
         .expect("test trigger");
-        // `DO` takes no parameters: the payload is handed over in a transaction-local setting.
-        let boom = payload("boom", "2026-11-27T08:00:00.000Z", 1.0);
-        Spi::run_with_args("SELECT set_config('tw.boom', $1, true)", &[boom.into()]).expect("set_config");
-        Spi::run(
-            "DO $$ BEGIN PERFORM trackway.ingest(current_setting('tw.boom'));
+    }
+
+    /// Runs `PERFORM {call}` in a PL/pgSQL block that requires it to raise `boom` (and catches it).
+    fn expect_boom(call: &str) {
+        Spi::run(&format!(
+            "DO $$ BEGIN PERFORM {call};
                    RAISE EXCEPTION 'no error raised';
                EXCEPTION WHEN raise_exception THEN
                    IF SQLERRM <> 'boom' THEN RAISE; END IF;
-               END $$",
-        )
-        .expect("the ERROR inside ingest was caught");
+               END $$"
+        ))
+        .unwrap_or_else(|e| panic!("{call} did not raise boom: {e}"));
+    }
+
+    #[pg_test]
+    fn after_an_error_inside_ingest_the_trigger_handles_plain_inserts_again() {
+        boom_trigger("NEW.device_id = 'boom'");
+        // `DO` takes no parameters: the payload is handed over in a transaction-local setting.
+        let boom = payload("boom", "2026-11-27T08:00:00.000Z", 1.0);
+        Spi::run_with_args("SELECT set_config('tw.boom', $1, true)", &[boom.into()]).expect("set_config");
+        expect_boom("trackway.ingest(current_setting('tw.boom'))");
         Spi::run("INSERT INTO trackway.positions (device_id, ts, latitude, longitude) VALUES ('after-error', '2026-11-27T08:00:00Z', 7, 8)")
             .expect("plain insert");
         assert_eq!(latest_latitude("after-error"), 7.0);
@@ -191,23 +201,10 @@ mod tests {
 
     #[pg_test]
     fn an_error_inside_a_large_batch_rolls_it_back_and_is_raised() {
-        Spi::run(
-            "CREATE FUNCTION public.tw_boom() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN IF NEW.ts = '2026-11-27T08:00:30Z' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
-             CREATE TRIGGER tw_boom BEFORE INSERT ON trackway.positions
-                 FOR EACH ROW EXECUTE FUNCTION public.tw_boom()",
-        )
-        .expect("test trigger");
+        boom_trigger("NEW.ts = '2026-11-27T08:00:30Z'");
         let batch = format!("{{{}}}", rows_of("dev-22", 40).iter().map(|p| format!("{:?}", p)).collect::<Vec<_>>().join(","));
         Spi::run_with_args("SELECT set_config('tw.batch', $1, true)", &[batch.into()]).expect("set_config");
-        Spi::run(
-            "DO $$ BEGIN PERFORM trackway.ingest_batch(current_setting('tw.batch')::text[]);
-                   RAISE EXCEPTION 'no error raised';
-               EXCEPTION WHEN raise_exception THEN
-                   IF SQLERRM <> 'boom' THEN RAISE; END IF;
-               END $$",
-        )
-        .expect("the ERROR inside ingest_batch was raised and caught");
+        expect_boom("trackway.ingest_batch(current_setting('tw.batch')::text[])");
         assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'dev-22'"), 0);
         assert_eq!(count("SELECT count(*) FROM trackway.latest_positions WHERE device_id = 'dev-22'"), 0);
         Spi::run("DROP TRIGGER tw_boom ON trackway.positions").expect("drop trigger");
