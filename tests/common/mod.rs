@@ -106,9 +106,9 @@ pub fn entries_of(payload: &str) -> Vec<serde_json::Value> {
     v["positions"].as_array().unwrap_or_else(|| panic!("no positions array in {payload}")).clone()
 }
 
-/// Lines of a file in `../shared/data` (next to the checkout).
+/// Lines of a sample file in `testdata/` (copied from `../shared/data`).
 pub fn shared_data(file: &str) -> Vec<String> {
-    let path = format!("{}/../../shared/data/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/../testdata/{file}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("read {path}: {e}"))
         .lines()

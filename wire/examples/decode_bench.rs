@@ -11,7 +11,7 @@ use trackway_wire::{decode, decode_reference, DecodeError, Position, DEFAULT_MAX
 
 const VALID: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/positions-valid.jsonl"
+    "/../testdata/positions-valid.jsonl"
 ));
 
 type Decoder = fn(&[u8], usize) -> Result<Position, DecodeError>;
@@ -34,7 +34,7 @@ fn main() {
         .collect();
     let fleet = fleet_payloads(5_000, 100, 42);
     for (name, set) in [
-        ("shared/data valid lines", &shared),
+        ("testdata valid lines", &shared),
         ("generated fleet payloads", &fleet),
     ] {
         let bytes: usize = set.iter().map(String::len).sum();

@@ -1,4 +1,4 @@
-//! The shared sample payloads (`shared/data`): every valid line decodes and round-trips, every invalid line
+//! The shared sample payloads (`testdata/`, copied from `../shared/data`): every valid line decodes and round-trips, every invalid line
 //! fails at the field it names.
 
 mod common;

@@ -8,10 +8,10 @@ use trackway_wire::{
 };
 
 /// The fixed fields of a valid payload, as JSON members (no braces).
-/// `../shared/data/positions-valid.jsonl`: one valid wire payload per line.
-pub const VALID: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/positions-valid.jsonl"));
-/// `../shared/data/positions-invalid.jsonl`: `{"field", "payload"}` per line.
-pub const INVALID: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/positions-invalid.jsonl"));
+/// `testdata/positions-valid.jsonl`: one valid wire payload per line.
+pub const VALID: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/positions-valid.jsonl"));
+/// `testdata/positions-invalid.jsonl`: `{"field", "payload"}` per line.
+pub const INVALID: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/positions-invalid.jsonl"));
 
 /// Applies byte edits (insert, remove or replace `byte` at an index) to a document: the mutations the
 /// property tests feed to the decoder.
