@@ -199,10 +199,8 @@ async fn every_new_row_is_announced_once_after_commit_by_every_route() {
     assert_eq!(entries[0]["position"]["attributes"]["11"]["__bigint"], "18446744073709551615");
 
     // COPY.
-    let sink = client
-        .copy_in("COPY trackway.positions (device_id, ts, latitude, longitude) FROM STDIN")
-        .await
-        .expect("copy");
+    let sink =
+        client.copy_in("COPY trackway.positions (device_id, ts, latitude, longitude) FROM STDIN").await.expect("copy");
     futures_util::pin_mut!(sink);
     use futures_util::SinkExt;
     sink.send(bytes_of("d\t2026-11-27 08:00:00+00\t1\t2\nd\t2026-11-27 08:00:01+00\t3\t4\n")).await.expect("send");
@@ -222,7 +220,8 @@ async fn a_commit_of_1000_rows_sends_few_notifications_each_under_8000_bytes() {
     let db = fresh_database("batching").await;
     let client = connect(&db).await;
     let mut listener = Listener::start(&db).await;
-    let big_attributes = format!(r#","attributes":{{"blob":"{}","n":{{"__bigint":"-9223372036854775808"}}}}"#, "z".repeat(9000));
+    let big_attributes =
+        format!(r#","attributes":{{"blob":"{}","n":{{"__bigint":"-9223372036854775808"}}}}"#, "z".repeat(9000));
     let mut payloads: Vec<String> = (0..1000).map(|i| payload(&format!("dev-{}", i % 50), i)).collect();
     // One row too large to carry whole: announced by reference.
     payloads.push(payload("huge", 1).replace(r#","attributes":{"66":1}"#, &big_attributes));
@@ -295,7 +294,8 @@ async fn concurrent_batches_with_overlapping_keys_store_each_row_once() {
             let mut statuses: HashMap<String, usize> = HashMap::new();
             for round in 0..10u32 {
                 // Every writer sends the same keys, in a different order.
-                let mut batch: Vec<String> = (0..200).map(|i| payload(&format!("dev-{}", i % 20), round * 200 + i)).collect();
+                let mut batch: Vec<String> =
+                    (0..200).map(|i| payload(&format!("dev-{}", i % 20), round * 200 + i)).collect();
                 if writer % 2 == 1 {
                     batch.reverse();
                 }
@@ -359,8 +359,11 @@ async fn a_batch_that_loses_the_race_for_a_key_reports_it_duplicate_not_an_error
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 41);
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions WHERE device_id = 'contested'").await, 1);
     assert_eq!(
-        count(&client, "SELECT extract(second FROM ts)::int8 FROM trackway.latest_positions WHERE device_id = 'dev-race'")
-            .await,
+        count(
+            &client,
+            "SELECT extract(second FROM ts)::int8 FROM trackway.latest_positions WHERE device_id = 'dev-race'"
+        )
+        .await,
         40,
         "latest_positions has the newest row of the batch"
     );

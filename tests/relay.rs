@@ -4,18 +4,24 @@
 use std::time::Duration;
 
 use trackway_tests::{
-    connect, fresh_database,
-    relay::{http_get, metric, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads, InProcess},
-    invalid_cases, server, shared_data,
+    connect, fresh_database, invalid_cases,
+    relay::{
+        http_get, metric, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads, InProcess,
+    },
+    server, shared_data,
 };
 
 /// Flags for an in-process relay on database `db` and stream `stream`.
 fn flags(db: &str, stream: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
-        "--database-url".into(), format!("{} dbname={db}", server()),
-        "--redis-url".into(), redis_url(),
-        "--stream".into(), stream.into(),
-        "--block-ms".into(), "200".into(),
+        "--database-url".into(),
+        format!("{} dbname={db}", server()),
+        "--redis-url".into(),
+        redis_url(),
+        "--stream".into(),
+        stream.into(),
+        "--block-ms".into(),
+        "200".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args
@@ -28,14 +34,31 @@ async fn start(db: &str, stream: &str, extra: &[&str]) -> InProcess {
 
 /// Creates group `trackway` on `stream` (and the stream), as the relay would.
 async fn create_group(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
-    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("trackway").arg("0").arg("MKSTREAM")
-        .query_async(conn).await.expect("XGROUP CREATE");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("trackway")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await
+        .expect("XGROUP CREATE");
 }
 
 /// Reads up to 100 entries of `stream` as `consumer` from `from` (`>` new, `0` its pending), never acking.
 async fn read_as(conn: &mut redis::aio::MultiplexedConnection, stream: &str, consumer: &str, from: &str) {
-    let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("trackway").arg(consumer).arg("COUNT").arg(100)
-        .arg("STREAMS").arg(stream).arg(from).query_async(conn).await.expect("XREADGROUP");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("trackway")
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(from)
+        .query_async(conn)
+        .await
+        .expect("XREADGROUP");
 }
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
@@ -70,7 +93,10 @@ async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
     let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
     assert_eq!(dead.len(), 18, "{:#?}", dead.iter().map(|(id, f)| (id, f.get("trackway.error"))).collect::<Vec<_>>());
     for ((field, payload), id) in invalid.iter().zip(&invalid_ids) {
-        let (_, letter) = dead.iter().find(|(_, f)| f.get("trackway.source_id") == Some(id)).unwrap_or_else(|| panic!("no dead letter for {id}"));
+        let (_, letter) = dead
+            .iter()
+            .find(|(_, f)| f.get("trackway.source_id") == Some(id))
+            .unwrap_or_else(|| panic!("no dead letter for {id}"));
         assert_eq!(letter.get("trackway.reason").map(String::as_str), Some("invalid"));
         assert_eq!(letter.get("payload"), Some(payload), "original fields are kept");
         let error = &letter["trackway.error"];
@@ -79,7 +105,9 @@ async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
         }
     }
     let reason_of = |id: &str| {
-        dead.iter().find(|(_, f)| f.get("trackway.source_id").map(String::as_str) == Some(id)).map(|(_, f)| f["trackway.reason"].clone())
+        dead.iter()
+            .find(|(_, f)| f.get("trackway.source_id").map(String::as_str) == Some(id))
+            .map(|(_, f)| f["trackway.reason"].clone())
     };
     assert_eq!(reason_of(&no_payload).as_deref(), Some("missing_payload"));
     assert_eq!(reason_of(&not_utf8).as_deref(), Some("invalid"));

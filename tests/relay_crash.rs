@@ -47,7 +47,10 @@ fn generate(rng: &mut fastrand::Rng) -> Vec<Generated> {
                 Generated {
                     payload: format!(
                         r#"{{"deviceId":"{device}","timestamp":"{ts}","latitude":{},"longitude":{},"speed":{},"attributes":{{"16":{{"__bigint":"{}"}}}}}}"#,
-                        54.0 + rng.f64(), 25.0 + rng.f64(), rng.u32(0..200), u64::MAX - rng.u64(0..1000)
+                        54.0 + rng.f64(),
+                        25.0 + rng.f64(),
+                        rng.u32(0..200),
+                        u64::MAX - rng.u64(0..1000)
                     ),
                     key: Some((device, ms)),
                 }
@@ -60,7 +63,8 @@ fn generate(rng: &mut fastrand::Rng) -> Vec<Generated> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
-    let seed = std::env::var("TRACKWAY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    let seed =
+        std::env::var("TRACKWAY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     eprintln!("crash test seed {seed} (set TRACKWAY_TEST_SEED to repeat)");
     let mut rng = fastrand::Rng::with_seed(seed);
     let entries = generate(&mut rng);
@@ -70,13 +74,20 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
     let db = fresh_database("relay_crash").await;
     let stream = unique("crash");
     let args: Vec<String> = vec![
-        "--database-url".into(), format!("{} dbname={db}", server()),
-        "--redis-url".into(), redis_url(),
-        "--stream".into(), stream.clone(),
-        "--consumer".into(), "crash-test".into(),
-        "--batch-size".into(), "200".into(),
-        "--block-ms".into(), "100".into(),
-        "--claim-idle-ms".into(), "1000".into(),
+        "--database-url".into(),
+        format!("{} dbname={db}", server()),
+        "--redis-url".into(),
+        redis_url(),
+        "--stream".into(),
+        stream.clone(),
+        "--consumer".into(),
+        "crash-test".into(),
+        "--batch-size".into(),
+        "200".into(),
+        "--block-ms".into(),
+        "100".into(),
+        "--claim-idle-ms".into(),
+        "1000".into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let binary = env!("CARGO_BIN_EXE_relay-under-test");
@@ -145,10 +156,14 @@ async fn sigterm_finishes_and_acknowledges_the_batch_in_flight_then_exits_zero()
     let payloads: Vec<String> = generate(&mut rng).into_iter().filter(|g| g.key.is_some()).map(|g| g.payload).collect();
     xadd_payloads(&mut conn, &stream, &payloads).await;
     let args: Vec<String> = vec![
-        "--database-url".into(), format!("{} dbname={db}", server()),
-        "--redis-url".into(), redis_url(),
-        "--stream".into(), stream.clone(),
-        "--batch-size".into(), "500".into(),
+        "--database-url".into(),
+        format!("{} dbname={db}", server()),
+        "--redis-url".into(),
+        redis_url(),
+        "--stream".into(),
+        stream.clone(),
+        "--batch-size".into(),
+        "500".into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let relay = Process::spawn(env!("CARGO_BIN_EXE_relay-under-test"), &args, "trackway-test-relay-sigterm");

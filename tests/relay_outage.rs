@@ -20,7 +20,10 @@ use trackway_tests::{
 fn payload(i: usize) -> String {
     format!(
         r#"{{"deviceId":"outage-{:02}","timestamp":"2026-11-27T{:02}:{:02}:{:02}.000Z","latitude":54.7,"longitude":25.3}}"#,
-        i % 20, i / 3600 % 24, i / 60 % 60, i % 60
+        i % 20,
+        i / 3600 % 24,
+        i / 60 % 60,
+        i % 60
     )
 }
 
@@ -45,11 +48,16 @@ async fn relay_recovers_from_postgres_and_redis_restarts() {
     let db = fresh_database_on(&pg.server(), "outage").await;
     let stream = "positions";
     let relay = InProcess::start(&[
-        "--database-url", &format!("{} dbname={db}", pg.server()),
-        "--redis-url", &redis_server.url(),
-        "--batch-size", "100",
-        "--block-ms", "100",
-    ]).await;
+        "--database-url",
+        &format!("{} dbname={db}", pg.server()),
+        "--redis-url",
+        &redis_server.url(),
+        "--batch-size",
+        "100",
+        "--block-ms",
+        "100",
+    ])
+    .await;
     wait_ready(&relay, 200).await;
 
     // The producer keeps adding entries through both outages, retrying while Redis is down. A retried
@@ -62,7 +70,8 @@ async fn relay_recovers_from_postgres_and_redis_restarts() {
             let mut i = 0;
             while i < TOTAL {
                 let added = async {
-                    let mut conn = redis::Client::open(url.as_str()).ok()?.get_multiplexed_async_connection().await.ok()?;
+                    let mut conn =
+                        redis::Client::open(url.as_str()).ok()?.get_multiplexed_async_connection().await.ok()?;
                     let mut pipe = redis::pipe();
                     for j in i..(i + 50).min(TOTAL) {
                         pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(payload(j));
@@ -121,24 +130,52 @@ async fn a_relay_that_died_with_entries_pending_is_taken_over_by_another() {
     let payloads: Vec<String> = (0..300).map(payload).collect();
     trackway_tests::relay::xadd_payloads(&mut conn, &stream, &payloads).await;
     let flags = |consumer: &str| -> Vec<String> {
-        ["--database-url", &format!("{} dbname={db}", pg.server()), "--redis-url", &redis_url, "--stream", &stream,
-         "--consumer", consumer, "--claim-idle-ms", "1000", "--batch-size", "100"]
-            .iter().map(|s| s.to_string()).collect()
+        [
+            "--database-url",
+            &format!("{} dbname={db}", pg.server()),
+            "--redis-url",
+            &redis_url,
+            "--stream",
+            &stream,
+            "--consumer",
+            consumer,
+            "--claim-idle-ms",
+            "1000",
+            "--batch-size",
+            "100",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let binary = env!("CARGO_BIN_EXE_relay-under-test");
 
     // Relay A reads entries while PostgreSQL is down, so it cannot store them, and is killed.
     pg.stop();
     let a_flags = flags("relay-a");
-    let a = trackway_tests::relay::Process::spawn(binary, &a_flags.iter().map(String::as_str).collect::<Vec<_>>(), "trackway-test-takeover");
+    let a = trackway_tests::relay::Process::spawn(
+        binary,
+        &a_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+        "trackway-test-takeover",
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await.map_or(0, |(pending, _)| pending) == 0 {
+    while trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await.map_or(0, |(pending, _)| pending)
+        == 0
+    {
         assert!(Instant::now() < deadline, "relay A never read anything");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     a.kill();
-    let pending_on_a: Vec<redis::Value> = redis::cmd("XPENDING").arg(&stream).arg("trackway").arg("-").arg("+").arg(1000).arg("relay-a")
-        .query_async(&mut conn).await.expect("XPENDING");
+    let pending_on_a: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("trackway")
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .arg("relay-a")
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
     assert!(!pending_on_a.is_empty(), "relay A died holding entries");
     pg.restart();
 

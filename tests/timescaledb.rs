@@ -14,7 +14,10 @@ use trackway_tests::{connect_to, entries_of, fresh_database_on, servers::PgClust
 fn timescaledb_installed() -> bool {
     let installed = std::path::Path::new("/usr/share/postgresql/15/extension/timescaledb.control").exists();
     if !installed {
-        assert!(std::env::var_os("TRACKWAY_REQUIRE_TIMESCALEDB").is_none(), "TimescaleDB is required but not installed");
+        assert!(
+            std::env::var_os("TRACKWAY_REQUIRE_TIMESCALEDB").is_none(),
+            "TimescaleDB is required but not installed"
+        );
         eprintln!("TimescaleDB is not installed for PostgreSQL 15: nothing checked");
     }
     installed
@@ -29,8 +32,13 @@ async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
 }
 
 async fn is_hypertable(client: &tokio_postgres::Client) -> bool {
-    count(client, "SELECT count(*) FROM timescaledb_information.hypertables \
-                   WHERE hypertable_schema = 'trackway' AND hypertable_name = 'positions'").await == 1
+    count(
+        client,
+        "SELECT count(*) FROM timescaledb_information.hypertables \
+                   WHERE hypertable_schema = 'trackway' AND hypertable_name = 'positions'",
+    )
+    .await
+        == 1
 }
 
 async fn ingest_samples(client: &tokio_postgres::Client) -> Vec<String> {
@@ -60,7 +68,10 @@ async fn positions_is_a_hypertable_and_ingest_notify_and_latest_work_on_it() {
     assert_eq!(statuses.iter().filter(|s| *s == "duplicate").count(), 3);
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 205);
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 5);
-    assert!(count(&client, "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'positions'").await >= 1);
+    assert!(
+        count(&client, "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'positions'").await
+            >= 1
+    );
     let announced = listener.entries(Duration::from_millis(500)).await;
     assert_eq!(announced.len(), 205, "each new row announced once");
 
@@ -73,13 +84,17 @@ async fn positions_is_a_hypertable_and_ingest_notify_and_latest_work_on_it() {
 
     // A plain INSERT into the hypertable fires the statement trigger too; a duplicate does not.
     client
-        .batch_execute("INSERT INTO trackway.positions (device_id, ts, latitude, longitude) \
-                        VALUES ('tsdb-1', '2026-11-28T00:00:00Z', 54.7, 25.3)")
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude) \
+                        VALUES ('tsdb-1', '2026-11-28T00:00:00Z', 54.7, 25.3)",
+        )
         .await
         .expect("plain insert");
     client
-        .batch_execute("INSERT INTO trackway.positions (device_id, ts, latitude, longitude) \
-                        VALUES ('tsdb-1', '2026-11-28T00:00:00Z', 54.7, 25.3) ON CONFLICT DO NOTHING")
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude) \
+                        VALUES ('tsdb-1', '2026-11-28T00:00:00Z', 54.7, 25.3) ON CONFLICT DO NOTHING",
+        )
         .await
         .expect("duplicate insert");
     let announced: Vec<serde_json::Value> =

@@ -12,10 +12,8 @@ const EXTENSION_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// Connects and drives the connection on a background task.
 pub async fn connect(config: &Config) -> Result<Client> {
     let dbname = config.get_dbname().unwrap_or("(default)").to_owned();
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .with_context(|| format!("connecting to database {dbname}"))?;
+    let (client, connection) =
+        config.connect(NoTls).await.with_context(|| format!("connecting to database {dbname}"))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             eprintln!("connection to {dbname} failed: {e}");

@@ -27,7 +27,10 @@ pub struct Options {
 
 /// Creates the benchmark database, runs every route, prints the results, drops the database.
 pub async fn run(options: &Options) -> Result<()> {
-    options.workload.with_fresh_database(&options.bench_database, |config| async move { run_in(&config, options).await }).await
+    options
+        .workload
+        .with_fresh_database(&options.bench_database, |config| async move { run_in(&config, options).await })
+        .await
 }
 
 async fn run_in(config: &Config, options: &Options) -> Result<()> {
@@ -37,7 +40,8 @@ async fn run_in(config: &Config, options: &Options) -> Result<()> {
 
     let started = Instant::now();
     let payloads = payloads::generate(options.workload.rows, options.workload.devices, options.workload.seed);
-    let batches: Vec<Vec<&str>> = payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
+    let batches: Vec<Vec<&str>> =
+        payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
     let sql_inputs = SqlInputs::new(&batches);
     let bytes: usize = payloads.iter().map(String::len).sum();
     eprintln!(
@@ -192,7 +196,12 @@ async fn timed(
 }
 
 /// Diagnostic: `ingest_batch` with the insert trigger disabled, to split decode+insert from the trigger's work.
-async fn without_trigger(client: &Client, batches: &[Vec<&str>], repetitions: usize, expected: u64) -> Result<Measurement> {
+async fn without_trigger(
+    client: &Client,
+    batches: &[Vec<&str>],
+    repetitions: usize,
+    expected: u64,
+) -> Result<Measurement> {
     let mut measurement = Measurement::new("ingest_batch, trigger disabled (diagnostic)", expected);
     for rep in 1..=repetitions {
         reset_positions(client).await?;
@@ -230,7 +239,11 @@ fn print_report(
     }
     println!(
         "  {} rows, {} devices, {} rows per round trip (one transaction each), median of {} runs, seed {}",
-        options.workload.rows, options.workload.devices, options.workload.batch, options.workload.repetitions, options.workload.seed
+        options.workload.rows,
+        options.workload.devices,
+        options.workload.batch,
+        options.workload.repetitions,
+        options.workload.seed
     );
     println!();
     let mut table: Vec<&Measurement> = vec![ingest, copy];

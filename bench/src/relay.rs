@@ -40,16 +40,18 @@ pub async fn run(options: &Options) -> Result<()> {
     if !binary.is_file() {
         bail!("relay binary {} not found (build it: cargo build --release -p trackway-relay)", binary.display());
     }
-    options.workload.with_fresh_database(&options.bench_database, |config| async move {
-        run_in(&config, &binary, options).await
-    }).await
+    options
+        .workload
+        .with_fresh_database(&options.bench_database, |config| async move { run_in(&config, &binary, options).await })
+        .await
 }
 
 async fn run_in(config: &Config, binary: &std::path::Path, options: &Options) -> Result<()> {
     let client = db::connect(config).await?;
     db::create_extension(&client).await?;
     let payloads = payloads::generate(options.workload.rows, options.workload.devices, options.workload.seed);
-    let batches: Vec<Vec<&str>> = payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
+    let batches: Vec<Vec<&str>> =
+        payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
     let redis = redis::Client::open(options.redis_url.as_str()).context("--redis-url")?;
     let mut conn = redis.get_multiplexed_async_connection().await.context("connecting to Redis")?;
     let database_url = database_url(config);
@@ -62,7 +64,8 @@ async fn run_in(config: &Config, binary: &std::path::Path, options: &Options) ->
         reset(&client).await?;
         let stream = format!("trackway-bench:{}:{rep}", std::process::id());
         fill_stream(&mut conn, &stream, &payloads).await?;
-        let (elapsed, rss_kb) = time_relay(binary, &database_url, &options.redis_url, &stream, options.workload.batch, &mut conn).await?;
+        let (elapsed, rss_kb) =
+            time_relay(binary, &database_url, &options.redis_url, &stream, options.workload.batch, &mut conn).await?;
         let _: i64 = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut conn).await?;
         check_count(&client, expected).await?;
         eprintln!("run {rep}: relay {:.3}s, peak RSS {:.1} MB", elapsed.as_secs_f64(), rss_kb as f64 / 1024.0);
@@ -82,8 +85,18 @@ async fn run_in(config: &Config, binary: &std::path::Path, options: &Options) ->
     let ratio = relay.rows_per_second() / direct.rows_per_second();
     let rss_mb = peak_rss_kb as f64 / 1024.0;
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    println!("{:<36} {:>6.3}   goal >= {GOAL_RATIO:.1}   {}", "relay / ingest_batch direct", ratio, verdict(ratio >= GOAL_RATIO));
-    println!("{:<36} {:>6.1}   goal <= {GOAL_RSS_MB:.0}    {}", "relay peak RSS (MB)", rss_mb, verdict(rss_mb <= GOAL_RSS_MB));
+    println!(
+        "{:<36} {:>6.3}   goal >= {GOAL_RATIO:.1}   {}",
+        "relay / ingest_batch direct",
+        ratio,
+        verdict(ratio >= GOAL_RATIO)
+    );
+    println!(
+        "{:<36} {:>6.1}   goal <= {GOAL_RSS_MB:.0}    {}",
+        "relay peak RSS (MB)",
+        rss_mb,
+        verdict(rss_mb <= GOAL_RSS_MB)
+    );
     Ok(())
 }
 
@@ -94,11 +107,18 @@ fn database_url(config: &Config) -> String {
         _ => "localhost".to_owned(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!("postgres://{}@{host}:{port}/{}", config.get_user().unwrap_or("postgres"), config.get_dbname().unwrap_or("postgres"))
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    )
 }
 
 async fn reset(client: &Client) -> Result<()> {
-    client.batch_execute("TRUNCATE trackway.positions, trackway.latest_positions; CHECKPOINT").await.context("emptying tables")
+    client
+        .batch_execute("TRUNCATE trackway.positions, trackway.latest_positions; CHECKPOINT")
+        .await
+        .context("emptying tables")
 }
 
 async fn check_count(client: &Client, expected: u64) -> Result<()> {
@@ -123,8 +143,14 @@ async fn fill_stream(conn: &mut redis::aio::MultiplexedConnection, stream: &str,
 
 /// Starts the relay on `stream`, waits until the group has acknowledged everything, reads the peak RSS,
 /// stops the relay. Returns (time to drain, peak RSS in kB).
-async fn time_relay(binary: &std::path::Path, database_url: &str, redis_url: &str, stream: &str, batch: usize,
-                    conn: &mut redis::aio::MultiplexedConnection) -> Result<(Duration, u64)> {
+async fn time_relay(
+    binary: &std::path::Path,
+    database_url: &str,
+    redis_url: &str,
+    stream: &str,
+    batch: usize,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<(Duration, u64)> {
     let started = Instant::now();
     let mut child = Command::new(binary)
         .env("DATABASE_URL", database_url)
@@ -171,5 +197,8 @@ async fn drained(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> 
 /// VmHWM of a process, in kB.
 fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -84,7 +84,12 @@ pub fn print_ratios(ratios: &[Ratio]) {
         if let (Some(low), Some(high)) =
             (r.per_run.iter().copied().min_by(f64::total_cmp), r.per_run.iter().copied().max_by(f64::total_cmp))
         {
-            println!("{:<36} {:>6.3}   (median of {} per-repetition ratios, {low:.3}..{high:.3})", "", median(&r.per_run), r.per_run.len());
+            println!(
+                "{:<36} {:>6.3}   (median of {} per-repetition ratios, {low:.3}..{high:.3})",
+                "",
+                median(&r.per_run),
+                r.per_run.len()
+            );
         }
     }
 }

@@ -13,7 +13,8 @@ use tokio_postgres::Client;
 
 /// The stored columns a producer supplies; the other three (`ingested_at`, `ingest_xid`, `ingest_seq`)
 /// come from their defaults on every route.
-pub const COLUMNS: &str = "device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes";
+pub const COLUMNS: &str =
+    "device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes";
 
 /// What one timed run did.
 pub struct Run {

@@ -87,7 +87,10 @@ pub async fn run(args: Args) -> Result<()> {
     let mut ticks = tokio::time::interval(Duration::from_millis(args.interval_ms.max(10)));
     let started = std::time::Instant::now();
     let (mut sent, mut broken) = (0u64, 0u64);
-    eprintln!("{} trackers writing to stream {:?} every {} ms (Ctrl-C stops)", args.devices, args.stream, args.interval_ms);
+    eprintln!(
+        "{} trackers writing to stream {:?} every {} ms (Ctrl-C stops)",
+        args.devices, args.stream, args.interval_ms
+    );
     loop {
         tokio::select! {
             _ = ticks.tick() => {}

@@ -9,13 +9,19 @@ use tokio_postgres::{AsyncMessage, NoTls};
 #[derive(clap::Args)]
 pub struct Args {
     /// Database with the trackway extension.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = "postgres://postgres@localhost:5432/trackway")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@localhost:5432/trackway"
+    )]
     database_url: String,
 }
 
 /// Prints positions until interrupted.
 pub async fn run(args: Args) -> Result<()> {
-    let (client, mut connection) = tokio_postgres::connect(&args.database_url, NoTls).await.context("connecting to PostgreSQL")?;
+    let (client, mut connection) =
+        tokio_postgres::connect(&args.database_url, NoTls).await.context("connecting to PostgreSQL")?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024); // full: the connection task waits
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -58,9 +64,12 @@ fn describe(payload: &str) -> Vec<String> {
                 p["speed"].as_f64().map_or("-".to_owned(), |s| s.to_string()),
                 e["cursor"].as_str().unwrap_or("?")
             ),
-            None => format!("{}  {}  (too large to announce whole)  cursor {}",
-                            e["deviceId"].as_str().unwrap_or("?"), e["timestamp"].as_str().unwrap_or("?"),
-                            e["cursor"].as_str().unwrap_or("?")),
+            None => format!(
+                "{}  {}  (too large to announce whole)  cursor {}",
+                e["deviceId"].as_str().unwrap_or("?"),
+                e["timestamp"].as_str().unwrap_or("?"),
+                e["cursor"].as_str().unwrap_or("?")
+            ),
         })
         .collect()
 }
@@ -71,7 +80,9 @@ mod tests {
 
     #[test]
     fn describes_whole_and_referenced_positions() {
-        let lines = describe(r#"{"positions":[{"cursor":"1:2","position":{"deviceId":"d","timestamp":"t","latitude":1.5,"longitude":2.5,"speed":3}},{"cursor":"1:3","deviceId":"e","timestamp":"u"}]}"#);
+        let lines = describe(
+            r#"{"positions":[{"cursor":"1:2","position":{"deviceId":"d","timestamp":"t","latitude":1.5,"longitude":2.5,"speed":3}},{"cursor":"1:3","deviceId":"e","timestamp":"u"}]}"#,
+        );
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("d  t") && lines[0].contains("cursor 1:2"), "{}", lines[0]);
         assert!(lines[1].contains("too large"), "{}", lines[1]);

@@ -29,8 +29,17 @@ fn announcement_payloads(
 ) -> SetOfIterator<'static, String> {
     let n = xids.len();
     let same_length = [
-        seqs.len(), device_ids.len(), ts.len(), latitude.len(), longitude.len(), altitude.len(), angle.len(),
-        speed.len(), satellites.len(), priority.len(), attributes.len(),
+        seqs.len(),
+        device_ids.len(),
+        ts.len(),
+        latitude.len(),
+        longitude.len(),
+        altitude.len(),
+        angle.len(),
+        speed.len(),
+        satellites.len(),
+        priority.len(),
+        attributes.len(),
     ]
     .iter()
     .all(|&len| len == n);

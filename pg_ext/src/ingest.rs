@@ -14,9 +14,9 @@ use std::cell::{OnceCell, RefCell};
 use std::mem::ManuallyDrop;
 use std::thread::LocalKey;
 
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{BuiltinOid, PgOid};
 use pgrx::prelude::*;
-use pgrx::datum::DatumWithOid;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use trackway_wire::{announce_rows, BatchPlan, Insert, Outcome, Position, StorePolicy};
 
@@ -165,11 +165,8 @@ fn store_and_announce(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi
         return Ok(Vec::new());
     }
     let (xid, snapshot_xmax, in_progress) = snapshot(client)?;
-    let payloads = announce_rows(
-        inserted.iter().map(|&(row, seq)| (xid, seq, &plan.rows[row])),
-        snapshot_xmax,
-        &in_progress,
-    );
+    let payloads =
+        announce_rows(inserted.iter().map(|&(row, seq)| (xid, seq, &plan.rows[row])), snapshot_xmax, &in_progress);
     with_kept_plan(&NOTIFY_PLAN, client, NOTIFY, &[BuiltinOid::TEXTARRAYOID], |client, notify| {
         client.update(&**notify, None, &[payloads.into()]).map(|_| ())
     })?;
@@ -201,7 +198,8 @@ fn store(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi::Result<Vec<
     let insert = POLICY.with(|policy| policy.borrow().choose(rows.len(), statement::top_transaction_id()));
     let table = match insert {
         Insert::Optimistic => {
-            let attempt = statement::try_in_subtransaction(|| run_store(client, &STORE_NEW_ROWS_PLAN, STORE_NEW_ROWS, &args));
+            let attempt =
+                statement::try_in_subtransaction(|| run_store(client, &STORE_NEW_ROWS_PLAN, STORE_NEW_ROWS, &args));
             POLICY.with(|policy| policy.borrow_mut().attempted(statement::top_transaction_id()));
             match attempt {
                 Some(table) => table?,

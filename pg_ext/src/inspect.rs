@@ -11,8 +11,8 @@ use crate::{errors, settings};
 #[pg_extern(stable, strict, parallel_safe)]
 #[search_path(pg_catalog, @extschema@, pg_temp)]
 fn decode(payload: &str) -> pgrx::JsonB {
-    let position = trackway_wire::decode(payload.as_bytes(), settings::max_payload_bytes())
-        .unwrap_or_else(|e| errors::raise(&e));
+    let position =
+        trackway_wire::decode(payload.as_bytes(), settings::max_payload_bytes()).unwrap_or_else(|e| errors::raise(&e));
     let text = trackway_wire::normalized_json(&position);
     pgrx::JsonB(serde_json::from_str(&text).unwrap_or_else(|e| error!("trackway: normalised JSON: {e}")))
 }
@@ -78,7 +78,14 @@ fn cursor(xid: i64, seq: i64, snapshot_xmax: i64, in_progress: Vec<i64>) -> Stri
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(immutable, strict, parallel_safe, name = "_cursor_after")]
 #[search_path(pg_catalog, @extschema@, pg_temp)]
-fn cursor_after(after: &str, xid: i64, seq: i64, more_in_txn: bool, snapshot_xmax: i64, in_progress: Vec<i64>) -> String {
+fn cursor_after(
+    after: &str,
+    xid: i64,
+    seq: i64,
+    more_in_txn: bool,
+    snapshot_xmax: i64,
+    in_progress: Vec<i64>,
+) -> String {
     let after = Cursor::parse(after).unwrap_or_else(|e| errors::raise(&e));
     let in_progress: Vec<u64> = in_progress.into_iter().filter_map(|x| u64::try_from(x).ok()).collect();
     let (xid, xmax) = (u64::try_from(xid).unwrap_or(0), u64::try_from(snapshot_xmax).unwrap_or(0));

@@ -38,9 +38,7 @@ impl OwnedByIngestBatch {
     /// Starts the mark at the current trigger depth.
     pub fn begin() -> OwnedByIngestBatch {
         let depth = trigger_depth();
-        OwnedByIngestBatch {
-            previous: OWNED_AT_DEPTH.with(|owned| owned.replace(Some(depth))),
-        }
+        OwnedByIngestBatch { previous: OWNED_AT_DEPTH.with(|owned| owned.replace(Some(depth))) }
     }
 }
 

@@ -96,7 +96,8 @@ mod tests {
 
     fn ingest_batch_statuses(payloads: Vec<String>) -> Vec<String> {
         Spi::connect(|c| {
-            let table = c.select("SELECT status FROM trackway.ingest_batch($1) ORDER BY ord", None, &[payloads.into()])?;
+            let table =
+                c.select("SELECT status FROM trackway.ingest_batch($1) ORDER BY ord", None, &[payloads.into()])?;
             let mut statuses = Vec::new();
             for row in table {
                 statuses.push(row.get::<String>(1)?.expect("status"));
@@ -160,7 +161,11 @@ mod tests {
 
     /// `n` rows of `device`, one second apart from 08:00:01, each with latitude 50 + second/100.
     fn rows_of(device: &str, n: u32) -> Vec<String> {
-        (1..=n).map(|s| payload(device, &format!("2026-11-27T08:{:02}:{:02}.000Z", s / 60, s % 60), 50.0 + f64::from(s) / 100.0)).collect()
+        (1..=n)
+            .map(|s| {
+                payload(device, &format!("2026-11-27T08:{:02}:{:02}.000Z", s / 60, s % 60), 50.0 + f64::from(s) / 100.0)
+            })
+            .collect()
     }
 
     #[pg_test]
@@ -202,7 +207,8 @@ mod tests {
     #[pg_test]
     fn an_error_inside_a_large_batch_rolls_it_back_and_is_raised() {
         boom_trigger("NEW.ts = '2026-11-27T08:00:30Z'");
-        let batch = format!("{{{}}}", rows_of("dev-22", 40).iter().map(|p| format!("{:?}", p)).collect::<Vec<_>>().join(","));
+        let batch =
+            format!("{{{}}}", rows_of("dev-22", 40).iter().map(|p| format!("{:?}", p)).collect::<Vec<_>>().join(","));
         Spi::run_with_args("SELECT set_config('tw.batch', $1, true)", &[batch.into()]).expect("set_config");
         expect_boom("trackway.ingest_batch(current_setting('tw.batch')::text[])");
         assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'dev-22'"), 0);

@@ -91,8 +91,12 @@ impl BackendState {
     pub fn succeeded(&self) -> bool {
         let mut outage = self.outage();
         let Some(since) = outage.down_since.take() else { return false };
-        tracing::info!(backend = self.name, down_for_ms = since.elapsed().as_millis() as u64,
-                       failed_attempts = outage.failures, "backend available again");
+        tracing::info!(
+            backend = self.name,
+            down_for_ms = since.elapsed().as_millis() as u64,
+            failed_attempts = outage.failures,
+            "backend available again"
+        );
         outage.failures = 0;
         true
     }

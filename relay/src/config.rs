@@ -12,12 +12,20 @@ use crate::error::Error;
 
 /// The command line and environment, as parsed; [`Settings::validate`] turns it into a [`Config`].
 #[derive(Parser)]
-#[command(name = "trackway-relay", version, about = "Moves GPS positions from a Redis Stream into PostgreSQL \
-    (through the trackway extension) and serves health and metrics endpoints.")]
+#[command(
+    name = "trackway-relay",
+    version,
+    about = "Moves GPS positions from a Redis Stream into PostgreSQL \
+    (through the trackway extension) and serves health and metrics endpoints."
+)]
 pub struct Settings {
     /// PostgreSQL connection string (URL or key=value form) of the database with the trackway extension.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true,
-          default_value = "postgres://postgres@localhost:5432/trackway")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@localhost:5432/trackway"
+    )]
     pub database_url: String,
 
     /// Redis connection URL.
@@ -131,8 +139,11 @@ impl Settings {
         }
         let redis = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())
             .map_err(|e| bad("REDIS_URL", format!("not a valid Redis URL ({e})")))?;
-        for (name, value) in [("TRACKWAY_STREAM", &self.stream), ("TRACKWAY_GROUP", &self.group),
-                              ("TRACKWAY_PAYLOAD_FIELD", &self.payload_field)] {
+        for (name, value) in [
+            ("TRACKWAY_STREAM", &self.stream),
+            ("TRACKWAY_GROUP", &self.group),
+            ("TRACKWAY_PAYLOAD_FIELD", &self.payload_field),
+        ] {
             if value.is_empty() {
                 return Err(bad(name, "must not be empty".into()));
             }
@@ -249,13 +260,15 @@ mod tests {
         let err = parse(&["--database-url", "postgres://u:hunter2@h:notaport/db"]).unwrap_err().to_string();
         assert!(err.starts_with("DATABASE_URL (--database-url): "), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
-        for (flag, value, name) in [("--batch-size", "0", "TRACKWAY_BATCH_SIZE"),
-                                    ("--block-ms", "70000", "TRACKWAY_BLOCK_MS"),
-                                    ("--block-ms", "soon", "TRACKWAY_BLOCK_MS"),
-                                    ("--max-deliveries", "0", "TRACKWAY_MAX_DELIVERIES"),
-                                    ("--claim-idle-ms", "10", "TRACKWAY_CLAIM_IDLE_MS"),
-                                    ("--admin-addr", "nowhere", "TRACKWAY_ADMIN_ADDR"),
-                                    ("--redis-url", "http://x", "REDIS_URL")] {
+        for (flag, value, name) in [
+            ("--batch-size", "0", "TRACKWAY_BATCH_SIZE"),
+            ("--block-ms", "70000", "TRACKWAY_BLOCK_MS"),
+            ("--block-ms", "soon", "TRACKWAY_BLOCK_MS"),
+            ("--max-deliveries", "0", "TRACKWAY_MAX_DELIVERIES"),
+            ("--claim-idle-ms", "10", "TRACKWAY_CLAIM_IDLE_MS"),
+            ("--admin-addr", "nowhere", "TRACKWAY_ADMIN_ADDR"),
+            ("--redis-url", "http://x", "REDIS_URL"),
+        ] {
             let err = parse(&[flag, value]).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{name} ({flag}): ")), "{flag} {value}: {err}");
         }
@@ -265,17 +278,30 @@ mod tests {
     fn help_documents_every_setting() {
         use clap::CommandFactory;
         let help = Settings::command().render_long_help().to_string();
-        for name in ["DATABASE_URL", "REDIS_URL", "TRACKWAY_STREAM", "TRACKWAY_GROUP", "TRACKWAY_CONSUMER",
-                     "TRACKWAY_DEAD_LETTER_STREAM", "TRACKWAY_PAYLOAD_FIELD", "TRACKWAY_BATCH_SIZE", "TRACKWAY_BLOCK_MS",
-                     "TRACKWAY_MAX_DELIVERIES", "TRACKWAY_CLAIM_IDLE_MS", "TRACKWAY_ADMIN_ADDR", "RUST_LOG"] {
+        for name in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "TRACKWAY_STREAM",
+            "TRACKWAY_GROUP",
+            "TRACKWAY_CONSUMER",
+            "TRACKWAY_DEAD_LETTER_STREAM",
+            "TRACKWAY_PAYLOAD_FIELD",
+            "TRACKWAY_BATCH_SIZE",
+            "TRACKWAY_BLOCK_MS",
+            "TRACKWAY_MAX_DELIVERIES",
+            "TRACKWAY_CLAIM_IDLE_MS",
+            "TRACKWAY_ADMIN_ADDR",
+            "RUST_LOG",
+        ] {
             assert!(help.contains(name), "--help does not mention {name}:\n{help}");
         }
     }
 
     #[test]
     fn debug_never_shows_the_password() {
-        let config = parse(&["--database-url", "postgres://u:hunter2@db:5433/x", "--redis-url",
-                             "redis://:sekrit@r:6379"]).expect("valid");
+        let config =
+            parse(&["--database-url", "postgres://u:hunter2@db:5433/x", "--redis-url", "redis://:sekrit@r:6379"])
+                .expect("valid");
         let shown = format!("{config:?}");
         assert!(shown.contains("u@db:5433/x"), "{shown}");
         assert!(!shown.contains("hunter2") && !shown.contains("sekrit"), "{shown}");

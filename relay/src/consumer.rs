@@ -94,7 +94,12 @@ pub struct Consumer {
 
 impl Consumer {
     /// A consumer for `config`; connects lazily.
-    pub fn new(config: &Config, pool: Pool, metrics: Metrics, shutdown: CancellationToken) -> Result<Consumer, RedisError> {
+    pub fn new(
+        config: &Config,
+        pool: Pool,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Result<Consumer, RedisError> {
         let group = Group::new(config.names.clone());
         let redis = BackendState::new("redis");
         Ok(Consumer {
@@ -112,7 +117,12 @@ impl Consumer {
                 backoff: Backoff::default(),
                 metrics: metrics.clone(),
             },
-            storer: Storer { pool, postgres: BackendState::new("postgres"), backoff: Backoff::default(), metrics: metrics.clone() },
+            storer: Storer {
+                pool,
+                postgres: BackendState::new("postgres"),
+                backoff: Backoff::default(),
+                metrics: metrics.clone(),
+            },
             settler: Settler {
                 group,
                 link: Link::new(config.redis.clone(), Duration::ZERO)?,
@@ -176,7 +186,8 @@ impl Consumer {
                     self.settler.settle(s, &self.shutdown).await;
                 }
             };
-            let (stored, next, ()) = tokio::join!(self.storer.store(&payloads, &self.shutdown), read_ahead, settle_previous);
+            let (stored, next, ()) =
+                tokio::join!(self.storer.store(&payloads, &self.shutdown), read_ahead, settle_previous);
             let Some(stored) = stored else {
                 tracing::info!("shutdown while PostgreSQL is unavailable; the batch stays pending");
                 break;
@@ -299,14 +310,18 @@ impl Reader {
             }
         }
         if Instant::now() >= self.next_claim {
-            let claimed = self.group.autoclaim(&mut self.link, self.claim_idle, &self.claim_start, self.batch_size).await?;
+            let claimed =
+                self.group.autoclaim(&mut self.link, self.claim_idle, &self.claim_start, self.batch_size).await?;
             if claimed.next == "0-0" {
                 let pause = (self.claim_idle / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
                 self.next_claim = Instant::now() + pause;
             }
             self.claim_start = claimed.next;
             if claimed.deleted > 0 {
-                tracing::warn!(count = claimed.deleted, "pending entries were deleted from the stream before being stored");
+                tracing::warn!(
+                    count = claimed.deleted,
+                    "pending entries were deleted from the stream before being stored"
+                );
             }
             if !claimed.entries.is_empty() {
                 self.metrics.reclaimed.inc_by(claimed.entries.len() as u64);
@@ -495,7 +510,10 @@ mod tests {
     use super::*;
 
     fn entry(fields: &[(&str, &[u8])]) -> Entry {
-        Entry { id: "1-1".into(), fields: Some(fields.iter().map(|(f, v)| (f.as_bytes().to_vec(), v.to_vec())).collect()) }
+        Entry {
+            id: "1-1".into(),
+            fields: Some(fields.iter().map(|(f, v)| (f.as_bytes().to_vec(), v.to_vec())).collect()),
+        }
     }
 
     #[test]

@@ -89,7 +89,10 @@ pub async fn ingest_batch(pool: &Pool, payloads: &[&str]) -> Result<Vec<Status>,
         let error: Option<String> = row.try_get(2).map_err(classify)?;
         let slot = usize::try_from(ord).ok().and_then(|o| o.checked_sub(1)).and_then(|i| statuses.get_mut(i));
         let Some(slot) = slot else {
-            return Err(IngestError::Unavailable(format!("ingest_batch returned ord {ord} for {} payloads", payloads.len())));
+            return Err(IngestError::Unavailable(format!(
+                "ingest_batch returned ord {ord} for {} payloads",
+                payloads.len()
+            )));
         };
         *slot = Some(match status {
             "inserted" => Status::Inserted,
@@ -97,9 +100,13 @@ pub async fn ingest_batch(pool: &Pool, payloads: &[&str]) -> Result<Vec<Status>,
             _ => Status::Invalid(error.unwrap_or_else(|| format!("rejected with status {status:?}"))),
         });
     }
-    statuses.into_iter().enumerate().map(|(i, s)| {
-        s.ok_or_else(|| IngestError::Unavailable(format!("ingest_batch returned no row for payload {}", i + 1)))
-    }).collect()
+    statuses
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.ok_or_else(|| IngestError::Unavailable(format!("ingest_batch returned no row for payload {}", i + 1)))
+        })
+        .collect()
 }
 
 /// Whether the database answers (`SELECT 1` on a pooled connection).

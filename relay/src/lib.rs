@@ -27,8 +27,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
+use crate::{
+    admin::{AdminState, Readiness},
+    consumer::Consumer,
+    stream::{Group, Link},
+};
 pub use crate::{config::Config, error::Error, metrics::Metrics};
-use crate::{admin::{AdminState, Readiness}, consumer::Consumer, stream::{Group, Link}};
 
 /// Runs the relay until `shutdown` is cancelled: the consumer finishes and acknowledges the batch in
 /// flight, then the admin server and the sampler stop. `admin` is the already-bound admin listener (tests
@@ -41,8 +45,10 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: Shutdown) -> Resu
     let short = std::time::Duration::ZERO;
 
     let readiness = Arc::new(Readiness::new(pool.clone(), link(short)?));
-    let admin_task = tokio::spawn(admin::serve(admin, AdminState { metrics: metrics.clone(), readiness }, shutdown.clone()));
-    let sampler_task = tokio::spawn(sampler::run(Group::new(config.names.clone()), link(short)?, metrics.clone(), shutdown.clone()));
+    let admin_task =
+        tokio::spawn(admin::serve(admin, AdminState { metrics: metrics.clone(), readiness }, shutdown.clone()));
+    let sampler_task =
+        tokio::spawn(sampler::run(Group::new(config.names.clone()), link(short)?, metrics.clone(), shutdown.clone()));
     let consumer = Consumer::new(&config, pool.clone(), metrics, shutdown.clone())
         .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
 

@@ -44,11 +44,14 @@ impl Metrics {
             registry.register(Box::new(m.clone())).expect("unique metric");
             m
         };
-        let entries_read = counter_vec("trackway_relay_entries_read_total", "Stream entries read, by source.", "source");
+        let entries_read =
+            counter_vec("trackway_relay_entries_read_total", "Stream entries read, by source.", "source");
         let batches = counter_vec("trackway_relay_batches_total", "Batches handled, by outcome.", "outcome");
         let rows = counter_vec("trackway_relay_rows_total", "Entries by ingest status.", "status");
-        let dead_letters = counter_vec("trackway_relay_dead_letters_total", "Dead letters written, by reason.", "reason");
-        let reconnects = counter_vec("trackway_relay_reconnects_total", "Reconnections after a failure, by backend.", "backend");
+        let dead_letters =
+            counter_vec("trackway_relay_dead_letters_total", "Dead letters written, by reason.", "reason");
+        let reconnects =
+            counter_vec("trackway_relay_reconnects_total", "Reconnections after a failure, by backend.", "backend");
         let counter = |name: &str, help: &str| {
             let m = IntCounter::new(name, help).expect("valid metric");
             registry.register(Box::new(m.clone())).expect("unique metric");
@@ -68,11 +71,16 @@ impl Metrics {
             registry.register(Box::new(m.clone())).expect("unique metric");
             m
         };
-        let ingest_seconds = histogram("trackway_relay_ingest_duration_seconds",
+        let ingest_seconds = histogram(
+            "trackway_relay_ingest_duration_seconds",
             "Duration of one trackway.ingest_batch round trip.",
-            exponential_buckets(0.001, 2.0, 14).expect("valid buckets"));
-        let batch_size = histogram("trackway_relay_batch_size", "Entries per batch read.",
-            exponential_buckets(1.0, 2.0, 15).expect("valid buckets"));
+            exponential_buckets(0.001, 2.0, 14).expect("valid buckets"),
+        );
+        let batch_size = histogram(
+            "trackway_relay_batch_size",
+            "Entries per batch read.",
+            exponential_buckets(1.0, 2.0, 15).expect("valid buckets"),
+        );
         for source in ["new", "pending", "claimed"] {
             entries_read.with_label_values(&[source]);
         }
@@ -82,8 +90,20 @@ impl Metrics {
         for backend in ["postgres", "redis"] {
             reconnects.with_label_values(&[backend]);
         }
-        Metrics { registry, entries_read, batches, rows, dead_letters, acks, reclaimed, group_lag, group_pending,
-                  ingest_seconds, batch_size, reconnects }
+        Metrics {
+            registry,
+            entries_read,
+            batches,
+            rows,
+            dead_letters,
+            acks,
+            reclaimed,
+            group_lag,
+            group_pending,
+            ingest_seconds,
+            batch_size,
+            reconnects,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

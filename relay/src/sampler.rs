@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, stream::{Group, Link}};
+use crate::{
+    metrics::Metrics,
+    stream::{Group, Link},
+};
 
 /// Time between samples.
 const INTERVAL: Duration = Duration::from_secs(5);

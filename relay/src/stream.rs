@@ -197,7 +197,12 @@ impl Group {
     }
 
     /// Up to `count` new entries; with `block`, waits up to that long for the first.
-    pub async fn read_new(&self, link: &mut Link, count: usize, block: Option<Duration>) -> Result<Vec<Entry>, RedisError> {
+    pub async fn read_new(
+        &self,
+        link: &mut Link,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Entry>, RedisError> {
         let mut cmd = self.read_cmd(count);
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1));
@@ -221,20 +226,34 @@ impl Group {
     }
 
     /// Takes over up to `count` entries idle on other consumers for at least `min_idle`, from `start`.
-    pub async fn autoclaim(&self, link: &mut Link, min_idle: Duration, start: &str, count: usize)
-        -> Result<Claimed, RedisError> {
+    pub async fn autoclaim(
+        &self,
+        link: &mut Link,
+        min_idle: Duration,
+        start: &str,
+        count: usize,
+    ) -> Result<Claimed, RedisError> {
         let mut cmd = redis::cmd("XAUTOCLAIM");
-        cmd.arg(&self.names.stream).arg(&self.names.group).arg(&self.names.consumer)
-            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX)).arg(start).arg("COUNT").arg(count);
+        cmd.arg(&self.names.stream)
+            .arg(&self.names.group)
+            .arg(&self.names.consumer)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg(start)
+            .arg("COUNT")
+            .arg(count);
         parse_autoclaim(link.query(&cmd).await?)
     }
 
     /// Delivery counts of this consumer's pending entries with ids in `[first, last]`.
-    pub async fn deliveries(&self, link: &mut Link, first: &str, last: &str, count: usize)
-        -> Result<Vec<(String, u64)>, RedisError> {
+    pub async fn deliveries(
+        &self,
+        link: &mut Link,
+        first: &str,
+        last: &str,
+        count: usize,
+    ) -> Result<Vec<(String, u64)>, RedisError> {
         let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&self.names.stream).arg(&self.names.group).arg(first).arg(last).arg(count)
-            .arg(&self.names.consumer);
+        cmd.arg(&self.names.stream).arg(&self.names.group).arg(first).arg(last).arg(count).arg(&self.names.consumer);
         parse_pending(link.query(&cmd).await?)
     }
 
@@ -452,7 +471,12 @@ mod tests {
         let pending = Value::Array(vec![Value::Array(vec![bulk("2-1"), bulk("c"), Value::Int(5), Value::Int(3)])]);
         assert_eq!(parse_pending(pending).expect("parses"), vec![("2-1".to_owned(), 3)]);
         let info = Value::Array(vec![Value::Array(vec![
-            bulk("name"), bulk("g"), bulk("pending"), Value::Int(4), bulk("lag"), Value::Nil,
+            bulk("name"),
+            bulk("g"),
+            bulk("pending"),
+            Value::Int(4),
+            bulk("lag"),
+            Value::Nil,
         ])]);
         assert_eq!(parse_group_info(info.clone(), "g"), Some(GroupInfo { pending: 4, lag: None }));
         assert_eq!(parse_group_info(info, "other"), None);

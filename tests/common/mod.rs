@@ -48,7 +48,11 @@ pub async fn fresh_database_on(server: &str, name: &str) -> String {
     for sql in [format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"), format!("CREATE DATABASE {dbname}")] {
         admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
-    connect_to(server, &dbname).await.batch_execute("CREATE EXTENSION trackway").await.unwrap_or_else(|e| panic!("CREATE EXTENSION trackway: {e:?}"));
+    connect_to(server, &dbname)
+        .await
+        .batch_execute("CREATE EXTENSION trackway")
+        .await
+        .unwrap_or_else(|e| panic!("CREATE EXTENSION trackway: {e:?}"));
     dbname
 }
 

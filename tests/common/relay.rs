@@ -62,8 +62,11 @@ pub async fn xadd_fields(conn: &mut MultiplexedConnection, stream: &str, fields:
 
 /// The group's pending count and lag, `None` while the group does not exist.
 pub async fn group_state(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> Option<(i64, Option<i64>)> {
-    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.ok()?;
-    let g = groups.into_iter().find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()))?;
+    let groups: Vec<HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.ok()?;
+    let g = groups
+        .into_iter()
+        .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()))?;
     let int = |v: Option<&redis::Value>| match v {
         Some(redis::Value::Int(i)) => Some(*i),
         _ => None,
@@ -91,7 +94,11 @@ pub async fn read_all(conn: &mut MultiplexedConnection, stream: &str) -> Vec<(St
         .ids
         .into_iter()
         .map(|e| {
-            let fields = e.map.iter().map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap_or_default())).collect();
+            let fields = e
+                .map
+                .iter()
+                .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap_or_default()))
+                .collect();
             (e.id, fields)
         })
         .collect()
@@ -128,7 +135,10 @@ impl InProcess {
     /// Asks it to stop and waits for `run` to return.
     pub async fn stop(self) -> Result<(), Error> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("relay stops within 30 s").expect("relay task")
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("relay stops within 30 s")
+            .expect("relay task")
     }
 }
 
@@ -145,7 +155,11 @@ impl Process {
     /// goes to `/tmp/<log_name>.log`.
     pub fn spawn(binary: &str, args: &[&str], log_name: &str) -> Process {
         let admin = free_port_addr();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(format!("/tmp/{log_name}.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("/tmp/{log_name}.log"))
+            .expect("log file");
         let child = Command::new(binary)
             .args(args)
             .arg("--admin-addr")
@@ -212,7 +226,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// The value of one sample (`name{labels} value`) in `/metrics` text; 0 when absent.
 pub fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
-

@@ -40,8 +40,18 @@ impl RedisServer {
     /// Starts the server (again) and waits until it answers.
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                   "--appendfsync", "always"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -95,7 +105,10 @@ impl PgCluster {
         let dir = std::env::temp_dir().join(format!("trackway-pg-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         let data = dir.to_string_lossy().into_owned();
-        as_postgres(&format!("{PG_BIN}/initdb"), &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+        as_postgres(
+            &format!("{PG_BIN}/initdb"),
+            &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
+        );
         let cluster = PgCluster { port, dir, settings: settings.to_owned() };
         cluster.restart();
         cluster

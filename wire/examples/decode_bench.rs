@@ -9,40 +9,18 @@ use std::time::Instant;
 
 use trackway_wire::{decode, decode_reference, DecodeError, Position, DEFAULT_MAX_PAYLOAD_BYTES};
 
-const VALID: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../testdata/positions-valid.jsonl"
-));
+const VALID: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/positions-valid.jsonl"));
 
 type Decoder = fn(&[u8], usize) -> Result<Position, DecodeError>;
 
 fn main() {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(15);
-    let shared: Vec<String> = VALID
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect();
-    let shared: Vec<String> = shared
-        .iter()
-        .cycle()
-        .take(shared.len() * 25)
-        .cloned()
-        .collect();
+    let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(15);
+    let shared: Vec<String> = VALID.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+    let shared: Vec<String> = shared.iter().cycle().take(shared.len() * 25).cloned().collect();
     let fleet = fleet_payloads(5_000, 100, 42);
-    for (name, set) in [
-        ("testdata valid lines", &shared),
-        ("generated fleet payloads", &fleet),
-    ] {
+    for (name, set) in [("testdata valid lines", &shared), ("generated fleet payloads", &fleet)] {
         let bytes: usize = set.iter().map(String::len).sum();
-        println!(
-            "{name}: {} payloads, {:.0} bytes each on average",
-            set.len(),
-            bytes as f64 / set.len() as f64
-        );
+        println!("{name}: {} payloads, {:.0} bytes each on average", set.len(), bytes as f64 / set.len() as f64);
         for payload in set {
             let fast = decode(payload.as_bytes(), DEFAULT_MAX_PAYLOAD_BYTES);
             let reference = decode_reference(payload.as_bytes(), DEFAULT_MAX_PAYLOAD_BYTES);
@@ -50,10 +28,7 @@ fn main() {
         }
         let reference = time(set, decode_reference, rounds);
         let fast = time(set, decode, rounds);
-        println!(
-            "  decode_reference {:>7.0} ns/payload [{:.0}–{:.0}]",
-            reference.0, reference.1, reference.2
-        );
+        println!("  decode_reference {:>7.0} ns/payload [{:.0}–{:.0}]", reference.0, reference.1, reference.2);
         println!(
             "  decode           {:>7.0} ns/payload [{:.0}–{:.0}]  ({:.1} % less time, {:.2}× as fast)",
             fast.0,
@@ -70,10 +45,7 @@ fn time(set: &[String], decoder: Decoder, rounds: usize) -> (f64, f64, f64) {
     let round = || {
         let start = Instant::now();
         for payload in set {
-            let _ = black_box(decoder(
-                black_box(payload.as_bytes()),
-                DEFAULT_MAX_PAYLOAD_BYTES,
-            ));
+            let _ = black_box(decoder(black_box(payload.as_bytes()), DEFAULT_MAX_PAYLOAD_BYTES));
         }
         start.elapsed().as_nanos() as f64 / set.len() as f64
     };

@@ -38,8 +38,7 @@ pub struct NewRow {
 /// the inserting transaction (see [`Cursor::from_snapshot`]). Rows are announced in `(xid, seq)` order. Never fails: a row that cannot be
 /// encoded (only possible for hand-written `attributes`) is announced by reference.
 pub fn announcements(rows: &mut [NewRow], snapshot_xmax: u64, in_progress: &[u64]) -> Vec<String> {
-    let mut rows: Vec<(u64, i64, &Position)> =
-        rows.iter().map(|r| (r.xid, r.seq, &r.position)).collect();
+    let mut rows: Vec<(u64, i64, &Position)> = rows.iter().map(|r| (r.xid, r.seq, &r.position)).collect();
     announce(&mut rows, snapshot_xmax, in_progress, encode)
 }
 
@@ -63,9 +62,7 @@ fn announce(
     document: fn(&Position) -> Result<String, DecodeError>,
 ) -> Vec<String> {
     rows.sort_unstable_by_key(|&(xid, seq, _)| (xid, seq));
-    pack(rows.iter().map(|&(xid, seq, position)| {
-        entry(xid, seq, position, snapshot_xmax, in_progress, document)
-    }))
+    pack(rows.iter().map(|&(xid, seq, position)| entry(xid, seq, position, snapshot_xmax, in_progress, document)))
 }
 
 /// One row's entry: its wire document when that fits in a payload, else a reference.
@@ -158,13 +155,7 @@ mod tests {
     fn a_thousand_rows_take_few_payloads_each_under_the_limit() {
         let mut rows: Vec<NewRow> = (0..1000)
             .rev()
-            .map(|i| {
-                row(
-                    i,
-                    &format!("dev-{}", i % 7),
-                    Some(r#"{"66": 12873, "239": 1}"#.to_owned()),
-                )
-            })
+            .map(|i| row(i, &format!("dev-{}", i % 7), Some(r#"{"66": 12873, "239": 1}"#.to_owned())))
             .collect();
         let payloads = announcements(&mut rows, 901, &[800, 811, 900]);
         assert!(payloads.len() < 1000 / 20, "{} payloads", payloads.len());
@@ -172,11 +163,7 @@ mod tests {
         let entries = entries_of(&payloads);
         assert_eq!(entries.len(), 1000);
         for (i, e) in entries.iter().enumerate() {
-            assert_eq!(
-                e["cursor"],
-                format!("812:{i}:800,811"),
-                "rows in insert order with cursors"
-            );
+            assert_eq!(e["cursor"], format!("812:{i}:800,811"), "rows in insert order with cursors");
             assert_eq!(e["position"]["deviceId"], format!("dev-{}", i % 7));
             assert_eq!(e["position"]["attributes"]["66"], 12873);
         }
@@ -185,11 +172,7 @@ mod tests {
     #[test]
     fn oversized_rows_are_announced_by_reference() {
         let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(20_000));
-        let mut rows = vec![
-            row(1, "small", None),
-            row(2, "huge \"one\"", Some(big)),
-            row(3, "small", None),
-        ];
+        let mut rows = vec![row(1, "small", None), row(2, "huge \"one\"", Some(big)), row(3, "small", None)];
         let payloads = announcements(&mut rows, 813, &[]);
         assert!(payloads.iter().all(|p| p.len() <= MAX_NOTIFY_PAYLOAD_BYTES));
         let entries = entries_of(&payloads);
@@ -197,10 +180,7 @@ mod tests {
         assert!(entries[0].get("position").is_some());
         assert_eq!(entries[1].get("position"), None);
         assert_eq!(entries[1]["deviceId"], "huge \"one\"");
-        assert_eq!(
-            entries[1]["timestamp"],
-            format_timestamp(1_795_680_000_000_002)
-        );
+        assert_eq!(entries[1]["timestamp"], format_timestamp(1_795_680_000_000_002));
         assert_eq!(entries[1]["cursor"], "812:2");
         assert!(entries[2].get("position").is_some());
     }

@@ -10,9 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{quoted, DecodeError, ErrorKind};
 use crate::json::push_str_literal;
-use crate::number::{
-    finite_f64, is_integer_literal, push_integer, push_storage_double, safe_integer,
-};
+use crate::number::{finite_f64, is_integer_literal, push_integer, push_storage_double, safe_integer};
 use crate::MAX_BIGINT_DIGITS;
 
 /// The sentinel key of an integer beyond JavaScript's safe range.
@@ -35,12 +33,9 @@ pub(crate) fn to_storage(attributes: &Map<String, Value>) -> Result<String, Deco
 
 /// The bytes of a base64 string, standard alphabet, padding optional.
 pub fn decode_b64(s: &str) -> Result<Vec<u8>, DecodeError> {
-    LENIENT_BASE64.decode(s).map_err(|e| {
-        DecodeError::new(
-            ErrorKind::Syntax,
-            format!("{BUFFER_KEY} is not valid base64: {e}"),
-        )
-    })
+    LENIENT_BASE64
+        .decode(s)
+        .map_err(|e| DecodeError::new(ErrorKind::Syntax, format!("{BUFFER_KEY} is not valid base64: {e}")))
 }
 
 fn push_value(out: &mut String, value: &Value) -> Result<(), DecodeError> {
@@ -88,10 +83,7 @@ fn push_object(out: &mut String, map: &Map<String, Value>) -> Result<(), DecodeE
 /// PostgreSQL's `text` and `jsonb` cannot hold U+0000.
 fn reject_nul(text: &str) -> Result<(), DecodeError> {
     if text.contains('\0') {
-        return Err(DecodeError::new(
-            ErrorKind::Unsupported,
-            "NUL characters (\\u0000) cannot be stored",
-        ));
+        return Err(DecodeError::new(ErrorKind::Unsupported, "NUL characters (\\u0000) cannot be stored"));
     }
     Ok(())
 }
@@ -101,10 +93,7 @@ pub(crate) fn push_number(out: &mut String, text: &str) -> Result<(), DecodeErro
     let out_of_range = || {
         DecodeError::new(
             ErrorKind::OutOfRange,
-            format!(
-                "number {} is beyond the range of a JavaScript number",
-                quoted(text)
-            ),
+            format!("number {} is beyond the range of a JavaScript number", quoted(text)),
         )
     };
     if !is_integer_literal(text) {
@@ -123,21 +112,11 @@ pub(crate) fn push_number(out: &mut String, text: &str) -> Result<(), DecodeErro
 fn push_sentinel(out: &mut String, map: &Map<String, Value>) -> Result<(), DecodeError> {
     let mut entries = map.iter();
     let (Some((key, value)), None) = (entries.next(), entries.next()) else {
-        let key = if map.contains_key(BIGINT_KEY) {
-            BIGINT_KEY
-        } else {
-            BUFFER_KEY
-        };
-        return Err(DecodeError::new(
-            ErrorKind::WrongType,
-            format!("an object with {key} must have no other key"),
-        ));
+        let key = if map.contains_key(BIGINT_KEY) { BIGINT_KEY } else { BUFFER_KEY };
+        return Err(DecodeError::new(ErrorKind::WrongType, format!("an object with {key} must have no other key")));
     };
     let Value::String(text) = value else {
-        return Err(DecodeError::new(
-            ErrorKind::WrongType,
-            format!("{key} must be a string"),
-        ));
+        return Err(DecodeError::new(ErrorKind::WrongType, format!("{key} must be a string")));
     };
     if key == BIGINT_KEY {
         push_bigint(out, text)
@@ -164,10 +143,7 @@ pub(crate) fn push_bigint(out: &mut String, text: &str) -> Result<(), DecodeErro
     if digits.len() > MAX_BIGINT_DIGITS {
         return Err(DecodeError::new(
             ErrorKind::OutOfRange,
-            format!(
-                "{BIGINT_KEY} has {} digits, above the limit of {MAX_BIGINT_DIGITS}",
-                digits.len()
-            ),
+            format!("{BIGINT_KEY} has {} digits, above the limit of {MAX_BIGINT_DIGITS}", digits.len()),
         ));
     }
     let significant = digits.trim_start_matches('0');

@@ -41,10 +41,7 @@ pub struct BatchPlan {
 
 impl BatchPlan {
     /// Decodes `payloads` (`None` is a SQL NULL) with the given size limit.
-    pub fn new<'a>(
-        payloads: impl IntoIterator<Item = Option<&'a [u8]>>,
-        max_payload_bytes: usize,
-    ) -> BatchPlan {
+    pub fn new<'a>(payloads: impl IntoIterator<Item = Option<&'a [u8]>>, max_payload_bytes: usize) -> BatchPlan {
         let mut decoded: Vec<(Position, usize)> = Vec::new();
         let mut outcomes = Vec::new();
         for (index, payload) in payloads.into_iter().enumerate() {
@@ -61,9 +58,7 @@ impl BatchPlan {
             outcomes.push(outcome);
         }
         // Stable sort: of two payloads with one key, the earlier one is stored and the later one is a duplicate.
-        decoded.sort_by(|(a, _), (b, _)| {
-            (&a.device_id, a.ts_micros).cmp(&(&b.device_id, b.ts_micros))
-        });
+        decoded.sort_by(|(a, _), (b, _)| (&a.device_id, a.ts_micros).cmp(&(&b.device_id, b.ts_micros)));
         let mut rows = Vec::with_capacity(decoded.len());
         let mut row_origin = Vec::with_capacity(decoded.len());
         for (position, index) in decoded {
@@ -77,29 +72,19 @@ impl BatchPlan {
                 row_origin.push(index);
             }
         }
-        BatchPlan {
-            rows,
-            row_origin,
-            outcomes,
-        }
+        BatchPlan { rows, row_origin, outcomes }
     }
 
     /// The outcome of every payload, in input order, given the keys the insert reported as new.
     pub fn finish<'k>(self, inserted: impl IntoIterator<Item = (&'k str, i64)>) -> Vec<Outcome> {
-        let rows: Vec<usize> = inserted
-            .into_iter()
-            .filter_map(|(device_id, ts_micros)| self.row_index(device_id, ts_micros))
-            .collect();
+        let rows: Vec<usize> =
+            inserted.into_iter().filter_map(|(device_id, ts_micros)| self.row_index(device_id, ts_micros)).collect();
         self.finish_rows(rows)
     }
 
     /// The index in [`rows`](Self::rows) of the row with key `(device_id, ts_micros)`, if planned.
     pub fn row_index(&self, device_id: &str, ts_micros: i64) -> Option<usize> {
-        self.rows
-            .binary_search_by(|row| {
-                (row.device_id.as_str(), row.ts_micros).cmp(&(device_id, ts_micros))
-            })
-            .ok()
+        self.rows.binary_search_by(|row| (row.device_id.as_str(), row.ts_micros).cmp(&(device_id, ts_micros))).ok()
     }
 
     /// Indexes in [`rows`](Self::rows) of the newest row of each device (the greatest `ts_micros`), in
@@ -117,19 +102,12 @@ impl BatchPlan {
                 self.outcomes[index] = Some(Outcome::Inserted);
             }
         }
-        self.outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Duplicate))
-            .collect()
+        self.outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Duplicate)).collect()
     }
 }
 
 fn null_payload() -> DecodeError {
-    DecodeError {
-        path: String::new(),
-        kind: ErrorKind::Missing,
-        message: "payload is NULL".to_owned(),
-    }
+    DecodeError { path: String::new(), kind: ErrorKind::Missing, message: "payload is NULL".to_owned() }
 }
 
 #[cfg(test)]
@@ -145,44 +123,18 @@ mod tests {
 
     #[test]
     fn plans_sorted_unique_rows_and_reports_every_payload() {
-        let texts = [
-            payload("b", 1),
-            payload("a", 2),
-            "nope".to_owned(),
-            payload("b", 1),
-            payload("a", 1),
-        ];
+        let texts = [payload("b", 1), payload("a", 2), "nope".to_owned(), payload("b", 1), payload("a", 1)];
         let mut with_null: Vec<Option<&[u8]>> = texts.iter().map(|t| Some(t.as_bytes())).collect();
         with_null.push(None);
         let plan = BatchPlan::new(with_null, DEFAULT_MAX_PAYLOAD_BYTES);
-        let keys: Vec<(&str, i64)> = plan
-            .rows
-            .iter()
-            .map(|r| (r.device_id.as_str(), r.ts_micros))
-            .collect();
+        let keys: Vec<(&str, i64)> = plan.rows.iter().map(|r| (r.device_id.as_str(), r.ts_micros)).collect();
         assert_eq!(keys.len(), 3);
-        assert!(
-            keys.windows(2).all(|w| w[0] < w[1]),
-            "sorted by key: {keys:?}"
-        );
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted by key: {keys:?}");
         // The database says ("a", 1s) and ("b", 1s) are new; ("a", 2s) existed already.
-        let new: Vec<(String, i64)> = vec![
-            (keys[0].0.to_owned(), keys[0].1),
-            (keys[2].0.to_owned(), keys[2].1),
-        ];
+        let new: Vec<(String, i64)> = vec![(keys[0].0.to_owned(), keys[0].1), (keys[2].0.to_owned(), keys[2].1)];
         let outcomes = plan.finish(new.iter().map(|(d, t)| (d.as_str(), *t)));
         let statuses: Vec<&str> = outcomes.iter().map(Outcome::status).collect();
-        assert_eq!(
-            statuses,
-            [
-                "inserted",
-                "duplicate",
-                "invalid",
-                "duplicate",
-                "inserted",
-                "invalid"
-            ]
-        );
+        assert_eq!(statuses, ["inserted", "duplicate", "invalid", "duplicate", "inserted", "invalid"]);
         match &outcomes[5] {
             Outcome::Invalid(e) => assert_eq!(e.to_string(), "payload is NULL"),
             other => panic!("{other:?}"),
@@ -191,27 +143,12 @@ mod tests {
 
     #[test]
     fn newest_per_device_picks_the_last_row_of_each_device() {
-        let texts = [
-            payload("b", 1),
-            payload("a", 3),
-            payload("a", 1),
-            payload("c", 2),
-            payload("a", 2),
-        ];
-        let plan = BatchPlan::new(
-            texts.iter().map(|t| Some(t.as_bytes())),
-            DEFAULT_MAX_PAYLOAD_BYTES,
-        );
-        let newest: Vec<(&str, i64)> = plan
-            .newest_per_device()
-            .map(|i| (plan.rows[i].device_id.as_str(), plan.rows[i].ts_micros))
-            .collect();
-        let second =
-            |s: i64| plan.rows[0].ts_micros - plan.rows[0].ts_micros % 60_000_000 + s * 1_000_000;
-        assert_eq!(
-            newest,
-            [("a", second(3)), ("b", second(1)), ("c", second(2))]
-        );
+        let texts = [payload("b", 1), payload("a", 3), payload("a", 1), payload("c", 2), payload("a", 2)];
+        let plan = BatchPlan::new(texts.iter().map(|t| Some(t.as_bytes())), DEFAULT_MAX_PAYLOAD_BYTES);
+        let newest: Vec<(&str, i64)> =
+            plan.newest_per_device().map(|i| (plan.rows[i].device_id.as_str(), plan.rows[i].ts_micros)).collect();
+        let second = |s: i64| plan.rows[0].ts_micros - plan.rows[0].ts_micros % 60_000_000 + s * 1_000_000;
+        assert_eq!(newest, [("a", second(3)), ("b", second(1)), ("c", second(2))]);
         assert_eq!(plan.row_index("a", second(2)), Some(1));
         assert_eq!(plan.row_index("a", second(4)), None);
         let empty = BatchPlan::new(std::iter::empty(), DEFAULT_MAX_PAYLOAD_BYTES);
@@ -222,10 +159,7 @@ mod tests {
     fn the_first_of_two_equal_keys_is_the_one_stored() {
         let first = payload("a", 1);
         let second = first.replace("54.1", "54.9");
-        let plan = BatchPlan::new(
-            [Some(first.as_bytes()), Some(second.as_bytes())],
-            DEFAULT_MAX_PAYLOAD_BYTES,
-        );
+        let plan = BatchPlan::new([Some(first.as_bytes()), Some(second.as_bytes())], DEFAULT_MAX_PAYLOAD_BYTES);
         assert_eq!(plan.rows.len(), 1);
         assert_eq!(plan.rows[0].latitude, 54.1);
     }

@@ -52,11 +52,7 @@ impl Cursor {
             Some(&lowest) if below.len() > MAX_LISTED_UNCERTAIN => Uncertain::From(lowest),
             _ => Uncertain::List(below),
         };
-        Cursor {
-            xid,
-            seq,
-            uncertain,
-        }
+        Cursor { xid, seq, uncertain }
     }
 
     /// The cursor of row `(xid, seq)` given a snapshot (`xmax` and in-progress list `xip`) taken in the
@@ -67,60 +63,30 @@ impl Cursor {
         if snapshot_xmax >= xid {
             return cursor;
         }
-        let lowest = xip
-            .iter()
-            .copied()
-            .filter(|&x| x < snapshot_xmax)
-            .fold(snapshot_xmax, u64::min);
-        Cursor {
-            uncertain: Uncertain::From(lowest),
-            ..cursor
-        }
+        let lowest = xip.iter().copied().filter(|&x| x < snapshot_xmax).fold(snapshot_xmax, u64::min);
+        Cursor { uncertain: Uncertain::From(lowest), ..cursor }
     }
 
     /// The cursor after replaying row `(xid, seq)` from this cursor under a snapshot (`snapshot_xmax`, `xip`).
     /// `more_in_txn` says whether rows of the same transaction follow it. A row after `(self.xid, self.seq)`
     /// moves the cursor there; a row of an uncertain (older) transaction keeps the position and only drops
     /// the uncertain transactions that are now fully delivered, so later rows already seen are not repeated.
-    pub fn advance(
-        &self,
-        xid: u64,
-        seq: i64,
-        more_in_txn: bool,
-        snapshot_xmax: u64,
-        xip: &[u64],
-    ) -> Cursor {
+    pub fn advance(&self, xid: u64, seq: i64, more_in_txn: bool, snapshot_xmax: u64, xip: &[u64]) -> Cursor {
         if (xid, seq) > (self.xid, self.seq) {
             return Cursor::from_snapshot(xid, seq, snapshot_xmax, xip);
         }
         let running = xip.iter().copied().filter(|&x| x < self.xid);
         match &self.uncertain {
             Uncertain::List(list) => {
-                let rest: Vec<u64> = list
-                    .iter()
-                    .copied()
-                    .filter(|&x| x > xid || (x == xid && more_in_txn))
-                    .chain(running)
-                    .collect();
+                let rest: Vec<u64> =
+                    list.iter().copied().filter(|&x| x > xid || (x == xid && more_in_txn)).chain(running).collect();
                 Cursor::new(self.xid, self.seq, &rest)
             }
             Uncertain::From(_) => {
-                let start = if more_in_txn {
-                    xid
-                } else {
-                    xid.saturating_add(1)
-                };
+                let start = if more_in_txn { xid } else { xid.saturating_add(1) };
                 let lowest = running.fold(start, u64::min);
-                let uncertain = if lowest < self.xid {
-                    Uncertain::From(lowest)
-                } else {
-                    Uncertain::List(Vec::new())
-                };
-                Cursor {
-                    xid: self.xid,
-                    seq: self.seq,
-                    uncertain,
-                }
+                let uncertain = if lowest < self.xid { Uncertain::From(lowest) } else { Uncertain::List(Vec::new()) };
+                Cursor { xid: self.xid, seq: self.seq, uncertain }
             }
         }
     }
@@ -129,9 +95,7 @@ impl Cursor {
     pub fn parse(text: &str) -> Result<Cursor, DecodeError> {
         let mut parts = text.splitn(3, ':');
         let xid = parse_u64(parts.next().unwrap_or(""), "transaction id")?;
-        let seq_text = parts
-            .next()
-            .ok_or_else(|| cursor_error("expected <xid>:<seq>[:<uncertain>]"))?;
+        let seq_text = parts.next().ok_or_else(|| cursor_error("expected <xid>:<seq>[:<uncertain>]"))?;
         let seq = seq_text
             .parse::<i64>()
             .ok()
@@ -141,11 +105,7 @@ impl Cursor {
             None => Uncertain::List(Vec::new()),
             Some(rest) => parse_uncertain(rest, xid)?,
         };
-        Ok(Cursor {
-            xid,
-            seq,
-            uncertain,
-        })
+        Ok(Cursor { xid, seq, uncertain })
     }
 
     /// The listed uncertain transactions (empty for the range form).
@@ -185,9 +145,7 @@ fn parse_uncertain(text: &str, xid: u64) -> Result<Uncertain, DecodeError> {
     if let Some(from) = text.strip_suffix('-') {
         let h = parse_u64(from, "uncertain range start")?;
         if h >= xid {
-            return Err(cursor_error(
-                "uncertain range must start below the transaction id",
-            ));
+            return Err(cursor_error("uncertain range must start below the transaction id"));
         }
         return Ok(Uncertain::From(h));
     }
@@ -195,9 +153,7 @@ fn parse_uncertain(text: &str, xid: u64) -> Result<Uncertain, DecodeError> {
     for item in text.split(',') {
         let x = parse_u64(item, "uncertain transaction id")?;
         if x >= xid {
-            return Err(cursor_error(
-                "uncertain transactions must be below the transaction id",
-            ));
+            return Err(cursor_error("uncertain transactions must be below the transaction id"));
         }
         list.push(x);
     }
@@ -211,12 +167,9 @@ fn parse_uncertain(text: &str, xid: u64) -> Result<Uncertain, DecodeError> {
 
 fn parse_u64(text: &str, what: &str) -> Result<u64, DecodeError> {
     if !is_digits(text) || text.len() > 20 {
-        return Err(cursor_error(&format!(
-            "{what} is not a non-negative integer"
-        )));
+        return Err(cursor_error(&format!("{what} is not a non-negative integer")));
     }
-    text.parse::<u64>()
-        .map_err(|_| cursor_error(&format!("{what} is out of range")))
+    text.parse::<u64>().map_err(|_| cursor_error(&format!("{what} is out of range")))
 }
 
 fn is_digits(text: &str) -> bool {
@@ -224,11 +177,7 @@ fn is_digits(text: &str) -> bool {
 }
 
 fn cursor_error(message: &str) -> DecodeError {
-    DecodeError {
-        path: "cursor".to_owned(),
-        kind: ErrorKind::Syntax,
-        message: message.to_owned(),
-    }
+    DecodeError { path: "cursor".to_owned(), kind: ErrorKind::Syntax, message: message.to_owned() }
 }
 
 #[cfg(test)]
@@ -256,28 +205,16 @@ mod tests {
 
     #[test]
     fn an_early_snapshot_makes_later_transactions_uncertain() {
-        assert_eq!(
-            Cursor::from_snapshot(812, 3, 900, &[799]).to_string(),
-            "812:3:799"
-        );
-        assert_eq!(
-            Cursor::from_snapshot(812, 3, 805, &[799, 803]).to_string(),
-            "812:3:799-"
-        );
-        assert_eq!(
-            Cursor::from_snapshot(812, 3, 805, &[]).to_string(),
-            "812:3:805-"
-        );
+        assert_eq!(Cursor::from_snapshot(812, 3, 900, &[799]).to_string(), "812:3:799");
+        assert_eq!(Cursor::from_snapshot(812, 3, 805, &[799, 803]).to_string(), "812:3:799-");
+        assert_eq!(Cursor::from_snapshot(812, 3, 805, &[]).to_string(), "812:3:805-");
     }
 
     #[test]
     fn advancing_past_the_position_moves_it() {
         let c = Cursor::parse("812:3:799").expect("cursor");
         assert_eq!(c.advance(812, 4, true, 900, &[]).to_string(), "812:4");
-        assert_eq!(
-            c.advance(850, 1, false, 900, &[799, 860]).to_string(),
-            "850:1:799"
-        );
+        assert_eq!(c.advance(850, 1, false, 900, &[799, 860]).to_string(), "850:1:799");
     }
 
     #[test]
@@ -286,22 +223,13 @@ mod tests {
         // All of 700 delivered, 799 still to come: only 799 stays uncertain.
         assert_eq!(c.advance(700, 9, false, 900, &[]).to_string(), "812:3:799");
         // 700 has more rows after this one: it stays uncertain too.
-        assert_eq!(
-            c.advance(700, 9, true, 900, &[]).to_string(),
-            "812:3:700,799"
-        );
+        assert_eq!(c.advance(700, 9, true, 900, &[]).to_string(), "812:3:700,799");
         // Everything delivered, one transaction still running.
-        assert_eq!(
-            c.advance(799, 1, false, 900, &[805, 950]).to_string(),
-            "812:3:805"
-        );
+        assert_eq!(c.advance(799, 1, false, 900, &[805, 950]).to_string(), "812:3:805");
         let r = Cursor::parse("812:3:700-").expect("cursor");
         assert_eq!(r.advance(750, 1, false, 900, &[]).to_string(), "812:3:751-");
         assert_eq!(r.advance(811, 1, false, 900, &[]).to_string(), "812:3");
-        assert_eq!(
-            r.advance(811, 1, false, 900, &[720]).to_string(),
-            "812:3:720-"
-        );
+        assert_eq!(r.advance(811, 1, false, 900, &[720]).to_string(), "812:3:720-");
     }
 
     #[test]

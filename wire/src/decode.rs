@@ -40,10 +40,7 @@ pub fn decode_reference(payload: &[u8], max_payload_bytes: usize) -> Result<Posi
     if payload.len() > max_payload_bytes {
         return Err(DecodeError::new(
             ErrorKind::TooLarge,
-            format!(
-                "payload is {} bytes, above the limit of {max_payload_bytes}",
-                payload.len()
-            ),
+            format!("payload is {} bytes, above the limit of {max_payload_bytes}", payload.len()),
         ));
     }
     if has_reserved_key(payload) {
@@ -52,22 +49,16 @@ pub fn decode_reference(payload: &[u8], max_payload_bytes: usize) -> Result<Posi
             format!("payload has an object key starting with {SERDE_PRIVATE_PREFIX:?}, which the JSON parser reserves"),
         ));
     }
-    let value: Value = serde_json::from_slice(payload).map_err(|e| {
-        DecodeError::new(ErrorKind::Syntax, format!("payload is not valid JSON: {e}"))
-    })?;
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|e| DecodeError::new(ErrorKind::Syntax, format!("payload is not valid JSON: {e}")))?;
     let Value::Object(mut fields) = value else {
-        return Err(DecodeError::new(
-            ErrorKind::Syntax,
-            "payload is not a JSON object",
-        ));
+        return Err(DecodeError::new(ErrorKind::Syntax, "payload is not a JSON object"));
     };
     Ok(Position {
         device_id: required(&mut fields, "deviceId", device_id)?,
         ts_micros: required(&mut fields, "timestamp", timestamp)?,
         latitude: required(&mut fields, "latitude", |v| number_within(&v, -90.0, 90.0))?,
-        longitude: required(&mut fields, "longitude", |v| {
-            number_within(&v, -180.0, 180.0)
-        })?,
+        longitude: required(&mut fields, "longitude", |v| number_within(&v, -180.0, 180.0))?,
         altitude: optional(&mut fields, "altitude", |v| number(&v))?,
         angle: optional(&mut fields, "angle", |v| number_within(&v, 0.0, 360.0))?,
         speed: optional(&mut fields, "speed", |v| number_within(&v, 0.0, f64::MAX))?,
@@ -124,10 +115,7 @@ fn required<T>(
     check: impl FnOnce(Value) -> Result<T, DecodeError>,
 ) -> Result<T, DecodeError> {
     match fields.remove(name) {
-        None | Some(Value::Null) => Err(DecodeError::new(
-            ErrorKind::Missing,
-            "required field is missing",
-        )),
+        None | Some(Value::Null) => Err(DecodeError::new(ErrorKind::Missing, "required field is missing")),
         Some(value) => check(value),
     }
     .map_err(|e| e.within(name))
@@ -155,17 +143,11 @@ fn device_id(value: Value) -> Result<String, DecodeError> {
     if id.len() > MAX_DEVICE_ID_BYTES {
         return Err(DecodeError::new(
             ErrorKind::OutOfRange,
-            format!(
-                "is {} bytes, above the limit of {MAX_DEVICE_ID_BYTES}",
-                id.len()
-            ),
+            format!("is {} bytes, above the limit of {MAX_DEVICE_ID_BYTES}", id.len()),
         ));
     }
     if id.contains('\0') {
-        return Err(DecodeError::new(
-            ErrorKind::Unsupported,
-            "NUL characters (\\u0000) cannot be stored",
-        ));
+        return Err(DecodeError::new(ErrorKind::Unsupported, "NUL characters (\\u0000) cannot be stored"));
     }
     Ok(id)
 }
@@ -183,10 +165,7 @@ fn number(value: &Value) -> Result<f64, DecodeError> {
         return Err(wrong_type("a number", value));
     };
     finite_f64(n.as_str()).ok_or_else(|| {
-        DecodeError::new(
-            ErrorKind::OutOfRange,
-            format!("must be a finite number, got {}", quoted(n.as_str())),
-        )
+        DecodeError::new(ErrorKind::OutOfRange, format!("must be a finite number, got {}", quoted(n.as_str())))
     })
 }
 
@@ -194,15 +173,8 @@ fn number(value: &Value) -> Result<f64, DecodeError> {
 fn number_within(value: &Value, min: f64, max: f64) -> Result<f64, DecodeError> {
     let n = number(value)?;
     if !(min..=max).contains(&n) {
-        let bounds = if max == f64::MAX {
-            format!("at least {min}")
-        } else {
-            format!("between {min} and {max}")
-        };
-        return Err(DecodeError::new(
-            ErrorKind::OutOfRange,
-            format!("must be {bounds}, got {}", value_text(value)),
-        ));
+        let bounds = if max == f64::MAX { format!("at least {min}") } else { format!("between {min} and {max}") };
+        return Err(DecodeError::new(ErrorKind::OutOfRange, format!("must be {bounds}, got {}", value_text(value))));
     }
     Ok(n)
 }
@@ -211,19 +183,12 @@ fn number_within(value: &Value, min: f64, max: f64) -> Result<f64, DecodeError> 
 fn small_count(value: &Value) -> Result<i16, DecodeError> {
     let n = number(value)?;
     if n.fract() != 0.0 {
-        return Err(DecodeError::new(
-            ErrorKind::WrongType,
-            format!("must be an integer, got {}", value_text(value)),
-        ));
+        return Err(DecodeError::new(ErrorKind::WrongType, format!("must be an integer, got {}", value_text(value))));
     }
     if !(0.0..=f64::from(i16::MAX)).contains(&n) {
         return Err(DecodeError::new(
             ErrorKind::OutOfRange,
-            format!(
-                "must be between 0 and {}, got {}",
-                i16::MAX,
-                value_text(value)
-            ),
+            format!("must be between 0 and {}, got {}", i16::MAX, value_text(value)),
         ));
     }
     // In range and integral: the conversion is exact.
@@ -238,10 +203,7 @@ fn attributes(value: &Value) -> Result<String, DecodeError> {
 }
 
 fn wrong_type(expected: &str, got: &Value) -> DecodeError {
-    DecodeError::new(
-        ErrorKind::WrongType,
-        format!("must be {expected}, got {}", type_name(got)),
-    )
+    DecodeError::new(ErrorKind::WrongType, format!("must be {expected}, got {}", type_name(got)))
 }
 
 /// The JSON type of a value, for error messages.

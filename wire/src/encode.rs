@@ -19,17 +19,10 @@ use crate::Position;
 pub fn encode(p: &Position) -> Result<String, DecodeError> {
     for (name, value) in float_fields(p) {
         if value.is_some_and(|v| !v.is_finite()) {
-            return Err(
-                DecodeError::new(ErrorKind::OutOfRange, "is not a finite number").within(name),
-            );
+            return Err(DecodeError::new(ErrorKind::OutOfRange, "is not a finite number").within(name));
         }
     }
-    let attributes = p
-        .attributes
-        .as_deref()
-        .map(attributes_to_wire)
-        .transpose()
-        .map_err(|e| e.within("attributes"))?;
+    let attributes = p.attributes.as_deref().map(attributes_to_wire).transpose().map_err(|e| e.within("attributes"))?;
     Ok(write_position(p, attributes.as_deref()))
 }
 
@@ -41,10 +34,7 @@ pub fn encode(p: &Position) -> Result<String, DecodeError> {
 /// rewrites numbers. Only call it with `attributes` as `decode` wrote them: text that is not a JSON object,
 /// or a number that cannot be converted, falls back to [`encode`], but keys out of order would stay so.
 pub fn encode_decoded(p: &Position) -> Result<String, DecodeError> {
-    if float_fields(p)
-        .iter()
-        .any(|(_, v)| v.is_some_and(|v| !v.is_finite()))
-    {
+    if float_fields(p).iter().any(|(_, v)| v.is_some_and(|v| !v.is_finite())) {
         return encode(p);
     }
     match p.attributes.as_deref().map(canonical_attributes_to_wire) {
@@ -84,9 +74,7 @@ fn canonical_attributes_to_wire(text: &str) -> Option<String> {
             }
             b'-' | b'0'..=b'9' => {
                 let start = at;
-                while at < bytes.len()
-                    && matches!(bytes[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-                {
+                while at < bytes.len() && matches!(bytes[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
                     at += 1;
                 }
                 push_number(&mut out, text.get(start..at)?).ok()?;
@@ -110,9 +98,7 @@ fn canonical_attributes_to_wire(text: &str) -> Option<String> {
                 at += 1;
             }
             _ => {
-                let literal = ["true", "false", "null"]
-                    .into_iter()
-                    .find(|l| bytes[at..].starts_with(l.as_bytes()))?;
+                let literal = ["true", "false", "null"].into_iter().find(|l| bytes[at..].starts_with(l.as_bytes()))?;
                 out.push_str(literal);
                 at += literal.len();
             }
@@ -126,14 +112,13 @@ fn canonical_attributes_to_wire(text: &str) -> Option<String> {
 /// plain numbers, no sentinels). `attributes` that are not valid JSON are shown as a string.
 pub fn normalized_json(p: &Position) -> String {
     let attributes = p.attributes.as_deref().map(|text| {
-        serde_json::from_str::<Value>(text)
-            .ok()
-            .and_then(|value| serde_json::to_string(&value).ok())
-            .unwrap_or_else(|| {
+        serde_json::from_str::<Value>(text).ok().and_then(|value| serde_json::to_string(&value).ok()).unwrap_or_else(
+            || {
                 let mut quoted = String::new();
                 push_str_literal(&mut quoted, text);
                 quoted
-            })
+            },
+        )
     });
     write_position(p, attributes.as_deref())
 }
@@ -189,17 +174,10 @@ fn push_key(out: &mut String, name: &str) {
 
 /// Storage-form `attributes` text → wire-form compact JSON text.
 fn attributes_to_wire(text: &str) -> Result<String, DecodeError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        DecodeError::new(
-            ErrorKind::Syntax,
-            format!("stored attributes are not valid JSON: {e}"),
-        )
-    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| DecodeError::new(ErrorKind::Syntax, format!("stored attributes are not valid JSON: {e}")))?;
     let Value::Object(map) = &value else {
-        return Err(DecodeError::new(
-            ErrorKind::WrongType,
-            format!("must be an object, got {}", type_name(&value)),
-        ));
+        return Err(DecodeError::new(ErrorKind::WrongType, format!("must be an object, got {}", type_name(&value))));
     };
     let mut out = String::with_capacity(text.len());
     push_object(&mut out, map)?;
@@ -257,12 +235,8 @@ fn push_number(out: &mut String, text: &str) -> Result<(), DecodeError> {
         }
         return Ok(());
     }
-    let value = finite_f64(text).ok_or_else(|| {
-        DecodeError::new(
-            ErrorKind::OutOfRange,
-            "number is beyond the range of a JavaScript number",
-        )
-    })?;
+    let value = finite_f64(text)
+        .ok_or_else(|| DecodeError::new(ErrorKind::OutOfRange, "number is beyond the range of a JavaScript number"))?;
     push_js_number(out, value);
     Ok(())
 }

@@ -36,21 +36,13 @@ pub struct DecodeError {
 impl DecodeError {
     /// An error about the value at the current position; the callers up the tree add the path.
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            path: String::new(),
-            kind,
-            message: message.into(),
-        }
+        Self { path: String::new(), kind, message: message.into() }
     }
 
     /// The same error, one level further up the tree: `segment` is the key or index that led to it.
     pub(crate) fn within(mut self, segment: &str) -> Self {
         let segment = segment.replace('\0', "\\u0000");
-        self.path = if self.path.is_empty() {
-            segment
-        } else {
-            format!("{segment}.{}", self.path)
-        };
+        self.path = if self.path.is_empty() { segment } else { format!("{segment}.{}", self.path) };
         self
     }
 }

@@ -63,22 +63,14 @@ struct Entry<'a> {
 /// reference path" (which may accept or refuse it).
 pub(crate) fn decode(payload: &[u8]) -> Option<Position> {
     let text = std::str::from_utf8(payload).ok()?;
-    let mut scanner = Scanner {
-        text,
-        bytes: payload,
-        at: 0,
-        depth: 0,
-        entries: Vec::new(),
-        scratch: String::new(),
-    };
+    let mut scanner = Scanner { text, bytes: payload, at: 0, depth: 0, entries: Vec::new(), scratch: String::new() };
     let fields = scanner.top_level()?;
     position(fields)
 }
 
 /// Checks the top-level fields exactly as the reference path does; `None` when any rule is broken.
 fn position(fields: [Option<Field<'_>>; 10]) -> Option<Position> {
-    let [device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes] =
-        fields;
+    let [device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes] = fields;
     Some(Position {
         device_id: device(device_id?)?,
         ts_micros: match ts? {
@@ -117,10 +109,7 @@ fn required<'a>(field: Option<Field<'a>>) -> Option<&'a str> {
 }
 
 /// An optional number: absent or `null` is `Some(None)`; a number that fails `check`, or another type, `None`.
-fn optional<T>(
-    field: Option<Field<'_>>,
-    check: impl FnOnce(&str) -> Option<T>,
-) -> Option<Option<T>> {
+fn optional<T>(field: Option<Field<'_>>, check: impl FnOnce(&str) -> Option<T>) -> Option<Option<T>> {
     match field {
         None | Some(Field::Null) => Some(None),
         Some(Field::Num(text)) => check(text).map(Some),
@@ -286,9 +275,8 @@ impl<'a> Scanner<'a> {
                         b't' => '\t',
                         b'u' => {
                             let hex = self.bytes.get(i + 2..i + 6)?;
-                            let code = hex.iter().try_fold(0u32, |code, &b| {
-                                Some(code * 16 + char::from(b).to_digit(16)?)
-                            })?;
+                            let code =
+                                hex.iter().try_fold(0u32, |code, &b| Some(code * 16 + char::from(b).to_digit(16)?))?;
                             i += 4;
                             // Surrogates (paired or not) are left to the reference path.
                             char::from_u32(code)?
@@ -491,10 +479,7 @@ impl<'a> Scanner<'a> {
             }
             let value_start = out.len();
             self.value(out)?;
-            self.entries.push(Entry {
-                key,
-                value: value_start - start..out.len() - start,
-            });
+            self.entries.push(Entry { key, value: value_start - start..out.len() - start });
             if self.end_of_members(b'}')? {
                 break;
             }

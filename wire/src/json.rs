@@ -48,20 +48,8 @@ mod tests {
 
     #[test]
     fn escapes_like_serde_json() {
-        for s in [
-            "",
-            "plain",
-            "q\"b\\",
-            "\n\r\t\u{8}\u{c}",
-            "\u{1}\u{1f}\0",
-            "ünïcødé 🚀",
-            "\u{7f}\u{2028}",
-        ] {
-            assert_eq!(
-                literal(s),
-                serde_json::to_string(s).unwrap_or_default(),
-                "{s:?}"
-            );
+        for s in ["", "plain", "q\"b\\", "\n\r\t\u{8}\u{c}", "\u{1}\u{1f}\0", "ünïcødé 🚀", "\u{7f}\u{2028}"] {
+            assert_eq!(literal(s), serde_json::to_string(s).unwrap_or_default(), "{s:?}");
         }
     }
 }

@@ -12,9 +12,7 @@ pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 /// `value` formatted like JavaScript's `Number#toString` (`112.0` → `112`, `1e21` → `1e+21`),
 /// or `None` when it is NaN or infinite (JSON has no such numbers).
 pub fn js_number(value: f64) -> Option<String> {
-    value
-        .is_finite()
-        .then(|| ryu_js::Buffer::new().format_finite(value).to_owned())
+    value.is_finite().then(|| ryu_js::Buffer::new().format_finite(value).to_owned())
 }
 
 /// Appends `value` (finite) formatted like JavaScript's `Number#toString`.
@@ -29,9 +27,7 @@ pub(crate) fn is_integer_literal(text: &str) -> bool {
 
 /// The value of an integer literal when it is a safe JavaScript integer.
 pub(crate) fn safe_integer(text: &str) -> Option<i64> {
-    text.parse::<i64>()
-        .ok()
-        .filter(|n| n.unsigned_abs() <= MAX_SAFE_INTEGER.unsigned_abs())
+    text.parse::<i64>().ok().filter(|n| n.unsigned_abs() <= MAX_SAFE_INTEGER.unsigned_abs())
 }
 
 /// The double a JSON number's text denotes, when it is finite.
@@ -91,10 +87,7 @@ fn push_positional(out: &mut String, mantissa: &str, exponent: i32) {
 }
 
 fn push_zeros(out: &mut String, count: u64) {
-    out.extend(std::iter::repeat_n(
-        '0',
-        usize::try_from(count).unwrap_or(0),
-    ));
+    out.extend(std::iter::repeat_n('0', usize::try_from(count).unwrap_or(0)));
 }
 
 /// Appends an integer.
@@ -119,10 +112,7 @@ mod tests {
         assert_eq!(js_number(1e21).as_deref(), Some("1e+21"));
         assert_eq!(js_number(1.5e-7).as_deref(), Some("1.5e-7"));
         assert_eq!(js_number(-0.0).as_deref(), Some("0"));
-        assert_eq!(
-            js_number(18446744073709551616.0).as_deref(),
-            Some("18446744073709552000")
-        );
+        assert_eq!(js_number(18446744073709551616.0).as_deref(), Some("18446744073709552000"));
         assert_eq!(js_number(f64::NAN), None);
         assert_eq!(js_number(f64::INFINITY), None);
     }
@@ -141,23 +131,12 @@ mod tests {
         assert_eq!(storage(123456789012.5), "123456789012.5");
         assert_eq!(storage(1.2345e25), "12345000000000000000000000.0");
         assert_eq!(storage(5e-324), format!("0.{}5", "0".repeat(323)));
-        assert_eq!(
-            storage(f64::MAX),
-            format!("17976931348623157{}.0", "0".repeat(292))
-        );
+        assert_eq!(storage(f64::MAX), format!("17976931348623157{}.0", "0".repeat(292)));
     }
 
     #[test]
     fn storage_form_round_trips_through_f64() {
-        let samples = [
-            1.0,
-            0.3,
-            1e300,
-            2.2250738585072014e-308,
-            123.456e-5,
-            9007199254740993.0,
-            6.02e23,
-        ];
+        let samples = [1.0, 0.3, 1e300, 2.2250738585072014e-308, 123.456e-5, 9007199254740993.0, 6.02e23];
         for value in samples.iter().flat_map(|v| [*v, -*v]) {
             let text = storage(value);
             assert!(!text.contains('e'), "{text}");

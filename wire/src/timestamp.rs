@@ -20,46 +20,26 @@ const MICROS_PER_SECOND: i64 = 1_000_000;
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±hh:mm)` to microseconds since the Unix epoch (UTC).
 pub(crate) fn parse_timestamp(text: &str) -> Result<i64, DecodeError> {
-    let syntax = || {
-        DecodeError::new(
-            ErrorKind::Syntax,
-            format!("expected {EXPECTED}, got {}", quoted(text)),
-        )
-    };
+    let syntax = || DecodeError::new(ErrorKind::Syntax, format!("expected {EXPECTED}, got {}", quoted(text)));
     let fraction = fraction_if_well_formed(text.as_bytes()).ok_or_else(syntax)?;
     if text.get(17..19) == Some("60") {
-        return Err(DecodeError::new(
-            ErrorKind::Unsupported,
-            "leap seconds are not supported",
-        ));
+        return Err(DecodeError::new(ErrorKind::Unsupported, "leap seconds are not supported"));
     }
     if fraction.iter().skip(6).any(|&digit| digit != b'0') {
-        return Err(DecodeError::new(
-            ErrorKind::Unsupported,
-            "sub-microsecond precision is not supported",
-        ));
+        return Err(DecodeError::new(ErrorKind::Unsupported, "sub-microsecond precision is not supported"));
     }
     let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
-        DecodeError::new(
-            ErrorKind::OutOfRange,
-            format!("{} is not a valid date-time: {e}", quoted(text)),
-        )
+        DecodeError::new(ErrorKind::OutOfRange, format!("{} is not a valid date-time: {e}", quoted(text)))
     })?;
     let micros = parsed.unix_timestamp_nanos() / 1000;
-    i64::try_from(micros)
-        .map_err(|_| DecodeError::new(ErrorKind::OutOfRange, "timestamp is out of range"))
+    i64::try_from(micros).map_err(|_| DecodeError::new(ErrorKind::OutOfRange, "timestamp is out of range"))
 }
 
 /// Checks the shape of a timestamp (not its calendar values) and returns its fraction digits.
 fn fraction_if_well_formed(bytes: &[u8]) -> Option<&[u8]> {
     let (head, rest) = bytes.split_at_checked(HEAD.len())?;
-    let head_ok = head.iter().zip(HEAD).all(|(&b, &pattern)| {
-        if pattern == b'd' {
-            b.is_ascii_digit()
-        } else {
-            b == pattern
-        }
-    });
+    let head_ok =
+        head.iter().zip(HEAD).all(|(&b, &pattern)| if pattern == b'd' { b.is_ascii_digit() } else { b == pattern });
     if !head_ok {
         return None;
     }
@@ -116,22 +96,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        u32::try_from(month).unwrap_or(0),
-        u32::try_from(day).unwrap_or(0),
-    )
+    (year, u32::try_from(month).unwrap_or(0), u32::try_from(day).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -139,51 +110,22 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> DecodeError {
-        parse_timestamp(text)
-            .err()
-            .unwrap_or_else(|| panic!("{text:?} was accepted"))
+        parse_timestamp(text).err().unwrap_or_else(|| panic!("{text:?} was accepted"))
     }
 
     #[test]
     fn parses_utc_and_offsets() {
         assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Ok(0));
-        assert_eq!(
-            parse_timestamp("2026-11-27T10:15:30.123Z"),
-            Ok(1_795_774_530_123_000)
-        );
-        assert_eq!(
-            parse_timestamp("2026-11-27T12:15:30.123+02:00"),
-            Ok(1_795_774_530_123_000)
-        );
-        assert_eq!(
-            parse_timestamp("2026-11-27T08:45:30.123-01:30"),
-            Ok(1_795_774_530_123_000)
-        );
-        assert_eq!(
-            parse_timestamp("2026-11-27T10:15:30.123456Z"),
-            Ok(1_795_774_530_123_456)
-        );
-        assert_eq!(
-            parse_timestamp("2026-11-27T10:15:30.123456000Z"),
-            Ok(1_795_774_530_123_456)
-        );
-        assert_eq!(
-            parse_timestamp("2026-11-27T10:15:30.1Z"),
-            Ok(1_795_774_530_100_000)
-        );
+        assert_eq!(parse_timestamp("2026-11-27T10:15:30.123Z"), Ok(1_795_774_530_123_000));
+        assert_eq!(parse_timestamp("2026-11-27T12:15:30.123+02:00"), Ok(1_795_774_530_123_000));
+        assert_eq!(parse_timestamp("2026-11-27T08:45:30.123-01:30"), Ok(1_795_774_530_123_000));
+        assert_eq!(parse_timestamp("2026-11-27T10:15:30.123456Z"), Ok(1_795_774_530_123_456));
+        assert_eq!(parse_timestamp("2026-11-27T10:15:30.123456000Z"), Ok(1_795_774_530_123_456));
+        assert_eq!(parse_timestamp("2026-11-27T10:15:30.1Z"), Ok(1_795_774_530_100_000));
         assert_eq!(parse_timestamp("1969-12-31T23:59:59.999999Z"), Ok(-1));
-        assert_eq!(
-            parse_timestamp("0000-01-01T00:00:00Z"),
-            Ok(-62_167_219_200_000_000)
-        );
-        assert_eq!(
-            parse_timestamp("9999-12-31T23:59:59.999Z"),
-            Ok(253_402_300_799_999_000)
-        );
-        assert_eq!(
-            parse_timestamp("9999-12-31T23:30:00-01:00"),
-            Ok(253_402_302_600_000_000)
-        );
+        assert_eq!(parse_timestamp("0000-01-01T00:00:00Z"), Ok(-62_167_219_200_000_000));
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59.999Z"), Ok(253_402_300_799_999_000));
+        assert_eq!(parse_timestamp("9999-12-31T23:30:00-01:00"), Ok(253_402_302_600_000_000));
     }
 
     #[test]
@@ -209,11 +151,7 @@ mod tests {
         ] {
             let e = err(text);
             assert_eq!(e.kind, ErrorKind::Syntax, "{text:?}");
-            assert!(
-                e.message.starts_with("expected an ISO-8601 date-time"),
-                "{}",
-                e.message
-            );
+            assert!(e.message.starts_with("expected an ISO-8601 date-time"), "{}", e.message);
         }
         assert_eq!(
             err("yesterday").message,
@@ -242,46 +180,22 @@ mod tests {
         let e = err("2026-11-27T10:15:30.1234567Z");
         assert_eq!(e.kind, ErrorKind::Unsupported);
         assert_eq!(e.message, "sub-microsecond precision is not supported");
-        assert_eq!(
-            err("2026-11-27T10:15:30.000000001Z").kind,
-            ErrorKind::Unsupported
-        );
+        assert_eq!(err("2026-11-27T10:15:30.000000001Z").kind, ErrorKind::Unsupported);
         assert_eq!(err("2016-12-31T23:59:60Z").kind, ErrorKind::Unsupported);
     }
 
     #[test]
     fn formats_like_to_iso_string() {
         assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_timestamp(1_795_774_530_123_000),
-            "2026-11-27T10:15:30.123Z"
-        );
-        assert_eq!(
-            format_timestamp(1_795_774_530_123_456),
-            "2026-11-27T10:15:30.123456Z"
-        );
-        assert_eq!(
-            format_timestamp(1_795_774_530_000_001),
-            "2026-11-27T10:15:30.000001Z"
-        );
+        assert_eq!(format_timestamp(1_795_774_530_123_000), "2026-11-27T10:15:30.123Z");
+        assert_eq!(format_timestamp(1_795_774_530_123_456), "2026-11-27T10:15:30.123456Z");
+        assert_eq!(format_timestamp(1_795_774_530_000_001), "2026-11-27T10:15:30.000001Z");
         assert_eq!(format_timestamp(-1), "1969-12-31T23:59:59.999999Z");
         assert_eq!(format_timestamp(-1000), "1969-12-31T23:59:59.999Z");
-        assert_eq!(
-            format_timestamp(951_782_400_000_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_timestamp(-62_167_219_200_000_000),
-            "0000-01-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_timestamp(-62_167_219_200_000_001),
-            "-000001-12-31T23:59:59.999999Z"
-        );
-        assert_eq!(
-            format_timestamp(253_402_300_800_000_000),
-            "+010000-01-01T00:00:00.000Z"
-        );
+        assert_eq!(format_timestamp(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(format_timestamp(-62_167_219_200_000_000), "0000-01-01T00:00:00.000Z");
+        assert_eq!(format_timestamp(-62_167_219_200_000_001), "-000001-12-31T23:59:59.999999Z");
+        assert_eq!(format_timestamp(253_402_300_800_000_000), "+010000-01-01T00:00:00.000Z");
         assert_eq!(format_timestamp(i64::MAX), "+294247-01-10T04:00:54.775807Z");
         assert_eq!(format_timestamp(i64::MIN), "-290308-12-21T19:59:05.224192Z");
     }

@@ -7,20 +7,16 @@ use common::*;
 use serde_json::Value;
 use trackway_wire::{encode, DEFAULT_MAX_PAYLOAD_BYTES};
 
-
 fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| (i + 1, line))
+    text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(|(i, line)| (i + 1, line))
 }
 
 #[test]
 fn every_valid_line_decodes_and_round_trips() {
     let mut count = 0;
     for (number, line) in lines(VALID) {
-        let position = decode(line.as_bytes(), DEFAULT_MAX_PAYLOAD_BYTES)
-            .unwrap_or_else(|e| panic!("line {number} refused: {e}"));
+        let position =
+            decode(line.as_bytes(), DEFAULT_MAX_PAYLOAD_BYTES).unwrap_or_else(|e| panic!("line {number} refused: {e}"));
         let wire = encode(&position).unwrap_or_else(|e| panic!("line {number} not encodable: {e}"));
         assert_eq!(json(&wire), json(line), "line {number}");
         check_stable(line.as_bytes());
@@ -31,11 +27,7 @@ fn every_valid_line_decodes_and_round_trips() {
 
 #[test]
 fn valid_lines_store_exact_integers_and_canonical_buffers() {
-    let first = lines(VALID)
-        .next()
-        .map(|(_, line)| ok(line))
-        .and_then(|p| p.attributes)
-        .unwrap_or_default();
+    let first = lines(VALID).next().map(|(_, line)| ok(line)).and_then(|p| p.attributes).unwrap_or_default();
     let stored = json(&first);
     assert_eq!(stored["11"].to_string(), "18446744073709551615");
     assert_eq!(stored["14"].to_string(), "-9223372036854775808");
@@ -48,12 +40,8 @@ fn every_invalid_line_fails_at_its_field() {
     let mut count = 0;
     for (number, line) in lines(INVALID) {
         let case = json(line);
-        let field = case["field"]
-            .as_str()
-            .unwrap_or_else(|| panic!("line {number}: no field"));
-        let payload = case["payload"]
-            .as_str()
-            .unwrap_or_else(|| panic!("line {number}: no payload"));
+        let field = case["field"].as_str().unwrap_or_else(|| panic!("line {number}: no field"));
+        let payload = case["payload"].as_str().unwrap_or_else(|| panic!("line {number}: no payload"));
         match decode(payload.as_bytes(), DEFAULT_MAX_PAYLOAD_BYTES) {
             Ok(p) => panic!("line {number} accepted: {p:?}"),
             Err(e) => assert_eq!(e.path, field, "line {number}: {e}"),

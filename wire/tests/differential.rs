@@ -20,24 +20,14 @@ const FUZZ_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz_regressi
 fn agree(bytes: &[u8]) {
     let reference = decode(bytes, DEFAULT_MAX_PAYLOAD_BYTES);
     if let Some(fast) = decode_fast(bytes) {
-        assert_eq!(
-            Ok(fast),
-            reference,
-            "fast path answered for {:?}",
-            String::from_utf8_lossy(bytes)
-        );
+        assert_eq!(Ok(fast), reference, "fast path answered for {:?}", String::from_utf8_lossy(bytes));
     }
 }
 
 /// The fast path answers for `text`, with the reference position.
 fn fast_answers(text: &str) {
-    let fast =
-        decode_fast(text.as_bytes()).unwrap_or_else(|| panic!("fast path fell back: {text}"));
-    assert_eq!(
-        Ok(fast),
-        decode_reference(text.as_bytes(), DEFAULT_MAX_PAYLOAD_BYTES),
-        "{text}"
-    );
+    let fast = decode_fast(text.as_bytes()).unwrap_or_else(|| panic!("fast path fell back: {text}"));
+    assert_eq!(Ok(fast), decode_reference(text.as_bytes(), DEFAULT_MAX_PAYLOAD_BYTES), "{text}");
 }
 
 #[test]
@@ -139,9 +129,7 @@ fn edge_cases() {
     }
     let top = [
         payload(""),
-        payload(
-            r#""altitude":null,"angle":null,"speed":null,"satellites":null,"priority":null,"attributes":null"#,
-        ),
+        payload(r#""altitude":null,"angle":null,"speed":null,"satellites":null,"priority":null,"attributes":null"#),
         payload(r#""satellites":11.0,"priority":1e1,"speed":0,"angle":360,"altitude":-1e308"#),
         payload(r#""satellites":11.5"#),
         payload(r#""satellites":-1"#),
@@ -199,29 +187,15 @@ fn edge_cases() {
 
 #[test]
 fn nesting() {
-    for depth in [
-        90, 96, 97, 98, 99, 100, 101, 124, 125, 126, 127, 128, 129, 1000, 100_000,
-    ] {
-        let arrays = with_attributes(&format!(
-            "{{\"a\":{}1{}}}",
-            "[".repeat(depth),
-            "]".repeat(depth)
-        ));
+    for depth in [90, 96, 97, 98, 99, 100, 101, 124, 125, 126, 127, 128, 129, 1000, 100_000] {
+        let arrays = with_attributes(&format!("{{\"a\":{}1{}}}", "[".repeat(depth), "]".repeat(depth)));
         agree(arrays.as_bytes());
-        let objects = with_attributes(&format!(
-            "{}1{}",
-            "{\"a\":".repeat(depth),
-            "}".repeat(depth)
-        ));
+        let objects = with_attributes(&format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth)));
         agree(objects.as_bytes());
         let extra = payload(&format!("\"x\":{}{}", "[".repeat(depth), "]".repeat(depth)));
         agree(extra.as_bytes());
     }
-    fast_answers(&with_attributes(&format!(
-        "{{\"a\":{}{{\"__bigint\":\"1\"}}{}}}",
-        "[".repeat(90),
-        "]".repeat(90)
-    )));
+    fast_answers(&with_attributes(&format!("{{\"a\":{}{{\"__bigint\":\"1\"}}{}}}", "[".repeat(90), "]".repeat(90))));
 }
 
 #[test]
@@ -313,26 +287,18 @@ fn value_text() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
         number_text(),
         string_text(),
-        prop::sample::select(vec!["true", "false", "null", "nul", "[]", "{}"])
-            .prop_map(str::to_owned),
-        (
-            prop::sample::select(vec!["__bigint", "__buffer_b64"]),
-            string_text()
-        )
+        prop::sample::select(vec!["true", "false", "null", "nul", "[]", "{}"]).prop_map(str::to_owned),
+        (prop::sample::select(vec!["__bigint", "__buffer_b64"]), string_text())
             .prop_map(|(k, v)| format!(r#"{{"{k}":{v}}}"#)),
     ];
     leaf.prop_recursive(4, 40, 5, |inner| {
         prop_oneof![
             (vec((space(), inner.clone()), 0..5), space()).prop_map(|(items, end)| {
-                let items: Vec<String> =
-                    items.into_iter().map(|(s, v)| format!("{s}{v}")).collect();
+                let items: Vec<String> = items.into_iter().map(|(s, v)| format!("{s}{v}")).collect();
                 format!("[{}{end}]", items.join(","))
             }),
             vec((key_text(), space(), inner), 0..5).prop_map(|members| {
-                let members: Vec<String> = members
-                    .into_iter()
-                    .map(|(k, s, v)| format!("{k}{s}:{v}"))
-                    .collect();
+                let members: Vec<String> = members.into_iter().map(|(k, s, v)| format!("{k}{s}:{v}")).collect();
                 format!("{{{}}}", members.join(","))
             }),
         ]
@@ -348,15 +314,7 @@ fn document_text() -> impl Strategy<Value = String> {
     ];
     let member = prop_oneof![
         (
-            prop::sample::select(vec![
-                "altitude",
-                "angle",
-                "speed",
-                "satellites",
-                "priority",
-                "x",
-                "deviceId"
-            ]),
+            prop::sample::select(vec!["altitude", "angle", "speed", "satellites", "priority", "x", "deviceId"]),
             prop_oneof![number_text(), value_text()]
         )
             .prop_map(|(k, v)| format!(r#""{k}":{v}"#)),

@@ -23,12 +23,8 @@ fn position(attributes: Option<&str>) -> Position {
 
 fn wire_attributes(storage: &str) -> String {
     let wire = encode(&position(Some(storage))).unwrap_or_else(|e| panic!("{storage}: {e}"));
-    let start = wire
-        .find(",\"attributes\":")
-        .map_or(0, |at| at + ",\"attributes\":".len());
-    wire.get(start..wire.len() - 1)
-        .unwrap_or_default()
-        .to_owned()
+    let start = wire.find(",\"attributes\":").map_or(0, |at| at + ",\"attributes\":".len());
+    wire.get(start..wire.len() - 1).unwrap_or_default().to_owned()
 }
 
 #[test]
@@ -49,9 +45,7 @@ fn full_document_in_wire_order() {
         priority: Some(0),
         ts_micros: 1_795_774_530_123_456,
         device_id: "dev \"ü\"\n".into(),
-        ..position(Some(
-            r#"{"11": 18446744073709551615, "256": {"__buffer_b64": "AA=="}}"#,
-        ))
+        ..position(Some(r#"{"11": 18446744073709551615, "256": {"__buffer_b64": "AA=="}}"#))
     };
     assert_eq!(
         encode(&p),
@@ -66,52 +60,20 @@ fn full_document_in_wire_order() {
 
 #[test]
 fn floats_print_like_javascript() {
-    let p = Position {
-        altitude: Some(1e21),
-        angle: Some(-0.0),
-        speed: Some(1.5e-7),
-        latitude: -90.0,
-        ..position(None)
-    };
+    let p =
+        Position { altitude: Some(1e21), angle: Some(-0.0), speed: Some(1.5e-7), latitude: -90.0, ..position(None) };
     let wire = encode(&p).unwrap_or_default();
     assert!(wire.contains(r#""latitude":-90,"#), "{wire}");
-    assert!(
-        wire.contains(r#""altitude":1e+21,"angle":0,"speed":1.5e-7"#),
-        "{wire}"
-    );
+    assert!(wire.contains(r#""altitude":1e+21,"angle":0,"speed":1.5e-7"#), "{wire}");
 }
 
 #[test]
 fn non_finite_floats_are_errors() {
     for (p, path) in [
-        (
-            Position {
-                latitude: f64::NAN,
-                ..position(None)
-            },
-            "latitude",
-        ),
-        (
-            Position {
-                longitude: f64::INFINITY,
-                ..position(None)
-            },
-            "longitude",
-        ),
-        (
-            Position {
-                altitude: Some(f64::NEG_INFINITY),
-                ..position(None)
-            },
-            "altitude",
-        ),
-        (
-            Position {
-                speed: Some(f64::NAN),
-                ..position(None)
-            },
-            "speed",
-        ),
+        (Position { latitude: f64::NAN, ..position(None) }, "latitude"),
+        (Position { longitude: f64::INFINITY, ..position(None) }, "longitude"),
+        (Position { altitude: Some(f64::NEG_INFINITY), ..position(None) }, "altitude"),
+        (Position { speed: Some(f64::NAN), ..position(None) }, "speed"),
     ] {
         let e = encode(&p).err().unwrap_or_else(|| panic!("accepted"));
         assert_eq!((e.path.as_str(), e.kind), (path, ErrorKind::OutOfRange));
@@ -124,19 +86,10 @@ fn integers_beyond_the_safe_range_become_bigints() {
         wire_attributes(r#"{"a": 9007199254740991, "b": -9007199254740991, "c": 0}"#),
         r#"{"a":9007199254740991,"b":-9007199254740991,"c":0}"#
     );
-    assert_eq!(
-        wire_attributes(r#"{"a": 9007199254740992}"#),
-        r#"{"a":{"__bigint":"9007199254740992"}}"#
-    );
-    assert_eq!(
-        wire_attributes(r#"{"a": -9223372036854775808}"#),
-        r#"{"a":{"__bigint":"-9223372036854775808"}}"#
-    );
+    assert_eq!(wire_attributes(r#"{"a": 9007199254740992}"#), r#"{"a":{"__bigint":"9007199254740992"}}"#);
+    assert_eq!(wire_attributes(r#"{"a": -9223372036854775808}"#), r#"{"a":{"__bigint":"-9223372036854775808"}}"#);
     let huge = "9".repeat(1000);
-    assert_eq!(
-        wire_attributes(&format!(r#"{{"a": [{huge}]}}"#)),
-        format!(r#"{{"a":[{{"__bigint":"{huge}"}}]}}"#)
-    );
+    assert_eq!(wire_attributes(&format!(r#"{{"a": [{huge}]}}"#)), format!(r#"{{"a":[{{"__bigint":"{huge}"}}]}}"#));
     assert_eq!(wire_attributes(r#"{"a": -0}"#), r#"{"a":0}"#);
 }
 
@@ -154,11 +107,7 @@ fn doubles_become_javascript_numbers() {
         ("0.1", "0.1"),
     ];
     for (storage, wire) in cases {
-        assert_eq!(
-            wire_attributes(&format!(r#"{{"x": {storage}}}"#)),
-            format!(r#"{{"x":{wire}}}"#),
-            "{storage}"
-        );
+        assert_eq!(wire_attributes(&format!(r#"{{"x": {storage}}}"#)), format!(r#"{{"x":{wire}}}"#), "{storage}");
     }
 }
 
@@ -175,9 +124,7 @@ fn other_values_pass_through() {
 #[test]
 fn bad_stored_attributes_are_errors_not_panics() {
     let fail = |text: &str, path: &str, kind: ErrorKind| {
-        let e = encode(&position(Some(text)))
-            .err()
-            .unwrap_or_else(|| panic!("{text:?} accepted"));
+        let e = encode(&position(Some(text))).err().unwrap_or_else(|| panic!("{text:?} accepted"));
         assert_eq!((e.path.as_str(), e.kind), (path, kind), "{text:?}: {e}");
     };
     fail("", "attributes", ErrorKind::Syntax);
@@ -186,31 +133,16 @@ fn bad_stored_attributes_are_errors_not_panics() {
     fail("[1]", "attributes", ErrorKind::WrongType);
     fail("null", "attributes", ErrorKind::WrongType);
     fail(r#"{"a": [1e400]}"#, "attributes.a.0", ErrorKind::OutOfRange);
-    fail(
-        &format!(r#"{{"a": {}.5}}"#, "9".repeat(400)),
-        "attributes.a",
-        ErrorKind::OutOfRange,
-    );
+    fail(&format!(r#"{{"a": {}.5}}"#, "9".repeat(400)), "attributes.a", ErrorKind::OutOfRange);
     fail(&"[".repeat(100_000), "attributes", ErrorKind::Syntax);
-    fail(
-        &format!("{{\"a\":{}", "[".repeat(100_000)),
-        "attributes",
-        ErrorKind::Syntax,
-    );
+    fail(&format!("{{\"a\":{}", "[".repeat(100_000)), "attributes", ErrorKind::Syntax);
 }
 
 #[test]
 fn timestamps_use_milliseconds_or_microseconds() {
     let at = |ts_micros| {
-        let wire = encode(&Position {
-            ts_micros,
-            ..position(None)
-        })
-        .unwrap_or_default();
-        json(&wire)["timestamp"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        let wire = encode(&Position { ts_micros, ..position(None) }).unwrap_or_default();
+        json(&wire)["timestamp"].as_str().unwrap_or_default().to_owned()
     };
     assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
     assert_eq!(at(1_795_774_530_120_000), "2026-11-27T10:15:30.120Z");
@@ -222,9 +154,7 @@ fn normalized_json_shows_storage_form() {
     let p = Position {
         satellites: Some(3),
         ts_micros: 1_795_774_530_123_456,
-        ..position(Some(
-            r#"{"11": 18446744073709551615, "d": 2.0, "b": {"__buffer_b64": "AA=="}}"#,
-        ))
+        ..position(Some(r#"{"11": 18446744073709551615, "d": 2.0, "b": {"__buffer_b64": "AA=="}}"#))
     };
     assert_eq!(
         normalized_json(&p),
@@ -233,16 +163,10 @@ fn normalized_json_shows_storage_form() {
             r#""longitude":25.279652,"satellites":3,"attributes":{"11":18446744073709551615,"b":{"__buffer_b64":"AA=="},"d":2.0}}"#
         )
     );
-    let odd = Position {
-        latitude: f64::NAN,
-        ..position(Some("not json"))
-    };
+    let odd = Position { latitude: f64::NAN, ..position(Some("not json")) };
     let shown = json(&normalized_json(&odd));
     assert_eq!(shown["latitude"], serde_json::Value::Null);
-    assert_eq!(
-        shown["attributes"],
-        serde_json::Value::String("not json".into())
-    );
+    assert_eq!(shown["attributes"], serde_json::Value::String("not json".into()));
 }
 
 #[test]

@@ -19,10 +19,7 @@ fn fuzz_regressions_stay_fixed() {
     assert!(!files.is_empty(), "no inputs in {DIR}");
     for path in &files {
         let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let name = Path::new(path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let outcome = std::panic::catch_unwind(|| common::check_stable(&bytes));
         assert!(outcome.is_ok(), "input {name} fails");
     }

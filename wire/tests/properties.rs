@@ -9,9 +9,7 @@ use common::*;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use trackway_wire::{
-    decode_fast, encode, format_timestamp, js_number, DEFAULT_MAX_PAYLOAD_BYTES, MAX_SAFE_INTEGER,
-};
+use trackway_wire::{decode_fast, encode, format_timestamp, js_number, DEFAULT_MAX_PAYLOAD_BYTES, MAX_SAFE_INTEGER};
 
 /// 1970-01-01 to 2100-01-01, in microseconds.
 const YEAR_2100_MICROS: i64 = 4_102_444_800_000_000;
@@ -32,11 +30,7 @@ fn sentinel(key: &str, text: String) -> Value {
 
 /// Strings a producer may send and the database can store: any Unicode but NUL.
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-zA-Z0-9 _.-]{0,12}",
-        "[^\u{0}]{0,12}",
-        Just("\"\\/\u{1}\u{1f}\u{7f}\u{2028}".to_owned()),
-    ]
+    prop_oneof!["[a-zA-Z0-9 _.-]{0,12}", "[^\u{0}]{0,12}", Just("\"\\/\u{1}\u{1f}\u{7f}\u{2028}".to_owned()),]
 }
 
 /// Attribute keys: any text except the sentinel keys.
@@ -45,8 +39,7 @@ fn key() -> impl Strategy<Value = String> {
 }
 
 fn safe_integer() -> impl Strategy<Value = Value> {
-    prop_oneof![-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER, -1000i64..1000]
-        .prop_map(|n| number(&n.to_string()))
+    prop_oneof![-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER, -1000i64..1000].prop_map(|n| number(&n.to_string()))
 }
 
 /// Integers beyond ±(2^53−1), up to 40 digits.
@@ -55,16 +48,7 @@ fn bigint() -> impl Strategy<Value = Value> {
         .prop_filter("inside the safe range", |(_, digits)| {
             digits.parse::<i64>().map_or(true, |n| n > MAX_SAFE_INTEGER)
         })
-        .prop_map(|(negative, digits)| {
-            sentinel(
-                "__bigint",
-                if negative {
-                    format!("-{digits}")
-                } else {
-                    digits
-                },
-            )
-        })
+        .prop_map(|(negative, digits)| sentinel("__bigint", if negative { format!("-{digits}") } else { digits }))
 }
 
 fn double() -> impl Strategy<Value = Value> {
@@ -103,78 +87,48 @@ fn attribute_value() -> impl Strategy<Value = Value> {
 }
 
 fn coordinate(limit: f64) -> impl Strategy<Value = Value> {
-    prop_oneof![
-        -limit..=limit,
-        Just(limit),
-        Just(-limit),
-        (-180i32..=180).prop_map(|d| f64::from(d) / 2.0)
-    ]
-    .prop_map(move |f| js(f.clamp(-limit, limit)))
+    prop_oneof![-limit..=limit, Just(limit), Just(-limit), (-180i32..=180).prop_map(|d| f64::from(d) / 2.0)]
+        .prop_map(move |f| js(f.clamp(-limit, limit)))
 }
 
 fn timestamp() -> impl Strategy<Value = Value> {
     (0..YEAR_2100_MICROS, any::<bool>()).prop_map(|(micros, whole_ms)| {
-        let micros = if whole_ms {
-            micros - micros % 1000
-        } else {
-            micros
-        };
+        let micros = if whole_ms { micros - micros % 1000 } else { micros };
         Value::String(format_timestamp(micros))
     })
 }
 
 /// A canonical wire document, as a JavaScript producer writes it.
 fn wire_document() -> impl Strategy<Value = Value> {
-    let fixed = (
-        "[^\u{0}]{1,24}",
-        timestamp(),
-        coordinate(90.0),
-        coordinate(180.0),
-    );
+    let fixed = ("[^\u{0}]{1,24}", timestamp(), coordinate(90.0), coordinate(180.0));
     let optional = (
         proptest::option::of(
-            prop_oneof![
-                any::<f64>().prop_filter("finite", |f| f.is_finite()),
-                -500.0f64..9000.0
-            ]
-            .prop_map(js),
+            prop_oneof![any::<f64>().prop_filter("finite", |f| f.is_finite()), -500.0f64..9000.0].prop_map(js),
         ),
         proptest::option::of((0.0f64..=360.0).prop_map(js)),
-        proptest::option::of(
-            prop_oneof![0.0f64..400.0, (0u16..300).prop_map(f64::from)].prop_map(js),
-        ),
+        proptest::option::of(prop_oneof![0.0f64..400.0, (0u16..300).prop_map(f64::from)].prop_map(js)),
         proptest::option::of((0i16..=i16::MAX).prop_map(|n| number(&n.to_string()))),
         proptest::option::of((0i16..=3).prop_map(|n| number(&n.to_string()))),
         proptest::option::of(btree_map(key(), attribute_value(), 0..8)),
     );
-    (fixed, optional).prop_map(
-        |((device, ts, lat, lon), (alt, angle, speed, sats, prio, attrs))| {
-            let mut doc = Map::new();
-            doc.insert("deviceId".into(), Value::String(device));
-            doc.insert("timestamp".into(), ts);
-            doc.insert("latitude".into(), lat);
-            doc.insert("longitude".into(), lon);
-            let optional = [
-                ("altitude", alt),
-                ("angle", angle),
-                ("speed", speed),
-                ("satellites", sats),
-                ("priority", prio),
-            ];
-            for (name, value) in optional {
-                if let Some(value) = value {
-                    doc.insert(name.into(), value);
-                }
+    (fixed, optional).prop_map(|((device, ts, lat, lon), (alt, angle, speed, sats, prio, attrs))| {
+        let mut doc = Map::new();
+        doc.insert("deviceId".into(), Value::String(device));
+        doc.insert("timestamp".into(), ts);
+        doc.insert("latitude".into(), lat);
+        doc.insert("longitude".into(), lon);
+        let optional =
+            [("altitude", alt), ("angle", angle), ("speed", speed), ("satellites", sats), ("priority", prio)];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                doc.insert(name.into(), value);
             }
-            if let Some(attrs) = attrs {
-                doc.insert(
-                    "attributes".into(),
-                    Value::Object(attrs.into_iter().collect()),
-                );
-            }
-            Value::Object(doc)
-        },
-    )
+        }
+        if let Some(attrs) = attrs {
+            doc.insert("attributes".into(), Value::Object(attrs.into_iter().collect()));
+        }
+        Value::Object(doc)
+    })
 }
 
 /// Bytes that make mutations interesting for a JSON parser and for the codec's rules.

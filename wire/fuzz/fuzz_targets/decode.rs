@@ -17,14 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let second = decode(wire.as_bytes(), usize::MAX).expect("an encoded position must decode");
     let rewire = encode(&second).expect("a re-decoded position must encode");
     assert_eq!(parsed(&wire), parsed(&rewire), "attributes changed: {wire}");
-    let without_attributes = |p: &Position| Position {
-        attributes: None,
-        ..p.clone()
-    };
-    assert_eq!(
-        without_attributes(&first),
-        without_attributes(&second),
-        "fields changed: {wire}"
-    );
+    let without_attributes = |p: &Position| Position { attributes: None, ..p.clone() };
+    assert_eq!(without_attributes(&first), without_attributes(&second), "fields changed: {wire}");
     assert_eq!(first.attributes.is_some(), second.attributes.is_some());
 });

@@ -8,9 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use trackway_wire::{
-    decode, decode_fast, decode_reference, encode, encode_decoded, DEFAULT_MAX_PAYLOAD_BYTES,
-};
+use trackway_wire::{decode, decode_fast, decode_reference, encode, encode_decoded, DEFAULT_MAX_PAYLOAD_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     let text = || String::from_utf8_lossy(data);
@@ -20,8 +18,7 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => panic!("fast path accepted what the reference refuses ({e}): {:?}", text()),
         }
         let wire = encode(&fast).unwrap_or_else(|e| panic!("encode failed ({e}) for {fast:?}"));
-        let one_pass = encode_decoded(&fast)
-            .unwrap_or_else(|e| panic!("encode_decoded failed ({e}) for {fast:?}"));
+        let one_pass = encode_decoded(&fast).unwrap_or_else(|e| panic!("encode_decoded failed ({e}) for {fast:?}"));
         assert_eq!(one_pass, wire, "encode_decoded differs from encode for {fast:?}");
     }
     let full = decode(data, DEFAULT_MAX_PAYLOAD_BYTES);

@@ -3,8 +3,7 @@
 
 use serde_json::Value;
 use trackway_wire::{
-    decode_reference, encode, encode_decoded, DecodeError, ErrorKind, Position,
-    DEFAULT_MAX_PAYLOAD_BYTES,
+    decode_reference, encode, encode_decoded, DecodeError, ErrorKind, Position, DEFAULT_MAX_PAYLOAD_BYTES,
 };
 
 /// The fixed fields of a valid payload, as JSON members (no braces).
@@ -29,7 +28,8 @@ pub fn apply_edits(bytes: &mut Vec<u8>, edits: Vec<(proptest::sample::Index, u8,
     }
 }
 
-pub const BASE: &str = r#""deviceId":"356307042441013","timestamp":"2026-11-27T10:15:30.123Z","latitude":54.687157,"longitude":25.279652"#;
+pub const BASE: &str =
+    r#""deviceId":"356307042441013","timestamp":"2026-11-27T10:15:30.123Z","latitude":54.687157,"longitude":25.279652"#;
 
 /// A valid payload with `extra` JSON members appended (`extra` may be empty).
 pub fn payload(extra: &str) -> String {
@@ -47,8 +47,7 @@ pub fn with_attributes(attributes: &str) -> String {
 
 /// A valid payload where the member `name` is replaced by the JSON text `value` (or removed when `None`).
 pub fn replacing(name: &str, value: Option<&str>) -> String {
-    let mut map: serde_json::Map<String, Value> =
-        serde_json::from_str(&payload("")).unwrap_or_default();
+    let mut map: serde_json::Map<String, Value> = serde_json::from_str(&payload("")).unwrap_or_default();
     map.remove(name);
     let mut text = serde_json::to_string(&map).unwrap_or_default();
     if let Some(value) = value {
@@ -63,12 +62,7 @@ pub fn replacing(name: &str, value: Option<&str>) -> String {
 pub fn decode(payload: &[u8], max_payload_bytes: usize) -> Result<Position, DecodeError> {
     let fast = trackway_wire::decode(payload, max_payload_bytes);
     let reference = decode_reference(payload, max_payload_bytes);
-    assert_eq!(
-        fast,
-        reference,
-        "fast and reference decoders differ on {:?}",
-        String::from_utf8_lossy(payload)
-    );
+    assert_eq!(fast, reference, "fast and reference decoders differ on {:?}", String::from_utf8_lossy(payload));
     fast
 }
 
@@ -95,9 +89,7 @@ pub fn fails(payload: &str, path: &str, kind: ErrorKind) -> String {
 
 /// The storage form of `attributes` for a payload with these attributes.
 pub fn stored(attributes: &str) -> String {
-    ok(&with_attributes(attributes))
-        .attributes
-        .unwrap_or_default()
+    ok(&with_attributes(attributes)).attributes.unwrap_or_default()
 }
 
 /// Parses JSON text, panicking with the text on failure.
@@ -120,19 +112,11 @@ pub fn check_stable(payload: &[u8]) {
     };
     let wire = encode(&first).unwrap_or_else(|e| panic!("encode failed for {first:?}: {e}"));
     // The one-pass encoder for fresh decodes gives exactly the same text.
-    assert_eq!(
-        encode_decoded(&first).as_deref(),
-        Ok(wire.as_str()),
-        "{first:?}"
-    );
-    let second = decode(wire.as_bytes(), usize::MAX)
-        .unwrap_or_else(|e| panic!("re-decode failed for {wire}: {e}"));
+    assert_eq!(encode_decoded(&first).as_deref(), Ok(wire.as_str()), "{first:?}");
+    let second = decode(wire.as_bytes(), usize::MAX).unwrap_or_else(|e| panic!("re-decode failed for {wire}: {e}"));
     let rewire = encode(&second).unwrap_or_else(|e| panic!("re-encode failed for {second:?}: {e}"));
     assert_eq!(json(&wire), json(&rewire));
-    let strip = |p: &Position| Position {
-        attributes: None,
-        ..p.clone()
-    };
+    let strip = |p: &Position| Position { attributes: None, ..p.clone() };
     assert_eq!(strip(&first), strip(&second), "{wire}");
     assert_eq!(first.attributes.is_some(), second.attributes.is_some());
 }
