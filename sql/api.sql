@@ -33,27 +33,40 @@ COMMENT ON FUNCTION trackway.attribute_bytea(jsonb, text[]) IS
 -- A snapshot's xmax is one past the latest *completed* transaction, so transactions that started after
 -- it (and before ours, when we have an id) are not in its list: their status is asked one by one (the
 -- gap is as wide as the number of concurrent writers), and xmax is then moved up to our own id.
+-- STABLE on purpose: a non-volatile function runs on its caller's snapshot, and a cursor is only right
+-- when it describes the very snapshot the caller read rows with (a VOLATILE function would take a fresh,
+-- later one and could leave out a transaction that committed in between). Its one time-varying input,
+-- pg_xact_status of transactions past xmax, can only add uncertain transactions, which is safe.
+-- PARALLEL UNSAFE: it asks for the transaction's own id. Refused on a hot standby: its snapshots do not
+-- list the primary's running transactions, so a cursor made there could skip rows that commit later.
 CREATE FUNCTION trackway._snapshot(OUT xmax bigint, OUT in_progress bigint[])
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, trackway, pg_temp
 AS $$
-    WITH s AS (
-        SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax,
-               pg_current_snapshot() AS snap,
-               pg_current_xact_id_if_assigned()::text::bigint AS own
-    ), gap AS (
-        SELECT s.own AS upto FROM s WHERE s.own - s.xmax BETWEEN 1 AND 64
-    )
-    SELECT coalesce((SELECT upto FROM gap), s.xmax),
-           ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s.snap) AS x)
-           || ARRAY(SELECT g FROM gap, generate_series(s.xmax, gap.upto - 1) AS g
-                    WHERE pg_xact_status(g::text::xid8) = 'in progress')
-    FROM s
+DECLARE
+    snap pg_snapshot := pg_current_snapshot();
+    own bigint := pg_current_xact_id_if_assigned()::text::bigint;
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'trackway: cursors cannot be made or resumed on a standby server'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A standby''s snapshot does not list the transactions still running on the primary, '
+                           'so a cursor made or resumed there could skip rows that commit later.',
+                  HINT = 'Call trackway.current_cursor() and trackway.positions_since() on the primary.';
+    END IF;
+    xmax := pg_snapshot_xmax(snap)::text::bigint;
+    in_progress := ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(snap) AS x);
+    IF own - xmax BETWEEN 1 AND 64 THEN
+        in_progress := in_progress || ARRAY(SELECT g FROM generate_series(xmax, own - 1) AS g
+                                            WHERE pg_xact_status(g::text::xid8) = 'in progress');
+        xmax := own;
+    END IF;
+END
 $$;
 
 -- A cursor for "now": resuming from it returns exactly the rows that are not visible to this snapshot.
 CREATE FUNCTION trackway.current_cursor() RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, trackway, pg_temp
 AS $$
     -- Rows with xid >= xmax are after (xmax, 0) (sequences start at 1); the in-progress ones are uncertain.
@@ -64,36 +77,38 @@ COMMENT ON FUNCTION trackway.current_cursor() IS
 
 -- Every committed row after a cursor, in (transaction, sequence) order, each with its own cursor.
 -- Never misses a row; may repeat a few rows of transactions that committed while the cursor's
--- snapshot saw them running (deduplicate by cursor or by (deviceId, timestamp)).
+-- snapshot saw them running (deduplicate by cursor or by (deviceId, timestamp)). Paging always reaches
+-- the end: a cursor can stand inside a transaction that is behind it (`x@seq`) and inside its range.
+-- A cursor returned for a device filter is a position in that filtered stream: resume with the same filter.
 CREATE FUNCTION trackway.positions_since(
     after text,
     device_ids text[] DEFAULT NULL,
     max_rows integer DEFAULT 1000
 ) RETURNS TABLE (cursor text, device_id text, ts timestamptz, "position" jsonb)
-LANGUAGE sql STABLE PARALLEL SAFE
+-- STABLE so that the rows and the cursors come from one snapshot (see _snapshot); PARALLEL UNSAFE like it.
+LANGUAGE sql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, trackway, pg_temp
 AS $$
     WITH c AS (
-        SELECT k.xid::text::xid8 AS xid, k.seq,
-               ARRAY(SELECT u::text::xid8 FROM unnest(k.uncertain) AS u) AS uncertain,
-               k.uncertain_from::text::xid8 AS uncertain_from
+        SELECT k.xid::text::xid8 AS xid, k.seq, k.behind_xids, k.behind_after,
+               k.range_xid::text::xid8 AS range_xid, k.range_seq
         FROM trackway._cursor_parts(after) AS k
     ), hits AS (
         SELECT p.* FROM trackway.positions p, c
         WHERE (p.ingest_xid, p.ingest_seq) > (c.xid, c.seq)
         UNION ALL
-        SELECT p.* FROM trackway.positions p, c
-        WHERE p.ingest_xid = ANY (c.uncertain)
+        SELECT p.* FROM c, unnest(c.behind_xids, c.behind_after) AS b(x, s), trackway.positions p
+        WHERE p.ingest_xid = b.x::text::xid8 AND p.ingest_seq > b.s
         UNION ALL
         SELECT p.* FROM trackway.positions p, c
-        WHERE p.ingest_xid >= c.uncertain_from AND p.ingest_xid < c.xid
+        WHERE (p.ingest_xid, p.ingest_seq) > (c.range_xid, c.range_seq) AND p.ingest_xid < c.xid
     ), page AS (
         -- One row more than asked for tells whether the last row's transaction continues.
         SELECT h.*, lead(h.ingest_xid) OVER w AS next_xid, row_number() OVER w AS n
         FROM (SELECT * FROM hits h
               WHERE device_ids IS NULL OR h.device_id = ANY (device_ids)
               ORDER BY h.ingest_xid, h.ingest_seq
-              LIMIT greatest(max_rows, 0) + 1) AS h
+              LIMIT greatest(max_rows, 0)::bigint + 1) AS h
         WINDOW w AS (ORDER BY h.ingest_xid, h.ingest_seq)
     )
     SELECT trackway._cursor_after(after, p.ingest_xid::text::bigint, p.ingest_seq,
@@ -108,16 +123,44 @@ $$;
 COMMENT ON FUNCTION trackway.positions_since(text, text[], integer) IS
     'Rows inserted after a cursor (from a notification, a previous call or current_cursor()), oldest first, optionally only for some devices.';
 
+-- The row-level insert trigger: the database, not the writer, assigns the cursor columns (a plain INSERT
+-- or COPY that sets ingest_xid/ingest_seq/ingested_at by hand, or a restore that brings another cluster's
+-- transaction ids, would otherwise break cursor order), and refuses times that are not finite or too far
+-- in the future (trackway.future_tolerance), as ingest/ingest_batch do. ingest_batch's own rows take the
+-- column defaults and are checked in Rust, so its INSERT skips this trigger (the WHEN clause).
+-- It runs once per row: it does not pin search_path (that costs a configuration change per call) and
+-- names everything schema-qualified instead; it runs as the inserting role, which already needs USAGE
+-- on trackway.ingest_seq for the column default.
+CREATE FUNCTION trackway._positions_assign() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM trackway._check_time(NEW.ts);
+    NEW.ingest_xid := pg_catalog.pg_current_xact_id();
+    NEW.ingest_seq := pg_catalog.nextval('trackway.ingest_seq'::pg_catalog.regclass);
+    NEW.ingested_at := pg_catalog.now();
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER positions_assign
+    BEFORE INSERT ON trackway.positions
+    FOR EACH ROW WHEN (NOT trackway._ingest_batch_row())
+    EXECUTE FUNCTION trackway._positions_assign();
+
 -- The statement-level insert trigger: keeps latest_positions and announces the new rows.
 -- Transition tables hold only the rows actually inserted (not ON CONFLICT duplicates) and are filled by
 -- INSERT and COPY alike, so every route into the table is announced, once per row, at commit.
 -- trackway.ingest/ingest_batch do both jobs themselves for their own INSERT (they hold the decoded rows);
 -- _ingest_batch_statement() is true only for that one statement, so it is skipped here.
+-- A statement with more than trackway.announce_max_rows rows (a bulk load, a restore), or one that runs
+-- while the NOTIFY queue is filling up, sends one summary instead of an entry per row.
 CREATE FUNCTION trackway._positions_inserted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, trackway, pg_temp
 AS $$
 DECLARE
+    n bigint; plan text;
     xids bigint[]; seqs bigint[]; devs text[]; tss timestamptz[];
     lats float8[]; lons float8[]; alts float8[]; angs float8[]; spds float8[];
     sats int2[]; pris int2[]; atts text[];
@@ -126,7 +169,9 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    -- Rows are taken in device order so concurrent writers lock latest rows in the same order.
+    -- Rows are taken in device order so concurrent writers lock latest rows in the same order. A row
+    -- with the same time as the latest one *is* that row (the key is unique): its cursor columns are
+    -- taken over (a restore re-inserts rows under new transaction ids).
     INSERT INTO trackway.latest_positions AS l
         (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes,
          ingested_at, ingest_xid, ingest_seq)
@@ -140,20 +185,31 @@ BEGIN
             altitude = excluded.altitude, angle = excluded.angle, speed = excluded.speed,
             satellites = excluded.satellites, priority = excluded.priority, attributes = excluded.attributes,
             ingested_at = excluded.ingested_at, ingest_xid = excluded.ingest_xid, ingest_seq = excluded.ingest_seq
-        WHERE l.ts < excluded.ts;
+        WHERE l.ts < excluded.ts
+           OR (l.ts = excluded.ts AND (l.ingest_xid, l.ingest_seq) <> (excluded.ingest_xid, excluded.ingest_seq));
 
-    SELECT array_agg(n.ingest_xid::text::bigint), array_agg(n.ingest_seq), array_agg(n.device_id),
-           array_agg(n.ts), array_agg(n.latitude), array_agg(n.longitude), array_agg(n.altitude),
-           array_agg(n.angle), array_agg(n.speed), array_agg(n.satellites), array_agg(n.priority),
-           array_agg(n.attributes::text)
-    INTO xids, seqs, devs, tss, lats, lons, alts, angs, spds, sats, pris, atts
-    FROM new_rows n;
-
-    IF xids IS NOT NULL THEN
+    SELECT count(*) INTO n FROM new_rows;
+    IF n = 0 THEN
+        RETURN NULL;
+    END IF;
+    plan := trackway._announce_plan(n);
+    IF plan IN ('bulk', 'queue') THEN
+        PERFORM pg_notify('trackway_positions',
+                          trackway._announce_summary(n, plan, s.xmax, s.in_progress, f.xid, f.seq))
+        FROM trackway._snapshot() AS s,
+             (SELECT r.ingest_xid::text::bigint AS xid, r.ingest_seq AS seq FROM new_rows r
+              ORDER BY r.ingest_xid, r.ingest_seq LIMIT 1) AS f;
+    ELSIF plan IN ('full', 'reference') THEN
+        SELECT array_agg(n.ingest_xid::text::bigint), array_agg(n.ingest_seq), array_agg(n.device_id),
+               array_agg(n.ts), array_agg(n.latitude), array_agg(n.longitude), array_agg(n.altitude),
+               array_agg(n.angle), array_agg(n.speed), array_agg(n.satellites), array_agg(n.priority),
+               array_agg(n.attributes::text)
+        INTO xids, seqs, devs, tss, lats, lons, alts, angs, spds, sats, pris, atts
+        FROM new_rows n;
         PERFORM pg_notify('trackway_positions', a.payload)
         FROM trackway._snapshot() AS s,
-             trackway._announcements(s.xmax, s.in_progress, xids, seqs, devs, tss, lats, lons, alts, angs,
-                                     spds, sats, pris, atts) AS a(payload);
+             trackway._announcements(plan, s.xmax, s.in_progress, xids, seqs, devs, tss, lats, lons, alts,
+                                     angs, spds, sats, pris, atts) AS a(payload);
     END IF;
     RETURN NULL;
 END
@@ -166,14 +222,20 @@ CREATE TRIGGER positions_inserted
 
 -- Turns trackway.positions into a TimescaleDB hypertable (existing rows are migrated). Called by
 -- CREATE EXTENSION when TimescaleDB is installed; call it yourself after adding TimescaleDB later.
+-- TimescaleDB often lives in a schema others can write to (public): every argument is typed exactly, the
+-- call uses TimescaleDB's non-polymorphic signature create_hypertable(regclass, dimension_info, boolean,
+-- boolean), and it refuses to run while a function of that name that TimescaleDB does not own exists in
+-- its schema, so no planted overload can be picked instead.
 CREATE FUNCTION trackway.make_hypertable(chunk_interval interval DEFAULT interval '1 day') RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, trackway, pg_temp
 AS $$
 DECLARE
     ts_schema name;
+    ts_oid oid;
+    planted text;
 BEGIN
-    SELECT n.nspname INTO ts_schema
+    SELECT n.nspname, e.oid INTO ts_schema, ts_oid
     FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
     WHERE e.extname = 'timescaledb';
     IF ts_schema IS NULL THEN
@@ -181,10 +243,24 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Run CREATE EXTENSION timescaledb, then SELECT trackway.make_hypertable().';
     END IF;
-    -- Only the schema name is interpolated (quoted with %I); values are passed as parameters.
-    EXECUTE format('SELECT %I.create_hypertable($1, $2, chunk_time_interval => $3, '
-                   'if_not_exists => true, migrate_data => true)', ts_schema)
-        USING 'trackway.positions'::regclass, 'ts'::name, chunk_interval;
+    SELECT string_agg(p.oid::regprocedure::text, ', ') INTO planted
+    FROM pg_proc p
+    WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = ts_schema)
+      AND p.proname IN ('create_hypertable', 'by_range')
+      AND NOT EXISTS (SELECT FROM pg_depend d
+                      WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                        AND d.refclassid = 'pg_extension'::regclass AND d.refobjid = ts_oid AND d.deptype = 'e');
+    IF planted IS NOT NULL THEN
+        RAISE EXCEPTION 'refusing to call TimescaleDB: schema % has functions of the same name that TimescaleDB does not own: %',
+                        ts_schema, planted
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Drop them (they could be picked instead of TimescaleDB''s), then run trackway.make_hypertable().';
+    END IF;
+    -- Only the schema name is interpolated (quoted with %I); values are passed as typed parameters.
+    EXECUTE format('SELECT %1$I.create_hypertable($1::pg_catalog.regclass, '
+                   '%1$I.by_range($2::pg_catalog.name, $3::pg_catalog.interval), '
+                   'if_not_exists => $4::pg_catalog.bool, migrate_data => $5::pg_catalog.bool)', ts_schema)
+        USING 'trackway.positions'::regclass, 'ts'::name, chunk_interval, true, true;
 END
 $$;
 COMMENT ON FUNCTION trackway.make_hypertable(interval) IS
@@ -214,6 +290,8 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA trackway FROM PUBLIC;
 GRANT USAGE ON SCHEMA trackway TO trackway_ingest, trackway_reader;
 GRANT EXECUTE ON FUNCTION trackway.ingest(text), trackway.ingest_batch(text[]) TO trackway_ingest;
 GRANT SELECT ON trackway.positions, trackway.latest_positions, trackway.device_groups TO trackway_reader;
+-- Called by the row trigger as whatever role inserts: both only check and answer, nothing else.
+GRANT EXECUTE ON FUNCTION trackway._ingest_batch_row(), trackway._check_time(timestamptz) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
     trackway.decode(text),
     trackway.to_wire(trackway.positions),

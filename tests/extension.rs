@@ -418,3 +418,154 @@ async fn many_batches_in_one_transaction_are_all_stored_and_announced() {
     let announced = listener.entries(QUIET).await;
     assert_eq!(announced.len(), 600, "every stored row is announced once");
 }
+
+/// `trackway.announce` decides what the channel carries; storing is the same in every mode.
+#[tokio::test]
+async fn announcements_carry_what_trackway_announce_says() {
+    let db = fresh_database("announce_modes").await;
+    let client = connect(&db).await;
+    let mut listener = Listener::start(&db).await;
+
+    client.batch_execute("SET trackway.announce = 'reference'").await.expect("set");
+    assert!(ingest_batch(&client, &[payload("r", 1), payload("r", 2)]).await.iter().all(|r| r.1 == "inserted"));
+    client
+        .batch_execute("INSERT INTO trackway.positions (device_id, ts, latitude, longitude) VALUES ('r', '2026-11-27 08:00:03+00', 1, 2)")
+        .await
+        .expect("insert");
+    let entries = listener.entries(QUIET).await;
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    for e in &entries {
+        assert_eq!(e.get("position"), None, "no position data in reference mode: {e}");
+        assert_eq!(e["deviceId"], "r");
+        assert!(e["cursor"].is_string());
+    }
+
+    client.batch_execute("SET trackway.announce = 'off'").await.expect("set");
+    assert!(ingest_batch(&client, &[payload("o", 1)]).await.iter().all(|r| r.1 == "inserted"));
+    client
+        .batch_execute("INSERT INTO trackway.positions (device_id, ts, latitude, longitude) VALUES ('o', '2026-11-27 08:00:03+00', 1, 2)")
+        .await
+        .expect("insert");
+    assert_eq!(listener.drain(QUIET).await, Vec::<String>::new(), "nothing announced when off");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 5);
+}
+
+/// A bulk load (more rows than `trackway.announce_max_rows`) and a filling NOTIFY queue
+/// (`trackway.announce_queue_limit`) send one summary per statement; readers catch up from its cursor.
+#[tokio::test]
+async fn bulk_loads_and_a_filling_queue_send_one_summary_and_readers_catch_up() {
+    let db = fresh_database("announce_summary").await;
+    let client = connect(&db).await;
+    let reader = connect(&db).await;
+    let mut listener = Listener::start(&db).await;
+    client.batch_execute("SET trackway.announce_max_rows = 100").await.expect("set");
+
+    let payloads: Vec<String> = (0..250).map(|i| payload(&format!("b{}", i % 5), i)).collect();
+    assert!(ingest_batch(&client, &payloads).await.iter().all(|r| r.1 == "inserted"));
+    client
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude)
+             SELECT 'c', timestamptz '2026-11-27 08:00:00+00' + g * interval '1 second', 1, 2 FROM generate_series(1, 150) g",
+        )
+        .await
+        .expect("insert");
+    // Below the limit: rows as usual.
+    assert!(ingest_batch(&client, &[payload("small", 1)]).await.iter().all(|r| r.1 == "inserted"));
+
+    let raw = listener.drain(QUIET).await;
+    assert_eq!(raw.len(), 3, "one summary per bulk statement, one payload for the small one: {raw:?}");
+    let mut caught_up = 0;
+    for (payload, (rows, reason)) in raw.iter().take(2).zip([(250, "bulk"), (150, "bulk")]) {
+        let v: Value = serde_json::from_str(payload).expect("JSON");
+        assert_eq!(v["positions"], Value::Array(vec![]));
+        assert_eq!(v["omitted"]["rows"], rows);
+        assert_eq!(v["omitted"]["reason"], reason);
+        let resume = v["omitted"]["resume"].as_str().expect("resume cursor");
+        let n: i64 = reader
+            .query_one("SELECT count(*) FROM trackway.positions_since($1, NULL, 100000)", &[&resume])
+            .await
+            .expect("positions_since")
+            .get(0);
+        assert!(n >= rows, "resuming from the summary's cursor returns its rows ({n} < {rows})");
+        caught_up += 1;
+    }
+    assert_eq!(caught_up, 2);
+    assert_eq!(entries_of(&raw[2]).len(), 1);
+
+    // The queue "filling up": from the limit on, one summary, and storing still works.
+    client.batch_execute("SET trackway.announce_queue_limit = 0").await.expect("set");
+    assert!(ingest_batch(&client, &[payload("q", 1), payload("q", 2)]).await.iter().all(|r| r.1 == "inserted"));
+    let raw = listener.drain(QUIET).await;
+    assert_eq!(raw.len(), 1, "{raw:?}");
+    let v: Value = serde_json::from_str(&raw[0]).expect("JSON");
+    assert_eq!(v["omitted"]["reason"], "queue");
+    assert_eq!(v["omitted"]["rows"], 2);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 250 + 150 + 1 + 2);
+}
+
+/// Whatever a plain INSERT or COPY says, the cursor columns are the database's, and a time beyond the
+/// future tolerance is refused with the field's name.
+#[tokio::test]
+async fn plain_writes_cannot_set_cursor_columns_or_future_times() {
+    let db = fresh_database("plain_writes").await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude, ingest_xid, ingest_seq, ingested_at)
+             VALUES ('h', '2026-11-27 08:00:00+00', 1, 2, '999999999', 5, '2099-01-01')",
+        )
+        .await
+        .expect("insert");
+    let row = client
+        .query_one(
+            "SELECT ingest_xid::text::int8 < pg_current_xact_id()::text::int8, ingest_seq <> 5, ingested_at < now() + interval '1 minute'
+             FROM trackway.positions WHERE device_id = 'h'",
+            &[],
+        )
+        .await
+        .expect("row");
+    assert!(row.get::<_, bool>(0) && row.get::<_, bool>(1) && row.get::<_, bool>(2), "cursor columns set by hand");
+    let error = client
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude) VALUES ('h', now() + interval '3 days', 1, 2)",
+        )
+        .await
+        .expect_err("a future time is refused");
+    let db_error = error.as_db_error().expect("a server error");
+    assert_eq!(db_error.code().code().get(..2), Some("22"), "{db_error:?}");
+    assert!(db_error.message().starts_with("timestamp: must not be more than 1 day ahead"), "{}", db_error.message());
+    let error = ingest_batch(&client, &[payload("h", 1).replace("2026-11-27", "2099-11-27")]).await;
+    assert_eq!(error[0].1, "invalid");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 1);
+}
+
+/// A hot standby's snapshots do not list the primary's running transactions: cursors are refused there
+/// with a clear error instead of silently skipping rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_are_refused_on_a_hot_standby() {
+    use trackway_tests::{connect_to, fresh_database_on, servers::PgCluster};
+    let primary = PgCluster::start();
+    let db = fresh_database_on(&primary.server(), "standby").await;
+    let writer = connect_to(&primary.server(), &db).await;
+    ingest_batch(&writer, &[payload("s", 1)]).await;
+    let standby = PgCluster::standby_of(&primary);
+    let reader = connect_to(&standby.server(), &db).await;
+    // The row is there to read (replication works); only cursors are refused.
+    let mut replicated = 0;
+    for _ in 0..100 {
+        replicated = count(&reader, "SELECT count(*) FROM trackway.positions").await;
+        if replicated == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(replicated, 1);
+    for sql in ["SELECT trackway.current_cursor()", "SELECT count(*) FROM trackway.positions_since('0:0')"] {
+        let error = reader.query(sql, &[]).await.expect_err("refused on a standby");
+        let db_error = error.as_db_error().expect("a server error");
+        assert_eq!(db_error.code().code(), "0A000", "{sql}: {db_error:?}");
+        assert!(db_error.message().contains("standby"), "{sql}: {}", db_error.message());
+    }
+    // The primary is unaffected.
+    assert_eq!(count(&writer, "SELECT count(*) FROM trackway.positions_since('0:0')").await, 1);
+}

@@ -1,17 +1,49 @@
-//! The NOTIFY payloads of newly inserted rows, built for the statement-level insert trigger.
+//! The NOTIFY payloads of newly inserted rows, built for the statement-level insert trigger: how to
+//! announce them (settings and queue usage), one entry per row, or one summary.
 
 use pgrx::prelude::*;
-use trackway_wire::{announcements, NewRow, Position};
+use trackway_wire::{announcements, summary, Detail, NewRow, Position};
 
 use crate::ingest::to_unix_micros;
+use crate::settings::{self, Plan};
+
+/// How the trigger announces `rows` new rows: `full`, `reference` (one entry per row), `bulk`, `queue` (one
+/// summary, and why) or `off`. See `settings::announce_plan`.
+#[pg_extern(volatile, parallel_restricted, name = "_announce_plan")]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn announce_plan(rows: i64) -> &'static str {
+    match settings::announce_plan(usize::try_from(rows).unwrap_or(usize::MAX)) {
+        Plan::Rows(Detail::Full) => "full",
+        Plan::Rows(Detail::Reference) => "reference",
+        Plan::Summary(reason) => reason,
+        Plan::Silent => "off",
+    }
+}
+
+/// The one payload announcing `rows` rows from `(first_xid, first_seq)` on (see `trackway_wire::summary`).
+#[pg_extern(immutable, parallel_safe, name = "_announce_summary")]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn announce_summary(
+    rows: i64,
+    reason: &str,
+    snapshot_xmax: i64,
+    in_progress: Vec<i64>,
+    first_xid: i64,
+    first_seq: i64,
+) -> String {
+    let in_progress: Vec<u64> = in_progress.into_iter().filter_map(|x| u64::try_from(x).ok()).collect();
+    let (xmax, xid) = (u64::try_from(snapshot_xmax).unwrap_or(0), u64::try_from(first_xid).unwrap_or(0));
+    summary(u64::try_from(rows).unwrap_or(0), reason, xid, first_seq, xmax, &in_progress)
+}
 
 /// The payloads announcing the rows given column by column (as the trigger aggregates its transition
-/// table); `snapshot_xmax` and `in_progress` describe a snapshot of the inserting transaction. See
-/// `trackway_wire::announce` for the format.
+/// table), with `detail` `full` or `reference`; `snapshot_xmax` and `in_progress` describe a snapshot of
+/// the inserting transaction. See `trackway_wire::announce` for the format.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(immutable, parallel_safe, name = "_announcements")]
 #[search_path(pg_catalog, @extschema@, pg_temp)]
 fn announcement_payloads(
+    detail: &str,
     snapshot_xmax: i64,
     in_progress: Vec<i64>,
     xids: Vec<i64>,
@@ -67,5 +99,6 @@ fn announcement_payloads(
         });
     }
     let in_progress: Vec<u64> = in_progress.into_iter().filter_map(|x| u64::try_from(x).ok()).collect();
-    SetOfIterator::new(announcements(&mut rows, u64::try_from(snapshot_xmax).unwrap_or(0), &in_progress))
+    let detail = if detail == "reference" { Detail::Reference } else { Detail::Full };
+    SetOfIterator::new(announcements(&mut rows, u64::try_from(snapshot_xmax).unwrap_or(0), &in_progress, detail))
 }

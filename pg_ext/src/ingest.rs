@@ -18,9 +18,10 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{BuiltinOid, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use trackway_wire::{announce_rows, BatchPlan, Insert, Outcome, Position, StorePolicy};
+use trackway_wire::{announce_rows, summary, BatchPlan, Insert, Outcome, Position, StorePolicy};
 
-use crate::{errors, settings, statement};
+use crate::settings::{self, Plan};
+use crate::{errors, statement};
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -145,9 +146,26 @@ fn ingest_batch(
     }))
 }
 
+/// Raises the error `ingest` gives for a time that is not finite or too far ahead of the server's clock
+/// (`trackway.future_tolerance`); for the row trigger, so plain `INSERT`/`COPY` follow the same rule.
+#[pg_extern(stable, strict, parallel_safe, name = "_check_time")]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn check_time(ts: TimestampWithTimeZone) {
+    if !ts.is_finite() {
+        errors::raise(&trackway_wire::DecodeError {
+            path: "timestamp".to_owned(),
+            kind: trackway_wire::ErrorKind::OutOfRange,
+            message: "must be a finite time, got infinity".to_owned(),
+        });
+    }
+    if let Some(future) = settings::limits().future {
+        future.check(to_unix_micros(ts)).unwrap_or_else(|e| errors::raise(&e));
+    }
+}
+
 /// Decodes, inserts, announces and classifies a batch of payloads (`None` = SQL NULL).
 fn run_batch<'a>(payloads: impl Iterator<Item = Option<&'a str>>) -> Vec<Outcome> {
-    let plan = BatchPlan::new(payloads.map(|p| p.map(str::as_bytes)), settings::max_payload_bytes());
+    let plan = BatchPlan::new(payloads.map(|p| p.map(str::as_bytes)), &settings::limits());
     if plan.rows.is_empty() {
         return plan.finish_rows(std::iter::empty());
     }
@@ -164,12 +182,27 @@ fn store_and_announce(client: &mut SpiClient<'_>, plan: &BatchPlan) -> pgrx::spi
     if inserted.is_empty() {
         return Ok(Vec::new());
     }
-    let (xid, snapshot_xmax, in_progress) = snapshot(client)?;
-    let payloads =
-        announce_rows(inserted.iter().map(|&(row, seq)| (xid, seq, &plan.rows[row])), snapshot_xmax, &in_progress);
-    with_kept_plan(&NOTIFY_PLAN, client, NOTIFY, &[BuiltinOid::TEXTARRAYOID], |client, notify| {
-        client.update(&**notify, None, &[payloads.into()]).map(|_| ())
-    })?;
+    let announce = settings::announce_plan(inserted.len());
+    if announce != Plan::Silent {
+        let (xid, snapshot_xmax, in_progress) = snapshot(client)?;
+        let payloads = match announce {
+            Plan::Rows(detail) => announce_rows(
+                inserted.iter().map(|&(row, seq)| (xid, seq, &plan.rows[row])),
+                snapshot_xmax,
+                &in_progress,
+                detail,
+            ),
+            Plan::Summary(reason) => {
+                let first_seq = inserted.iter().map(|&(_, seq)| seq).min().unwrap_or(1);
+                let rows = u64::try_from(inserted.len()).unwrap_or(u64::MAX);
+                vec![summary(rows, reason, xid, first_seq, snapshot_xmax, &in_progress)]
+            }
+            Plan::Silent => Vec::new(),
+        };
+        with_kept_plan(&NOTIFY_PLAN, client, NOTIFY, &[BuiltinOid::TEXTARRAYOID], |client, notify| {
+            client.update(&**notify, None, &[payloads.into()]).map(|_| ())
+        })?;
+    }
     Ok(inserted.into_iter().map(|(row, _)| row).collect())
 }
 

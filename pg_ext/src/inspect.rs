@@ -48,21 +48,28 @@ fn wire_text(
     trackway_wire::encode(&position).unwrap_or_else(|e| errors::raise(&e))
 }
 
-/// The parts of a cursor: its transaction, sequence, listed uncertain transactions and the start of an
-/// uncertain range (NULL for the list form). Raises a clear error for a malformed cursor.
+/// The parts of a cursor: its transaction and sequence, the transactions behind it with the last sequence
+/// delivered of each, and the uncertain range's start (NULLs when it has none). Raises a clear error for a
+/// malformed cursor.
 #[pg_extern(immutable, strict, parallel_safe, name = "_cursor_parts")]
 #[search_path(pg_catalog, @extschema@, pg_temp)]
 fn cursor_parts(
     cursor: &str,
 ) -> TableIterator<
     'static,
-    (name!(xid, i64), name!(seq, i64), name!(uncertain, Vec<i64>), name!(uncertain_from, Option<i64>)),
+    (
+        name!(xid, i64),
+        name!(seq, i64),
+        name!(behind_xids, Vec<i64>),
+        name!(behind_after, Vec<i64>),
+        name!(range_xid, Option<i64>),
+        name!(range_seq, Option<i64>),
+    ),
 > {
     let c = Cursor::parse(cursor).unwrap_or_else(|e| errors::raise(&e));
-    let xid = to_i64(c.xid);
-    let uncertain = c.uncertain_list().iter().map(|&x| to_i64(x)).collect();
-    let from = c.uncertain_from().map(to_i64);
-    TableIterator::once((xid, c.seq, uncertain, from))
+    let xids = c.behind.iter().map(|b| to_i64(b.xid)).collect();
+    let after = c.behind.iter().map(|b| b.after).collect();
+    TableIterator::once((to_i64(c.xid), c.seq, xids, after, c.range.map(|r| to_i64(r.xid)), c.range.map(|r| r.seq)))
 }
 
 /// The cursor of row `(xid, seq)` read under a snapshot with `snapshot_xmax` and in-progress list `in_progress`.

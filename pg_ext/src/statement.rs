@@ -58,6 +58,31 @@ fn owned_by_ingest_batch() -> bool {
     OWNED_AT_DEPTH.with(|owned| owned.get().is_some_and(|at| at.checked_add(1) == Some(depth)))
 }
 
+/// True while `trackway.ingest_batch`'s own INSERT evaluates its rows: the `WHEN` clause of the row
+/// trigger `positions_assign` runs at the statement's own trigger depth (not one below, as the statement
+/// trigger's body does), so `ingest_batch`'s rows, which take the column defaults, skip that trigger.
+#[pg_extern(volatile, parallel_restricted, name = "_ingest_batch_row")]
+#[search_path(pg_catalog, @extschema@, pg_temp)]
+fn row_of_ingest_batch() -> bool {
+    let depth = trigger_depth();
+    OWNED_AT_DEPTH.with(|owned| owned.get() == Some(depth))
+}
+
+/// `now()`: when the current transaction started.
+pub fn transaction_start() -> TimestampWithTimeZone {
+    // SAFETY: reads a backend-local variable set at transaction start; we are on the backend's thread,
+    // inside a transaction.
+    let ts = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    TimestampWithTimeZone::try_from(ts).unwrap_or_else(|_| error!("trackway: now() is out of range"))
+}
+
+/// `pg_notification_queue_usage()`: the fraction of the cluster-wide NOTIFY queue in use.
+pub fn notification_queue_usage() -> f64 {
+    // SAFETY: a built-in SQL function without arguments that reads the shared queue pointers under its own
+    // lock; `direct_function_call` builds a valid argument-less call frame; we are on the backend's thread.
+    unsafe { pgrx::direct_function_call::<f64>(pg_sys::pg_notification_queue_usage, &[]) }.unwrap_or(0.0)
+}
+
 /// `pg_trigger_depth()`: how many triggers are executing around the current code.
 fn trigger_depth() -> i32 {
     // SAFETY: `pg_trigger_depth` is a built-in SQL function without arguments that only returns a backend

@@ -334,4 +334,136 @@ mod tests {
         );
         assert!(result.is_ok(), "{result:?}");
     }
+
+    /// Pages through `positions_since(cursor, NULL, page)` until it returns nothing; the latitudes seen.
+    fn page_through(cursor: &str, page: i32) -> Vec<f64> {
+        let mut cursor = cursor.to_owned();
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            let rows: Vec<(String, f64)> = Spi::connect(|c| {
+                let table = c.select(
+                    "SELECT cursor, (position->>'latitude')::float8 FROM trackway.positions_since($1, NULL, $2)",
+                    None,
+                    &[cursor.clone().into(), page.into()],
+                )?;
+                let mut rows = Vec::new();
+                for row in table {
+                    rows.push((row.get::<String>(1)?.expect("cursor"), row.get::<f64>(2)?.expect("lat")));
+                }
+                Ok::<_, pgrx::spi::Error>(rows)
+            })
+            .expect("since runs");
+            let Some((last, _)) = rows.last() else { return seen };
+            cursor = last.clone();
+            seen.extend(rows.iter().map(|r| r.1));
+        }
+        panic!("paging from {cursor} did not end");
+    }
+
+    #[pg_test]
+    fn paging_moves_through_a_transaction_behind_the_cursor() {
+        for i in 0..25 {
+            ingest(&payload("dev-p", &format!("2026-11-27T08:00:{i:02}.000Z"), f64::from(i)));
+        }
+        let own = Spi::get_one::<i64>("SELECT pg_current_xact_id()::text::int8").expect("query").expect("xid");
+        let expected: Vec<f64> = (0..25).map(f64::from).collect();
+        // This transaction listed as behind a later position, and as the start of an uncertain range.
+        for cursor in [format!("{}:0:{own}", own + 1), format!("{}:0:{own}-", own + 1)] {
+            for page in [1, 7, 10, 25, 100] {
+                assert_eq!(page_through(&cursor, page), expected, "cursor {cursor}, page {page}");
+            }
+        }
+    }
+
+    #[pg_test]
+    fn max_rows_at_the_integer_limit_does_not_overflow() {
+        ingest(&payload("dev-m", "2026-11-27T08:00:00.000Z", 1.0));
+        let n = count("SELECT count(*) FROM trackway.positions_since('0:0', NULL, 2147483647)");
+        assert_eq!(n, 1);
+        assert_eq!(count("SELECT count(*) FROM trackway.positions_since('0:0', NULL, 0)"), 0);
+    }
+
+    #[pg_test]
+    fn a_time_too_far_in_the_future_is_invalid_on_every_route() {
+        let future = payload("dev-f", "2099-01-01T00:00:00.000Z", 1.0);
+        let error = Spi::get_one_with_args::<String>(
+            "SELECT error FROM trackway.ingest_batch(ARRAY[$1])",
+            &[future.clone().into()],
+        )
+        .expect("query")
+        .expect("an error");
+        assert!(error.starts_with("timestamp: must not be more than 1 day ahead of the server's clock"), "{error}");
+        // Within the tolerance, and with the check turned off.
+        let tomorrow = Spi::get_one::<String>(
+            "SELECT to_char(now() AT TIME ZONE 'UTC' + interval '23 hours', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+        )
+        .expect("query")
+        .expect("time");
+        assert_eq!(ingest(&payload("dev-f", &tomorrow, 1.0)), "inserted");
+        Spi::run("SET LOCAL trackway.future_tolerance = -1").expect("set");
+        assert_eq!(ingest(&future), "inserted");
+        Spi::run("SET LOCAL trackway.future_tolerance = '1d'").expect("set");
+        // A plain INSERT follows the same rule (no row, a class-22 error naming the field).
+        let refused = Spi::run(
+            "DO $$ BEGIN
+                INSERT INTO trackway.positions (device_id, ts, latitude, longitude) VALUES ('dev-g', 'infinity', 1, 1);
+                RAISE EXCEPTION 'no error';
+             EXCEPTION WHEN numeric_value_out_of_range THEN
+                IF SQLERRM NOT LIKE 'timestamp: must be a finite time%' THEN RAISE; END IF;
+             END $$",
+        );
+        assert!(refused.is_ok(), "{refused:?}");
+        let refused = Spi::run(
+            "DO $$ BEGIN
+                INSERT INTO trackway.positions (device_id, ts, latitude, longitude) VALUES ('dev-g', now() + interval '2 days', 1, 1);
+                RAISE EXCEPTION 'no error';
+             EXCEPTION WHEN numeric_value_out_of_range THEN
+                IF SQLERRM NOT LIKE 'timestamp: must not be more than 1 day ahead%' THEN RAISE; END IF;
+             END $$",
+        );
+        assert!(refused.is_ok(), "{refused:?}");
+        assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'dev-g'"), 0);
+    }
+
+    #[pg_test]
+    fn the_database_assigns_the_cursor_columns() {
+        Spi::run(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude, ingest_xid, ingest_seq, ingested_at)
+             VALUES ('dev-c', '2026-11-27T08:00:00Z', 1, 1, '3', 1, '2000-01-01')",
+        )
+        .expect("insert");
+        let ok = Spi::get_one::<bool>(
+            "SELECT ingest_xid = pg_current_xact_id() AND ingest_seq > 1 AND ingested_at = now()
+             FROM trackway.positions WHERE device_id = 'dev-c'",
+        )
+        .expect("query")
+        .expect("a row");
+        assert!(ok, "cursor columns taken from the INSERT");
+        let latest = Spi::get_one::<bool>(
+            "SELECT l.ingest_xid = p.ingest_xid AND l.ingest_seq = p.ingest_seq
+             FROM trackway.latest_positions l JOIN trackway.positions p USING (device_id, ts) WHERE device_id = 'dev-c'",
+        )
+        .expect("query")
+        .expect("a row");
+        assert!(latest);
+    }
+
+    #[pg_test]
+    fn announcements_follow_the_settings() {
+        let plan = |n: i64| {
+            Spi::get_one_with_args::<String>("SELECT trackway._announce_plan($1)", &[n.into()])
+                .expect("query")
+                .expect("a plan")
+        };
+        assert_eq!(plan(1000), "full");
+        Spi::run("SET LOCAL trackway.announce_max_rows = 10").expect("set");
+        assert_eq!(plan(10), "full");
+        assert_eq!(plan(11), "bulk");
+        Spi::run("SET LOCAL trackway.announce = 'reference'").expect("set");
+        assert_eq!(plan(10), "reference");
+        Spi::run("SET LOCAL trackway.announce_queue_limit = 0").expect("set");
+        assert_eq!(plan(1), "queue");
+        Spi::run("SET LOCAL trackway.announce = 'off'").expect("set");
+        assert_eq!(plan(1), "off");
+    }
 }

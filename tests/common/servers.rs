@@ -114,6 +114,22 @@ impl PgCluster {
         cluster
     }
 
+    /// Creates and starts a hot standby of `primary` (streaming replication from a base backup).
+    pub fn standby_of(primary: &PgCluster) -> PgCluster {
+        let port = free_port_addr().port();
+        let dir = std::env::temp_dir().join(format!("trackway-pg-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = dir.to_string_lossy().into_owned();
+        let primary_port = primary.port.to_string();
+        as_postgres(
+            &format!("{PG_BIN}/pg_basebackup"),
+            &["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D", &data, "-R", "-X", "stream", "--no-sync"],
+        );
+        let cluster = PgCluster { port, dir, settings: primary.settings.clone() };
+        cluster.restart();
+        cluster
+    }
+
     /// libpq key=value form without dbname.
     pub fn server(&self) -> String {
         format!("host=127.0.0.1 port={} user=postgres", self.port)

@@ -4,7 +4,7 @@
 //! inserted become `inserted`, every other valid payload `duplicate`. Rows are sorted by
 //! `(device_id, ts)` so that concurrent batches take row locks in the same order and cannot deadlock.
 
-use crate::{decode, DecodeError, ErrorKind, Position};
+use crate::{decode, DecodeError, ErrorKind, Limits, Position};
 
 /// What became of one payload of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,14 +40,14 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
-    /// Decodes `payloads` (`None` is a SQL NULL) with the given size limit.
-    pub fn new<'a>(payloads: impl IntoIterator<Item = Option<&'a [u8]>>, max_payload_bytes: usize) -> BatchPlan {
+    /// Decodes `payloads` (`None` is a SQL NULL) and checks them against `limits`.
+    pub fn new<'a>(payloads: impl IntoIterator<Item = Option<&'a [u8]>>, limits: &Limits) -> BatchPlan {
         let mut decoded: Vec<(Position, usize)> = Vec::new();
         let mut outcomes = Vec::new();
         for (index, payload) in payloads.into_iter().enumerate() {
             let outcome = match payload {
                 None => Some(Outcome::Invalid(null_payload())),
-                Some(bytes) => match decode(bytes, max_payload_bytes) {
+                Some(bytes) => match checked(bytes, limits) {
                     Ok(position) => {
                         decoded.push((position, index));
                         None
@@ -106,6 +106,15 @@ impl BatchPlan {
     }
 }
 
+/// Decodes one payload and applies the limits that are not part of the format.
+pub fn checked(bytes: &[u8], limits: &Limits) -> Result<Position, DecodeError> {
+    let position = decode(bytes, limits.max_payload_bytes)?;
+    if let Some(future) = &limits.future {
+        future.check(position.ts_micros)?;
+    }
+    Ok(position)
+}
+
 fn null_payload() -> DecodeError {
     DecodeError { path: String::new(), kind: ErrorKind::Missing, message: "payload is NULL".to_owned() }
 }
@@ -113,7 +122,7 @@ fn null_payload() -> DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DEFAULT_MAX_PAYLOAD_BYTES;
+    use crate::FutureLimit;
 
     fn payload(device: &str, second: u32) -> String {
         format!(
@@ -126,7 +135,7 @@ mod tests {
         let texts = [payload("b", 1), payload("a", 2), "nope".to_owned(), payload("b", 1), payload("a", 1)];
         let mut with_null: Vec<Option<&[u8]>> = texts.iter().map(|t| Some(t.as_bytes())).collect();
         with_null.push(None);
-        let plan = BatchPlan::new(with_null, DEFAULT_MAX_PAYLOAD_BYTES);
+        let plan = BatchPlan::new(with_null, &Limits::default());
         let keys: Vec<(&str, i64)> = plan.rows.iter().map(|r| (r.device_id.as_str(), r.ts_micros)).collect();
         assert_eq!(keys.len(), 3);
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted by key: {keys:?}");
@@ -144,14 +153,14 @@ mod tests {
     #[test]
     fn newest_per_device_picks_the_last_row_of_each_device() {
         let texts = [payload("b", 1), payload("a", 3), payload("a", 1), payload("c", 2), payload("a", 2)];
-        let plan = BatchPlan::new(texts.iter().map(|t| Some(t.as_bytes())), DEFAULT_MAX_PAYLOAD_BYTES);
+        let plan = BatchPlan::new(texts.iter().map(|t| Some(t.as_bytes())), &Limits::default());
         let newest: Vec<(&str, i64)> =
             plan.newest_per_device().map(|i| (plan.rows[i].device_id.as_str(), plan.rows[i].ts_micros)).collect();
         let second = |s: i64| plan.rows[0].ts_micros - plan.rows[0].ts_micros % 60_000_000 + s * 1_000_000;
         assert_eq!(newest, [("a", second(3)), ("b", second(1)), ("c", second(2))]);
         assert_eq!(plan.row_index("a", second(2)), Some(1));
         assert_eq!(plan.row_index("a", second(4)), None);
-        let empty = BatchPlan::new(std::iter::empty(), DEFAULT_MAX_PAYLOAD_BYTES);
+        let empty = BatchPlan::new(std::iter::empty(), &Limits::default());
         assert_eq!(empty.newest_per_device().count(), 0);
     }
 
@@ -159,8 +168,25 @@ mod tests {
     fn the_first_of_two_equal_keys_is_the_one_stored() {
         let first = payload("a", 1);
         let second = first.replace("54.1", "54.9");
-        let plan = BatchPlan::new([Some(first.as_bytes()), Some(second.as_bytes())], DEFAULT_MAX_PAYLOAD_BYTES);
+        let plan = BatchPlan::new([Some(first.as_bytes()), Some(second.as_bytes())], &Limits::default());
         assert_eq!(plan.rows.len(), 1);
         assert_eq!(plan.rows[0].latitude, 54.1);
+    }
+
+    #[test]
+    fn a_time_too_far_ahead_is_invalid_and_stores_nothing() {
+        let texts = [payload("a", 1), payload("b", 1).replace("2026-11-27", "2099-01-01")];
+        let now_micros = 1_795_766_400_000_000; // 2026-11-27T08:00:00Z
+        let limits =
+            Limits { future: Some(FutureLimit { now_micros, tolerance_seconds: 86_400 }), ..Limits::default() };
+        let plan = BatchPlan::new(texts.iter().map(|t| Some(t.as_bytes())), &limits);
+        assert_eq!(plan.rows.len(), 1);
+        let outcomes = plan.finish([("a", now_micros + 1_000_000)]);
+        match &outcomes[1] {
+            Outcome::Invalid(e) => {
+                assert!(e.to_string().starts_with("timestamp: must not be more than 1 day ahead"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

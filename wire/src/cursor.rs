@@ -1,33 +1,54 @@
-//! Live cursors: where a reader of `trackway_positions` stands, so that it can resume without a gap.
+//! Live cursors: where a reader of `trackway_positions` stands, so that it can resume without a gap and
+//! always reach the end.
 //!
 //! Rows are ordered by `(ingest_xid, ingest_seq)`: the 64-bit id of the inserting transaction and a
 //! sequence value taken at insert. Transactions commit out of xid order, so "every row after (xid, seq)"
 //! alone could miss a row of an older transaction that was still running when the cursor was made. A cursor
-//! therefore also names those transactions (`uncertain`): the ones below `xid` that were in progress in the
-//! snapshot the cursor was taken from. Resuming returns every row that is after `(xid, seq)` or belongs to an
-//! uncertain transaction. That never misses a row; it may repeat a few rows of transactions that committed
-//! between the snapshot and the reader's last row (readers deduplicate by cursor or by `(deviceId, timestamp)`).
+//! therefore also names those transactions (*behind* it): the ones below `xid` whose rows may not all have
+//! been delivered yet, each with the last `ingest_seq` already delivered, so that a cursor can stand *inside*
+//! such a transaction. Resuming returns every row that is after `(xid, seq)`, or after its position in a
+//! transaction behind the cursor. That never misses a row; it may repeat a few rows of transactions that
+//! committed between the snapshot and the reader's last row (readers deduplicate by cursor or by
+//! `(deviceId, timestamp)`).
 //!
-//! Text form (opaque to clients, stable for this major version):
-//! - `<xid>:<seq>` — nothing uncertain;
-//! - `<xid>:<seq>:<x1>,<x2>,…` — these transactions (all `< xid`) were still running;
-//! - `<xid>:<seq>:<h>-` — every transaction in `[h, xid)` is uncertain (used when the list would be too long).
+//! Paging terminates: every row a page returns is excluded by the cursor of that row, and no row that was
+//! not returned is ever excluded, so each page shrinks what is left.
+//!
+//! Text form (opaque to clients, stable for this major version): `<xid>:<seq>[:<item>,<item>,…]`, items
+//! - `<x>` — every row of transaction `x` (`x < xid`) is still to come;
+//! - `<x>@<s>` — the rows of `x` after sequence `s` are still to come;
+//! - `<h>-` or `<h>@<s>-` (last item only) — a *range*: every row after `(h, s)` (`s` = 0 when absent) of
+//!   every transaction below `xid`; used when too many transactions would have to be listed. Listed
+//!   transactions are all below `h`.
 
 use std::fmt;
 
 use crate::error::{DecodeError, ErrorKind};
 
-/// More in-progress transactions than this are summarised as a range, to keep cursors (and so NOTIFY
-/// payloads) small even on a busy server.
+/// More in-progress transactions than this are summarised as a range when a cursor is *made* from a
+/// snapshot for an announcement, to keep NOTIFY payloads small on a busy server.
 pub const MAX_LISTED_UNCERTAIN: usize = 32;
 
-/// Transactions below the cursor's xid whose rows may not have been seen yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Uncertain {
-    /// Exactly these transaction ids (sorted, unique, each `< xid`).
-    List(Vec<u64>),
-    /// Every transaction id from this one up to (excluding) the cursor's xid.
-    From(u64),
+/// Most transactions a cursor may list (well above any `max_connections`); cursors returned by
+/// `positions_since` list every transaction left behind, up to this, so that paging always moves on.
+pub const MAX_CURSOR_ITEMS: usize = 8192;
+
+/// A transaction below the cursor's xid whose rows after `after` have not been delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Behind {
+    /// Full transaction id.
+    pub xid: u64,
+    /// Last `ingest_seq` of this transaction already delivered (0: none; sequences start at 1).
+    pub after: i64,
+}
+
+/// Every row after `(xid, seq)` below the cursor's own xid is still to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    /// Transaction of the last row delivered from the range (or where the range starts).
+    pub xid: u64,
+    /// Sequence of that row (0: the range starts at the beginning of `xid`).
+    pub seq: i64,
 }
 
 /// A position in the stream of inserted rows.
@@ -37,58 +58,99 @@ pub struct Cursor {
     pub xid: u64,
     /// `ingest_seq` of the last row seen in that transaction.
     pub seq: i64,
-    /// Older transactions that were still running when the cursor was made.
-    pub uncertain: Uncertain,
+    /// Older transactions whose rows may not all have been delivered: sorted by xid, unique, each below
+    /// `xid` and below the range's start.
+    pub behind: Vec<Behind>,
+    /// Every transaction from a point on may be behind (too many to list, or an early snapshot).
+    pub range: Option<Range>,
 }
 
 impl Cursor {
     /// The cursor of row `(xid, seq)` read under a snapshot whose in-progress transactions are `in_progress`
-    /// (in any order; ids at or above `xid` are irrelevant and dropped).
+    /// (in any order; ids at or above `xid` are irrelevant and dropped). More than
+    /// [`MAX_LISTED_UNCERTAIN`] of them become a range (the form used in announcements).
     pub fn new(xid: u64, seq: i64, in_progress: &[u64]) -> Cursor {
+        Cursor::listing(xid, seq, in_progress, MAX_LISTED_UNCERTAIN)
+    }
+
+    /// [`Cursor::new`] listing up to `limit` transactions before falling back to a range.
+    fn listing(xid: u64, seq: i64, in_progress: &[u64], limit: usize) -> Cursor {
         let mut below: Vec<u64> = in_progress.iter().copied().filter(|&x| x < xid).collect();
         below.sort_unstable();
         below.dedup();
-        let uncertain = match below.first() {
-            Some(&lowest) if below.len() > MAX_LISTED_UNCERTAIN => Uncertain::From(lowest),
-            _ => Uncertain::List(below),
-        };
-        Cursor { xid, seq, uncertain }
+        match below.first() {
+            Some(&lowest) if below.len() > limit => {
+                Cursor { xid, seq, behind: Vec::new(), range: Some(Range { xid: lowest, seq: 0 }) }
+            }
+            _ => Cursor {
+                xid,
+                seq,
+                behind: below.into_iter().map(|x| Behind { xid: x, after: 0 }).collect(),
+                range: None,
+            },
+        }
     }
 
     /// The cursor of row `(xid, seq)` given a snapshot (`xmax` and in-progress list `xip`) taken in the
     /// same transaction. A snapshot taken before the transaction got its id (REPEATABLE READ) cannot vouch
     /// for transactions in `[xmax, xid)`, so those become uncertain too.
     pub fn from_snapshot(xid: u64, seq: i64, snapshot_xmax: u64, xip: &[u64]) -> Cursor {
-        let cursor = Cursor::new(xid, seq, xip);
+        Cursor::from_snapshot_listing(xid, seq, snapshot_xmax, xip, MAX_LISTED_UNCERTAIN)
+    }
+
+    fn from_snapshot_listing(xid: u64, seq: i64, snapshot_xmax: u64, xip: &[u64], limit: usize) -> Cursor {
+        let cursor = Cursor::listing(xid, seq, xip, limit);
         if snapshot_xmax >= xid {
             return cursor;
         }
         let lowest = xip.iter().copied().filter(|&x| x < snapshot_xmax).fold(snapshot_xmax, u64::min);
-        Cursor { uncertain: Uncertain::From(lowest), ..cursor }
+        Cursor { behind: Vec::new(), range: Some(Range { xid: lowest, seq: 0 }), ..cursor }
     }
 
-    /// The cursor after replaying row `(xid, seq)` from this cursor under a snapshot (`snapshot_xmax`, `xip`).
-    /// `more_in_txn` says whether rows of the same transaction follow it. A row after `(self.xid, self.seq)`
-    /// moves the cursor there; a row of an uncertain (older) transaction keeps the position and only drops
-    /// the uncertain transactions that are now fully delivered, so later rows already seen are not repeated.
+    /// The cursor after replaying row `(xid, seq)` from this cursor, under a snapshot (`snapshot_xmax`,
+    /// `xip`), when every row the cursor lets through that sorts before it has been delivered too (rows
+    /// come in `(xid, seq)` order). `more_in_txn` says whether rows of the same transaction follow it.
+    ///
+    /// - A row after `(self.xid, self.seq)` moves the cursor there; every transaction still running below it
+    ///   is listed (up to [`MAX_CURSOR_ITEMS`], never summarised as a range from scratch, which could send
+    ///   rows again and again).
+    /// - A row of a listed transaction keeps the position; that transaction stays listed at this row's
+    ///   sequence when `more_in_txn`, listed transactions before it are done unless still running.
+    /// - A row of the range moves the range's start to this row; transactions still running below it are
+    ///   listed.
     pub fn advance(&self, xid: u64, seq: i64, more_in_txn: bool, snapshot_xmax: u64, xip: &[u64]) -> Cursor {
         if (xid, seq) > (self.xid, self.seq) {
-            return Cursor::from_snapshot(xid, seq, snapshot_xmax, xip);
+            return Cursor::from_snapshot_listing(xid, seq, snapshot_xmax, xip, MAX_CURSOR_ITEMS);
         }
-        let running = xip.iter().copied().filter(|&x| x < self.xid);
-        match &self.uncertain {
-            Uncertain::List(list) => {
-                let rest: Vec<u64> =
-                    list.iter().copied().filter(|&x| x > xid || (x == xid && more_in_txn)).chain(running).collect();
-                Cursor::new(self.xid, self.seq, &rest)
-            }
-            Uncertain::From(_) => {
-                let start = if more_in_txn { xid } else { xid.saturating_add(1) };
-                let lowest = running.fold(start, u64::min);
-                let uncertain = if lowest < self.xid { Uncertain::From(lowest) } else { Uncertain::List(Vec::new()) };
-                Cursor { xid: self.xid, seq: self.seq, uncertain }
-            }
+        // Running transactions have no visible row yet: whatever they insert is still to come.
+        let running = |below: u64| xip.iter().copied().filter(move |&x| x < below).map(|x| Behind { xid: x, after: 0 });
+        let in_range =
+            self.range.is_some_and(|r| (xid, seq) > (r.xid, r.seq) && self.behind.iter().all(|b| b.xid != xid));
+        let (behind, range): (Vec<Behind>, Option<Range>) = if in_range {
+            // Listed transactions sort before the range: the visible ones are delivered.
+            (running(xid).collect(), Some(Range { xid, seq }))
+        } else {
+            let kept = self.behind.iter().copied().filter(|b| b.xid > xid);
+            let this = more_in_txn.then_some(Behind { xid, after: seq });
+            let limit = self.range.map_or(self.xid, |r| r.xid);
+            (kept.chain(this).chain(running(limit)).collect(), self.range)
+        };
+        Cursor::normalised(self.xid, self.seq, behind, range)
+    }
+
+    /// A cursor from parts: behind sorted, one entry per transaction (the earliest position wins, so
+    /// nothing is skipped), entries at or above the range's start or the xid dropped (the range or the
+    /// position covers them). Past [`MAX_CURSOR_ITEMS`] the list becomes a range from its first entry.
+    fn normalised(xid: u64, seq: i64, mut behind: Vec<Behind>, range: Option<Range>) -> Cursor {
+        let limit = range.map_or(xid, |r| r.xid);
+        behind.retain(|b| b.xid < limit);
+        behind.sort_unstable();
+        behind.dedup_by_key(|b| b.xid);
+        if behind.len() > MAX_CURSOR_ITEMS {
+            let first = behind[0];
+            return Cursor { xid, seq, behind: Vec::new(), range: Some(Range { xid: first.xid, seq: first.after }) };
         }
+        Cursor { xid, seq, behind, range }
     }
 
     /// Parses the text form; errors name the `cursor` and say what is wrong.
@@ -96,73 +158,78 @@ impl Cursor {
         let mut parts = text.splitn(3, ':');
         let xid = parse_u64(parts.next().unwrap_or(""), "transaction id")?;
         let seq_text = parts.next().ok_or_else(|| cursor_error("expected <xid>:<seq>[:<uncertain>]"))?;
-        let seq = seq_text
-            .parse::<i64>()
-            .ok()
-            .filter(|s| *s >= 0 && is_digits(seq_text))
-            .ok_or_else(|| cursor_error("sequence is not a non-negative integer"))?;
-        let uncertain = match parts.next() {
-            None => Uncertain::List(Vec::new()),
-            Some(rest) => parse_uncertain(rest, xid)?,
+        let seq = parse_seq(seq_text, "sequence")?;
+        let Some(rest) = parts.next() else {
+            return Ok(Cursor { xid, seq, behind: Vec::new(), range: None });
         };
-        Ok(Cursor { xid, seq, uncertain })
-    }
-
-    /// The listed uncertain transactions (empty for the range form).
-    pub fn uncertain_list(&self) -> &[u64] {
-        match &self.uncertain {
-            Uncertain::List(list) => list,
-            Uncertain::From(_) => &[],
+        let items: Vec<&str> = rest.split(',').collect();
+        if items.len() > MAX_CURSOR_ITEMS + 1 {
+            return Err(cursor_error("too many uncertain transactions"));
         }
-    }
-
-    /// The lower bound of the uncertain range, when the cursor uses the range form.
-    pub fn uncertain_from(&self) -> Option<u64> {
-        match self.uncertain {
-            Uncertain::From(h) => Some(h),
-            Uncertain::List(_) => None,
+        let mut behind = Vec::with_capacity(items.len());
+        let mut range = None;
+        for (i, item) in items.iter().enumerate() {
+            if let Some(start) = item.strip_suffix('-') {
+                if i + 1 != items.len() {
+                    return Err(cursor_error("an uncertain range must be the last item"));
+                }
+                let (h, s) = parse_item(start, "uncertain range start")?;
+                if h >= xid {
+                    return Err(cursor_error("uncertain range must start below the transaction id"));
+                }
+                range = Some(Range { xid: h, seq: s });
+            } else {
+                let (x, after) = parse_item(item, "uncertain transaction id")?;
+                if x >= xid {
+                    return Err(cursor_error("uncertain transactions must be below the transaction id"));
+                }
+                behind.push(Behind { xid: x, after });
+            }
         }
+        if let Some(r) = range {
+            if behind.iter().any(|b| b.xid >= r.xid) {
+                return Err(cursor_error("uncertain transactions must be below the uncertain range"));
+            }
+        }
+        Ok(Cursor::normalised(xid, seq, behind, range))
     }
 }
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.xid, self.seq)?;
-        match &self.uncertain {
-            Uncertain::List(list) if list.is_empty() => Ok(()),
-            Uncertain::List(list) => {
-                for (i, x) in list.iter().enumerate() {
-                    write!(f, "{}{x}", if i == 0 { ':' } else { ',' })?;
-                }
-                Ok(())
+        let mut separator = ':';
+        for b in &self.behind {
+            write!(f, "{separator}{}", b.xid)?;
+            if b.after > 0 {
+                write!(f, "@{}", b.after)?;
             }
-            Uncertain::From(h) => write!(f, ":{h}-"),
+            separator = ',';
         }
+        if let Some(r) = self.range {
+            write!(f, "{separator}{}", r.xid)?;
+            if r.seq > 0 {
+                write!(f, "@{}", r.seq)?;
+            }
+            f.write_str("-")?;
+        }
+        Ok(())
     }
 }
 
-fn parse_uncertain(text: &str, xid: u64) -> Result<Uncertain, DecodeError> {
-    if let Some(from) = text.strip_suffix('-') {
-        let h = parse_u64(from, "uncertain range start")?;
-        if h >= xid {
-            return Err(cursor_error("uncertain range must start below the transaction id"));
-        }
-        return Ok(Uncertain::From(h));
+/// `<x>` or `<x>@<s>`.
+fn parse_item(text: &str, what: &str) -> Result<(u64, i64), DecodeError> {
+    match text.split_once('@') {
+        None => Ok((parse_u64(text, what)?, 0)),
+        Some((x, s)) => Ok((parse_u64(x, what)?, parse_seq(s, "uncertain transaction sequence")?)),
     }
-    let mut list = Vec::new();
-    for item in text.split(',') {
-        let x = parse_u64(item, "uncertain transaction id")?;
-        if x >= xid {
-            return Err(cursor_error("uncertain transactions must be below the transaction id"));
-        }
-        list.push(x);
-    }
-    if list.len() > 4 * MAX_LISTED_UNCERTAIN {
-        return Err(cursor_error("too many uncertain transactions"));
-    }
-    list.sort_unstable();
-    list.dedup();
-    Ok(Uncertain::List(list))
+}
+
+fn parse_seq(text: &str, what: &str) -> Result<i64, DecodeError> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|s| *s >= 0 && is_digits(text))
+        .ok_or_else(|| cursor_error(&format!("{what} is not a non-negative integer")))
 }
 
 fn parse_u64(text: &str, what: &str) -> Result<u64, DecodeError> {
@@ -184,23 +251,29 @@ fn cursor_error(message: &str) -> DecodeError {
 mod tests {
     use super::*;
 
+    fn c(text: &str) -> Cursor {
+        Cursor::parse(text).expect(text)
+    }
+
     #[test]
     fn text_form_round_trips() {
-        for c in [
+        for cursor in [
             Cursor::new(812, 10045, &[]),
             Cursor::new(812, 0, &[811, 799, 900, 799]),
             Cursor::new(10_000, 5, &(1..=100).collect::<Vec<_>>()),
         ] {
-            assert_eq!(Cursor::parse(&c.to_string()), Ok(c.clone()), "{c}");
+            assert_eq!(Cursor::parse(&cursor.to_string()), Ok(cursor.clone()), "{cursor}");
+        }
+        for text in ["812:3", "812:3:799", "812:3:700@5,799", "812:3:700-", "812:3:600,650@2,700@9-"] {
+            assert_eq!(c(text).to_string(), text);
         }
     }
 
     #[test]
     fn new_keeps_only_older_transactions_sorted() {
-        let c = Cursor::new(812, 3, &[900, 811, 799, 811]);
-        assert_eq!(c.to_string(), "812:3:799,811");
-        assert_eq!(c.uncertain_list(), &[799, 811]);
-        assert_eq!(c.uncertain_from(), None);
+        let cursor = Cursor::new(812, 3, &[900, 811, 799, 811]);
+        assert_eq!(cursor.to_string(), "812:3:799,811");
+        assert_eq!(cursor.range, None);
     }
 
     #[test]
@@ -212,32 +285,53 @@ mod tests {
 
     #[test]
     fn advancing_past_the_position_moves_it() {
-        let c = Cursor::parse("812:3:799").expect("cursor");
-        assert_eq!(c.advance(812, 4, true, 900, &[]).to_string(), "812:4");
-        assert_eq!(c.advance(850, 1, false, 900, &[799, 860]).to_string(), "850:1:799");
+        let cursor = c("812:3:799");
+        assert_eq!(cursor.advance(812, 4, true, 900, &[]).to_string(), "812:4");
+        assert_eq!(cursor.advance(850, 1, false, 900, &[799, 860]).to_string(), "850:1:799");
+        // Past the position, running transactions are listed however many there are.
+        let many: Vec<u64> = (800..900).collect();
+        let moved = cursor.advance(950, 1, false, 1000, &many);
+        assert_eq!(moved.behind.len(), 100);
+        assert_eq!(moved.range, None);
     }
 
     #[test]
-    fn replaying_an_uncertain_transaction_keeps_the_position() {
-        let c = Cursor::parse("812:3:700,799").expect("cursor");
+    fn a_cursor_stands_inside_a_listed_transaction() {
+        let cursor = c("812:3:700,799");
         // All of 700 delivered, 799 still to come: only 799 stays uncertain.
-        assert_eq!(c.advance(700, 9, false, 900, &[]).to_string(), "812:3:799");
-        // 700 has more rows after this one: it stays uncertain too.
-        assert_eq!(c.advance(700, 9, true, 900, &[]).to_string(), "812:3:700,799");
+        assert_eq!(cursor.advance(700, 9, false, 900, &[]).to_string(), "812:3:799");
+        // 700 has more rows after this one: the cursor stands at its row 9.
+        assert_eq!(cursor.advance(700, 9, true, 900, &[]).to_string(), "812:3:700@9,799");
+        assert_eq!(c("812:3:700@9,799").advance(700, 15, true, 900, &[]).to_string(), "812:3:700@15,799");
         // Everything delivered, one transaction still running.
-        assert_eq!(c.advance(799, 1, false, 900, &[805, 950]).to_string(), "812:3:805");
-        let r = Cursor::parse("812:3:700-").expect("cursor");
-        assert_eq!(r.advance(750, 1, false, 900, &[]).to_string(), "812:3:751-");
-        assert_eq!(r.advance(811, 1, false, 900, &[]).to_string(), "812:3");
-        assert_eq!(r.advance(811, 1, false, 900, &[720]).to_string(), "812:3:720-");
+        assert_eq!(cursor.advance(799, 1, false, 900, &[805, 950]).to_string(), "812:3:805");
     }
 
     #[test]
-    fn long_lists_become_a_range() {
-        let c = Cursor::new(1000, 1, &(500..600).collect::<Vec<_>>());
-        assert_eq!(c.to_string(), "1000:1:500-");
-        assert_eq!(c.uncertain_from(), Some(500));
-        assert!(c.uncertain_list().is_empty());
+    fn a_cursor_stands_inside_a_range() {
+        let range = c("812:3:700-");
+        assert_eq!(range.advance(750, 1, false, 900, &[]).to_string(), "812:3:750@1-");
+        assert_eq!(range.advance(750, 1, true, 900, &[]).to_string(), "812:3:750@1-");
+        assert_eq!(range.advance(811, 1, false, 900, &[]).to_string(), "812:3:811@1-");
+        // 720 still runs: it is listed, the range moves on past it.
+        assert_eq!(range.advance(760, 4, false, 900, &[720]).to_string(), "812:3:720,760@4-");
+        // A listed transaction of a cursor with a range keeps the range where it is.
+        let mixed = c("812:3:720,760@4-");
+        assert_eq!(mixed.advance(720, 2, true, 900, &[]).to_string(), "812:3:720@2,760@4-");
+        assert_eq!(mixed.advance(720, 2, false, 900, &[]).to_string(), "812:3:760@4-");
+    }
+
+    #[test]
+    fn parse_normalises_and_keeps_the_earliest_position() {
+        assert_eq!(c("812:3:799@5,700,799@2").to_string(), "812:3:700,799@2");
+    }
+
+    #[test]
+    fn long_lists_become_a_range_in_announcements() {
+        let cursor = Cursor::new(1000, 1, &(500..600).collect::<Vec<_>>());
+        assert_eq!(cursor.to_string(), "1000:1:500-");
+        assert_eq!(cursor.range, Some(Range { xid: 500, seq: 0 }));
+        assert!(cursor.behind.is_empty());
     }
 
     #[test]
@@ -251,6 +345,10 @@ mod tests {
             ("12:1:13", "below"),
             ("12:1:x", "uncertain transaction id"),
             ("12:1:12-", "below"),
+            ("12:1:5-,3", "last item"),
+            ("12:1:7,5-", "below the uncertain range"),
+            ("12:1:5@x", "uncertain transaction sequence"),
+            ("12:1:5@", "uncertain transaction sequence"),
             ("99999999999999999999999:1", "transaction id"),
             ("12:1:", "uncertain transaction id"),
         ] {

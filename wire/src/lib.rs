@@ -27,7 +27,8 @@
 //! - [`cursor`]: live cursors (where a reader of new rows stands) and their text form;
 //! - [`announce`]: NOTIFY payloads announcing new rows;
 //! - `batch`: planning one `ingest_batch` call (decode, de-duplicate, order);
-//! - `store`: [`StorePolicy`], whether a batch is inserted optimistically or with `ON CONFLICT`.
+//! - `store`: [`StorePolicy`], whether a batch is inserted optimistically or with `ON CONFLICT`;
+//! - `limits`: [`Limits`], the size and future-time limits set by the server.
 
 pub mod announce;
 mod attributes;
@@ -38,17 +39,19 @@ mod encode;
 mod error;
 mod fast;
 mod json;
+mod limits;
 mod number;
 mod store;
 mod timestamp;
 
-pub use announce::{announce_rows, announcements, NewRow, MAX_NOTIFY_PAYLOAD_BYTES};
+pub use announce::{announce_rows, announcements, summary, Detail, NewRow, MAX_NOTIFY_PAYLOAD_BYTES};
 pub use attributes::decode_b64;
-pub use batch::{BatchPlan, Outcome};
+pub use batch::{checked as decode_checked, BatchPlan, Outcome};
 pub use cursor::Cursor;
 pub use decode::{decode, decode_fast, decode_reference};
 pub use encode::{encode, encode_decoded, normalized_json};
 pub use error::{DecodeError, ErrorKind};
+pub use limits::{FutureLimit, Limits};
 pub use number::{js_number, MAX_SAFE_INTEGER};
 pub use store::{Insert, StorePolicy, MAX_OPTIMISTIC_PER_TRANSACTION, MIN_OPTIMISTIC_ROWS};
 pub use timestamp::format_timestamp;

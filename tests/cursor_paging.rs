@@ -1,0 +1,349 @@
+//! Paging with `trackway.positions_since` against real concurrent writers.
+//!
+//! Generated schedules (one seed each; `TRACKWAY_TEST_SEED` replays one) interleave four writer sessions —
+//! short and long transactions, commits and rollbacks, rows stored with `ingest_batch`, a plain `INSERT`
+//! that sets the cursor columns by hand, and `COPY` — with readers that take `current_cursor()` and page
+//! with page sizes from 1 up, sometimes keeping only part of a page before resuming. Afterwards more
+//! readers start from announced cursors. For every reader: paging to the end terminates, returns every row
+//! committed after its cursor was made and no row that was never committed.
+//! `wire/tests/cursor_paging.rs` checks the same rules on a model with thousands of schedules.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::SinkExt;
+use tokio_postgres::Client;
+use trackway_tests::{connect, fresh_database, Listener};
+use trackway_wire::format_timestamp;
+
+const WRITERS: usize = 4;
+const EVENTS: usize = 160;
+const SEEDS: usize = 8;
+/// 2026-11-27T00:00:00Z in Unix microseconds; row `n` of writer `w` is at this plus `n` seconds.
+const BASE_MICROS: i64 = 1_795_737_600_000_000;
+
+/// A row: writer (device `w<writer>`) and its number.
+type Key = (usize, i64);
+
+fn device(w: usize) -> String {
+    format!("w{w}")
+}
+
+fn timestamp(n: i64) -> String {
+    format_timestamp(BASE_MICROS + n * 1_000_000)
+}
+
+/// A writer session and its open transaction.
+struct Writer {
+    client: Client,
+    /// The transaction's label (index in `Schedule::txns`) while one is open.
+    open: Option<usize>,
+    /// Rows written so far by this writer (numbers are never reused, also after a rollback).
+    next_row: i64,
+}
+
+/// What happened to one transaction.
+#[derive(Default)]
+struct Txn {
+    rows: Vec<Key>,
+    /// Event at which it committed; `None` while open or when rolled back.
+    committed_at: Option<usize>,
+    /// Event at which each row was inserted.
+    inserted_at: HashMap<Key, usize>,
+}
+
+/// A reader: its cursor, page size, and what it must and did receive.
+struct Reader {
+    cursor: String,
+    page: i32,
+    /// Event at which the cursor was made.
+    made_at: usize,
+    /// For a cursor from an announcement: the announced row's transaction and sequence.
+    own: Option<(usize, i64)>,
+    received: HashSet<Key>,
+}
+
+struct Schedule {
+    seed: u64,
+    rng: fastrand::Rng,
+    db: String,
+    writers: Vec<Writer>,
+    reader_client: Client,
+    txns: Vec<Txn>,
+    readers: Vec<Reader>,
+    key_txn: HashMap<Key, usize>,
+}
+
+impl Schedule {
+    async fn new(seed: u64, index: usize) -> Schedule {
+        let db = fresh_database(&format!("paging_{index}")).await;
+        let mut writers = Vec::new();
+        for _ in 0..WRITERS {
+            writers.push(Writer { client: connect(&db).await, open: None, next_row: 0 });
+        }
+        let reader_client = connect(&db).await;
+        Schedule {
+            seed,
+            rng: fastrand::Rng::with_seed(seed),
+            db,
+            writers,
+            reader_client,
+            txns: Vec::new(),
+            readers: Vec::new(),
+            key_txn: HashMap::new(),
+        }
+    }
+
+    async fn step(&mut self, event: usize) {
+        let w = self.rng.usize(..WRITERS);
+        match self.rng.u8(..10) {
+            0 | 1 if self.writers[w].open.is_none() => {
+                self.writers[w].client.batch_execute("BEGIN").await.expect("BEGIN");
+                self.txns.push(Txn::default());
+                self.writers[w].open = Some(self.txns.len() - 1);
+            }
+            2..=4 if self.writers[w].open.is_some() => {
+                let n = if self.rng.u8(..5) == 0 { self.rng.i64(20..70) } else { self.rng.i64(1..4) };
+                self.insert(w, n, event).await;
+            }
+            5 | 6 if self.writers[w].open.is_some() => {
+                let txn = self.writers[w].open.take().expect("open");
+                if self.rng.u8(..5) == 0 {
+                    self.writers[w].client.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+                } else {
+                    self.writers[w].client.batch_execute("COMMIT").await.expect("COMMIT");
+                    self.txns[txn].committed_at = Some(event);
+                }
+            }
+            7 => {
+                let cursor: String = self
+                    .reader_client
+                    .query_one("SELECT trackway.current_cursor()", &[])
+                    .await
+                    .expect("current_cursor")
+                    .get(0);
+                let page = self.page_size();
+                self.readers.push(Reader { cursor, page, made_at: event, own: None, received: HashSet::new() });
+            }
+            _ => {
+                for r in 0..self.readers.len() {
+                    if self.rng.bool() {
+                        self.page(r).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn page_size(&mut self) -> i32 {
+        if self.rng.bool() {
+            self.rng.i32(1..4)
+        } else {
+            self.rng.i32(4..40)
+        }
+    }
+
+    /// Inserts `n` rows for writer `w` in its open transaction, by a route chosen at random.
+    async fn insert(&mut self, w: usize, n: i64, event: usize) {
+        let txn = self.writers[w].open.expect("open");
+        let first = self.writers[w].next_row;
+        self.writers[w].next_row += n;
+        let keys: Vec<Key> = (first..first + n).map(|i| (w, i)).collect();
+        let client = &self.writers[w].client;
+        match self.rng.u8(..3) {
+            0 => {
+                let payloads: Vec<String> = keys
+                    .iter()
+                    .map(|&(w, i)| {
+                        format!(
+                            r#"{{"deviceId":"{}","timestamp":"{}","latitude":54.5,"longitude":25.25}}"#,
+                            device(w),
+                            timestamp(i)
+                        )
+                    })
+                    .collect();
+                let rows = client
+                    .query("SELECT status FROM trackway.ingest_batch($1::text[])", &[&payloads])
+                    .await
+                    .expect("ingest_batch");
+                assert!(rows.iter().all(|r| r.get::<_, &str>(0) == "inserted"), "seed {}", self.seed);
+            }
+            1 => {
+                // A plain INSERT that tries to set the cursor columns itself: the database must not let it.
+                for &(w, i) in &keys {
+                    client
+                        .execute(
+                            "INSERT INTO trackway.positions
+                                 (device_id, ts, latitude, longitude, ingest_xid, ingest_seq, ingested_at)
+                             VALUES ($1, $2::text::timestamptz, 54.5, 25.25, '3', 1, '2000-01-01')",
+                            &[&device(w), &timestamp(i)],
+                        )
+                        .await
+                        .expect("INSERT");
+                }
+            }
+            _ => {
+                let sink = client
+                    .copy_in("COPY trackway.positions (device_id, ts, latitude, longitude, ingest_xid) FROM STDIN")
+                    .await
+                    .expect("COPY");
+                futures_util::pin_mut!(sink);
+                let text: String =
+                    keys.iter().map(|&(w, i)| format!("{}\t{}\t54.5\t25.25\t5\n", device(w), timestamp(i))).collect();
+                sink.send(bytes::Bytes::from(text)).await.expect("send");
+                sink.finish().await.expect("finish COPY");
+            }
+        }
+        for key in keys {
+            self.txns[txn].rows.push(key);
+            self.txns[txn].inserted_at.insert(key, event);
+            self.key_txn.insert(key, txn);
+        }
+    }
+
+    /// One page for reader `r`; the number of rows it kept (0 at the end).
+    async fn page(&mut self, r: usize) -> usize {
+        let reader = &self.readers[r];
+        let rows = self
+            .reader_client
+            .query(
+                "SELECT cursor, device_id, extract(epoch FROM ts)::int8 FROM trackway.positions_since($1, NULL, $2)",
+                &[&reader.cursor, &reader.page],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("seed {}: positions_since({}): {e:?}", self.seed, reader.cursor));
+        if rows.is_empty() {
+            return 0;
+        }
+        // Sometimes the client only used part of the page before it resumed.
+        let keep = if self.rng.u8(..3) == 0 { self.rng.usize(1..=rows.len()) } else { rows.len() };
+        let reader = &mut self.readers[r];
+        for row in &rows[..keep] {
+            let device: &str = row.get(1);
+            let w: usize = device[1..].parse().expect("writer");
+            reader.received.insert((w, key_number(row.get(2))));
+        }
+        reader.cursor = rows[keep - 1].get(0);
+        keep
+    }
+
+    /// Closes open transactions, adds readers from announced cursors, pages every reader to the end and
+    /// checks what each received.
+    async fn finish(&mut self, listener: &mut Listener, event: usize) {
+        for w in 0..WRITERS {
+            if let Some(txn) = self.writers[w].open.take() {
+                self.writers[w].client.batch_execute("COMMIT").await.expect("COMMIT");
+                self.txns[txn].committed_at = Some(event);
+            }
+        }
+        let seqs = self.sequences().await;
+        let entries = listener.entries(std::time::Duration::from_millis(300)).await;
+        assert!(!entries.is_empty() || self.txns.iter().all(|t| t.committed_at.is_none() || t.rows.is_empty()));
+        for _ in 0..8.min(entries.len()) {
+            let e = &entries[self.rng.usize(..entries.len())];
+            let position = &e["position"];
+            let device = position["deviceId"].as_str().expect("deviceId");
+            let key =
+                (device[1..].parse().expect("writer"), key_number_iso(position["timestamp"].as_str().expect("ts")));
+            let txn = self.key_txn[&key];
+            let page = self.page_size();
+            self.readers.push(Reader {
+                cursor: e["cursor"].as_str().expect("cursor").to_owned(),
+                page,
+                made_at: self.txns[txn].inserted_at[&key],
+                own: Some((txn, seqs[&key])),
+                received: HashSet::new(),
+            });
+        }
+        let total: usize = self.txns.iter().map(|t| t.rows.len()).sum();
+        for r in 0..self.readers.len() {
+            let mut pages = 0;
+            while self.page(r).await > 0 {
+                pages += 1;
+                assert!(
+                    pages <= total + 2,
+                    "seed {}: paging from a cursor did not end (now at {})",
+                    self.seed,
+                    self.readers[r].cursor
+                );
+            }
+            self.check(r, &seqs);
+        }
+    }
+
+    /// `ingest_seq` of every stored row.
+    async fn sequences(&self) -> HashMap<Key, i64> {
+        let client = connect(&self.db).await;
+        let rows = client
+            .query("SELECT device_id, extract(epoch FROM ts)::int8, ingest_seq FROM trackway.positions", &[])
+            .await
+            .expect("rows");
+        rows.iter()
+            .map(|row| {
+                let device: &str = row.get(0);
+                ((device[1..].parse().expect("writer"), key_number(row.get(1))), row.get(2))
+            })
+            .collect()
+    }
+
+    fn check(&self, r: usize, seqs: &HashMap<Key, i64>) {
+        let reader = &self.readers[r];
+        for key in &reader.received {
+            let txn = self.key_txn[key];
+            assert!(
+                self.txns[txn].committed_at.is_some(),
+                "seed {}: delivered a row never committed: {key:?}",
+                self.seed
+            );
+        }
+        for (label, txn) in self.txns.iter().enumerate() {
+            let Some(committed_at) = txn.committed_at else { continue };
+            for key in &txn.rows {
+                let required = match reader.own {
+                    Some((own, seq)) if own == label => seqs[key] > seq,
+                    _ => committed_at > reader.made_at,
+                };
+                assert!(
+                    !required || reader.received.contains(key),
+                    "seed {}: reader from event {} (page {}) missed row {key:?} of a transaction committed at {committed_at}; cursor now {}",
+                    self.seed,
+                    reader.made_at,
+                    reader.page,
+                    reader.cursor
+                );
+            }
+        }
+    }
+}
+
+/// The row number of a time in Unix seconds.
+fn key_number(epoch_seconds: i64) -> i64 {
+    epoch_seconds - BASE_MICROS / 1_000_000
+}
+
+/// The row number of a wire timestamp (`2026-11-27T00:00:07.000Z`).
+fn key_number_iso(text: &str) -> i64 {
+    let time = text.get(11..19).expect("hh:mm:ss");
+    let day: i64 = text.get(8..10).expect("day").parse().expect("day");
+    let parts: Vec<i64> = time.split(':').map(|p| p.parse().expect("number")).collect();
+    (day - 27) * 86_400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_from_any_cursor_ends_and_misses_no_committed_row() {
+    let seeds: Vec<u64> = match std::env::var("TRACKWAY_TEST_SEED") {
+        Ok(seed) => vec![seed.parse().expect("TRACKWAY_TEST_SEED")],
+        Err(_) => (0..SEEDS).map(|_| fastrand::u64(..)).collect(),
+    };
+    for (index, &seed) in seeds.iter().enumerate() {
+        eprintln!("cursor paging: seed {seed} (TRACKWAY_TEST_SEED={seed} replays it)");
+        let mut schedule = Schedule::new(seed, index).await;
+        let mut listener = Listener::start(&schedule.db).await;
+        for event in 0..EVENTS {
+            schedule.step(event).await;
+        }
+        schedule.finish(&mut listener, EVENTS).await;
+        let readers = schedule.readers.len();
+        let received: usize = schedule.readers.iter().map(|r| r.received.len()).sum();
+        eprintln!("cursor paging: seed {seed}: {readers} readers, {received} rows received, all checked");
+    }
+}
