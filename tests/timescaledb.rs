@@ -123,3 +123,81 @@ async fn make_hypertable_converts_an_existing_table_with_its_rows() {
     let statuses = ingest_samples(&client).await;
     assert!(statuses.iter().all(|s| s == "duplicate"), "uniqueness holds on the hypertable: {statuses:?}");
 }
+
+/// On the hypertable too, the database assigns the cursor columns of a plain INSERT and COPY (row trigger on
+/// the chunks), refuses a time too far ahead, and a bulk statement sends one summary.
+#[tokio::test]
+async fn the_row_trigger_and_summaries_work_on_the_hypertable() {
+    if !timescaledb_installed() {
+        return;
+    }
+    let pg = cluster();
+    let admin = connect_to(&pg.server(), "postgres").await;
+    admin.batch_execute("CREATE DATABASE tsdb_rows").await.expect("create database");
+    let client = connect_to(&pg.server(), "tsdb_rows").await;
+    client.batch_execute("CREATE EXTENSION timescaledb; CREATE EXTENSION trackway").await.expect("extensions");
+    assert!(is_hypertable(&client).await);
+    client
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude, ingest_xid, ingest_seq)
+             VALUES ('h', '2026-11-28T00:00:00Z', 54.7, 25.3, '3', 1)",
+        )
+        .await
+        .expect("plain insert");
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM trackway.positions WHERE ingest_xid = '3' OR ingest_seq = 1").await,
+        0,
+        "cursor columns set by hand on a chunk"
+    );
+    let error = client
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude) VALUES ('h', now() + interval '3 days', 1, 2)",
+        )
+        .await
+        .expect_err("a future time is refused on the hypertable");
+    assert!(error.as_db_error().expect("server error").message().starts_with("timestamp: "), "{error:?}");
+
+    let mut listener = Listener::start_on(&pg.server(), "tsdb_rows").await;
+    client.batch_execute("SET trackway.announce_max_rows = 10").await.expect("set");
+    client
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude)
+             SELECT 'b', timestamptz '2026-11-20 00:00:00+00' + g * interval '1 hour', 1, 2 FROM generate_series(1, 300) g",
+        )
+        .await
+        .expect("bulk insert over several chunks");
+    let raw = listener.drain(Duration::from_millis(500)).await;
+    assert_eq!(raw.len(), 1, "one summary: {raw:?}");
+    assert!(raw[0].contains(r#""omitted":{"rows":300,"reason":"bulk""#), "{}", raw[0]);
+}
+
+/// TimescaleDB usually lives in `public`; a function of the same name planted there (which a more specific
+/// signature would make PostgreSQL prefer) must never run in its place.
+#[tokio::test]
+async fn make_hypertable_refuses_planted_overloads() {
+    if !timescaledb_installed() {
+        return;
+    }
+    let pg = cluster();
+    let db = fresh_database_on(&pg.server(), "planted").await;
+    let client = connect_to(&pg.server(), &db).await;
+    client
+        .batch_execute(
+            "CREATE EXTENSION timescaledb;
+             CREATE TABLE planted_ran (at timestamptz);
+             CREATE FUNCTION public.by_range(column_name name, partition_interval interval, partition_func regproc DEFAULT NULL)
+                 RETURNS _timescaledb_internal.dimension_info LANGUAGE plpgsql
+                 AS $$ BEGIN INSERT INTO planted_ran VALUES (now()); RETURN NULL; END $$;",
+        )
+        .await
+        .expect("plant");
+    let error = client.batch_execute("SELECT trackway.make_hypertable()").await.expect_err("refused");
+    let db_error = error.as_db_error().expect("server error");
+    assert_eq!(db_error.code().code(), "42501", "{db_error:?}");
+    assert!(db_error.message().contains("by_range"), "{}", db_error.message());
+    assert_eq!(count(&client, "SELECT count(*) FROM planted_ran").await, 0);
+    assert!(!is_hypertable(&client).await);
+    client.batch_execute("DROP FUNCTION public.by_range(name, interval, regproc)").await.expect("drop");
+    client.batch_execute("SELECT trackway.make_hypertable()").await.expect("make_hypertable");
+    assert!(is_hypertable(&client).await);
+}
