@@ -140,12 +140,12 @@ async fn the_row_trigger_and_summaries_work_on_the_hypertable() {
     client
         .batch_execute(
             "INSERT INTO trackway.positions (device_id, ts, latitude, longitude, ingest_xid, ingest_seq)
-             VALUES ('h', '2026-11-28T00:00:00Z', 54.7, 25.3, '3', 1)",
+             VALUES ('h', '2026-11-28T00:00:00Z', 54.7, 25.3, '3', 999)",
         )
         .await
         .expect("plain insert");
     assert_eq!(
-        count(&client, "SELECT count(*) FROM trackway.positions WHERE ingest_xid = '3' OR ingest_seq = 1").await,
+        count(&client, "SELECT count(*) FROM trackway.positions WHERE ingest_xid = '3' OR ingest_seq = 999").await,
         0,
         "cursor columns set by hand on a chunk"
     );
@@ -162,7 +162,7 @@ async fn the_row_trigger_and_summaries_work_on_the_hypertable() {
     client
         .batch_execute(
             "INSERT INTO trackway.positions (device_id, ts, latitude, longitude)
-             SELECT 'b', timestamptz '2026-11-20 00:00:00+00' + g * interval '1 hour', 1, 2 FROM generate_series(1, 300) g",
+             SELECT 'b', timestamptz '2026-11-10 00:00:00+00' + g * interval '1 hour', 1, 2 FROM generate_series(1, 300) g",
         )
         .await
         .expect("bulk insert over several chunks");
@@ -187,7 +187,13 @@ async fn make_hypertable_refuses_planted_overloads() {
              CREATE TABLE planted_ran (at timestamptz);
              CREATE FUNCTION public.by_range(column_name name, partition_interval interval, partition_func regproc DEFAULT NULL)
                  RETURNS _timescaledb_internal.dimension_info LANGUAGE plpgsql
-                 AS $$ BEGIN INSERT INTO planted_ran VALUES (now()); RETURN NULL; END $$;",
+                 AS $$ BEGIN INSERT INTO planted_ran VALUES (now()); RETURN NULL; END $$;
+             -- More specific than TimescaleDB's (chunk_time_interval anyelement): a call with named
+             -- arguments would pick it.
+             CREATE FUNCTION public.create_hypertable(relation regclass, time_column_name name,
+                     chunk_time_interval interval, if_not_exists boolean, migrate_data boolean)
+                 RETURNS void LANGUAGE plpgsql
+                 AS $$ BEGIN INSERT INTO planted_ran VALUES (now()); END $$;",
         )
         .await
         .expect("plant");
@@ -195,9 +201,26 @@ async fn make_hypertable_refuses_planted_overloads() {
     let db_error = error.as_db_error().expect("server error");
     assert_eq!(db_error.code().code(), "42501", "{db_error:?}");
     assert!(db_error.message().contains("by_range"), "{}", db_error.message());
+    assert!(db_error.message().contains("create_hypertable"), "{}", db_error.message());
     assert_eq!(count(&client, "SELECT count(*) FROM planted_ran").await, 0);
     assert!(!is_hypertable(&client).await);
-    client.batch_execute("DROP FUNCTION public.by_range(name, interval, regproc)").await.expect("drop");
+    // The threat is real: the call make_hypertable used to make (named arguments, untyped interval) runs
+    // the planted function.
+    client
+        .batch_execute(
+            "SELECT public.create_hypertable('trackway.positions'::regclass, 'ts'::name,
+                 chunk_time_interval => interval '1 day', if_not_exists => true, migrate_data => true)",
+        )
+        .await
+        .expect("old-style call");
+    assert_eq!(count(&client, "SELECT count(*) FROM planted_ran").await, 1, "the planted overload wins");
+    client
+        .batch_execute(
+            "DROP FUNCTION public.by_range(name, interval, regproc);
+             DROP FUNCTION public.create_hypertable(regclass, name, interval, boolean, boolean)",
+        )
+        .await
+        .expect("drop");
     client.batch_execute("SELECT trackway.make_hypertable()").await.expect("make_hypertable");
     assert!(is_hypertable(&client).await);
 }
