@@ -22,6 +22,12 @@ pub struct Run {
     pub elapsed: Duration,
 }
 
+impl AsRef<Run> for Run {
+    fn as_ref(&self) -> &Run {
+        self
+    }
+}
+
 /// Route a: the extension. Returns how many payloads it reported `inserted`.
 pub async fn ingest_batch(client: &Client, batches: &[Vec<&str>]) -> Result<Run> {
     let statement = client
@@ -189,6 +195,131 @@ pub async fn plain_sql(client: &Client, table: &str, variant: &SqlVariant, input
     Ok(Run { rows, elapsed: start.elapsed() })
 }
 
+/// The extraction the same-work route uses: the fastest of [`SQL_VARIANTS`] in the recorded runs
+/// (README "Benchmarks": 56,004 rows/s against 50,086–52,620 for the other three).
+pub const SAME_WORK_VARIANT: &SqlVariant = &SQL_VARIANTS[0];
+
+/// Where the same-work route stores: copies of `trackway.positions` and `trackway.latest_positions`.
+pub const SAME_WORK_POSITIONS: &str = "bench.same_work_positions";
+pub const SAME_WORK_LATEST: &str = "bench.same_work_latest";
+
+/// The channel the same-work route notifies: nobody listens, queueing the payloads is the cost measured.
+pub const SAME_WORK_CHANNEL: &str = "trackway_bench";
+
+/// NOTIFY payloads must stay below 8,000 bytes; `ingest_batch` packs up to 7,900 (`MAX_NOTIFY_PAYLOAD_BYTES`).
+pub const SAME_WORK_MAX_PAYLOAD_BYTES: i32 = 7_900;
+
+/// Route d, plain SQL doing `ingest_batch`'s work in one statement per batch: the INSERT with the conflict
+/// check, the upsert of the newest inserted row per device into the latest table (in device order, only
+/// when newer), and the announcement of every inserted row — an entry `{"cursor":"<xid>:<seq>",
+/// "position":{<the ten columns under their wire names>}}` — packed in insert order into payloads of
+/// `{"positions":[…]}` of at most [`SAME_WORK_MAX_PAYLOAD_BYTES`], one `pg_notify` each.
+///
+/// Entries are made with `row_to_json`, which writes no blanks (`json_build_object` writes `" : "` and
+/// `", "`: 10 % more bytes and, measured on 1,000 rows, 30 % more time), so the route queues about as many
+/// bytes as `ingest_batch` (≈ 330 kB per 1,000 rows of this workload).
+///
+/// Packing: entry `i` goes to payload `(end_i - 1) / (room - longest)`, where `end_i` is the running sum of
+/// the entry lengths plus separators and `room` the payload limit less the `{"positions":[` … `]}` wrapper;
+/// a payload then holds at most `room - longest + its first entry` ≤ `room` bytes, so it always fits, and is
+/// filled almost as well as `ingest_batch`'s greedy packing when entries are small (here ≈ 330 bytes: 45
+/// payloads per 1,000 rows, where `ingest_batch` sent 42 in a check with `LISTEN`).
+///
+/// Returns one row: rows inserted, rows announced, payloads sent, payload bytes.
+pub fn same_work_sql(variant: &SqlVariant) -> String {
+    format!(
+        "\
+WITH new_rows AS (
+    INSERT INTO {SAME_WORK_POSITIONS} ({COLUMNS})
+    {select}
+    ON CONFLICT (device_id, ts) DO NOTHING
+    RETURNING *
+), latest AS (
+    INSERT INTO {SAME_WORK_LATEST} AS l
+        (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes,
+         ingested_at, ingest_xid, ingest_seq)
+    SELECT device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes,
+           ingested_at, ingest_xid, ingest_seq
+    FROM (SELECT DISTINCT ON (device_id) * FROM new_rows ORDER BY device_id, ts DESC) AS newest
+    ORDER BY device_id
+    ON CONFLICT (device_id) DO UPDATE
+        SET ts = excluded.ts, latitude = excluded.latitude, longitude = excluded.longitude,
+            altitude = excluded.altitude, angle = excluded.angle, speed = excluded.speed,
+            satellites = excluded.satellites, priority = excluded.priority, attributes = excluded.attributes,
+            ingested_at = excluded.ingested_at, ingest_xid = excluded.ingest_xid, ingest_seq = excluded.ingest_seq
+        WHERE l.ts < excluded.ts
+), entries AS (
+    SELECT ingest_xid, ingest_seq, entry, octet_length(entry) AS bytes
+    FROM (
+        SELECT n.ingest_xid, n.ingest_seq, row_to_json(e)::text
+        FROM new_rows n,
+             LATERAL (SELECT n.ingest_xid || ':' || n.ingest_seq AS cursor, p AS position
+                      FROM (SELECT n.device_id AS \"deviceId\", n.ts AS \"timestamp\", n.latitude, n.longitude,
+                                   n.altitude, n.angle, n.speed, n.satellites, n.priority, n.attributes) AS p) AS e
+    ) AS d(ingest_xid, ingest_seq, entry)
+), packed AS (
+    SELECT ingest_xid, ingest_seq, entry, bytes,
+           (sum(bytes + 1) OVER (ORDER BY ingest_xid, ingest_seq) - 1)
+               / greatest({room} - max(bytes) OVER (), 1) AS payload_no
+    FROM entries
+), payloads AS (
+    SELECT '{{\"positions\":[' || string_agg(entry, ',' ORDER BY ingest_xid, ingest_seq) || ']}}' AS payload,
+           count(*) AS entries
+    FROM packed
+    GROUP BY payload_no
+), sent AS (
+    SELECT entries, octet_length(payload) AS bytes, pg_notify('{SAME_WORK_CHANNEL}', payload) AS notified
+    FROM payloads
+)
+SELECT (SELECT count(*) FROM new_rows),
+       (SELECT coalesce(sum(entries), 0)::bigint FROM sent),
+       (SELECT count(notified) FROM sent),
+       (SELECT coalesce(sum(bytes), 0)::bigint FROM sent)",
+        select = variant.select,
+        room = SAME_WORK_MAX_PAYLOAD_BYTES - 16,
+    )
+}
+
+/// What a same-work run did besides storing rows.
+pub struct SameWorkRun {
+    pub run: Run,
+    /// Rows carried by the NOTIFY payloads (must equal the rows inserted).
+    pub announced: u64,
+    pub notifies: u64,
+    pub notify_bytes: u64,
+}
+
+impl AsRef<Run> for SameWorkRun {
+    fn as_ref(&self) -> &Run {
+        &self.run
+    }
+}
+
+/// Route d: [`same_work_sql`], one batch per statement.
+pub async fn same_work(client: &Client, variant: &SqlVariant, inputs: &SqlInputs<'_>) -> Result<SameWorkRun> {
+    let sql = same_work_sql(variant);
+    let statement = client.prepare(&sql).await.with_context(|| format!("preparing {sql}"))?;
+    let batches = match variant.param {
+        Param::JsonArray => inputs.json_arrays.len(),
+        Param::TextArray => inputs.text_arrays.len(),
+    };
+    let start = Instant::now();
+    let mut totals = [0u64; 4];
+    for i in 0..batches {
+        let result = match variant.param {
+            Param::JsonArray => client.query_one(&statement, &[&inputs.json_arrays[i]]).await,
+            Param::TextArray => client.query_one(&statement, &[&inputs.text_arrays[i]]).await,
+        };
+        let row = result.with_context(|| format!("plain SQL, same work, batch {}", i + 1))?;
+        for (k, total) in totals.iter_mut().enumerate() {
+            *total += u64::try_from(row.try_get::<_, i64>(k)?).unwrap_or(0);
+        }
+    }
+    let elapsed = start.elapsed();
+    let [rows, announced, notifies, notify_bytes] = totals;
+    Ok(SameWorkRun { run: Run { rows, elapsed }, announced, notifies, notify_bytes })
+}
+
 /// Fails unless a run stored exactly `expected` rows.
 pub fn expect_rows(route: &str, run: &Run, expected: u64) -> Result<()> {
     if run.rows != expected {
@@ -207,5 +338,17 @@ mod tests {
         let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_ref()).collect();
         assert_eq!(chunks, [&b"a\nb\n"[..], b"c\nd\n", b"e\n"]);
         assert!(chunk_lines(b"", 2).is_empty());
+    }
+
+    #[test]
+    fn same_work_statement_uses_the_variant_and_wraps_payloads_like_ingest_batch() {
+        let sql = same_work_sql(SAME_WORK_VARIANT);
+        assert!(sql.contains(SAME_WORK_VARIANT.select));
+        assert!(sql.contains(r#"'{"positions":[' || string_agg(entry, ','"#), "{sql}");
+        assert!(sql.contains(r#"|| ']}' AS payload"#), "{sql}");
+        assert!(sql.contains("pg_notify('trackway_bench', payload)"), "{sql}");
+        // Room for entries: the payload limit less the 16 bytes of `{"positions":[` and `]}`.
+        assert_eq!(r#"{"positions":[]}"#.len(), 16);
+        assert!(sql.contains("greatest(7884 - max(bytes) OVER (), 1)"), "{sql}");
     }
 }
