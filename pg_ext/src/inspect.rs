@@ -51,6 +51,7 @@ fn wire_text(
 /// The parts of a cursor: its transaction and sequence, the transactions behind it with the last sequence
 /// delivered of each, and the uncertain range's start (NULLs when it has none). Raises a clear error for a
 /// malformed cursor.
+#[allow(clippy::type_complexity)] // pgrx reads the column names from the written-out tuple type
 #[pg_extern(immutable, strict, parallel_safe, name = "_cursor_parts")]
 #[search_path(pg_catalog, @extschema@, pg_temp)]
 fn cursor_parts(
