@@ -8,7 +8,9 @@ use trackway_tests::{
     relay::{
         http_get, metric, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads, InProcess,
     },
-    server, shared_data,
+    server,
+    servers::RedisServer,
+    shared_data,
 };
 
 /// Flags for an in-process relay on database `db` and stream `stream`.
@@ -244,4 +246,20 @@ async fn two_relays_share_a_stream_and_each_entry_is_handled_once() {
     assert_eq!(duplicates, 0.0);
     a.stop().await.expect("clean stop");
     b.stop().await.expect("clean stop");
+}
+
+/// The harness reads long streams in pages: on a private Redis whose clients may not be sent more than 1 MB
+/// at once, a 3 MB stream is read whole (one XRANGE of everything would make the server close the
+/// connection; the crash test's 50,000 entries once timed out that way).
+#[tokio::test]
+async fn read_all_pages_through_a_stream_larger_than_one_reply_may_be() {
+    let server = RedisServer::start_with(&["--client-output-buffer-limit", "normal 1mb 1mb 0"]);
+    let mut conn = redis(&server.url()).await;
+    let payloads: Vec<String> = (0..12_000).map(|i| format!("{i:0>240}")).collect();
+    let ids = xadd_payloads(&mut conn, "long", &payloads).await;
+    let all = read_all(&mut conn, "long").await;
+    assert_eq!(all.len(), payloads.len());
+    for ((id, fields), (want_id, payload)) in all.iter().zip(ids.iter().zip(&payloads)) {
+        assert_eq!((id, fields.get("payload")), (want_id, Some(payload)));
+    }
 }

@@ -87,21 +87,31 @@ pub async fn wait_drained(conn: &mut MultiplexedConnection, stream: &str, group:
     }
 }
 
-/// Every entry of a stream as `(id, fields)`.
+/// Entries per XRANGE page of [`read_all`]: one reply stays small however long the stream is.
+pub const PAGE: usize = 1000;
+
+/// Every entry of a stream as `(id, fields)`, read in pages of [`PAGE`] entries (each page starts after the
+/// last id of the previous one), so a long stream never needs one huge reply within a client timeout.
 pub async fn read_all(conn: &mut MultiplexedConnection, stream: &str) -> Vec<(String, HashMap<String, String>)> {
-    let reply: redis::streams::StreamRangeReply = conn.xrange_all(stream).await.expect("XRANGE");
-    reply
-        .ids
-        .into_iter()
-        .map(|e| {
+    let mut out = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let reply: redis::streams::StreamRangeReply =
+            conn.xrange_count(stream, &start, "+", PAGE).await.unwrap_or_else(|e| panic!("XRANGE {stream}: {e}"));
+        let page = reply.ids.len();
+        for e in reply.ids {
             let fields = e
                 .map
                 .iter()
                 .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap_or_default()))
                 .collect();
-            (e.id, fields)
-        })
-        .collect()
+            start = format!("({}", e.id);
+            out.push((e.id, fields));
+        }
+        if page < PAGE {
+            return out;
+        }
+    }
 }
 
 /// A relay running inside the test process, its admin server on a port-0 listener.
