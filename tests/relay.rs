@@ -263,3 +263,45 @@ async fn read_all_pages_through_a_stream_larger_than_one_reply_may_be() {
         assert_eq!((id, fields.get("payload")), (want_id, Some(payload)));
     }
 }
+
+/// Waits up to 30 s until `/metrics` of `relay` shows `sample` at least `at_least`; returns the text.
+async fn wait_metric(relay: &InProcess, sample: &str, at_least: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http_get(relay.admin, "/metrics").await.1;
+        if metric(&text, sample) >= at_least {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sample} never reached {at_least}: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A dead letter is written before its entry is acknowledged: while the dead-letter key cannot take it
+/// (it holds a string: XADD fails with WRONGTYPE) the entry stays pending and the settle call is retried;
+/// once the key is removed the entry is dead-lettered exactly once.
+#[tokio::test]
+async fn an_entry_whose_dead_letter_cannot_be_written_stays_pending_until_it_can() {
+    let db = fresh_database("relay_dead_write").await;
+    let stream = unique("deadwrite");
+    let dead_key = format!("{stream}:dead");
+    let mut conn = redis(&redis_url()).await;
+    let _: () = redis::cmd("SET").arg(&dead_key).arg("not a stream").query_async(&mut conn).await.expect("SET");
+    let bad = r#"{"deviceId":"dw","timestamp":"2026-11-28T00:00:00Z","latitude":91.5,"longitude":25}"#.to_owned();
+    let id = xadd_payloads(&mut conn, &stream, &[bad]).await.remove(0);
+    let relay = start(&db, &stream, &[]).await;
+
+    wait_metric(&relay, "trackway_relay_settle_failures_total", 2.0).await;
+    let state = trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await;
+    assert_eq!(state, Some((1, Some(0))), "the entry must stay pending while its dead letter cannot be written");
+
+    let _: () = redis::cmd("DEL").arg(&dead_key).query_async(&mut conn).await.expect("DEL");
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    let dead = read_all(&mut conn, &dead_key).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0].1["trackway.source_id"], id);
+    assert_eq!(dead[0].1["trackway.reason"], "invalid");
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 1.0, "{text}");
+    relay.stop().await.expect("clean stop");
+}

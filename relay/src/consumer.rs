@@ -466,6 +466,7 @@ impl Settler {
                     return;
                 }
                 Err(e) => {
+                    self.metrics.settle_failures.inc();
                     self.redis.failed(&e);
                     if !self.backoff.wait(shutdown).await {
                         tracing::info!("shutdown while Redis is unavailable; handled entries stay pending");

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub acks: IntCounter,
     /// Entries taken over from other consumers (XAUTOCLAIM).
     pub reclaimed: IntCounter,
+    /// Settle calls (acknowledgements and dead letters) that Redis refused or that failed; each is retried
+    /// and its entries stay pending until one succeeds.
+    pub settle_failures: IntCounter,
     /// Entries of the stream not yet delivered to the group (sampled from XINFO GROUPS).
     pub group_lag: IntGauge,
     /// Entries delivered to the group and not yet acknowledged (sampled).
@@ -59,6 +62,8 @@ impl Metrics {
         };
         let acks = counter("trackway_relay_acks_total", "Stream entries acknowledged.");
         let reclaimed = counter("trackway_relay_reclaimed_total", "Entries claimed from other consumers.");
+        let settle_failures =
+            counter("trackway_relay_settle_failures_total", "Failed settle calls (retried; entries stay pending).");
         let gauge = |name: &str, help: &str| {
             let m = IntGauge::new(name, help).expect("valid metric");
             registry.register(Box::new(m.clone())).expect("unique metric");
@@ -98,6 +103,7 @@ impl Metrics {
             dead_letters,
             acks,
             reclaimed,
+            settle_failures,
             group_lag,
             group_pending,
             ingest_seconds,

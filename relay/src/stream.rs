@@ -15,9 +15,14 @@ const REPLY_MARGIN: Duration = Duration::from_secs(5);
 const MAX_DEAD_LETTER_FIELDS: usize = 1000;
 
 /// Acknowledges a batch in one atomic step: XACK for the stored entries, and for each dead letter an
-/// XADD to the dead-letter stream together with its XACK. A dead letter is written only if its entry was
-/// still pending (XACK returned 1), so two relays that both handled an entry (one of them after claiming
-/// it) write one dead letter, not two, and a crash can never leave one written but unacknowledged.
+/// XADD to the dead-letter stream followed by its XACK. A dead letter is written only if its entry is
+/// still pending (XPENDING for that one id), so two relays that both handled an entry (one of them after
+/// claiming it) write one dead letter, not two. The dead letter is written *before* the entry is
+/// acknowledged: if the XADD fails (say WRONGTYPE, the dead-letter key holds a string) the script stops
+/// there with an error and the entry stays pending, to be settled again; an entry is never acknowledged
+/// without its dead letter. (Redis does not roll back a script that stops with an error, so what it did
+/// before — acknowledgements and earlier dead letters — stays done; doing it again is harmless because
+/// nothing is acknowledged or written twice.)
 /// KEYS: stream, dead-letter stream. ARGV: group, n, n ids to ack, then per dead letter: id, pair count,
 /// field/value pairs. Returns {entries acked, {1|0 per dead letter: written}}.
 const SETTLE_LUA: &str = r"
@@ -30,10 +35,11 @@ end
 local written = {}
 local i = 3 + n
 while i <= #ARGV do
+  local id = ARGV[i]
   local pairs_count = tonumber(ARGV[i + 1])
-  if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
+  if #redis.call('XPENDING', KEYS[1], group, id, id, 1) > 0 then
     redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 2, i + 1 + 2 * pairs_count))
-    acked = acked + 1
+    acked = acked + redis.call('XACK', KEYS[1], group, id)
     written[#written + 1] = 1
   else
     written[#written + 1] = 0
