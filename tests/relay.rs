@@ -305,3 +305,132 @@ async fn an_entry_whose_dead_letter_cannot_be_written_stays_pending_until_it_can
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 1.0, "{text}");
     relay.stop().await.expect("clean stop");
 }
+
+/// Valid position `i` of device `device`, one second apart.
+fn position(device: &str, i: usize) -> String {
+    format!(
+        r#"{{"deviceId":"{device}","timestamp":"2026-11-29T{:02}:{:02}:{:02}.000Z","latitude":54.7,"longitude":25.3}}"#,
+        i / 3600 % 24,
+        i / 60 % 60,
+        i % 60
+    )
+}
+
+/// Waits up to 30 s for `/readyz` of `relay` to answer `want`; returns the body.
+async fn wait_ready(relay: &InProcess, want: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(relay.admin, "/readyz").await;
+        if status == want {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz stayed {status} ({body}), wanted {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A database that refuses every write with `sqlstate` for about 8 s while 1,000 good entries arrive (a
+/// statement trigger raising it while a flag says so, as a full NOTIFY queue raises 54000 at every commit):
+/// an outage, not bad data. Nothing is dead-lettered or acknowledged early; `/readyz` says why; once the
+/// flag is cleared every entry is stored.
+async fn refusing_database_dead_letters_nothing(sqlstate: &str) {
+    let db = fresh_database(&format!("relay_refusing_{}", sqlstate.to_ascii_lowercase())).await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE public.refuse_flag (refusing boolean NOT NULL);
+             INSERT INTO public.refuse_flag VALUES (true);
+             CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF (SELECT refusing FROM public.refuse_flag) THEN
+                 RAISE EXCEPTION 'refused by the test' USING ERRCODE = '{sqlstate}';
+               END IF;
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER refuse AFTER INSERT ON trackway.positions
+               FOR EACH STATEMENT EXECUTE FUNCTION public.refuse();"
+        ))
+        .await
+        .expect("refusing trigger");
+    let stream = unique(&format!("refusing-{sqlstate}"));
+    let mut conn = redis(&redis_url()).await;
+    let relay = start(&db, &stream, &["--batch-size", "100"]).await;
+    let payloads: Vec<String> = (0..1000).map(|i| position(&format!("refused-{}", i % 10), i)).collect();
+    for chunk in payloads.chunks(125) {
+        xadd_payloads(&mut conn, &stream, chunk).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let body = wait_ready(&relay, 503).await;
+    assert!(body.contains(sqlstate), "{body}");
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert!(metric(&text, &format!("trackway_relay_refusals_total{{sqlstate=\"{sqlstate}\"}}")) >= 1.0, "{text}");
+    assert!(metric(&text, "trackway_relay_batches_total{outcome=\"retried\"}") >= 1.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_acks_total"), 0.0, "{text}");
+    assert_eq!(read_all(&mut conn, &format!("{stream}:dead")).await.len(), 0, "dead letters during the outage");
+
+    client.batch_execute("UPDATE public.refuse_flag SET refusing = false").await.expect("clear the flag");
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 1000);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert!(dead.is_empty(), "good entries dead-lettered: {dead:#?}");
+    wait_ready(&relay, 200).await;
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_notify_queue_54000_is_an_outage_not_bad_data() {
+    refusing_database_dead_letters_nothing("54000").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_error_xx000_is_an_outage_not_bad_data() {
+    refusing_database_dead_letters_nothing("XX000").await;
+}
+
+/// Payloads the server refuses whatever the moment (a guard trigger refusing two devices, with P0001 and
+/// 23514) while the rest of their batch stores are dead-lettered as `rejected` with the server's error; all
+/// the others are stored.
+#[tokio::test]
+async fn payloads_refused_alone_while_the_rest_stores_are_rejected() {
+    let db = fresh_database("relay_poison").await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.guard() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.device_id = 'poison-p0' THEN
+                 RAISE EXCEPTION 'device poison-p0 is banned';
+               ELSIF NEW.device_id = 'poison-23' THEN
+                 RAISE EXCEPTION 'device poison-23 is banned' USING ERRCODE = '23514';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER guard BEFORE INSERT ON trackway.positions
+               FOR EACH ROW EXECUTE FUNCTION public.guard();",
+        )
+        .await
+        .expect("guard trigger");
+    let stream = unique("poison");
+    let mut conn = redis(&redis_url()).await;
+    let mut payloads: Vec<String> = (0..400).map(|i| position(&format!("good-{}", i % 7), i)).collect();
+    payloads[100] = position("poison-p0", 100);
+    payloads[300] = position("poison-23", 300);
+    let ids = xadd_payloads(&mut conn, &stream, &payloads).await;
+    let relay = start(&db, &stream, &["--batch-size", "400"]).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 398);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    for (index, sqlstate) in [(100, "P0001"), (300, "23514")] {
+        let (_, letter) = dead
+            .iter()
+            .find(|(_, f)| f["trackway.source_id"] == ids[index])
+            .unwrap_or_else(|| panic!("no dead letter for entry {index}: {dead:#?}"));
+        assert_eq!(letter["trackway.reason"], "rejected");
+        assert!(letter["trackway.error"].contains(sqlstate), "{letter:?}");
+    }
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"rejected\"}"), 2.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_acks_total"), 400.0, "{text}");
+    relay.stop().await.expect("clean stop");
+}

@@ -13,7 +13,7 @@
 //! the pending acknowledgement is finished before the next blocking read.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -61,8 +61,23 @@ struct Batch {
 enum Stored {
     /// What `ingest_batch` said.
     Status(Status),
-    /// The server refused this payload on its own (found by splitting a refused batch).
+    /// The server refused this payload alone, and again alone after another write had committed: the
+    /// fault follows the payload, not the moment.
     Rejected(String),
+    /// The server refused this payload alone and nothing has committed since, so nothing shows the
+    /// database works: not judged yet. Value: [`Storer::commits`] at that refusal.
+    Held(u64),
+}
+
+/// An entry refused alone and not judged yet: it stays pending (not acknowledged) and is sent again with
+/// the next batch, so a later commit can tell whether the fault follows it.
+struct Held {
+    /// The entry.
+    entry: Entry,
+    /// Its payload text.
+    payload: String,
+    /// [`Storer::commits`] when it was last refused alone.
+    refused_at: u64,
 }
 
 /// What to tell Redis about a handled batch.
@@ -82,6 +97,8 @@ pub struct Consumer {
     storer: Storer,
     /// Acknowledges and dead-letters.
     settler: Settler,
+    /// Entries refused alone with nothing committed since; sent again with the next batch.
+    held: Vec<Held>,
     /// Stops reading; the batch in hand is finished first.
     shutdown: CancellationToken,
     /// Deliveries after which an entry is dead-lettered.
@@ -97,6 +114,7 @@ impl Consumer {
     pub fn new(
         config: &Config,
         pool: Pool,
+        postgres: BackendState,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Result<Consumer, RedisError> {
@@ -117,12 +135,7 @@ impl Consumer {
                 backoff: Backoff::default(),
                 metrics: metrics.clone(),
             },
-            storer: Storer {
-                pool,
-                postgres: BackendState::new("postgres"),
-                backoff: Backoff::default(),
-                metrics: metrics.clone(),
-            },
+            storer: Storer { pool, postgres, backoff: Backoff::default(), commits: 0, metrics: metrics.clone() },
             settler: Settler {
                 group,
                 link: Link::new(config.redis.clone(), Duration::ZERO)?,
@@ -130,6 +143,7 @@ impl Consumer {
                 backoff: Backoff::default(),
                 metrics: metrics.clone(),
             },
+            held: Vec::new(),
             shutdown,
             max_deliveries: config.max_deliveries,
             payload_field: config.names.payload_field.clone(),
@@ -155,6 +169,9 @@ impl Consumer {
                     }
                     match self.reader.next(true).await {
                         Ok(Some(batch)) => batch,
+                        // Nothing new, but held entries are tried again (the store waits before giving
+                        // them back when nothing commits).
+                        Ok(None) if !self.held.is_empty() => Batch { source: Source::New, entries: Vec::new() },
                         Ok(None) => continue,
                         Err(e) => {
                             if !self.reader.failed(e, &self.shutdown).await {
@@ -166,7 +183,12 @@ impl Consumer {
                 }
             };
             let (mut settlement, to_store) = self.prepare(&batch).await;
-            let payloads: Vec<&str> = to_store.iter().map(|(_, p)| *p).collect();
+            let held = std::mem::take(&mut self.held);
+            let entries: Vec<&Entry> = held.iter().map(|h| &h.entry).chain(to_store.iter().map(|(e, _)| *e)).collect();
+            let payloads: Vec<&str> =
+                held.iter().map(|h| h.payload.as_str()).chain(to_store.iter().map(|(_, p)| *p)).collect();
+            let refused_at: Vec<Option<u64>> =
+                held.iter().map(|h| Some(h.refused_at)).chain(to_store.iter().map(|_| None)).collect();
             let read_ahead = async {
                 if self.shutdown.is_cancelled() {
                     return None;
@@ -187,16 +209,30 @@ impl Consumer {
                 }
             };
             let (stored, next, ()) =
-                tokio::join!(self.storer.store(&payloads, &self.shutdown), read_ahead, settle_previous);
+                tokio::join!(self.storer.store(&payloads, &refused_at, &self.shutdown), read_ahead, settle_previous);
             let Some(stored) = stored else {
                 tracing::info!("shutdown while PostgreSQL is unavailable; the batch stays pending");
                 break;
             };
-            for ((entry, _), result) in to_store.iter().zip(stored) {
-                self.classify(entry, result, &mut settlement);
+            let mut still_held = Vec::new();
+            for ((entry, payload), result) in entries.iter().zip(&payloads).zip(stored) {
+                match result {
+                    Stored::Held(refused_at) => {
+                        still_held.push(Held { entry: (*entry).clone(), payload: (*payload).to_owned(), refused_at })
+                    }
+                    result => self.classify(entry, result, &mut settlement),
+                }
             }
+            drop(entries);
+            drop(payloads);
+            drop(held);
+            self.metrics.held.set(still_held.len() as i64);
+            self.held = still_held;
             unsettled = Some(settlement);
             ahead = next;
+        }
+        if !self.held.is_empty() {
+            tracing::info!(count = self.held.len(), "entries refused alone stay pending; they are tried again later");
         }
         if let Some(s) = unsettled.take() {
             self.settler.settle(s, &self.shutdown).await;
@@ -251,6 +287,8 @@ impl Consumer {
                 settlement.dead.push(dead_letter(entry, "rejected", error));
                 return;
             }
+            // Kept by `run`, never settled.
+            Stored::Held(_) => return,
         };
         self.metrics.rows.with_label_values(&[status]).inc();
         settlement.acks.push(entry.id.clone());
@@ -359,69 +397,210 @@ impl Reader {
     }
 }
 
-/// Storing stage: one `ingest_batch` call per batch.
+/// Refusals in a row, with nothing committed in between, after which the storer suspects an outage: the
+/// batch and both its halves.
+const OUTAGE_STREAK: u32 = 3;
+
+/// Storing stage: one `ingest_batch` call per batch, and the rule that tells an outage from bad data.
+///
+/// **The fault follows the entry, not the moment.** A refused statement (`IngestError::Refused`) does not
+/// say whose fault it is: a full NOTIFY queue (54000), an internal error (XX000), an operator's guard
+/// trigger (P0001) or a statement timeout refuse good data too. So a refused batch is split in halves
+/// (breadth first), and an entry becomes a `rejected` dead letter only when it was refused *alone*, then
+/// another write committed, and then it was refused alone *again*. Evidence comes only from commits:
+///
+/// - When the batch and both its halves have been refused in a row ([`OUTAGE_STREAK`]) with nothing
+///   committed, one random entry not yet refused alone is tried alone (a probe). If that commits, the
+///   database works and the splitting goes on. If not, it is an outage: nothing is judged, the whole
+///   unresolved rest is retried as one batch after a backoff (`batches_total{outcome="retried"}`, one log
+///   line at the start and one at the end, `/readyz` 503 with the server's error).
+/// - An entry refused alone with no commit since — above all a batch of one entry, which has no sibling to
+///   prove the database works — is *held*: left pending, not acknowledged, and sent again with the next
+///   batch. When anything commits after its refusal it is tried alone once more and judged. A held entry
+///   with nothing else to send is retried with backoff and never judged on its own evidence, however long
+///   the database refuses.
+///
+/// Unreachable databases and environment errors (`IngestError::Unavailable`) are retried whole with
+/// backoff, without splitting. A delay in which the fault (say a guard trigger) switches on between a
+/// commit and an entry's second lone refusal could still blame that entry; it takes two refusals of the
+/// entry alone around a commit, which an outage that refuses everything never produces.
 struct Storer {
     /// PostgreSQL connections.
     pool: Pool,
-    /// PostgreSQL up/down, logged once per change.
+    /// PostgreSQL up/down (shared with `/readyz`), logged once per change.
     postgres: BackendState,
     /// Delay between attempts.
     backoff: Backoff,
+    /// Statements committed since the relay started (the clock that orders refusals and commits).
+    commits: u64,
     /// Counters and histograms.
     metrics: Metrics,
 }
 
+/// What one statement did.
+enum Attempt {
+    /// Committed; one status per payload.
+    Committed(Vec<Status>),
+    /// Refused by the server.
+    Refused(String),
+}
+
 impl Storer {
-    /// Stores the payloads; retries while the database is unavailable and splits a batch the server
-    /// refuses until the refused payloads are found. `None` at shutdown during an outage.
-    async fn store(&mut self, payloads: &[&str], shutdown: &CancellationToken) -> Option<Vec<Stored>> {
-        let mut results: Vec<Option<Stored>> = vec![None; payloads.len()];
-        let mut ranges = if payloads.is_empty() { vec![] } else { vec![(0, payloads.len())] };
-        while let Some((lo, hi)) = ranges.pop() {
-            loop {
-                let started = Instant::now();
-                match database::ingest_batch(&self.pool, &payloads[lo..hi]).await {
-                    Ok(statuses) => {
-                        self.metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
-                        self.metrics.batches.with_label_values(&["committed"]).inc();
-                        self.succeeded();
-                        for (slot, status) in results[lo..hi].iter_mut().zip(statuses) {
-                            *slot = Some(Stored::Status(status));
+    /// Stores the payloads (see [`Storer`] for the rule). `refused_at[i]` is [`Storer::commits`] when
+    /// payload `i` was last refused alone (held entries), `None` for new ones. Every result is final except
+    /// [`Stored::Held`]. `None` at shutdown during an outage.
+    async fn store(
+        &mut self,
+        payloads: &[&str],
+        refused_at: &[Option<u64>],
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Stored>> {
+        let n = payloads.len();
+        let commits_before = self.commits;
+        let mut results: Vec<Option<Stored>> = vec![None; n];
+        let mut lone: Vec<Option<u64>> = refused_at.to_vec();
+        let mut queue: VecDeque<Vec<usize>> = VecDeque::new();
+        if n > 0 {
+            queue.push_back((0..n).collect());
+        }
+        let mut streak = 0;
+        let mut last_error = String::new();
+        // Whether this call already waited after an outage round.
+        let mut waited = false;
+        loop {
+            while let Some(mut set) = queue.pop_front() {
+                set.retain(|&i| results[i].is_none());
+                if set.is_empty() {
+                    continue;
+                }
+                match self.attempt(payloads, &set, shutdown).await? {
+                    Attempt::Committed(statuses) => {
+                        streak = 0;
+                        for (&i, status) in set.iter().zip(statuses) {
+                            results[i] = Some(Stored::Status(status));
                         }
-                        break;
                     }
-                    Err(IngestError::Rejected(error)) if hi - lo == 1 => {
-                        self.succeeded();
-                        results[lo] = Some(Stored::Rejected(error));
-                        break;
-                    }
-                    Err(IngestError::Rejected(error)) => {
-                        self.succeeded();
-                        self.metrics.batches.with_label_values(&["split"]).inc();
-                        tracing::warn!(entries = hi - lo, %error, "database refused the batch; splitting it to find the cause");
-                        let mid = lo + (hi - lo) / 2;
-                        ranges.push((mid, hi));
-                        ranges.push((lo, mid));
-                        break;
-                    }
-                    Err(IngestError::Unavailable(error)) => {
-                        self.metrics.batches.with_label_values(&["retried"]).inc();
-                        self.postgres.failed(&error);
-                        if !self.backoff.wait(shutdown).await {
-                            return None;
+                    Attempt::Refused(error) => {
+                        streak += 1;
+                        if let [i] = set[..] {
+                            match lone[i] {
+                                Some(at) if at < self.commits => results[i] = Some(Stored::Rejected(error.clone())),
+                                _ => lone[i] = Some(self.commits),
+                            }
+                        } else {
+                            self.metrics.batches.with_label_values(&["split"]).inc();
+                            tracing::debug!(entries = set.len(), %error, "database refused the batch; splitting it");
+                            let right = set.split_off(set.len() / 2);
+                            queue.push_back(set);
+                            queue.push_back(right);
+                        }
+                        last_error = error;
+                        if streak >= OUTAGE_STREAK {
+                            streak = 0;
+                            if !self.probe(payloads, &mut results, &mut lone, shutdown).await? {
+                                // Everything tried was refused, one entry alone too: an outage.
+                                let rest: Vec<usize> = (0..n).filter(|&i| results[i].is_none()).collect();
+                                if rest.is_empty() {
+                                    break;
+                                }
+                                if !self.outage(&last_error, shutdown).await {
+                                    return None;
+                                }
+                                waited = true;
+                                queue.clear();
+                                if rest.iter().all(|&i| lone[i].is_some()) {
+                                    // Only entries refused alone are left: give them back as held, so the
+                                    // next batch can show whether the database works.
+                                    break;
+                                }
+                                queue.push_back(rest);
+                            }
                         }
                     }
                 }
             }
+            // Entries refused alone before the latest commit are tried alone again, and judged.
+            let judge: Vec<usize> =
+                (0..n).filter(|&i| results[i].is_none() && lone[i].is_some_and(|at| at < self.commits)).collect();
+            if judge.is_empty() {
+                break;
+            }
+            queue.extend(judge.into_iter().map(|i| vec![i]));
         }
-        Some(results.into_iter().map(|r| r.unwrap_or_else(|| Stored::Rejected("not stored".to_owned()))).collect())
+        let held = results.iter().filter(|r| r.is_none()).count();
+        if held > 0 && self.commits == commits_before && !waited {
+            // Nothing stored: the database refused every write of this call. Wait before they come back.
+            if !self.outage(&last_error, shutdown).await {
+                return None;
+            }
+        }
+        Some(results.into_iter().zip(lone).map(|(r, at)| r.unwrap_or(Stored::Held(at.unwrap_or(0)))).collect())
     }
 
-    fn succeeded(&mut self) {
-        self.backoff.reset();
-        if self.postgres.succeeded() {
-            self.metrics.reconnects.with_label_values(&["postgres"]).inc();
+    /// Tries one random entry that was not refused alone yet, alone. `true` when it committed.
+    async fn probe(
+        &mut self,
+        payloads: &[&str],
+        results: &mut [Option<Stored>],
+        lone: &mut [Option<u64>],
+        shutdown: &CancellationToken,
+    ) -> Option<bool> {
+        let candidates: Vec<usize> =
+            (0..payloads.len()).filter(|&i| results[i].is_none() && lone[i].is_none()).collect();
+        if candidates.is_empty() {
+            return Some(false);
         }
+        let i = candidates[fastrand::usize(..candidates.len())];
+        match self.attempt(payloads, &[i], shutdown).await? {
+            Attempt::Committed(mut statuses) => {
+                results[i] = statuses.pop().map(Stored::Status);
+                Some(true)
+            }
+            Attempt::Refused(_) => {
+                lone[i] = Some(self.commits);
+                Some(false)
+            }
+        }
+    }
+
+    /// Sends the payloads at `set` as one statement; retries while the database is unavailable. `None` at
+    /// shutdown during an outage.
+    async fn attempt(&mut self, payloads: &[&str], set: &[usize], shutdown: &CancellationToken) -> Option<Attempt> {
+        let batch: Vec<&str> = set.iter().map(|&i| payloads[i]).collect();
+        loop {
+            let started = Instant::now();
+            match database::ingest_batch(&self.pool, &batch).await {
+                Ok(statuses) => {
+                    self.metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
+                    self.metrics.batches.with_label_values(&["committed"]).inc();
+                    self.commits += 1;
+                    self.backoff.reset();
+                    if self.postgres.succeeded() {
+                        self.metrics.reconnects.with_label_values(&["postgres"]).inc();
+                    }
+                    return Some(Attempt::Committed(statuses));
+                }
+                Err(IngestError::Refused { sqlstate, message }) => {
+                    self.metrics.refusals.with_label_values(&[&sqlstate]).inc();
+                    return Some(Attempt::Refused(message));
+                }
+                Err(IngestError::Unavailable(error)) => {
+                    self.metrics.batches.with_label_values(&["retried"]).inc();
+                    self.postgres.failed(&error);
+                    if !self.backoff.wait(shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records that the database refuses every write (an outage, not the data) and waits. `false` at
+    /// shutdown.
+    async fn outage(&mut self, error: &str, shutdown: &CancellationToken) -> bool {
+        self.metrics.batches.with_label_values(&["retried"]).inc();
+        self.postgres.failed(&format!("refusing every write: {error}"));
+        self.backoff.wait(shutdown).await
     }
 }
 

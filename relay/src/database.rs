@@ -37,15 +37,23 @@ pub enum Status {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// The database could not be reached or could not run the call now (connection lost, server
-    /// shutting down, missing extension or privilege, deadlock...). Nothing about the data; retry later.
+    /// shutting down, login refused, missing extension or privilege, deadlock...). Nothing about the data;
+    /// the same batch is retried later.
     #[error("{0}")]
     Unavailable(String),
-    /// The server refused the statement because of the data in it (a data exception or limit that the
-    /// decoder did not catch). Retrying the same batch fails again; smaller batches isolate the cause.
-    #[error("{0}")]
-    Rejected(String),
+    /// The server answered the statement with an error that the data *may* have caused (a data exception,
+    /// a constraint, a program limit, a trigger's RAISE, an internal error, a statement timeout, out of
+    /// memory...). The same errors also come from the moment (a full NOTIFY queue, an operator's guard
+    /// trigger, corruption), so a refusal alone never blames an entry: the consumer decides by splitting
+    /// the batch and seeing what stores (see `consumer::Storer`).
+    #[error("{message}")]
+    Refused {
+        /// The SQLSTATE (the `sqlstate` label of `trackway_relay_refusals_total`).
+        sqlstate: String,
+        /// The server's message with severity and SQLSTATE.
+        message: String,
+    },
 }
-
 /// Builds the pool; connections open lazily, so an unreachable server is not an error here.
 pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
     let mut config = config.clone();
@@ -115,24 +123,34 @@ pub async fn ping(pool: &Pool) -> Result<(), String> {
     client.simple_query("SELECT 1").await.map(drop).map_err(|e| e.to_string())
 }
 
-/// Sorts a failed call: only errors that the data can cause are `Rejected`; everything else — lost
-/// connections, shutdowns, a missing extension, permissions, deadlocks — is `Unavailable`, so a
-/// misconfigured relay retries instead of dead-lettering good entries.
+/// Sorts a failed call: a server error is a refusal unless its class says the environment is at fault
+/// (see [`is_environment_error`]); a failure without a server error (connection lost, I/O) is
+/// `Unavailable`.
 fn classify(error: tokio_postgres::Error) -> IngestError {
-    let message = match error.as_db_error() {
-        Some(db) => format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
-        None => error.to_string(),
-    };
-    match error.code() {
-        Some(code) if is_data_error(code) => IngestError::Rejected(message),
-        _ => IngestError::Unavailable(message),
+    let Some(db) = error.as_db_error() else { return IngestError::Unavailable(error.to_string()) };
+    let message = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+    if is_environment_error(db.code()) {
+        IngestError::Unavailable(message)
+    } else {
+        IngestError::Refused { sqlstate: db.code().code().to_owned(), message }
     }
 }
 
-/// SQLSTATE classes caused by the statement's data: 22 data exception, 23 integrity constraint, 54 program
-/// limit exceeded, P0 PL/pgSQL raise, XX internal error.
-fn is_data_error(code: &SqlState) -> bool {
-    matches!(code.code().get(..2), Some("22" | "23" | "54" | "P0" | "XX"))
+/// SQLSTATEs that say the database or the relay's access to it is not working, whatever the data: 08
+/// connection, 25 transaction state (read-only standby), 28 authorization, 3D/3F missing database or schema,
+/// 40 rollback (deadlock, serialization), 42 access rule or missing object (extension not installed,
+/// privileges), 53 insufficient resources except out of memory (disk full, too many connections), 55 object
+/// state (lock not available), 57P operator intervention (shutdown, cannot connect now), 58 system error,
+/// F0 configuration file. Everything else — including 54 program limits, XX internal errors, P0 trigger
+/// raises, 57014 statement timeout and 53200 out of memory — may or may not be the data's fault and is
+/// decided by splitting.
+fn is_environment_error(code: &SqlState) -> bool {
+    let code = code.code();
+    if code == SqlState::OUT_OF_MEMORY.code() {
+        return false;
+    }
+    matches!(code.get(..2), Some("08" | "25" | "28" | "3D" | "3F" | "40" | "42" | "53" | "55" | "58" | "F0"))
+        || code.starts_with("57P")
 }
 
 #[cfg(test)]
@@ -140,12 +158,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_data_errors_are_rejections() {
-        assert!(is_data_error(&SqlState::CHARACTER_NOT_IN_REPERTOIRE));
-        assert!(is_data_error(&SqlState::PROGRAM_LIMIT_EXCEEDED));
-        assert!(!is_data_error(&SqlState::UNDEFINED_FUNCTION));
-        assert!(!is_data_error(&SqlState::ADMIN_SHUTDOWN));
-        assert!(!is_data_error(&SqlState::T_R_DEADLOCK_DETECTED));
-        assert!(!is_data_error(&SqlState::INSUFFICIENT_PRIVILEGE));
+    fn only_environment_errors_skip_the_split() {
+        for code in [
+            SqlState::UNDEFINED_FUNCTION,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::INVALID_PASSWORD,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::DISK_FULL,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::CONNECTION_FAILURE,
+        ] {
+            assert!(is_environment_error(&code), "{code:?}");
+        }
+        for code in [
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+            SqlState::INTERNAL_ERROR,
+            SqlState::RAISE_EXCEPTION,
+            SqlState::QUERY_CANCELED,
+            SqlState::OUT_OF_MEMORY,
+        ] {
+            assert!(!is_environment_error(&code), "{code:?}");
+        }
     }
 }

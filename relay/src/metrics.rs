@@ -12,9 +12,17 @@ pub struct Metrics {
     registry: Registry,
     /// Stream entries read, by `source`: `new`, `pending` (own, after a restart) or `claimed`.
     pub entries_read: IntCounterVec,
-    /// Batches handled, by `outcome`: `committed`, `retried` (database unavailable; tried again),
-    /// `split` (the database rejected the batch as a whole; it was bisected).
+    /// Batches handled, by `outcome`: `committed`, `retried` (database unavailable, or refusing every write
+    /// of the batch: an outage; tried again after a backoff), `split` (the database refused a batch as a
+    /// whole; it was bisected).
     pub batches: IntCounterVec,
+    /// Statements the server answered with an error, by `sqlstate` (`timeout` when the relay's own bound
+    /// expired): refusals, whether the data or the moment caused them (see `trackway_relay_batches_total`
+    /// and the dead letters for what became of them).
+    pub refusals: IntCounterVec,
+    /// Entries refused alone with no write committed since, held (pending, not acknowledged) until a
+    /// commit shows the database works and they can be judged.
+    pub held: IntGauge,
     /// Entries by `status` reported by `trackway.ingest_batch`: `inserted`, `duplicate`, `invalid`.
     pub rows: IntCounterVec,
     /// Dead letters written, by `reason`: `invalid`, `missing_payload`, `rejected`, `max_deliveries`.
@@ -50,6 +58,11 @@ impl Metrics {
         let entries_read =
             counter_vec("trackway_relay_entries_read_total", "Stream entries read, by source.", "source");
         let batches = counter_vec("trackway_relay_batches_total", "Batches handled, by outcome.", "outcome");
+        let refusals = counter_vec(
+            "trackway_relay_refusals_total",
+            "Statements the server answered with an error, by SQLSTATE.",
+            "sqlstate",
+        );
         let rows = counter_vec("trackway_relay_rows_total", "Entries by ingest status.", "status");
         let dead_letters =
             counter_vec("trackway_relay_dead_letters_total", "Dead letters written, by reason.", "reason");
@@ -70,6 +83,7 @@ impl Metrics {
             m
         };
         let group_lag = gauge("trackway_relay_group_lag", "Entries not yet delivered to the consumer group (sampled).");
+        let held = gauge("trackway_relay_held_entries", "Entries refused alone and held until they can be judged.");
         let group_pending = gauge("trackway_relay_group_pending", "Entries delivered but not acknowledged (sampled).");
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
@@ -89,6 +103,9 @@ impl Metrics {
         for source in ["new", "pending", "claimed"] {
             entries_read.with_label_values(&[source]);
         }
+        for outcome in ["committed", "retried", "split"] {
+            batches.with_label_values(&[outcome]);
+        }
         for status in ["inserted", "duplicate", "invalid"] {
             rows.with_label_values(&[status]);
         }
@@ -99,6 +116,8 @@ impl Metrics {
             registry,
             entries_read,
             batches,
+            refusals,
+            held,
             rows,
             dead_letters,
             acks,
