@@ -62,7 +62,10 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_BLOCK_MS", default_value = "2000")]
     pub block_ms: String,
 
-    /// An entry delivered more than this many times is dead-lettered instead of retried again (≥ 1).
+    /// An entry is dead-lettered (reason `max_deliveries`) once this many attempts to store it got no
+    /// answer — the relay, or its database connection, died while the entry was in flight (≥ 1). Reads that
+    /// never reached the database (database down, login refused, restarts during an outage) and refusals do
+    /// not count. Counts are kept in the hash `<stream>:attempts`.
     #[arg(long, env = "TRACKWAY_MAX_DELIVERIES", default_value = "5")]
     pub max_deliveries: String,
 
@@ -103,7 +106,7 @@ pub struct Config {
     pub batch_size: usize,
     /// Blocking read timeout.
     pub block: Duration,
-    /// Deliveries after which an entry is dead-lettered.
+    /// Unanswered store attempts after which an entry is dead-lettered.
     pub max_deliveries: u64,
     /// Idle time after which another consumer's pending entries are claimed.
     pub claim_idle: Duration,
@@ -124,6 +127,8 @@ pub struct StreamNames {
     pub consumer: String,
     /// Stream that receives dead letters.
     pub dead_letter: String,
+    /// Hash of unanswered store attempts per entry id (`<stream>:attempts`).
+    pub attempts: String,
     /// Entry field holding the payload.
     pub payload_field: String,
 }
@@ -169,8 +174,12 @@ impl Settings {
             None => default_consumer(),
         };
         let dead_letter = self.dead_letter_stream.unwrap_or_else(|| format!("{}:dead", self.stream));
-        if dead_letter == self.stream {
-            return Err(bad("TRACKWAY_DEAD_LETTER_STREAM", "must differ from TRACKWAY_STREAM".into()));
+        let attempts = format!("{}:attempts", self.stream);
+        if dead_letter == self.stream || dead_letter == attempts {
+            return Err(bad(
+                "TRACKWAY_DEAD_LETTER_STREAM",
+                format!("must differ from TRACKWAY_STREAM and {attempts:?}"),
+            ));
         }
         Ok(Config {
             database,
@@ -180,6 +189,7 @@ impl Settings {
                 group: self.group,
                 consumer,
                 dead_letter,
+                attempts,
                 payload_field: self.payload_field,
             },
             batch_size: usize::try_from(batch_size).unwrap_or(1000),
@@ -251,6 +261,7 @@ mod tests {
         let config = parse(&[]).expect("defaults");
         assert_eq!(config.names.stream, "positions");
         assert_eq!(config.names.dead_letter, "positions:dead");
+        assert_eq!(config.names.attempts, "positions:attempts");
         assert_eq!(config.batch_size, 1000);
         assert!(config.names.consumer.ends_with(&format!("-{}", std::process::id())));
     }

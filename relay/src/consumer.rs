@@ -13,7 +13,7 @@
 //! the pending acknowledgement is finished before the next blocking read.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     time::{Duration, Instant},
 };
 
@@ -67,6 +67,24 @@ enum Stored {
     /// The server refused this payload alone and nothing has committed since, so nothing shows the
     /// database works: not judged yet. Value: [`Storer::commits`] at that refusal.
     Held(u64),
+    /// Sent to the database more than `max_deliveries` times without an answer (the relay or its
+    /// connection died each time): not sent again. Value: the count.
+    OverLimit(u64),
+}
+
+/// One payload for [`Storer::store`].
+#[derive(Clone, Copy)]
+struct Item<'a> {
+    /// Its stream entry id.
+    id: &'a str,
+    /// The payload text.
+    payload: &'a str,
+    /// [`Storer::commits`] when it was last refused alone (held entries), else `None`.
+    refused_at: Option<u64>,
+    /// Whether its store attempts are counted: it was delivered before (own pending or claimed) or an
+    /// attempt got no answer. The first attempt of a new entry is not counted (no Redis call on the normal
+    /// path); if the relay dies during it, the entry comes back as pending and is counted from then on.
+    counted: bool,
 }
 
 /// An entry refused alone and not judged yet: it stays pending (not acknowledged) and is sent again with
@@ -78,6 +96,8 @@ struct Held {
     payload: String,
     /// [`Storer::commits`] when it was last refused alone.
     refused_at: u64,
+    /// Whether its store attempts are counted (see [`Item::counted`]).
+    counted: bool,
 }
 
 /// What to tell Redis about a handled batch.
@@ -135,7 +155,16 @@ impl Consumer {
                 backoff: Backoff::default(),
                 metrics: metrics.clone(),
             },
-            storer: Storer { pool, postgres, backoff: Backoff::default(), commits: 0, metrics: metrics.clone() },
+            storer: Storer {
+                pool,
+                postgres,
+                backoff: Backoff::default(),
+                commits: 0,
+                group: group.clone(),
+                link: Link::new(config.redis.clone(), Duration::ZERO)?,
+                max_deliveries: config.max_deliveries,
+                metrics: metrics.clone(),
+            },
             settler: Settler {
                 group,
                 link: Link::new(config.redis.clone(), Duration::ZERO)?,
@@ -184,11 +213,23 @@ impl Consumer {
             };
             let (mut settlement, to_store) = self.prepare(&batch).await;
             let held = std::mem::take(&mut self.held);
+            let redelivered = matches!(batch.source, Source::Pending | Source::Claimed);
             let entries: Vec<&Entry> = held.iter().map(|h| &h.entry).chain(to_store.iter().map(|(e, _)| *e)).collect();
-            let payloads: Vec<&str> =
-                held.iter().map(|h| h.payload.as_str()).chain(to_store.iter().map(|(_, p)| *p)).collect();
-            let refused_at: Vec<Option<u64>> =
-                held.iter().map(|h| Some(h.refused_at)).chain(to_store.iter().map(|_| None)).collect();
+            let items: Vec<Item<'_>> = held
+                .iter()
+                .map(|h| Item {
+                    id: &h.entry.id,
+                    payload: &h.payload,
+                    refused_at: Some(h.refused_at),
+                    counted: h.counted,
+                })
+                .chain(to_store.iter().map(|(e, p)| Item {
+                    id: &e.id,
+                    payload: p,
+                    refused_at: None,
+                    counted: redelivered,
+                }))
+                .collect();
             let read_ahead = async {
                 if self.shutdown.is_cancelled() {
                     return None;
@@ -209,22 +250,25 @@ impl Consumer {
                 }
             };
             let (stored, next, ()) =
-                tokio::join!(self.storer.store(&payloads, &refused_at, &self.shutdown), read_ahead, settle_previous);
+                tokio::join!(self.storer.store(&items, &self.shutdown), read_ahead, settle_previous);
             let Some(stored) = stored else {
                 tracing::info!("shutdown while PostgreSQL is unavailable; the batch stays pending");
                 break;
             };
             let mut still_held = Vec::new();
-            for ((entry, payload), result) in entries.iter().zip(&payloads).zip(stored) {
+            for ((entry, item), result) in entries.iter().zip(&items).zip(stored) {
                 match result {
-                    Stored::Held(refused_at) => {
-                        still_held.push(Held { entry: (*entry).clone(), payload: (*payload).to_owned(), refused_at })
-                    }
+                    Stored::Held(refused_at) => still_held.push(Held {
+                        entry: (*entry).clone(),
+                        payload: item.payload.to_owned(),
+                        refused_at,
+                        counted: item.counted,
+                    }),
                     result => self.classify(entry, result, &mut settlement),
                 }
             }
             drop(entries);
-            drop(payloads);
+            drop(items);
             drop(held);
             self.metrics.held.set(still_held.len() as i64);
             self.held = still_held;
@@ -242,14 +286,10 @@ impl Consumer {
     }
 
     /// Sorts a batch: what can go to the database, and what is settled without it (deleted entries,
-    /// entries without a usable payload, entries delivered too often).
+    /// entries without a usable payload).
     async fn prepare<'b>(&mut self, batch: &'b Batch) -> (Settlement, Vec<(&'b Entry, &'b str)>) {
         self.metrics.entries_read.with_label_values(&[batch.source.label()]).inc_by(batch.entries.len() as u64);
         self.metrics.batch_size.observe(batch.entries.len() as f64);
-        let deliveries = match batch.source {
-            Source::New => HashMap::new(),
-            Source::Pending | Source::Claimed => self.reader.deliveries(&batch.entries).await,
-        };
         let mut settlement = Settlement::default();
         let mut to_store = Vec::with_capacity(batch.entries.len());
         for entry in &batch.entries {
@@ -257,13 +297,6 @@ impl Consumer {
                 // Deleted from the stream while pending: nothing left to store.
                 settlement.acks.push(entry.id.clone());
                 continue;
-            }
-            if let Some(&n) = deliveries.get(&entry.id) {
-                if n > self.max_deliveries {
-                    let error = format!("delivered {n} times without being stored (limit {})", self.max_deliveries);
-                    settlement.dead.push(dead_letter(entry, "max_deliveries", error));
-                    continue;
-                }
             }
             match payload_of(entry, &self.payload_field) {
                 Ok(payload) => to_store.push((entry, payload)),
@@ -289,6 +322,15 @@ impl Consumer {
             }
             // Kept by `run`, never settled.
             Stored::Held(_) => return,
+            Stored::OverLimit(n) => {
+                let error = format!(
+                    "sent to the database {n} times without an answer (the relay or its connection died while \
+                     storing it; limit {})",
+                    self.max_deliveries
+                );
+                settlement.dead.push(dead_letter(entry, "max_deliveries", error));
+                return;
+            }
         };
         self.metrics.rows.with_label_values(&[status]).inc();
         settlement.acks.push(entry.id.clone());
@@ -372,18 +414,6 @@ impl Reader {
         Ok((!entries.is_empty()).then_some(Batch { source: Source::New, entries }))
     }
 
-    /// Delivery counts of redelivered entries (empty when Redis cannot tell now; checked again next time).
-    async fn deliveries(&mut self, entries: &[Entry]) -> HashMap<String, u64> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return HashMap::new() };
-        match self.group.deliveries(&mut self.link, &first.id, &last.id, entries.len()).await {
-            Ok(counts) => counts.into_iter().collect(),
-            Err(e) => {
-                tracing::debug!(error = %e, "could not read delivery counts");
-                HashMap::new()
-            }
-        }
-    }
-
     /// Records a failure and waits before the next attempt. Afterwards the group is checked again (it may
     /// have been lost with a Redis restart) and own pending entries are scanned again. `false` at shutdown.
     async fn failed(&mut self, error: RedisError, shutdown: &CancellationToken) -> bool {
@@ -433,6 +463,12 @@ struct Storer {
     backoff: Backoff,
     /// Statements committed since the relay started (the clock that orders refusals and commits).
     commits: u64,
+    /// Group operations (the attempt counts).
+    group: Group,
+    /// Connection for counting attempts.
+    link: Link,
+    /// Unanswered attempts after which an entry is given up.
+    max_deliveries: u64,
     /// Counters and histograms.
     metrics: Metrics,
 }
@@ -443,22 +479,26 @@ enum Attempt {
     Committed(Vec<Status>),
     /// Refused by the server.
     Refused(String),
+    /// Not sent: these entries (index, count) already had `max_deliveries` unanswered attempts.
+    OverLimit(Vec<(usize, u64)>),
 }
 
 impl Storer {
-    /// Stores the payloads (see [`Storer`] for the rule). `refused_at[i]` is [`Storer::commits`] when
-    /// payload `i` was last refused alone (held entries), `None` for new ones. Every result is final except
-    /// [`Stored::Held`]. `None` at shutdown during an outage.
-    async fn store(
-        &mut self,
-        payloads: &[&str],
-        refused_at: &[Option<u64>],
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<Stored>> {
-        let n = payloads.len();
+    /// Stores the payloads (see [`Storer`] for the rule). Every result is final except [`Stored::Held`].
+    /// `None` at shutdown during an outage.
+    ///
+    /// **Attempts** (`max_deliveries`): before a counted item is sent, its count in `<stream>:attempts` goes
+    /// up by one, and once the server answered (commit or refusal) it goes down again (the settle script
+    /// removes it when the entry is settled). What stays counted is attempts that got no answer because
+    /// the relay or its connection died with the entry in flight; more than `max_deliveries` of them and the
+    /// entry is dead-lettered as `max_deliveries` instead of being sent again. Reads, restarts and outages
+    /// in which nothing reaches the database (server down, login refused) count nothing.
+    async fn store(&mut self, items: &[Item<'_>], shutdown: &CancellationToken) -> Option<Vec<Stored>> {
+        let n = items.len();
         let commits_before = self.commits;
         let mut results: Vec<Option<Stored>> = vec![None; n];
-        let mut lone: Vec<Option<u64>> = refused_at.to_vec();
+        let mut lone: Vec<Option<u64>> = items.iter().map(|i| i.refused_at).collect();
+        let mut counted: Vec<bool> = items.iter().map(|i| i.counted).collect();
         let mut queue: VecDeque<Vec<usize>> = VecDeque::new();
         if n > 0 {
             queue.push_back((0..n).collect());
@@ -473,7 +513,13 @@ impl Storer {
                 if set.is_empty() {
                     continue;
                 }
-                match self.attempt(payloads, &set, shutdown).await? {
+                match self.attempt(items, &set, &mut counted, shutdown).await? {
+                    Attempt::OverLimit(over) => {
+                        for (i, count) in over {
+                            results[i] = Some(Stored::OverLimit(count));
+                        }
+                        queue.push_front(set);
+                    }
                     Attempt::Committed(statuses) => {
                         streak = 0;
                         for (&i, status) in set.iter().zip(statuses) {
@@ -497,7 +543,7 @@ impl Storer {
                         last_error = error;
                         if streak >= OUTAGE_STREAK {
                             streak = 0;
-                            if !self.probe(payloads, &mut results, &mut lone, shutdown).await? {
+                            if !self.probe(items, &mut results, &mut lone, &mut counted, shutdown).await? {
                                 // Everything tried was refused, one entry alone too: an outage.
                                 let rest: Vec<usize> = (0..n).filter(|&i| results[i].is_none()).collect();
                                 if rest.is_empty() {
@@ -540,18 +586,24 @@ impl Storer {
     /// Tries one random entry that was not refused alone yet, alone. `true` when it committed.
     async fn probe(
         &mut self,
-        payloads: &[&str],
+        items: &[Item<'_>],
         results: &mut [Option<Stored>],
         lone: &mut [Option<u64>],
+        counted: &mut [bool],
         shutdown: &CancellationToken,
     ) -> Option<bool> {
-        let candidates: Vec<usize> =
-            (0..payloads.len()).filter(|&i| results[i].is_none() && lone[i].is_none()).collect();
+        let candidates: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none() && lone[i].is_none()).collect();
         if candidates.is_empty() {
             return Some(false);
         }
         let i = candidates[fastrand::usize(..candidates.len())];
-        match self.attempt(payloads, &[i], shutdown).await? {
+        match self.attempt(items, &[i], counted, shutdown).await? {
+            Attempt::OverLimit(over) => {
+                for (i, count) in over {
+                    results[i] = Some(Stored::OverLimit(count));
+                }
+                Some(false)
+            }
             Attempt::Committed(mut statuses) => {
                 results[i] = statuses.pop().map(Stored::Status);
                 Some(true)
@@ -565,12 +617,49 @@ impl Storer {
 
     /// Sends the payloads at `set` as one statement; retries while the database is unavailable. `None` at
     /// shutdown during an outage.
-    async fn attempt(&mut self, payloads: &[&str], set: &[usize], shutdown: &CancellationToken) -> Option<Attempt> {
-        let batch: Vec<&str> = set.iter().map(|&i| payloads[i]).collect();
+    async fn attempt(
+        &mut self,
+        items: &[Item<'_>],
+        set: &[usize],
+        counted: &mut [bool],
+        shutdown: &CancellationToken,
+    ) -> Option<Attempt> {
+        let batch: Vec<&str> = set.iter().map(|&i| items[i].payload).collect();
         loop {
+            let client = match database::connection(&self.pool).await {
+                Ok(client) => client,
+                Err(e) => {
+                    // Nothing was sent: nothing counts.
+                    self.unavailable(&e);
+                    if !self.backoff.wait(shutdown).await {
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            let marked: Vec<usize> = set.iter().copied().filter(|&i| counted[i]).collect();
+            let ids: Vec<&str> = marked.iter().map(|&i| items[i].id).collect();
+            match self.group.count_attempts(&mut self.link, &ids, 1).await {
+                Ok(counts) => {
+                    let over: Vec<(usize, u64)> =
+                        marked.iter().copied().zip(counts).filter(|&(_, n)| n > self.max_deliveries).collect();
+                    if !over.is_empty() {
+                        let unsent: Vec<&str> = marked
+                            .iter()
+                            .filter(|i| !over.iter().any(|(o, _)| o == *i))
+                            .map(|&i| items[i].id)
+                            .collect();
+                        self.uncount(&unsent).await;
+                        return Some(Attempt::OverLimit(over));
+                    }
+                }
+                // Redis is down (the settle stage retries); storing need not wait for the count.
+                Err(e) => tracing::debug!(error = %e, "could not count a store attempt"),
+            }
             let started = Instant::now();
-            match database::ingest_batch(&self.pool, &batch).await {
+            match database::ingest_batch(client, &batch).await {
                 Ok(statuses) => {
+                    // The settle script removes the counts of settled entries.
                     self.metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
                     self.metrics.batches.with_label_values(&["committed"]).inc();
                     self.commits += 1;
@@ -581,18 +670,39 @@ impl Storer {
                     return Some(Attempt::Committed(statuses));
                 }
                 Err(IngestError::Refused { sqlstate, message }) => {
+                    self.uncount(&ids).await;
                     self.metrics.refusals.with_label_values(&[&sqlstate]).inc();
                     return Some(Attempt::Refused(message));
                 }
-                Err(IngestError::Unavailable(error)) => {
-                    self.metrics.batches.with_label_values(&["retried"]).inc();
-                    self.postgres.failed(&error);
-                    if !self.backoff.wait(shutdown).await {
-                        return None;
+                Err(e @ IngestError::Unavailable(_)) => {
+                    self.uncount(&ids).await;
+                    self.unavailable(&e);
+                }
+                Err(e @ IngestError::Lost(_)) => {
+                    // Sent without an answer: the count stays, and from now on every entry of the set counts.
+                    for &i in set {
+                        counted[i] = true;
                     }
+                    self.unavailable(&e);
                 }
             }
+            if !self.backoff.wait(shutdown).await {
+                return None;
+            }
         }
+    }
+
+    /// Takes back the count of attempts that were answered (or not sent).
+    async fn uncount(&mut self, ids: &[&str]) {
+        if let Err(e) = self.group.count_attempts(&mut self.link, ids, -1).await {
+            tracing::debug!(error = %e, "could not take back a store attempt");
+        }
+    }
+
+    /// Records an unavailable database (the whole batch is retried).
+    fn unavailable(&mut self, error: &IngestError) {
+        self.metrics.batches.with_label_values(&["retried"]).inc();
+        self.postgres.failed(error);
     }
 
     /// Records that the database refuses every write (an outage, not the data) and waits. `false` at

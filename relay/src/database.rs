@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{error::SqlState, NoTls};
 
 use crate::error::Error;
@@ -41,6 +41,10 @@ pub enum IngestError {
     /// the same batch is retried later.
     #[error("{0}")]
     Unavailable(String),
+    /// The statement was sent and no answer came (the connection broke): the server may have run it, or
+    /// may have died of it. Retried like `Unavailable`, and counted as an unanswered attempt.
+    #[error("{0}")]
+    Lost(String),
     /// The server answered the statement with an error that the data *may* have caused (a data exception,
     /// a constraint, a program limit, a trigger's RAISE, an internal error, a statement timeout, out of
     /// memory...). The same errors also come from the moment (a full NOTIFY queue, an operator's guard
@@ -74,9 +78,26 @@ pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
         .map_err(|e| Error::Pool(e.to_string()))
 }
 
-/// Stores the payloads with one `trackway.ingest_batch` call; one status per payload, in order.
-pub async fn ingest_batch(pool: &Pool, payloads: &[&str]) -> Result<Vec<Status>, IngestError> {
-    let client = pool.get().await.map_err(|e| IngestError::Unavailable(e.to_string()))?;
+/// A pooled connection for [`ingest_batch`]. An error here means nothing was sent (server down, login
+/// refused, pool exhausted).
+pub async fn connection(pool: &Pool) -> Result<Object, IngestError> {
+    pool.get().await.map_err(|e| IngestError::Unavailable(pool_error(e)))
+}
+
+/// A pool error with the server's message when there is one ("role \"relay\" is not permitted to log in"
+/// instead of deadpool's "db error").
+fn pool_error(error: deadpool_postgres::PoolError) -> String {
+    match &error {
+        deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
+            Some(db) => format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
+            None => e.to_string(),
+        },
+        _ => error.to_string(),
+    }
+}
+
+/// Stores the payloads with one `trackway.ingest_batch` call on `client`; one status per payload, in order.
+pub async fn ingest_batch(client: Object, payloads: &[&str]) -> Result<Vec<Status>, IngestError> {
     let call = async {
         let statement = client.prepare_cached(INGEST_BATCH).await?;
         client.query(&statement, &[&payloads]).await
@@ -86,7 +107,7 @@ pub async fn ingest_batch(pool: &Pool, payloads: &[&str]) -> Result<Vec<Status>,
         Ok(rows) => rows.map_err(classify)?,
         Err(_) => {
             // The connection may still be busy with the call: never hand it out again.
-            drop(deadpool_postgres::Object::take(client));
+            drop(Object::take(client));
             return Err(IngestError::Unavailable(format!("no answer within {} s", INGEST_TIMEOUT.as_secs())));
         }
     };
@@ -119,15 +140,14 @@ pub async fn ingest_batch(pool: &Pool, payloads: &[&str]) -> Result<Vec<Status>,
 
 /// Whether the database answers (`SELECT 1` on a pooled connection).
 pub async fn ping(pool: &Pool) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(pool_error)?;
     client.simple_query("SELECT 1").await.map(drop).map_err(|e| e.to_string())
 }
 
 /// Sorts a failed call: a server error is a refusal unless its class says the environment is at fault
-/// (see [`is_environment_error`]); a failure without a server error (connection lost, I/O) is
-/// `Unavailable`.
+/// (see [`is_environment_error`]); a failure without a server error (connection lost, I/O) is `Lost`.
 fn classify(error: tokio_postgres::Error) -> IngestError {
-    let Some(db) = error.as_db_error() else { return IngestError::Unavailable(error.to_string()) };
+    let Some(db) = error.as_db_error() else { return IngestError::Lost(error.to_string()) };
     let message = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
     if is_environment_error(db.code()) {
         IngestError::Unavailable(message)

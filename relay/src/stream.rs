@@ -23,14 +23,17 @@ const MAX_DEAD_LETTER_FIELDS: usize = 1000;
 /// without its dead letter. (Redis does not roll back a script that stops with an error, so what it did
 /// before — acknowledgements and earlier dead letters — stays done; doing it again is harmless because
 /// nothing is acknowledged or written twice.)
-/// KEYS: stream, dead-letter stream. ARGV: group, n, n ids to ack, then per dead letter: id, pair count,
-/// field/value pairs. Returns {entries acked, {1|0 per dead letter: written}}.
+/// Settled entries also lose their count of unanswered store attempts.
+/// KEYS: stream, dead-letter stream, attempts hash. ARGV: group, n, n ids to ack, then per dead letter: id,
+/// pair count, field/value pairs. Returns {entries acked, {1|0 per dead letter: written}}.
 const SETTLE_LUA: &str = r"
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
 local acked = 0
 for first = 3, 2 + n, 500 do
-  acked = acked + redis.call('XACK', KEYS[1], group, unpack(ARGV, first, math.min(first + 499, 2 + n)))
+  local last = math.min(first + 499, 2 + n)
+  acked = acked + redis.call('XACK', KEYS[1], group, unpack(ARGV, first, last))
+  redis.call('HDEL', KEYS[3], unpack(ARGV, first, last))
 end
 local written = {}
 local i = 3 + n
@@ -40,6 +43,7 @@ while i <= #ARGV do
   if #redis.call('XPENDING', KEYS[1], group, id, id, 1) > 0 then
     redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 2, i + 1 + 2 * pairs_count))
     acked = acked + redis.call('XACK', KEYS[1], group, id)
+    redis.call('HDEL', KEYS[3], id)
     written[#written + 1] = 1
   else
     written[#written + 1] = 0
@@ -47,6 +51,21 @@ while i <= #ARGV do
   i = i + 2 + 2 * pairs_count
 end
 return {acked, written}
+";
+
+/// Adds ARGV[1] (1 or -1) to the unanswered store attempts of each id in ARGV[2..] (a field of the hash
+/// KEYS[1]; a count that drops to 0 is removed). Returns the new counts.
+const ATTEMPTS_LUA: &str = r"
+local counts = {}
+for i = 2, #ARGV do
+  local n = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[1])
+  if n <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = 0
+  end
+  counts[#counts + 1] = n
+end
+return counts
 ";
 
 /// One stream entry as read.
@@ -179,12 +198,14 @@ pub struct Group {
     pub names: StreamNames,
     /// The settle script (loaded on first use, reloaded after a Redis restart).
     settle: Script,
+    /// The attempt-counting script.
+    attempts: Script,
 }
 
 impl Group {
     /// Operations for `names`.
     pub fn new(names: StreamNames) -> Group {
-        Group { names, settle: Script::new(SETTLE_LUA) }
+        Group { names, settle: Script::new(SETTLE_LUA), attempts: Script::new(ATTEMPTS_LUA) }
     }
 
     /// Creates the group (and the stream) unless it exists. A new group starts at the beginning of the
@@ -269,7 +290,12 @@ impl Group {
             return Ok(Settled::default());
         }
         let mut invocation = self.settle.key(&self.names.stream);
-        invocation.key(&self.names.dead_letter).arg(&self.names.group).arg(stored.len()).arg(stored);
+        invocation
+            .key(&self.names.dead_letter)
+            .key(&self.names.attempts)
+            .arg(&self.names.group)
+            .arg(stored.len())
+            .arg(stored);
         for letter in dead {
             let meta = self.dead_letter_fields(letter);
             let original = letter.entry.fields.as_deref().unwrap_or_default();
@@ -289,6 +315,18 @@ impl Group {
             }
         }
         parse_settled(link.invoke(&invocation).await?)
+    }
+
+    /// Adds `delta` (1 before an attempt, -1 once it was answered) to the unanswered store attempts of
+    /// `ids`; returns the new counts, in order.
+    pub async fn count_attempts(&self, link: &mut Link, ids: &[&str], delta: i64) -> Result<Vec<u64>, RedisError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.attempts.key(&self.names.attempts);
+        invocation.arg(delta).arg(ids);
+        let counts = items(link.invoke(&invocation).await?)?;
+        Ok(counts.iter().map(|v| int(v).and_then(|n| u64::try_from(n).ok()).unwrap_or(0)).collect())
     }
 
     fn dead_letter_fields(&self, letter: &DeadLetter) -> [(&'static str, String); 4] {

@@ -233,6 +233,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
+/// `GET http://addr/path` → (status, body), `None` while nothing answers there.
+pub async fn http_get_opt(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.unwrap_or_default()))
+}
+
 /// The value of one sample (`name{labels} value`) in `/metrics` text; 0 when absent.
 pub fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
