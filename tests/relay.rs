@@ -444,3 +444,87 @@ async fn payloads_refused_alone_while_the_rest_stores_are_rejected() {
     assert_eq!(metric(&text, "trackway_relay_acks_total"), 400.0, "{text}");
     relay.stop().await.expect("clean stop");
 }
+
+/// Backends of database `db` (other than the asking one) running an `ingest_batch` statement.
+async fn ingest_backends(client: &tokio_postgres::Client, db: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = $1 AND state = 'active' AND query LIKE '%ingest_batch%' AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// A trigger that makes every statement storing more than 8 rows sleep for a minute: big batches never
+/// finish in time, small ones do.
+async fn slow_big_statements(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.slow_when_big() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF (SELECT count(*) FROM new_rows) > 8 THEN
+                 PERFORM pg_sleep(60);
+               END IF;
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER slow_when_big AFTER INSERT ON trackway.positions
+               REFERENCING NEW TABLE AS new_rows
+               FOR EACH STATEMENT EXECUTE FUNCTION public.slow_when_big();",
+        )
+        .await
+        .expect("slow trigger");
+}
+
+/// Stores 100 entries in batches of 50 while statements of more than 8 rows never finish in time (limited by
+/// `extra` flags or the database's settings); then checks that everything was stored, nothing dead-lettered,
+/// `sqlstate` refusals counted, and no backend is left running an abandoned statement.
+async fn big_batches_time_out_and_are_split(db: &str, sqlstate: &str, extra: &[&str]) {
+    let client = connect(db).await;
+    let stream = unique(&format!("timeout-{sqlstate}"));
+    let mut conn = redis(&redis_url()).await;
+    let payloads: Vec<String> = (0..100).map(|i| position(&format!("slow-{}", i % 3), i)).collect();
+    xadd_payloads(&mut conn, &stream, &payloads).await;
+    let mut flags = vec!["--batch-size", "50"];
+    flags.extend_from_slice(extra);
+    let relay = start(db, &stream, &flags).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(90)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 100);
+    assert!(read_all(&mut conn, &format!("{stream}:dead")).await.is_empty(), "dead letters");
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert!(metric(&text, &format!("trackway_relay_refusals_total{{sqlstate=\"{sqlstate}\"}}")) >= 1.0, "{text}");
+    assert!(metric(&text, "trackway_relay_batches_total{outcome=\"split\"}") >= 1.0, "{text}");
+    // Every timed-out statement was cancelled on the server: no backend keeps sleeping in one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let running = ingest_backends(&client, db).await;
+        if running == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{running} backends still run abandoned ingest_batch calls");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay.stop().await.expect("clean stop");
+}
+
+/// Batches that hit the server's `statement_timeout` (57014) are split until they fit, not retried whole
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_hitting_statement_timeout_are_split_until_they_fit() {
+    let db = fresh_database("relay_statement_timeout").await;
+    let client = connect(&db).await;
+    slow_big_statements(&client).await;
+    client.batch_execute(&format!("ALTER DATABASE {db} SET statement_timeout = '300ms'")).await.expect("timeout");
+    big_batches_time_out_and_are_split(&db, "57014", &[]).await;
+}
+
+/// When the relay's own bound (`--ingest-timeout-ms`) expires, it cancels the statement on the server
+/// (otherwise the backend would sleep on for a minute) and splits the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_own_timeout_cancels_the_statement_and_splits_the_batch() {
+    let db = fresh_database("relay_own_timeout").await;
+    slow_big_statements(&connect(&db).await).await;
+    big_batches_time_out_and_are_split(&db, "timeout", &["--ingest-timeout-ms", "500"]).await;
+}

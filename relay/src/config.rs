@@ -57,6 +57,11 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_BATCH_SIZE", default_value = "1000")]
     pub batch_size: String,
 
+    /// Longest wait for one `trackway.ingest_batch` answer, in milliseconds (100–3600000). After it the
+    /// relay cancels the statement on the server, drops the connection and retries the batch in halves.
+    #[arg(long, env = "TRACKWAY_INGEST_TIMEOUT_MS", default_value = "120000")]
+    pub ingest_timeout_ms: String,
+
     /// How long one read waits for new entries, in milliseconds (1–60000). Shutdown waits at most this
     /// long for a read in flight.
     #[arg(long, env = "TRACKWAY_BLOCK_MS", default_value = "2000")]
@@ -104,6 +109,8 @@ pub struct Config {
     pub names: StreamNames,
     /// Entries per read and per database round trip.
     pub batch_size: usize,
+    /// Longest wait for one `ingest_batch` answer; then the statement is cancelled and the batch split.
+    pub ingest_timeout: Duration,
     /// Blocking read timeout.
     pub block: Duration,
     /// Unanswered store attempts after which an entry is dead-lettered.
@@ -162,6 +169,7 @@ impl Settings {
             }
         };
         let batch_size = number("TRACKWAY_BATCH_SIZE", &self.batch_size, 1..=10_000)?;
+        let ingest_timeout_ms = number("TRACKWAY_INGEST_TIMEOUT_MS", &self.ingest_timeout_ms, 100..=3_600_000)?;
         let block_ms = number("TRACKWAY_BLOCK_MS", &self.block_ms, 1..=60_000)?;
         let max_deliveries = number("TRACKWAY_MAX_DELIVERIES", &self.max_deliveries, 1..=1_000_000)?;
         let claim_idle_ms = number("TRACKWAY_CLAIM_IDLE_MS", &self.claim_idle_ms, 1000..=86_400_000)?;
@@ -193,6 +201,7 @@ impl Settings {
                 payload_field: self.payload_field,
             },
             batch_size: usize::try_from(batch_size).unwrap_or(1000),
+            ingest_timeout: Duration::from_millis(ingest_timeout_ms),
             block: Duration::from_millis(block_ms),
             max_deliveries,
             claim_idle: Duration::from_millis(claim_idle_ms),
@@ -226,6 +235,7 @@ impl fmt::Debug for Config {
             .field("redis", &self.redis.addr().to_string())
             .field("names", &self.names)
             .field("batch_size", &self.batch_size)
+            .field("ingest_timeout", &self.ingest_timeout)
             .field("block", &self.block)
             .field("max_deliveries", &self.max_deliveries)
             .field("claim_idle", &self.claim_idle)
@@ -263,6 +273,7 @@ mod tests {
         assert_eq!(config.names.dead_letter, "positions:dead");
         assert_eq!(config.names.attempts, "positions:attempts");
         assert_eq!(config.batch_size, 1000);
+        assert_eq!(config.ingest_timeout, Duration::from_secs(120));
         assert!(config.names.consumer.ends_with(&format!("-{}", std::process::id())));
     }
 
@@ -273,6 +284,8 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         for (flag, value, name) in [
             ("--batch-size", "0", "TRACKWAY_BATCH_SIZE"),
+            ("--ingest-timeout-ms", "5", "TRACKWAY_INGEST_TIMEOUT_MS"),
+            ("--ingest-timeout-ms", "later", "TRACKWAY_INGEST_TIMEOUT_MS"),
             ("--block-ms", "70000", "TRACKWAY_BLOCK_MS"),
             ("--block-ms", "soon", "TRACKWAY_BLOCK_MS"),
             ("--max-deliveries", "0", "TRACKWAY_MAX_DELIVERIES"),
@@ -298,6 +311,7 @@ mod tests {
             "TRACKWAY_DEAD_LETTER_STREAM",
             "TRACKWAY_PAYLOAD_FIELD",
             "TRACKWAY_BATCH_SIZE",
+            "TRACKWAY_INGEST_TIMEOUT_MS",
             "TRACKWAY_BLOCK_MS",
             "TRACKWAY_MAX_DELIVERIES",
             "TRACKWAY_CLAIM_IDLE_MS",

@@ -163,6 +163,7 @@ impl Consumer {
                 group: group.clone(),
                 link: Link::new(config.redis.clone(), Duration::ZERO)?,
                 max_deliveries: config.max_deliveries,
+                ingest_timeout: config.ingest_timeout,
                 metrics: metrics.clone(),
             },
             settler: Settler {
@@ -450,6 +451,11 @@ const OUTAGE_STREAK: u32 = 3;
 ///   with nothing else to send is retried with backoff and never judged on its own evidence, however long
 ///   the database refuses.
 ///
+/// Failures that depend on the batch's size are refusals too: `statement_timeout` (57014), the relay's own
+/// `TRACKWAY_INGEST_TIMEOUT_MS` (the statement is cancelled on the server: SQLSTATE `timeout`), out of
+/// memory (53200), a message too large to send (`too_large`). Splitting shrinks the batch until the pieces
+/// pass; a single entry that still fails is judged by the same rule as any other.
+///
 /// Unreachable databases and environment errors (`IngestError::Unavailable`) are retried whole with
 /// backoff, without splitting. A delay in which the fault (say a guard trigger) switches on between a
 /// commit and an entry's second lone refusal could still blame that entry; it takes two refusals of the
@@ -469,6 +475,8 @@ struct Storer {
     link: Link,
     /// Unanswered attempts after which an entry is given up.
     max_deliveries: u64,
+    /// Longest wait for one answer (then the statement is cancelled; a refusal with SQLSTATE `timeout`).
+    ingest_timeout: Duration,
     /// Counters and histograms.
     metrics: Metrics,
 }
@@ -657,7 +665,7 @@ impl Storer {
                 Err(e) => tracing::debug!(error = %e, "could not count a store attempt"),
             }
             let started = Instant::now();
-            match database::ingest_batch(client, &batch).await {
+            match database::ingest_batch(client, &batch, self.ingest_timeout).await {
                 Ok(statuses) => {
                     // The settle script removes the counts of settled entries.
                     self.metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());

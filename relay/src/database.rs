@@ -15,10 +15,6 @@ const INGEST_BATCH: &str = "SELECT ord, status, error FROM trackway.ingest_batch
 const POOL_SIZE: usize = 4;
 /// How long a caller waits for a pooled connection, and for a new connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for an `ingest_batch` answer. A server that stops answering (a network partition without a
-/// reset) would otherwise stall the relay; after this the connection is discarded and the batch retried,
-/// which is safe because storing is idempotent.
-const INGEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// TCP keepalive idle time, so dead peers are noticed in well under the kernel's default two hours.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
@@ -97,18 +93,35 @@ fn pool_error(error: deadpool_postgres::PoolError) -> String {
 }
 
 /// Stores the payloads with one `trackway.ingest_batch` call on `client`; one status per payload, in order.
-pub async fn ingest_batch(client: Object, payloads: &[&str]) -> Result<Vec<Status>, IngestError> {
+///
+/// `timeout` (`TRACKWAY_INGEST_TIMEOUT_MS`) bounds the wait for the answer: a statement that runs too long
+/// (a batch too big for the server's time, a lock, a network partition without a reset) would otherwise
+/// stall the relay. When it expires the relay sends the server a cancel request for the statement (so it
+/// does not keep running and holding a backend), then discards the connection. A cancelled statement is a
+/// refusal with SQLSTATE `timeout`, so the batch is split like one that hit `statement_timeout`; if the
+/// cancel request cannot be delivered either, nothing answered at all (`Lost`).
+pub async fn ingest_batch(client: Object, payloads: &[&str], timeout: Duration) -> Result<Vec<Status>, IngestError> {
     let call = async {
         let statement = client.prepare_cached(INGEST_BATCH).await?;
         client.query(&statement, &[&payloads]).await
     };
-    let answer = tokio::time::timeout(INGEST_TIMEOUT, call).await;
+    let answer = tokio::time::timeout(timeout, call).await;
     let rows = match answer {
         Ok(rows) => rows.map_err(classify)?,
         Err(_) => {
+            let waited = format!("no answer within {} ms", timeout.as_millis());
+            let token = client.cancel_token();
+            let cancelled = tokio::time::timeout(CONNECT_TIMEOUT, token.cancel_query(NoTls)).await;
             // The connection may still be busy with the call: never hand it out again.
             drop(Object::take(client));
-            return Err(IngestError::Unavailable(format!("no answer within {} s", INGEST_TIMEOUT.as_secs())));
+            return Err(match cancelled {
+                Ok(Ok(())) => IngestError::Refused {
+                    sqlstate: "timeout".to_owned(),
+                    message: format!("{waited}; the statement was cancelled"),
+                },
+                Ok(Err(e)) => IngestError::Lost(format!("{waited}, and the cancel request failed: {e}")),
+                Err(_) => IngestError::Lost(format!("{waited}, and the cancel request got no answer either")),
+            });
         }
     };
     let mut statuses = vec![None; payloads.len()];
@@ -147,7 +160,15 @@ pub async fn ping(pool: &Pool) -> Result<(), String> {
 /// Sorts a failed call: a server error is a refusal unless its class says the environment is at fault
 /// (see [`is_environment_error`]); a failure without a server error (connection lost, I/O) is `Lost`.
 fn classify(error: tokio_postgres::Error) -> IngestError {
-    let Some(db) = error.as_db_error() else { return IngestError::Lost(error.to_string()) };
+    let Some(db) = error.as_db_error() else {
+        let message = error.to_string();
+        // The client could not encode the call (a message above PostgreSQL's 1 GB limit): a smaller batch
+        // may pass, so it is a refusal, not a lost connection.
+        if message.starts_with("error serializing") || message.starts_with("error encoding") {
+            return IngestError::Refused { sqlstate: "too_large".to_owned(), message };
+        }
+        return IngestError::Lost(message);
+    };
     let message = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
     if is_environment_error(db.code()) {
         IngestError::Unavailable(message)
