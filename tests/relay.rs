@@ -126,7 +126,8 @@ async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
     assert_eq!(status, 200);
     assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"inserted\"}"), 205.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"duplicate\"}"), 3.0, "{text}");
-    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"invalid\"}"), 16.0, "{text}");
+    // 15 said invalid by the extension; the 2 MiB payload is refused by the relay before any round trip.
+    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"invalid\"}"), 15.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 17.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"missing_payload\"}"), 1.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_acks_total"), 226.0, "{text}");
@@ -527,4 +528,46 @@ async fn the_relays_own_timeout_cancels_the_statement_and_splits_the_batch() {
     let db = fresh_database("relay_own_timeout").await;
     slow_big_statements(&connect(&db).await).await;
     big_batches_time_out_and_are_split(&db, "timeout", &["--ingest-timeout-ms", "500"]).await;
+}
+
+/// Memory is bounded by bytes: with a read budget of 4 MiB, 20 entries of 900 KiB are read at most five at
+/// a time (the budget plus the entry that crosses it) and all stored; a 2 MiB payload is dead-lettered as
+/// `invalid` by the relay itself, without a database round trip (the extension's `invalid` count stays 0).
+#[tokio::test]
+async fn reads_are_bounded_by_bytes_and_oversized_payloads_never_reach_the_database() {
+    let db = fresh_database("relay_bytes").await;
+    let stream = unique("bytes");
+    let mut conn = redis(&redis_url()).await;
+    let blob = "x".repeat(900 << 10);
+    let payloads: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"deviceId":"big-{}","timestamp":"2026-11-29T00:00:{i:02}.000Z","latitude":54.7,"longitude":25.3,"attributes":{{"blob":"{blob}"}}}}"#,
+                i % 3
+            )
+        })
+        .collect();
+    xadd_payloads(&mut conn, &stream, &payloads).await;
+    let huge = format!(r#"{{"deviceId":"huge","note":"{}"}}"#, "x".repeat(2 << 20));
+    let huge_id = xadd_fields(&mut conn, &stream, &[("payload", huge.as_bytes())]).await;
+    let budget = 4 << 20;
+    let relay = start(&db, &stream, &["--batch-bytes", &budget.to_string()]).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+
+    let text = http_get(relay.admin, "/metrics").await.1;
+    let batches = metric(&text, "trackway_relay_batch_size_count");
+    assert!(batches >= 5.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_batch_size_bucket{le=\"8\"}"), batches, "a batch above 8 entries: {text}");
+    let largest_entry = (huge.len() + "payload".len()) as f64;
+    assert!(metric(&text, "trackway_relay_batch_bytes_peak") <= budget as f64 + largest_entry, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"invalid\"}"), 0.0, "sent to the database: {text}");
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 1.0, "{text}");
+    let client = connect(&db).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 20);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1["trackway.source_id"], huge_id);
+    assert!(dead[0].1["trackway.error"].contains("above the limit"), "{:?}", dead[0].1);
+    relay.stop().await.expect("clean stop");
+    let _: () = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut conn).await.expect("DEL");
 }

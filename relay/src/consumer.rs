@@ -125,6 +125,8 @@ pub struct Consumer {
     max_deliveries: u64,
     /// Entry field holding the payload.
     payload_field: String,
+    /// Payloads above this many bytes are dead-lettered as `invalid` without being sent.
+    max_payload_bytes: usize,
     /// Counters and histograms.
     metrics: Metrics,
 }
@@ -145,6 +147,8 @@ impl Consumer {
                 group: group.clone(),
                 link: Link::new(config.redis.clone(), config.block)?,
                 batch_size: config.batch_size,
+                batch_bytes: config.batch_bytes,
+                largest_entry: config.max_payload_bytes,
                 block: config.block,
                 claim_idle: config.claim_idle,
                 group_ready: false,
@@ -177,6 +181,7 @@ impl Consumer {
             shutdown,
             max_deliveries: config.max_deliveries,
             payload_field: config.names.payload_field.clone(),
+            max_payload_bytes: config.max_payload_bytes,
             metrics,
         })
     }
@@ -291,6 +296,12 @@ impl Consumer {
     async fn prepare<'b>(&mut self, batch: &'b Batch) -> (Settlement, Vec<(&'b Entry, &'b str)>) {
         self.metrics.entries_read.with_label_values(&[batch.source.label()]).inc_by(batch.entries.len() as u64);
         self.metrics.batch_size.observe(batch.entries.len() as f64);
+        let bytes = batch.entries.iter().map(Entry::bytes).sum::<usize>();
+        self.metrics.batch_bytes.observe(bytes as f64);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        if bytes > self.metrics.batch_bytes_peak.get() {
+            self.metrics.batch_bytes_peak.set(bytes);
+        }
         let mut settlement = Settlement::default();
         let mut to_store = Vec::with_capacity(batch.entries.len());
         for entry in &batch.entries {
@@ -299,7 +310,7 @@ impl Consumer {
                 settlement.acks.push(entry.id.clone());
                 continue;
             }
-            match payload_of(entry, &self.payload_field) {
+            match payload_of(entry, &self.payload_field, self.max_payload_bytes) {
                 Ok(payload) => to_store.push((entry, payload)),
                 Err((reason, error)) => settlement.dead.push(dead_letter(entry, reason, error)),
             }
@@ -346,6 +357,10 @@ struct Reader {
     link: Link,
     /// Entries per read.
     batch_size: usize,
+    /// Bytes per read (plus one entry).
+    batch_bytes: usize,
+    /// Largest entry seen (bytes; starts at the payload limit), which sizes claim sweeps.
+    largest_entry: usize,
     /// Blocking read timeout.
     block: Duration,
     /// Idle time after which other consumers' entries are claimed.
@@ -371,6 +386,9 @@ impl Reader {
     /// up to the block time only when `block`).
     async fn next(&mut self, block: bool) -> Result<Option<Batch>, RedisError> {
         let batch = self.try_next(block).await?;
+        if let Some(b) = &batch {
+            self.largest_entry = b.entries.iter().map(Entry::bytes).fold(self.largest_entry, usize::max);
+        }
         self.backoff.reset();
         if self.redis.succeeded() {
             self.metrics.reconnects.with_label_values(&["redis"]).inc();
@@ -384,15 +402,17 @@ impl Reader {
             self.group_ready = true;
         }
         if let Some(after) = self.pending_after.clone() {
-            let entries = self.group.read_pending(&mut self.link, self.batch_size, &after).await?;
+            let entries = self.group.read_pending(&mut self.link, self.batch_size, self.batch_bytes, &after).await?;
             self.pending_after = entries.last().map(|e| e.id.clone());
             if !entries.is_empty() {
                 return Ok(Some(Batch { source: Source::Pending, entries }));
             }
         }
         if Instant::now() >= self.next_claim {
-            let claimed =
-                self.group.autoclaim(&mut self.link, self.claim_idle, &self.claim_start, self.batch_size).await?;
+            // XAUTOCLAIM cannot measure before it claims: claim as many as fit if each were as large as the
+            // largest entry seen so far (at first the payload limit).
+            let count = (self.batch_bytes / self.largest_entry.max(1)).clamp(1, self.batch_size);
+            let claimed = self.group.autoclaim(&mut self.link, self.claim_idle, &self.claim_start, count).await?;
             if claimed.next == "0-0" {
                 let pause = (self.claim_idle / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
                 self.next_claim = Instant::now() + pause;
@@ -411,7 +431,7 @@ impl Reader {
             }
         }
         let block = if block { Some(self.block) } else { None };
-        let entries = self.group.read_new(&mut self.link, self.batch_size, block).await?;
+        let entries = self.group.read_new(&mut self.link, self.batch_size, self.batch_bytes, block).await?;
         Ok((!entries.is_empty()).then_some(Batch { source: Source::New, entries }))
     }
 
@@ -722,6 +742,11 @@ impl Storer {
     }
 }
 
+/// Most acknowledgements in one settle script call.
+const SETTLE_MAX_IDS: usize = 5000;
+/// Most dead-letter bytes in one settle script call (a larger single dead letter goes alone).
+const SETTLE_MAX_BYTES: usize = 8 << 20;
+
 /// Acknowledging stage: XACK and dead letters, on a connection of its own.
 struct Settler {
     /// Group operations and names.
@@ -738,12 +763,41 @@ struct Settler {
 
 impl Settler {
     /// Acknowledges and dead-letters, retrying while Redis is unavailable; gives up only at shutdown (the
-    /// entries stay pending and come back as duplicates).
+    /// entries stay pending and come back as duplicates). One script call carries at most
+    /// [`SETTLE_MAX_IDS`] acknowledgements or [`SETTLE_MAX_BYTES`] of dead letters (at least one), so a
+    /// batch of large dead letters becomes several calls instead of one huge request.
     async fn settle(&mut self, settlement: Settlement, shutdown: &CancellationToken) {
         let Settlement { acks, dead } = settlement;
         let acks: Vec<&str> = acks.iter().map(String::as_str).collect();
+        for part in acks.chunks(SETTLE_MAX_IDS) {
+            if !self.settle_part(part, &[], shutdown).await {
+                return;
+            }
+        }
+        let mut rest = &dead[..];
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let take = rest
+                .iter()
+                .take_while(|letter| {
+                    let fits = bytes == 0 || bytes + letter.bytes() <= SETTLE_MAX_BYTES;
+                    bytes += letter.bytes();
+                    fits
+                })
+                .count()
+                .clamp(1, SETTLE_MAX_IDS);
+            let (part, later) = rest.split_at(take);
+            if !self.settle_part(&[], part, shutdown).await {
+                return;
+            }
+            rest = later;
+        }
+    }
+
+    /// One settle script call, retried until it succeeds. `false` at shutdown.
+    async fn settle_part(&mut self, acks: &[&str], dead: &[DeadLetter], shutdown: &CancellationToken) -> bool {
         loop {
-            match self.group.settle(&mut self.link, &acks, &dead).await {
+            match self.group.settle(&mut self.link, acks, dead).await {
                 Ok(settled) => {
                     self.backoff.reset();
                     if self.redis.succeeded() {
@@ -760,14 +814,14 @@ impl Settler {
                         tracing::info!(count = dead.len(), first_id = %first.entry.id, first_error = %first.error,
                                        "entries dead-lettered");
                     }
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     self.metrics.settle_failures.inc();
                     self.redis.failed(&e);
                     if !self.backoff.wait(shutdown).await {
                         tracing::info!("shutdown while Redis is unavailable; handled entries stay pending");
-                        return;
+                        return false;
                     }
                 }
             }
@@ -792,9 +846,16 @@ fn dead_letter(entry: &Entry, reason: &'static str, error: String) -> DeadLetter
     DeadLetter { entry: entry.clone(), reason, error }
 }
 
-/// The payload text of an entry, or why it cannot be sent to the database: `(reason, error)`.
-fn payload_of<'e>(entry: &'e Entry, field: &str) -> Result<&'e str, (&'static str, String)> {
+/// The payload text of an entry, or why it cannot be sent to the database: `(reason, error)`. A payload
+/// above `limit` bytes is `invalid` here, without a round trip (the extension would say the same).
+fn payload_of<'e>(entry: &'e Entry, field: &str, limit: usize) -> Result<&'e str, (&'static str, String)> {
     let bytes = entry.field(field).ok_or_else(|| ("missing_payload", format!("entry has no field {field:?}")))?;
+    if bytes.len() > limit {
+        return Err((
+            "invalid",
+            format!("payload: {} bytes, above the limit of {limit} bytes (TRACKWAY_MAX_PAYLOAD_BYTES)", bytes.len()),
+        ));
+    }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| ("invalid", format!("payload: not valid UTF-8 (at byte {})", e.valid_up_to())))?;
     if let Some(at) = text.find('\0') {
@@ -816,11 +877,16 @@ mod tests {
 
     #[test]
     fn payload_checks_name_the_problem() {
-        assert_eq!(payload_of(&entry(&[("payload", b"{}")]), "payload"), Ok("{}"));
-        assert_eq!(payload_of(&entry(&[("other", b"{}")]), "payload").unwrap_err().0, "missing_payload");
-        let (reason, error) = payload_of(&entry(&[("payload", b"{\xff}")]), "payload").unwrap_err();
+        assert_eq!(payload_of(&entry(&[("payload", b"{}")]), "payload", 10), Ok("{}"));
+        assert_eq!(payload_of(&entry(&[("other", b"{}")]), "payload", 10).unwrap_err().0, "missing_payload");
+        let (reason, error) = payload_of(&entry(&[("payload", b"{\xff}")]), "payload", 10).unwrap_err();
         assert_eq!((reason, error.as_str()), ("invalid", "payload: not valid UTF-8 (at byte 1)"));
-        let (_, error) = payload_of(&entry(&[("payload", b"{\"a\":\"\0\"}")]), "payload").unwrap_err();
+        let (_, error) = payload_of(&entry(&[("payload", b"{\"a\":\"\0\"}")]), "payload", 10).unwrap_err();
         assert!(error.contains("NUL"), "{error}");
+        let (reason, error) = payload_of(&entry(&[("payload", b"{\"a\":\"too long\"}")]), "payload", 10).unwrap_err();
+        assert_eq!(
+            (reason, error.as_str()),
+            ("invalid", "payload: 16 bytes, above the limit of 10 bytes (TRACKWAY_MAX_PAYLOAD_BYTES)")
+        );
     }
 }

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub ingest_seconds: Histogram,
     /// Entries per batch read from the stream.
     pub batch_size: Histogram,
+    /// Bytes (field names and values) per batch read from the stream.
+    pub batch_bytes: Histogram,
+    /// The largest batch read so far, bytes (stays within `TRACKWAY_BATCH_BYTES` plus one entry).
+    pub batch_bytes_peak: IntGauge,
     /// Connections (re)established after a failure, by `backend`: `postgres`, `redis`.
     pub reconnects: IntCounterVec,
 }
@@ -100,6 +104,12 @@ impl Metrics {
             "Entries per batch read.",
             exponential_buckets(1.0, 2.0, 15).expect("valid buckets"),
         );
+        let batch_bytes = histogram(
+            "trackway_relay_batch_bytes",
+            "Bytes (field names and values) per batch read.",
+            exponential_buckets(1024.0, 4.0, 11).expect("valid buckets"),
+        );
+        let batch_bytes_peak = gauge("trackway_relay_batch_bytes_peak", "Largest batch read so far, bytes.");
         for source in ["new", "pending", "claimed"] {
             entries_read.with_label_values(&[source]);
         }
@@ -127,6 +137,8 @@ impl Metrics {
             group_pending,
             ingest_seconds,
             batch_size,
+            batch_bytes,
+            batch_bytes_peak,
             reconnects,
         }
     }

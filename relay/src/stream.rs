@@ -68,6 +68,57 @@ end
 return counts
 ";
 
+/// Reads up to ARGV[3] new entries for the group, but only as many as fit in ARGV[4] bytes (field names
+/// and values; the entry that crosses the budget is included, so a batch holds at most the budget plus one
+/// entry, and an entry larger than the budget comes alone). The sizes are measured with XRANGE after the
+/// group's last delivered id before XREADGROUP delivers exactly that many; both run in one atomic step.
+/// KEYS: stream. ARGV: group, consumer, count, budget. Returns the entries (`[[id, [f, v, …]], …]`).
+const READ_NEW_LUA: &str = r"
+local group, consumer = ARGV[1], ARGV[2]
+local count, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, delivered
+  for k = 1, #g, 2 do
+    if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'last-delivered-id' then delivered = g[k + 1] end
+  end
+  if name == group then last = delivered end
+end
+if not last then
+  return redis.error_reply('NOGROUP No such consumer group ' .. group .. ' for key name ' .. KEYS[1])
+end
+local n, bytes = 0, 0
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', count)) do
+  n = n + 1
+  for _, v in ipairs(e[2]) do bytes = bytes + #v end
+  if bytes >= budget then break end
+end
+if n == 0 then return {} end
+local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', KEYS[1], '>')
+if not reply then return {} end
+return reply[1][2]
+";
+
+/// Like `READ_NEW_LUA` for this consumer's own pending entries after id ARGV[5] (a history read): sizes
+/// from XPENDING and XRANGE of each id, then XREADGROUP of exactly that many.
+const READ_PENDING_LUA: &str = r"
+local group, consumer = ARGV[1], ARGV[2]
+local count, budget, after = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local n, bytes = 0, 0
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], group, '(' .. after, '+', count, consumer)) do
+  n = n + 1
+  local e = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
+  if e then
+    for _, v in ipairs(e[2]) do bytes = bytes + #v end
+  end
+  if bytes >= budget then break end
+end
+if n == 0 then return {} end
+local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', KEYS[1], after)
+if not reply then return {} end
+return reply[1][2]
+";
+
 /// One stream entry as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -78,6 +129,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Bytes of its field names and values (what the read budget counts).
+    pub fn bytes(&self) -> usize {
+        self.fields.as_deref().unwrap_or_default().iter().map(|(f, v)| f.len() + v.len()).sum()
+    }
+
     /// The value of `field`, if the entry has it.
     pub fn field(&self, field: &str) -> Option<&[u8]> {
         self.fields.as_ref()?.iter().find(|(f, _)| f == field.as_bytes()).map(|(_, v)| v.as_slice())
@@ -94,6 +150,13 @@ pub struct DeadLetter {
     pub reason: &'static str,
     /// Human-readable error; for `invalid` it starts with the field path.
     pub error: String,
+}
+
+impl DeadLetter {
+    /// Bytes it carries to Redis (original fields and the error).
+    pub fn bytes(&self) -> usize {
+        self.entry.bytes() + self.error.len()
+    }
 }
 
 /// What settling a batch did.
@@ -200,12 +263,22 @@ pub struct Group {
     settle: Script,
     /// The attempt-counting script.
     attempts: Script,
+    /// The byte-bounded read of new entries.
+    read_new: Script,
+    /// The byte-bounded read of own pending entries.
+    read_pending: Script,
 }
 
 impl Group {
     /// Operations for `names`.
     pub fn new(names: StreamNames) -> Group {
-        Group { names, settle: Script::new(SETTLE_LUA), attempts: Script::new(ATTEMPTS_LUA) }
+        Group {
+            names,
+            settle: Script::new(SETTLE_LUA),
+            attempts: Script::new(ATTEMPTS_LUA),
+            read_new: Script::new(READ_NEW_LUA),
+            read_pending: Script::new(READ_PENDING_LUA),
+        }
     }
 
     /// Creates the group (and the stream) unless it exists. A new group starts at the beginning of the
@@ -223,27 +296,48 @@ impl Group {
         }
     }
 
-    /// Up to `count` new entries; with `block`, waits up to that long for the first.
+    /// Up to `count` new entries within `budget` bytes (plus one entry; see `READ_NEW_LUA`); with `block`,
+    /// waits up to that long for the first when there is none yet.
     pub async fn read_new(
         &self,
         link: &mut Link,
         count: usize,
+        budget: usize,
         block: Option<Duration>,
     ) -> Result<Vec<Entry>, RedisError> {
-        let mut cmd = self.read_cmd(count);
-        if let Some(block) = block {
-            cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1));
-        }
+        let entries = self.read_new_within(link, count, budget).await?;
+        let Some(block) = block.filter(|_| entries.is_empty()) else { return Ok(entries) };
+        // Nothing yet: wait for one entry, then take what else fits.
+        let mut cmd = self.read_cmd(1);
+        cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1));
         cmd.arg("STREAMS").arg(&self.names.stream).arg(">");
-        parse_read(link.query(&cmd).await?)
+        let mut entries = parse_read(link.query(&cmd).await?)?;
+        let used = entries.first().map_or(budget, Entry::bytes);
+        if !entries.is_empty() && count > 1 && used < budget {
+            entries.extend(self.read_new_within(link, count - 1, budget - used).await?);
+        }
+        Ok(entries)
     }
 
-    /// Up to `count` of this consumer's own pending entries after id `after` (history read; each read
-    /// counts as a delivery).
-    pub async fn read_pending(&self, link: &mut Link, count: usize, after: &str) -> Result<Vec<Entry>, RedisError> {
-        let mut cmd = self.read_cmd(count);
-        cmd.arg("STREAMS").arg(&self.names.stream).arg(after);
-        parse_read(link.query(&cmd).await?)
+    async fn read_new_within(&self, link: &mut Link, count: usize, budget: usize) -> Result<Vec<Entry>, RedisError> {
+        let mut invocation = self.read_new.key(&self.names.stream);
+        invocation.arg(&self.names.group).arg(&self.names.consumer).arg(count).arg(budget);
+        parse_entries(link.invoke(&invocation).await?)
+    }
+
+    /// Up to `count` of this consumer's own pending entries after id `after`, within `budget` bytes (plus one
+    /// entry). A history read: Redis counts it as a delivery (the relay counts attempts instead, see
+    /// `max_deliveries`).
+    pub async fn read_pending(
+        &self,
+        link: &mut Link,
+        count: usize,
+        budget: usize,
+        after: &str,
+    ) -> Result<Vec<Entry>, RedisError> {
+        let mut invocation = self.read_pending.key(&self.names.stream);
+        invocation.arg(&self.names.group).arg(&self.names.consumer).arg(count).arg(budget).arg(after);
+        parse_entries(link.invoke(&invocation).await?)
     }
 
     fn read_cmd(&self, count: usize) -> redis::Cmd {
