@@ -571,3 +571,12 @@ async fn reads_are_bounded_by_bytes_and_oversized_payloads_never_reach_the_datab
     relay.stop().await.expect("clean stop");
     let _: () = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut conn).await.expect("DEL");
 }
+
+/// A metrics check of a sample that is not there (a metric removed or renamed) fails instead of reading 0.
+#[test]
+#[should_panic(expected = "is not in /metrics")]
+fn a_check_of_a_missing_metric_fails() {
+    let text = "# TYPE trackway_relay_acks_total counter\ntrackway_relay_acks_total 3\n";
+    assert_eq!(metric(text, "trackway_relay_acks_total"), 3.0);
+    metric(text, "trackway_relay_acked_total");
+}

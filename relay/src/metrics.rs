@@ -116,6 +116,9 @@ impl Metrics {
         for outcome in ["committed", "retried", "split"] {
             batches.with_label_values(&[outcome]);
         }
+        for reason in ["invalid", "missing_payload", "rejected", "max_deliveries"] {
+            dead_letters.with_label_values(&[reason]);
+        }
         for status in ["inserted", "duplicate", "invalid"] {
             rows.with_label_values(&[status]);
         }
@@ -171,5 +174,7 @@ mod tests {
         assert!(text.contains("trackway_relay_rows_total{status=\"inserted\"} 3"), "{text}");
         assert!(text.contains("trackway_relay_dead_letters_total{reason=\"invalid\"} 1"), "{text}");
         assert!(text.contains("trackway_relay_rows_total{status=\"duplicate\"} 0"), "{text}");
+        assert!(text.contains("trackway_relay_dead_letters_total{reason=\"rejected\"} 0"), "{text}");
+        assert!(text.contains("trackway_relay_batches_total{outcome=\"retried\"} 0"), "{text}");
     }
 }

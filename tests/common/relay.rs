@@ -240,11 +240,11 @@ pub async fn http_get_opt(addr: SocketAddr, path: &str) -> Option<(u16, String)>
     Some((status, response.text().await.unwrap_or_default()))
 }
 
-/// The value of one sample (`name{labels} value`) in `/metrics` text; 0 when absent.
+/// The value of one sample (`name{labels} value`) in `/metrics` text. Panics when the sample is absent, so a
+/// check of a metric that was removed or renamed fails instead of reading 0.
 pub fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap_or_else(|e| panic!("metric sample {sample}: {v:?} is not a number: {e}")))
+        .unwrap_or_else(|| panic!("metric sample {sample} is not in /metrics (missing or renamed?):\n{text}"))
 }
