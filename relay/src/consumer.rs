@@ -7,6 +7,12 @@
 //! point leaves entries pending, and handling them again is harmless: stored rows come back as
 //! `duplicate`, and a dead letter is written only while its entry is still pending.
 //!
+//! Nothing is blamed on the data without proof (see `Storer`): a batch the server refuses is split, an
+//! entry becomes a `rejected` dead letter only when it fails alone while other writes commit, and a
+//! database that refuses every write is an outage, retried with backoff. Reads are bounded by bytes
+//! (`TRACKWAY_BATCH_BYTES`), and `max_deliveries` counts store attempts that got no answer (kept in
+//! `<stream>:attempts`), not reads.
+//!
 //! Three stages overlap so the database is never idle waiting for Redis: while batch N is stored, batch
 //! N+1 is read (without blocking) and batch N−1 is acknowledged. Each stage has its own Redis connection
 //! where it needs one, so a blocking read never delays an acknowledgement. When nothing was read ahead,
