@@ -6,7 +6,8 @@ use std::time::Duration;
 use trackway_tests::{
     connect, fresh_database, invalid_cases,
     relay::{
-        http_get, metric, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads, InProcess,
+        http_get, metric, metric_opt, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads,
+        InProcess,
     },
     server,
     servers::RedisServer,
@@ -278,7 +279,7 @@ async fn wait_metric(relay: &InProcess, sample: &str, at_least: f64) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let text = http_get(relay.admin, "/metrics").await.1;
-        if metric(&text, sample) >= at_least {
+        if metric_opt(&text, sample).is_some_and(|v| v >= at_least) {
             return text;
         }
         assert!(std::time::Instant::now() < deadline, "{sample} never reached {at_least}: {text}");
@@ -579,4 +580,63 @@ fn a_check_of_a_missing_metric_fails() {
     let text = "# TYPE trackway_relay_acks_total counter\ntrackway_relay_acks_total 3\n";
     assert_eq!(metric(text, "trackway_relay_acks_total"), 3.0);
     metric(text, "trackway_relay_acked_total");
+}
+
+/// A batch of one entry has no sibling to prove the database works, so a lone refused entry is never judged
+/// on its own evidence: it is held (pending, retried with backoff) while the database refuses everything,
+/// and stored when it stops; a lone entry that the server refuses for what it is (a banned device) is held
+/// too, until later entries commit, and only then dead-lettered as `rejected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_entry_is_never_judged_on_its_own_evidence() {
+    let db = fresh_database("relay_lone").await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE public.refuse_flag (refusing boolean NOT NULL);
+             INSERT INTO public.refuse_flag VALUES (true);
+             CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF (SELECT refusing FROM public.refuse_flag) THEN
+                 RAISE EXCEPTION 'notify queue full (simulated)' USING ERRCODE = '54000';
+               ELSIF NEW.device_id = 'lone-poison' THEN
+                 RAISE EXCEPTION 'device lone-poison is banned';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON trackway.positions
+               FOR EACH ROW EXECUTE FUNCTION public.refuse();",
+        )
+        .await
+        .expect("refusing trigger");
+    let stream = unique("lone");
+    let mut conn = redis(&redis_url()).await;
+    let relay = start(&db, &stream, &[]).await;
+
+    // One good entry while every write is refused: tried again and again, never dead-lettered.
+    xadd_payloads(&mut conn, &stream, &[position("lone-good", 0)]).await;
+    wait_metric(&relay, "trackway_relay_refusals_total{sqlstate=\"54000\"}", 3.0).await;
+    let state = trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await;
+    assert_eq!(state, Some((1, Some(0))), "the lone entry stays pending");
+    assert!(read_all(&mut conn, &format!("{stream}:dead")).await.is_empty());
+    client.batch_execute("UPDATE public.refuse_flag SET refusing = false").await.expect("clear the flag");
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 1);
+
+    // One poison entry alone: held, not judged, until other entries commit after its refusal.
+    let poison = xadd_payloads(&mut conn, &stream, &[position("lone-poison", 1)]).await.remove(0);
+    wait_metric(&relay, "trackway_relay_refusals_total{sqlstate=\"P0001\"}", 2.0).await;
+    let state = trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await;
+    assert_eq!(state, Some((1, Some(0))), "the lone poison entry is held, not judged");
+    assert!(read_all(&mut conn, &format!("{stream}:dead")).await.is_empty());
+    let good: Vec<String> = (2..7).map(|i| position("lone-good", i)).collect();
+    xadd_payloads(&mut conn, &stream, &good).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 6);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(
+        (dead[0].1["trackway.source_id"].as_str(), dead[0].1["trackway.reason"].as_str()),
+        (poison.as_str(), "rejected")
+    );
+    relay.stop().await.expect("clean stop");
 }

@@ -243,8 +243,14 @@ pub async fn http_get_opt(addr: SocketAddr, path: &str) -> Option<(u16, String)>
 /// The value of one sample (`name{labels} value`) in `/metrics` text. Panics when the sample is absent, so a
 /// check of a metric that was removed or renamed fails instead of reading 0.
 pub fn metric(text: &str, sample: &str) -> f64 {
+    metric_opt(text, sample)
+        .unwrap_or_else(|| panic!("metric sample {sample} is not in /metrics (missing or renamed?):\n{text}"))
+}
+
+/// [`metric`], `None` when the sample is absent (for waits on a labelled sample that appears with its first
+/// event; such a wait still fails at its deadline when the sample never comes).
+pub fn metric_opt(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
         .map(|v| v.trim().parse().unwrap_or_else(|e| panic!("metric sample {sample}: {v:?} is not a number: {e}")))
-        .unwrap_or_else(|| panic!("metric sample {sample} is not in /metrics (missing or renamed?):\n{text}"))
 }
