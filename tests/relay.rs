@@ -640,3 +640,34 @@ async fn a_lone_entry_is_never_judged_on_its_own_evidence() {
     );
     relay.stop().await.expect("clean stop");
 }
+
+/// Claim sweeps are bounded by bytes too: eight 3 MiB entries left pending by a dead consumer are taken
+/// over at most two at a time with a 4 MiB budget (the budget plus the entry that crosses it), and
+/// dead-lettered as too large.
+#[tokio::test]
+async fn claim_sweeps_are_bounded_by_bytes() {
+    let db = fresh_database("relay_claim_bytes").await;
+    let stream = unique("claimbytes");
+    let mut conn = redis(&redis_url()).await;
+    create_group(&mut conn, &stream).await;
+    let huge = format!(r#"{{"deviceId":"huge","note":"{}"}}"#, "x".repeat(3 << 20));
+    for _ in 0..8 {
+        xadd_fields(&mut conn, &stream, &[("payload", huge.as_bytes())]).await;
+    }
+    read_as(&mut conn, &stream, "dead-one", ">").await;
+    let budget = 4 << 20;
+    let relay = start(
+        &db,
+        &stream,
+        &["--claim-idle-ms", "1000", "--consumer", "rescuer", "--batch-bytes", &budget.to_string()],
+    )
+    .await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, "trackway_relay_entries_read_total{source=\"claimed\"}"), 8.0, "{text}");
+    let entry = (huge.len() + "payload".len()) as f64;
+    assert!(metric(&text, "trackway_relay_batch_bytes_peak") <= budget as f64 + entry, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 8.0, "{text}");
+    relay.stop().await.expect("clean stop");
+    let _: () = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut conn).await.expect("DEL");
+}

@@ -1,7 +1,7 @@
 //! The ingest loop: stream entries → `trackway.ingest_batch` → XACK, nothing lost, nothing twice.
 //!
 //! Order of reading: first this consumer's own pending entries (left by a crash or a lost connection),
-//! then entries idle too long on other consumers (XAUTOCLAIM, when a sweep is due), then new entries.
+//! then entries idle too long on other consumers (a claim sweep, when one is due), then new entries.
 //! Each batch is stored with one database call and acknowledged only after that call has committed; an
 //! entry that cannot be stored is dead-lettered and acknowledged in one atomic Redis step. A crash at any
 //! point leaves entries pending, and handling them again is harmless: stored rows come back as
@@ -154,7 +154,6 @@ impl Consumer {
                 link: Link::new(config.redis.clone(), config.block)?,
                 batch_size: config.batch_size,
                 batch_bytes: config.batch_bytes,
-                largest_entry: config.max_payload_bytes,
                 block: config.block,
                 claim_idle: config.claim_idle,
                 group_ready: false,
@@ -365,8 +364,6 @@ struct Reader {
     batch_size: usize,
     /// Bytes per read (plus one entry).
     batch_bytes: usize,
-    /// Largest entry seen (bytes; starts at the payload limit), which sizes claim sweeps.
-    largest_entry: usize,
     /// Blocking read timeout.
     block: Duration,
     /// Idle time after which other consumers' entries are claimed.
@@ -375,9 +372,9 @@ struct Reader {
     group_ready: bool,
     /// Scan position in this consumer's pending entries; `None` once they are all handled.
     pending_after: Option<String>,
-    /// Where the current XAUTOCLAIM sweep continues.
+    /// Where the current claim sweep continues.
     claim_start: String,
-    /// When the next XAUTOCLAIM sweep starts.
+    /// When the next claim sweep starts.
     next_claim: Instant,
     /// Redis up/down (shared with the settler), logged once per change.
     redis: BackendState,
@@ -392,9 +389,6 @@ impl Reader {
     /// up to the block time only when `block`).
     async fn next(&mut self, block: bool) -> Result<Option<Batch>, RedisError> {
         let batch = self.try_next(block).await?;
-        if let Some(b) = &batch {
-            self.largest_entry = b.entries.iter().map(Entry::bytes).fold(self.largest_entry, usize::max);
-        }
         self.backoff.reset();
         if self.redis.succeeded() {
             self.metrics.reconnects.with_label_values(&["redis"]).inc();
@@ -415,10 +409,10 @@ impl Reader {
             }
         }
         if Instant::now() >= self.next_claim {
-            // XAUTOCLAIM cannot measure before it claims: claim as many as fit if each were as large as the
-            // largest entry seen so far (at first the payload limit).
-            let count = (self.batch_bytes / self.largest_entry.max(1)).clamp(1, self.batch_size);
-            let claimed = self.group.autoclaim(&mut self.link, self.claim_idle, &self.claim_start, count).await?;
+            let claimed = self
+                .group
+                .autoclaim(&mut self.link, self.claim_idle, &self.claim_start, self.batch_size, self.batch_bytes)
+                .await?;
             if claimed.next == "0-0" {
                 let pause = (self.claim_idle / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
                 self.next_claim = Instant::now() + pause;

@@ -29,7 +29,7 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Entries acknowledged (stored, duplicate, or dead-lettered).
     pub acks: IntCounter,
-    /// Entries taken over from other consumers (XAUTOCLAIM).
+    /// Entries taken over from other consumers (claim sweeps: XPENDING IDLE, then XCLAIM).
     pub reclaimed: IntCounter,
     /// Settle calls (acknowledgements and dead letters) that Redis refused or that failed; each is retried
     /// and its entries stay pending until one succeeds.

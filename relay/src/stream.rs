@@ -119,6 +119,40 @@ if not reply then return {} end
 return reply[1][2]
 ";
 
+/// Takes over entries idle for at least ARGV[3] ms on any consumer of the group (what XAUTOCLAIM does),
+/// scanning the pending list from ARGV[4], at most ARGV[5] entries and only as many as fit in ARGV[6] bytes
+/// (plus the entry that crosses the budget): each is measured with XRANGE before XCLAIM takes it. Pending
+/// ids whose entry is gone from the stream are removed from the pending list (XACK), as XAUTOCLAIM does.
+/// KEYS: stream. ARGV: group, consumer, min idle ms, start, count, budget. Returns {next start ('0-0' when
+/// the sweep is complete), entries, count of ids gone from the stream}.
+const CLAIM_LUA: &str = r"
+local group, consumer, min_idle, start = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local count, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
+local pending = redis.call('XPENDING', KEYS[1], group, 'IDLE', min_idle, start, '+', count)
+local ids, gone, bytes, last = {}, 0, 0, nil
+for _, p in ipairs(pending) do
+  last = p[1]
+  local e = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
+  if e then
+    ids[#ids + 1] = p[1]
+    for _, v in ipairs(e[2]) do bytes = bytes + #v end
+  else
+    redis.call('XACK', KEYS[1], group, p[1])
+    gone = gone + 1
+  end
+  if bytes >= budget then break end
+end
+local next_start = '0-0'
+if last and (#pending == count or bytes >= budget) then next_start = '(' .. last end
+local entries = {}
+for first = 1, #ids, 500 do
+  local claimed = redis.call('XCLAIM', KEYS[1], group, consumer, min_idle,
+                             unpack(ids, first, math.min(first + 499, #ids)))
+  for _, e in ipairs(claimed) do entries[#entries + 1] = e end
+end
+return {next_start, entries, gone}
+";
+
 /// One stream entry as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -168,7 +202,7 @@ pub struct Settled {
     pub written: Vec<bool>,
 }
 
-/// What XAUTOCLAIM returned.
+/// What a claim sweep returned.
 #[derive(Debug, Default)]
 pub struct Claimed {
     /// Where the next sweep continues (`0-0` when the sweep is complete).
@@ -267,6 +301,8 @@ pub struct Group {
     read_new: Script,
     /// The byte-bounded read of own pending entries.
     read_pending: Script,
+    /// The byte-bounded claim sweep.
+    claim: Script,
 }
 
 impl Group {
@@ -278,6 +314,7 @@ impl Group {
             attempts: Script::new(ATTEMPTS_LUA),
             read_new: Script::new(READ_NEW_LUA),
             read_pending: Script::new(READ_PENDING_LUA),
+            claim: Script::new(CLAIM_LUA),
         }
     }
 
@@ -346,23 +383,25 @@ impl Group {
         cmd
     }
 
-    /// Takes over up to `count` entries idle on other consumers for at least `min_idle`, from `start`.
+    /// Takes over up to `count` entries idle for at least `min_idle`, from `start`, within `budget` bytes
+    /// (plus one entry; see `CLAIM_LUA`).
     pub async fn autoclaim(
         &self,
         link: &mut Link,
         min_idle: Duration,
         start: &str,
         count: usize,
+        budget: usize,
     ) -> Result<Claimed, RedisError> {
-        let mut cmd = redis::cmd("XAUTOCLAIM");
-        cmd.arg(&self.names.stream)
+        let mut invocation = self.claim.key(&self.names.stream);
+        invocation
             .arg(&self.names.group)
             .arg(&self.names.consumer)
             .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
             .arg(start)
-            .arg("COUNT")
-            .arg(count);
-        parse_autoclaim(link.query(&cmd).await?)
+            .arg(count)
+            .arg(budget);
+        parse_autoclaim(link.invoke(&invocation).await?)
     }
 
     /// Delivery counts of this consumer's pending entries with ids in `[first, last]`.
@@ -529,12 +568,15 @@ fn parse_read(value: Value) -> Result<Vec<Entry>, RedisError> {
     }
 }
 
-/// XAUTOCLAIM: `[next, entries, deleted ids]`.
+/// XAUTOCLAIM's `[next, entries, deleted ids]`, or the claim script's `[next, entries, deleted count]`.
 fn parse_autoclaim(value: Value) -> Result<Claimed, RedisError> {
     let mut parts = items(value)?.into_iter();
     let next = parts.next().as_ref().and_then(text).ok_or_else(|| malformed("XAUTOCLAIM cursor"))?;
     let all = parse_entries(parts.next().unwrap_or(Value::Nil))?;
-    let deleted_ids = parts.next().map(items).transpose()?.map_or(0, |d| d.len());
+    let deleted_ids = match parts.next() {
+        Some(Value::Int(n)) => usize::try_from(n).unwrap_or(0),
+        other => other.map(items).transpose()?.map_or(0, |d| d.len()),
+    };
     // Redis 6.2 reports deleted entries as nil bodies instead of a third element.
     let (entries, gone): (Vec<Entry>, Vec<Entry>) = all.into_iter().partition(|e| e.fields.is_some());
     Ok(Claimed { next, entries, deleted: deleted_ids + gone.len() })
