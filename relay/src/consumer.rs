@@ -299,13 +299,16 @@ impl Consumer {
     /// Sorts a batch: what can go to the database, and what is settled without it (deleted entries,
     /// entries without a usable payload).
     async fn prepare<'b>(&mut self, batch: &'b Batch) -> (Settlement, Vec<(&'b Entry, &'b str)>) {
-        self.metrics.entries_read.with_label_values(&[batch.source.label()]).inc_by(batch.entries.len() as u64);
-        self.metrics.batch_size.observe(batch.entries.len() as f64);
-        let bytes = batch.entries.iter().map(Entry::bytes).sum::<usize>();
-        self.metrics.batch_bytes.observe(bytes as f64);
-        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        if bytes > self.metrics.batch_bytes_peak.get() {
-            self.metrics.batch_bytes_peak.set(bytes);
+        // An empty batch only carries held entries again: it was not read.
+        if !batch.entries.is_empty() {
+            self.metrics.entries_read.with_label_values(&[batch.source.label()]).inc_by(batch.entries.len() as u64);
+            self.metrics.batch_size.observe(batch.entries.len() as f64);
+            let bytes = batch.entries.iter().map(Entry::bytes).sum::<usize>();
+            self.metrics.batch_bytes.observe(bytes as f64);
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            if bytes > self.metrics.batch_bytes_peak.get() {
+                self.metrics.batch_bytes_peak.set(bytes);
+            }
         }
         let mut settlement = Settlement::default();
         let mut to_store = Vec::with_capacity(batch.entries.len());
