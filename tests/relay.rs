@@ -6,9 +6,12 @@ use std::time::Duration;
 use trackway_tests::{
     connect, fresh_database, invalid_cases,
     relay::{
-        http_get, metric, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads, InProcess,
+        http_get, metric, metric_opt, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads,
+        InProcess,
     },
-    server, shared_data,
+    server,
+    servers::RedisServer,
+    shared_data,
 };
 
 /// Flags for an in-process relay on database `db` and stream `stream`.
@@ -124,7 +127,8 @@ async fn sample_files_are_stored_and_dead_lettered_and_metrics_match() {
     assert_eq!(status, 200);
     assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"inserted\"}"), 205.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"duplicate\"}"), 3.0, "{text}");
-    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"invalid\"}"), 16.0, "{text}");
+    // 15 said invalid by the extension; the 2 MiB payload is refused by the relay before any round trip.
+    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"invalid\"}"), 15.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 17.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"missing_payload\"}"), 1.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_acks_total"), 226.0, "{text}");
@@ -156,30 +160,38 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
     relay.stop().await.expect("clean stop");
 }
 
+/// An entry whose store attempts got no answer `max_deliveries` times (as if the relay had died with it in
+/// flight each time; the relay keeps those counts in `<stream>:attempts`) is dead-lettered as
+/// `max_deliveries` without being sent again. Being read again — here six deliveries each — counts nothing:
+/// the other entries are stored.
 #[tokio::test]
-async fn an_entry_delivered_too_often_is_dead_lettered_with_that_reason() {
+async fn an_entry_whose_attempts_never_got_an_answer_is_dead_lettered_with_that_reason() {
     let db = fresh_database("relay_deliveries").await;
     let stream = unique("deliveries");
     let mut conn = redis(&redis_url()).await;
     let payloads: Vec<String> = shared_data("positions-valid.jsonl").into_iter().take(3).collect();
     create_group(&mut conn, &stream).await;
     let ids = xadd_payloads(&mut conn, &stream, &payloads).await;
-    // Consumer "crashy" was handed the entries again and again (each history read is a delivery), as if
-    // they crashed it every time.
     assert_eq!(ids.len(), 3);
-    for from in [">", "0", "0"] {
+    for from in [">", "0", "0", "0", "0"] {
         read_as(&mut conn, &stream, "crashy", from).await;
     }
+    let attempts = format!("{stream}:attempts");
+    let _: () = redis::cmd("HSET").arg(&attempts).arg(&ids[0]).arg(3).query_async(&mut conn).await.expect("HSET");
     let relay = start(&db, &stream, &["--consumer", "crashy", "--max-deliveries", "3"]).await;
     wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
     let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
-    assert_eq!(dead.len(), 3, "{dead:#?}");
-    for (_, letter) in &dead {
-        assert_eq!(letter["trackway.reason"], "max_deliveries");
-        assert!(letter["trackway.error"].contains("limit 3"), "{letter:?}");
-    }
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let letter = &dead[0].1;
+    assert_eq!(
+        (letter["trackway.source_id"].as_str(), letter["trackway.reason"].as_str()),
+        (ids[0].as_str(), "max_deliveries")
+    );
+    assert!(letter["trackway.error"].contains("limit 3"), "{letter:?}");
     let client = connect(&db).await;
-    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 0);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 2);
+    let left: i64 = redis::cmd("HLEN").arg(&attempts).query_async(&mut conn).await.expect("HLEN");
+    assert_eq!(left, 0, "settled entries lose their attempt counts");
     relay.stop().await.expect("clean stop");
 }
 
@@ -244,4 +256,418 @@ async fn two_relays_share_a_stream_and_each_entry_is_handled_once() {
     assert_eq!(duplicates, 0.0);
     a.stop().await.expect("clean stop");
     b.stop().await.expect("clean stop");
+}
+
+/// The harness reads long streams in pages: on a private Redis whose clients may not be sent more than 1 MB
+/// at once, a 3 MB stream is read whole (one XRANGE of everything would make the server close the
+/// connection; the crash test's 50,000 entries once timed out that way).
+#[tokio::test]
+async fn read_all_pages_through_a_stream_larger_than_one_reply_may_be() {
+    let server = RedisServer::start_with(&["--client-output-buffer-limit", "normal 1mb 1mb 0"]);
+    let mut conn = redis(&server.url()).await;
+    let payloads: Vec<String> = (0..12_000).map(|i| format!("{i:0>240}")).collect();
+    let ids = xadd_payloads(&mut conn, "long", &payloads).await;
+    let all = read_all(&mut conn, "long").await;
+    assert_eq!(all.len(), payloads.len());
+    for ((id, fields), (want_id, payload)) in all.iter().zip(ids.iter().zip(&payloads)) {
+        assert_eq!((id, fields.get("payload")), (want_id, Some(payload)));
+    }
+}
+
+/// Waits up to 30 s until `/metrics` of `relay` shows `sample` at least `at_least`; returns the text.
+async fn wait_metric(relay: &InProcess, sample: &str, at_least: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http_get(relay.admin, "/metrics").await.1;
+        if metric_opt(&text, sample).is_some_and(|v| v >= at_least) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sample} never reached {at_least}: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A dead letter is written before its entry is acknowledged: while the dead-letter key cannot take it
+/// (it holds a string: XADD fails with WRONGTYPE) the entry stays pending and the settle call is retried;
+/// once the key is removed the entry is dead-lettered exactly once.
+#[tokio::test]
+async fn an_entry_whose_dead_letter_cannot_be_written_stays_pending_until_it_can() {
+    let db = fresh_database("relay_dead_write").await;
+    let stream = unique("deadwrite");
+    let dead_key = format!("{stream}:dead");
+    let mut conn = redis(&redis_url()).await;
+    let _: () = redis::cmd("SET").arg(&dead_key).arg("not a stream").query_async(&mut conn).await.expect("SET");
+    let bad = r#"{"deviceId":"dw","timestamp":"2026-11-28T00:00:00Z","latitude":91.5,"longitude":25}"#.to_owned();
+    let id = xadd_payloads(&mut conn, &stream, &[bad]).await.remove(0);
+    let relay = start(&db, &stream, &[]).await;
+
+    for failures in [1.0, 2.0] {
+        wait_metric(&relay, "trackway_relay_settle_failures_total", failures).await;
+        let state = trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await;
+        assert_eq!(state, Some((1, Some(0))), "the entry must stay pending while its dead letter cannot be written");
+    }
+
+    let _: () = redis::cmd("DEL").arg(&dead_key).query_async(&mut conn).await.expect("DEL");
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    let dead = read_all(&mut conn, &dead_key).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0].1["trackway.source_id"], id);
+    assert_eq!(dead[0].1["trackway.reason"], "invalid");
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 1.0, "{text}");
+    relay.stop().await.expect("clean stop");
+}
+
+/// Valid position `i` of device `device`, one second apart.
+fn position(device: &str, i: usize) -> String {
+    format!(
+        r#"{{"deviceId":"{device}","timestamp":"2026-11-29T{:02}:{:02}:{:02}.000Z","latitude":54.7,"longitude":25.3}}"#,
+        i / 3600 % 24,
+        i / 60 % 60,
+        i % 60
+    )
+}
+
+/// Waits up to 30 s for `/readyz` of `relay` to answer `want`; returns the body.
+async fn wait_ready(relay: &InProcess, want: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(relay.admin, "/readyz").await;
+        if status == want {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz stayed {status} ({body}), wanted {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A database that refuses every write with `sqlstate` for about 8 s while 1,000 good entries arrive (a
+/// statement trigger raising it while a flag says so, as a full NOTIFY queue raises 54000 at every commit):
+/// an outage, not bad data. Nothing is dead-lettered or acknowledged early; `/readyz` says why; once the
+/// flag is cleared every entry is stored.
+async fn refusing_database_dead_letters_nothing(sqlstate: &str) {
+    let db = fresh_database(&format!("relay_refusing_{}", sqlstate.to_ascii_lowercase())).await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE public.refuse_flag (refusing boolean NOT NULL);
+             INSERT INTO public.refuse_flag VALUES (true);
+             CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF (SELECT refusing FROM public.refuse_flag) THEN
+                 RAISE EXCEPTION 'refused by the test' USING ERRCODE = '{sqlstate}';
+               END IF;
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER refuse AFTER INSERT ON trackway.positions
+               FOR EACH STATEMENT EXECUTE FUNCTION public.refuse();"
+        ))
+        .await
+        .expect("refusing trigger");
+    let stream = unique(&format!("refusing-{sqlstate}"));
+    let mut conn = redis(&redis_url()).await;
+    let relay = start(&db, &stream, &["--batch-size", "100"]).await;
+    let payloads: Vec<String> = (0..1000).map(|i| position(&format!("refused-{}", i % 10), i)).collect();
+    for chunk in payloads.chunks(125) {
+        xadd_payloads(&mut conn, &stream, chunk).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let body = wait_ready(&relay, 503).await;
+    assert!(body.contains(sqlstate), "{body}");
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert!(metric(&text, &format!("trackway_relay_refusals_total{{sqlstate=\"{sqlstate}\"}}")) >= 1.0, "{text}");
+    assert!(metric(&text, "trackway_relay_batches_total{outcome=\"retried\"}") >= 1.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_acks_total"), 0.0, "{text}");
+    assert_eq!(read_all(&mut conn, &format!("{stream}:dead")).await.len(), 0, "dead letters during the outage");
+
+    client.batch_execute("UPDATE public.refuse_flag SET refusing = false").await.expect("clear the flag");
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 1000);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert!(dead.is_empty(), "good entries dead-lettered: {dead:#?}");
+    wait_ready(&relay, 200).await;
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_notify_queue_54000_is_an_outage_not_bad_data() {
+    refusing_database_dead_letters_nothing("54000").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_error_xx000_is_an_outage_not_bad_data() {
+    refusing_database_dead_letters_nothing("XX000").await;
+}
+
+/// Payloads the server refuses whatever the moment (a guard trigger refusing two devices, with P0001 and
+/// 23514) while the rest of their batch stores are dead-lettered as `rejected` with the server's error; all
+/// the others are stored.
+#[tokio::test]
+async fn payloads_refused_alone_while_the_rest_stores_are_rejected() {
+    let db = fresh_database("relay_poison").await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.guard() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.device_id = 'poison-p0' THEN
+                 RAISE EXCEPTION 'device poison-p0 is banned';
+               ELSIF NEW.device_id = 'poison-23' THEN
+                 RAISE EXCEPTION 'device poison-23 is banned' USING ERRCODE = '23514';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER guard BEFORE INSERT ON trackway.positions
+               FOR EACH ROW EXECUTE FUNCTION public.guard();",
+        )
+        .await
+        .expect("guard trigger");
+    let stream = unique("poison");
+    let mut conn = redis(&redis_url()).await;
+    let mut payloads: Vec<String> = (0..400).map(|i| position(&format!("good-{}", i % 7), i)).collect();
+    payloads[100] = position("poison-p0", 100);
+    payloads[300] = position("poison-23", 300);
+    let ids = xadd_payloads(&mut conn, &stream, &payloads).await;
+    let relay = start(&db, &stream, &["--batch-size", "400"]).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 398);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    for (index, sqlstate) in [(100, "P0001"), (300, "23514")] {
+        let (_, letter) = dead
+            .iter()
+            .find(|(_, f)| f["trackway.source_id"] == ids[index])
+            .unwrap_or_else(|| panic!("no dead letter for entry {index}: {dead:#?}"));
+        assert_eq!(letter["trackway.reason"], "rejected");
+        assert!(letter["trackway.error"].contains(sqlstate), "{letter:?}");
+    }
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"rejected\"}"), 2.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_acks_total"), 400.0, "{text}");
+    relay.stop().await.expect("clean stop");
+}
+
+/// Backends of database `db` (other than the asking one) running an `ingest_batch` statement.
+async fn ingest_backends(client: &tokio_postgres::Client, db: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = $1 AND state = 'active' AND query LIKE '%ingest_batch%' AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// A trigger that makes every statement storing more than 8 rows sleep for a minute: big batches never
+/// finish in time, small ones do.
+async fn slow_big_statements(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.slow_when_big() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF (SELECT count(*) FROM new_rows) > 8 THEN
+                 PERFORM pg_sleep(60);
+               END IF;
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER slow_when_big AFTER INSERT ON trackway.positions
+               REFERENCING NEW TABLE AS new_rows
+               FOR EACH STATEMENT EXECUTE FUNCTION public.slow_when_big();",
+        )
+        .await
+        .expect("slow trigger");
+}
+
+/// Stores 100 entries in batches of 50 while statements of more than 8 rows never finish in time (limited by
+/// `extra` flags or the database's settings); then checks that everything was stored, nothing dead-lettered,
+/// `sqlstate` refusals counted, and no backend is left running an abandoned statement.
+async fn big_batches_time_out_and_are_split(db: &str, sqlstate: &str, extra: &[&str]) {
+    let client = connect(db).await;
+    let stream = unique(&format!("timeout-{sqlstate}"));
+    let mut conn = redis(&redis_url()).await;
+    let payloads: Vec<String> = (0..100).map(|i| position(&format!("slow-{}", i % 3), i)).collect();
+    xadd_payloads(&mut conn, &stream, &payloads).await;
+    let mut flags = vec!["--batch-size", "50"];
+    flags.extend_from_slice(extra);
+    let relay = start(db, &stream, &flags).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(90)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 100);
+    assert!(read_all(&mut conn, &format!("{stream}:dead")).await.is_empty(), "dead letters");
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert!(metric(&text, &format!("trackway_relay_refusals_total{{sqlstate=\"{sqlstate}\"}}")) >= 1.0, "{text}");
+    assert!(metric(&text, "trackway_relay_batches_total{outcome=\"split\"}") >= 1.0, "{text}");
+    // Every timed-out statement was cancelled on the server: no backend keeps sleeping in one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let running = ingest_backends(&client, db).await;
+        if running == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{running} backends still run abandoned ingest_batch calls");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay.stop().await.expect("clean stop");
+}
+
+/// Batches that hit the server's `statement_timeout` (57014) are split until they fit, not retried whole
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_hitting_statement_timeout_are_split_until_they_fit() {
+    let db = fresh_database("relay_statement_timeout").await;
+    let client = connect(&db).await;
+    slow_big_statements(&client).await;
+    client.batch_execute(&format!("ALTER DATABASE {db} SET statement_timeout = '300ms'")).await.expect("timeout");
+    big_batches_time_out_and_are_split(&db, "57014", &[]).await;
+}
+
+/// When the relay's own bound (`--ingest-timeout-ms`) expires, it cancels the statement on the server
+/// (otherwise the backend would sleep on for a minute) and splits the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_own_timeout_cancels_the_statement_and_splits_the_batch() {
+    let db = fresh_database("relay_own_timeout").await;
+    slow_big_statements(&connect(&db).await).await;
+    big_batches_time_out_and_are_split(&db, "timeout", &["--ingest-timeout-ms", "500"]).await;
+}
+
+/// Memory is bounded by bytes: with a read budget of 4 MiB, 20 entries of 900 KiB are read at most five at
+/// a time (the budget plus the entry that crosses it) and all stored; a 2 MiB payload is dead-lettered as
+/// `invalid` by the relay itself, without a database round trip (the extension's `invalid` count stays 0).
+#[tokio::test]
+async fn reads_are_bounded_by_bytes_and_oversized_payloads_never_reach_the_database() {
+    let db = fresh_database("relay_bytes").await;
+    let stream = unique("bytes");
+    let mut conn = redis(&redis_url()).await;
+    let blob = "x".repeat(900 << 10);
+    let payloads: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"deviceId":"big-{}","timestamp":"2026-11-29T00:00:{i:02}.000Z","latitude":54.7,"longitude":25.3,"attributes":{{"blob":"{blob}"}}}}"#,
+                i % 3
+            )
+        })
+        .collect();
+    xadd_payloads(&mut conn, &stream, &payloads).await;
+    let huge = format!(r#"{{"deviceId":"huge","note":"{}"}}"#, "x".repeat(2 << 20));
+    let huge_id = xadd_fields(&mut conn, &stream, &[("payload", huge.as_bytes())]).await;
+    let budget = 4 << 20;
+    let relay = start(&db, &stream, &["--batch-bytes", &budget.to_string()]).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+
+    let text = http_get(relay.admin, "/metrics").await.1;
+    let batches = metric(&text, "trackway_relay_batch_size_count");
+    assert!(batches >= 5.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_batch_size_bucket{le=\"8\"}"), batches, "a batch above 8 entries: {text}");
+    let largest_entry = (huge.len() + "payload".len()) as f64;
+    assert!(metric(&text, "trackway_relay_batch_bytes_peak") <= budget as f64 + largest_entry, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"invalid\"}"), 0.0, "sent to the database: {text}");
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 1.0, "{text}");
+    let client = connect(&db).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 20);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1["trackway.source_id"], huge_id);
+    assert!(dead[0].1["trackway.error"].contains("above the limit"), "{:?}", dead[0].1);
+    relay.stop().await.expect("clean stop");
+    let _: () = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut conn).await.expect("DEL");
+}
+
+/// A metrics check of a sample that is not there (a metric removed or renamed) fails instead of reading 0.
+#[test]
+#[should_panic(expected = "is not in /metrics")]
+fn a_check_of_a_missing_metric_fails() {
+    let text = "# TYPE trackway_relay_acks_total counter\ntrackway_relay_acks_total 3\n";
+    assert_eq!(metric(text, "trackway_relay_acks_total"), 3.0);
+    metric(text, "trackway_relay_acked_total");
+}
+
+/// A batch of one entry has no sibling to prove the database works, so a lone refused entry is never judged
+/// on its own evidence: it is held (pending, retried with backoff) while the database refuses everything,
+/// and stored when it stops; a lone entry that the server refuses for what it is (a banned device) is held
+/// too, until later entries commit, and only then dead-lettered as `rejected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_entry_is_never_judged_on_its_own_evidence() {
+    let db = fresh_database("relay_lone").await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE public.refuse_flag (refusing boolean NOT NULL);
+             INSERT INTO public.refuse_flag VALUES (true);
+             CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF (SELECT refusing FROM public.refuse_flag) THEN
+                 RAISE EXCEPTION 'notify queue full (simulated)' USING ERRCODE = '54000';
+               ELSIF NEW.device_id = 'lone-poison' THEN
+                 RAISE EXCEPTION 'device lone-poison is banned';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON trackway.positions
+               FOR EACH ROW EXECUTE FUNCTION public.refuse();",
+        )
+        .await
+        .expect("refusing trigger");
+    let stream = unique("lone");
+    let mut conn = redis(&redis_url()).await;
+    let relay = start(&db, &stream, &[]).await;
+
+    // One good entry while every write is refused: tried again and again, never dead-lettered.
+    xadd_payloads(&mut conn, &stream, &[position("lone-good", 0)]).await;
+    wait_metric(&relay, "trackway_relay_refusals_total{sqlstate=\"54000\"}", 3.0).await;
+    let state = trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await;
+    assert_eq!(state, Some((1, Some(0))), "the lone entry stays pending");
+    assert!(read_all(&mut conn, &format!("{stream}:dead")).await.is_empty());
+    client.batch_execute("UPDATE public.refuse_flag SET refusing = false").await.expect("clear the flag");
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 1);
+
+    // One poison entry alone: held, not judged, until other entries commit after its refusal.
+    let poison = xadd_payloads(&mut conn, &stream, &[position("lone-poison", 1)]).await.remove(0);
+    wait_metric(&relay, "trackway_relay_refusals_total{sqlstate=\"P0001\"}", 2.0).await;
+    let state = trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await;
+    assert_eq!(state, Some((1, Some(0))), "the lone poison entry is held, not judged");
+    assert!(read_all(&mut conn, &format!("{stream}:dead")).await.is_empty());
+    let good: Vec<String> = (2..7).map(|i| position("lone-good", i)).collect();
+    xadd_payloads(&mut conn, &stream, &good).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 6);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(
+        (dead[0].1["trackway.source_id"].as_str(), dead[0].1["trackway.reason"].as_str()),
+        (poison.as_str(), "rejected")
+    );
+    relay.stop().await.expect("clean stop");
+}
+
+/// Claim sweeps are bounded by bytes too: eight 3 MiB entries left pending by a dead consumer are taken
+/// over at most two at a time with a 4 MiB budget (the budget plus the entry that crosses it), and
+/// dead-lettered as too large.
+#[tokio::test]
+async fn claim_sweeps_are_bounded_by_bytes() {
+    let db = fresh_database("relay_claim_bytes").await;
+    let stream = unique("claimbytes");
+    let mut conn = redis(&redis_url()).await;
+    create_group(&mut conn, &stream).await;
+    let huge = format!(r#"{{"deviceId":"huge","note":"{}"}}"#, "x".repeat(3 << 20));
+    for _ in 0..8 {
+        xadd_fields(&mut conn, &stream, &[("payload", huge.as_bytes())]).await;
+    }
+    read_as(&mut conn, &stream, "dead-one", ">").await;
+    let budget = 4 << 20;
+    let relay = start(
+        &db,
+        &stream,
+        &["--claim-idle-ms", "1000", "--consumer", "rescuer", "--batch-bytes", &budget.to_string()],
+    )
+    .await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, "trackway_relay_entries_read_total{source=\"claimed\"}"), 8.0, "{text}");
+    let entry = (huge.len() + "payload".len()) as f64;
+    assert!(metric(&text, "trackway_relay_batch_bytes_peak") <= budget as f64 + entry, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 8.0, "{text}");
+    relay.stop().await.expect("clean stop");
+    let _: () = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut conn).await.expect("DEL");
 }

@@ -189,3 +189,94 @@ async fn sigterm_finishes_and_acknowledges_the_batch_in_flight_then_exits_zero()
     assert!(lag > 0, "the test should stop the relay before it drains the stream");
     assert_eq!(rows + lag, payloads.len() as i64, "stored rows + unread entries = all entries");
 }
+
+/// An entry whose store never answers and takes the relay down with it each time (here a trigger makes its
+/// statement hang and the test SIGKILLs the relay while it waits) is dead-lettered as `max_deliveries` once
+/// `--max-deliveries` attempts got no answer; the entries around it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_keeps_killing_the_relay_is_dead_lettered_after_max_deliveries() {
+    let db = fresh_database("relay_killer").await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.hang() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.device_id = 'killer' THEN
+                 PERFORM pg_sleep(600);
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER hang BEFORE INSERT ON trackway.positions FOR EACH ROW EXECUTE FUNCTION public.hang();",
+        )
+        .await
+        .expect("hanging trigger");
+    let stream = unique("killer");
+    let mut conn = redis(&redis_url()).await;
+    let position = |device: &str, s: usize| {
+        format!(
+            r#"{{"deviceId":"{device}","timestamp":"2026-11-29T00:00:{s:02}.000Z","latitude":54.7,"longitude":25.3}}"#
+        )
+    };
+    let mut payloads: Vec<String> = (0..21).map(|s| position("calm", s)).collect();
+    payloads[10] = position("killer", 10);
+    let ids = xadd_payloads(&mut conn, &stream, &payloads).await;
+    let args: Vec<String> = vec![
+        "--database-url".into(),
+        format!("{} dbname={db}", server()),
+        "--redis-url".into(),
+        redis_url(),
+        "--stream".into(),
+        stream.clone(),
+        "--consumer".into(),
+        "killed".into(),
+        "--batch-size".into(),
+        "1".into(),
+        "--max-deliveries".into(),
+        "2".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let binary = env!("CARGO_BIN_EXE_relay-under-test");
+    let hanging = "SELECT pid FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()";
+    let mut kills = 0;
+    loop {
+        let relay = Process::spawn(binary, &args, "trackway-test-relay-killer");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let killed = loop {
+            if !client.query(hanging, &[]).await.expect("pg_stat_activity").is_empty() {
+                break true;
+            }
+            if trackway_tests::relay::group_state(&mut conn, &stream, "trackway").await == Some((0, Some(0))) {
+                break false;
+            }
+            assert!(std::time::Instant::now() < deadline, "the relay neither hung nor drained the stream");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if !killed {
+            let status = tokio::task::spawn_blocking(move || relay.terminate()).await.expect("terminate");
+            assert!(status.success(), "{status}");
+            break;
+        }
+        relay.kill();
+        kills += 1;
+        for row in client.query(hanging, &[]).await.expect("pg_stat_activity") {
+            let pid: i32 = row.get(0);
+            client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.expect("terminate backend");
+        }
+        // Termination is asynchronous: wait until the old backend is gone before the next run looks.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !client.query(hanging, &[]).await.expect("pg_stat_activity").is_empty() {
+            assert!(std::time::Instant::now() < deadline, "a terminated backend is still sleeping");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(kills <= 5, "the entry was still sent after {kills} unanswered attempts");
+    }
+    // The first attempt (a new entry) is not counted; then two counted unanswered attempts, then the limit.
+    assert_eq!(kills, 3);
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0].1["trackway.source_id"], ids[10]);
+    assert_eq!(dead[0].1["trackway.reason"], "max_deliveries");
+    let rows: i64 = client.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);
+    assert_eq!(rows, 20);
+}

@@ -189,3 +189,77 @@ async fn a_relay_that_died_with_entries_pending_is_taken_over_by_another() {
     assert_eq!(metric(&text, "trackway_relay_reclaimed_total"), pending_on_a.len() as f64, "{text}");
     b.stop().await.expect("clean stop");
 }
+
+/// Restarts while the database refuses the relay's login do not dead-letter good entries: the relay (max
+/// deliveries 3) is started five times while its role may not log in, each time re-reading its pending
+/// entries (their delivery count grows to 5) and failing to connect, and killed. Nothing reached the
+/// database, so nothing counts: once the role may log in, all 500 entries are stored and none is a dead
+/// letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_while_the_database_refuses_the_login_dead_letter_nothing() {
+    let pg = PgCluster::start();
+    let db = fresh_database_on(&pg.server(), "nologin").await;
+    let admin = connect_to(&pg.server(), &db).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE relay NOLOGIN; GRANT trackway_ingest TO relay; GRANT CONNECT ON DATABASE {db} TO relay"
+        ))
+        .await
+        .expect("role relay");
+    let stream = trackway_tests::relay::unique("nologin");
+    let redis_url = trackway_tests::relay::redis_url();
+    let mut conn = redis(&redis_url).await;
+    let payloads: Vec<String> = (0..500).map(payload).collect();
+    let ids = trackway_tests::relay::xadd_payloads(&mut conn, &stream, &payloads).await;
+    let database_url = format!("host=127.0.0.1 port={} user=relay dbname={db}", pg.port);
+    let args = [
+        "--database-url",
+        &database_url,
+        "--redis-url",
+        &redis_url,
+        "--stream",
+        &stream,
+        "--consumer",
+        "restarted",
+        "--max-deliveries",
+        "3",
+        "--batch-size",
+        "100",
+    ];
+    let binary = env!("CARGO_BIN_EXE_relay-under-test");
+    for run in 1..=5 {
+        let relay = trackway_tests::relay::Process::spawn(binary, &args, "trackway-test-nologin");
+        // Wait until this run has read the first entry (again) and has tried the database.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("trackway")
+                .arg(&ids[0])
+                .arg(&ids[0])
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            let delivered = pending.first().map_or(0, |p| p.3);
+            assert!(run == 1 || delivered > 0, "run {run}: entry {} is no longer pending (dead-lettered?)", ids[0]);
+            let ready = trackway_tests::relay::http_get_opt(relay.admin, "/readyz").await;
+            if delivered >= run
+                && ready.as_ref().is_some_and(|(status, body)| *status == 503 && body.contains("postgres"))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "run {run}: first entry delivered {delivered} times, /readyz {ready:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        relay.kill();
+    }
+    admin.batch_execute("ALTER ROLE relay LOGIN").await.expect("allow login");
+    let relay = trackway_tests::relay::Process::spawn(binary, &args, "trackway-test-nologin");
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    relay.kill();
+    let dead = trackway_tests::relay::read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert!(dead.is_empty(), "{} good entries dead-lettered: {:?}", dead.len(), dead.first());
+    let rows: i64 = admin.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);
+    assert_eq!(rows, 500);
+}

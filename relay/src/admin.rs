@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process answers), `/readyz`
-//! (Redis and PostgreSQL both reachable; the answer is cached briefly so probes cannot load the backends).
+//! (Redis and PostgreSQL both reachable, and the consumer not in an outage — e.g. the database refusing
+//! every write; the answer is cached briefly so probes cannot load the backends).
 
 use std::{
     sync::Arc,
@@ -11,7 +12,7 @@ use deadpool_postgres::Pool;
 use tokio::{net::TcpListener, sync::Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::{error::Error, metrics::Metrics, stream::Link};
+use crate::{backoff::BackendState, error::Error, metrics::Metrics, stream::Link};
 
 /// How long a readiness answer is reused.
 const READY_CACHE: Duration = Duration::from_secs(1);
@@ -33,17 +34,20 @@ pub struct Readiness {
     pool: Pool,
     /// A Redis connection of its own, so a blocking read never delays a probe.
     redis: Mutex<Link>,
+    /// The consumer's view of PostgreSQL: down while it cannot store (unreachable, or refusing every write).
+    postgres: BackendState,
     /// The last answer and when it was computed; the lock also stops concurrent probes from checking twice.
     cached: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Readiness {
-    /// A check of `pool` and the Redis behind `redis`.
-    pub fn new(pool: Pool, redis: Link) -> Readiness {
-        Readiness { pool, redis: Mutex::new(redis), cached: Mutex::new(None) }
+    /// A check of `pool`, the Redis behind `redis`, and the consumer's `postgres` state.
+    pub fn new(pool: Pool, redis: Link, postgres: BackendState) -> Readiness {
+        Readiness { pool, redis: Mutex::new(redis), postgres, cached: Mutex::new(None) }
     }
 
-    /// `Ok` when both backends answered within the last second, else the first problem.
+    /// `Ok` when both backends answered within the last second and the consumer can store, else the first
+    /// problem.
     pub async fn check(&self) -> Result<(), String> {
         let mut cached = self.cached.lock().await;
         if let Some((at, answer)) = cached.as_ref() {
@@ -64,9 +68,13 @@ impl Readiness {
             Err(_) => return Err("redis: no answer within 2 s".to_owned()),
         }
         match tokio::time::timeout(READY_TIMEOUT, crate::database::ping(&self.pool)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("postgres: {e}")),
-            Err(_) => Err("postgres: no answer within 2 s".to_owned()),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("postgres: {e}")),
+            Err(_) => return Err("postgres: no answer within 2 s".to_owned()),
+        }
+        match self.postgres.down_reason() {
+            Some(why) => Err(format!("postgres: cannot store: {why}")),
+            None => Ok(()),
         }
     }
 }

@@ -61,6 +61,8 @@ struct Outage {
     down_since: Option<Instant>,
     /// Failed attempts in the current outage.
     failures: u64,
+    /// The latest error of the current outage (for `/readyz`).
+    reason: Option<String>,
 }
 
 impl BackendState {
@@ -78,6 +80,7 @@ impl BackendState {
     pub fn failed(&self, error: &dyn std::fmt::Display) -> bool {
         let mut outage = self.outage();
         outage.failures += 1;
+        outage.reason = Some(error.to_string());
         if outage.down_since.is_some() {
             tracing::debug!(backend = self.name, error = %error, attempt = outage.failures, "still unavailable");
             return false;
@@ -98,12 +101,19 @@ impl BackendState {
             "backend available again"
         );
         outage.failures = 0;
+        outage.reason = None;
         true
     }
 
     /// Whether an outage is in progress.
     pub fn is_down(&self) -> bool {
         self.outage().down_since.is_some()
+    }
+
+    /// The latest error of the outage in progress, `None` while the backend works.
+    pub fn down_reason(&self) -> Option<String> {
+        let outage = self.outage();
+        outage.down_since.and(outage.reason.clone())
     }
 }
 
@@ -133,7 +143,9 @@ mod tests {
         assert!(s.failed(&"refused"));
         assert!(!other_connection.failed(&"refused"), "one outage, however many connections see it");
         assert!(s.is_down());
+        assert_eq!(s.down_reason().as_deref(), Some("refused"));
         assert!(s.succeeded());
+        assert_eq!(s.down_reason(), None);
         assert!(!s.succeeded());
         assert!(s.failed(&"refused"));
     }

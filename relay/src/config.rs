@@ -57,12 +57,30 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_BATCH_SIZE", default_value = "1000")]
     pub batch_size: String,
 
+    /// Byte budget of one read from the stream (65536–1073741824): entries are read until their fields add
+    /// up to this, so large entries make smaller batches; a batch holds at most this plus one entry.
+    #[arg(long, env = "TRACKWAY_BATCH_BYTES", default_value = "16777216")]
+    pub batch_bytes: String,
+
+    /// Payloads larger than this many bytes are dead-lettered as `invalid` without being sent to the
+    /// database (1–1073741823). Keep it equal to the database's `trackway.max_payload_bytes` (default 1 MiB).
+    #[arg(long, env = "TRACKWAY_MAX_PAYLOAD_BYTES", default_value = "1048576")]
+    pub max_payload_bytes: String,
+
+    /// Longest wait for one `trackway.ingest_batch` answer, in milliseconds (100–3600000). After it the
+    /// relay cancels the statement on the server, drops the connection and retries the batch in halves.
+    #[arg(long, env = "TRACKWAY_INGEST_TIMEOUT_MS", default_value = "120000")]
+    pub ingest_timeout_ms: String,
+
     /// How long one read waits for new entries, in milliseconds (1–60000). Shutdown waits at most this
     /// long for a read in flight.
     #[arg(long, env = "TRACKWAY_BLOCK_MS", default_value = "2000")]
     pub block_ms: String,
 
-    /// An entry delivered more than this many times is dead-lettered instead of retried again (≥ 1).
+    /// An entry is dead-lettered (reason `max_deliveries`) once this many attempts to store it got no
+    /// answer — the relay, or its database connection, died while the entry was in flight (≥ 1). Reads that
+    /// never reached the database (database down, login refused, restarts during an outage) and refusals do
+    /// not count. Counts are kept in the hash `<stream>:attempts`.
     #[arg(long, env = "TRACKWAY_MAX_DELIVERIES", default_value = "5")]
     pub max_deliveries: String,
 
@@ -101,9 +119,15 @@ pub struct Config {
     pub names: StreamNames,
     /// Entries per read and per database round trip.
     pub batch_size: usize,
+    /// Byte budget of one read (a batch holds at most this plus one entry).
+    pub batch_bytes: usize,
+    /// Payloads above this are dead-lettered as `invalid` without a database round trip.
+    pub max_payload_bytes: usize,
+    /// Longest wait for one `ingest_batch` answer; then the statement is cancelled and the batch split.
+    pub ingest_timeout: Duration,
     /// Blocking read timeout.
     pub block: Duration,
-    /// Deliveries after which an entry is dead-lettered.
+    /// Unanswered store attempts after which an entry is dead-lettered.
     pub max_deliveries: u64,
     /// Idle time after which another consumer's pending entries are claimed.
     pub claim_idle: Duration,
@@ -124,6 +148,8 @@ pub struct StreamNames {
     pub consumer: String,
     /// Stream that receives dead letters.
     pub dead_letter: String,
+    /// Hash of unanswered store attempts per entry id (`<stream>:attempts`).
+    pub attempts: String,
     /// Entry field holding the payload.
     pub payload_field: String,
 }
@@ -157,6 +183,9 @@ impl Settings {
             }
         };
         let batch_size = number("TRACKWAY_BATCH_SIZE", &self.batch_size, 1..=10_000)?;
+        let batch_bytes = number("TRACKWAY_BATCH_BYTES", &self.batch_bytes, 65_536..=1 << 30)?;
+        let max_payload_bytes = number("TRACKWAY_MAX_PAYLOAD_BYTES", &self.max_payload_bytes, 1..=(1 << 30) - 1)?;
+        let ingest_timeout_ms = number("TRACKWAY_INGEST_TIMEOUT_MS", &self.ingest_timeout_ms, 100..=3_600_000)?;
         let block_ms = number("TRACKWAY_BLOCK_MS", &self.block_ms, 1..=60_000)?;
         let max_deliveries = number("TRACKWAY_MAX_DELIVERIES", &self.max_deliveries, 1..=1_000_000)?;
         let claim_idle_ms = number("TRACKWAY_CLAIM_IDLE_MS", &self.claim_idle_ms, 1000..=86_400_000)?;
@@ -169,8 +198,12 @@ impl Settings {
             None => default_consumer(),
         };
         let dead_letter = self.dead_letter_stream.unwrap_or_else(|| format!("{}:dead", self.stream));
-        if dead_letter == self.stream {
-            return Err(bad("TRACKWAY_DEAD_LETTER_STREAM", "must differ from TRACKWAY_STREAM".into()));
+        let attempts = format!("{}:attempts", self.stream);
+        if dead_letter == self.stream || dead_letter == attempts {
+            return Err(bad(
+                "TRACKWAY_DEAD_LETTER_STREAM",
+                format!("must differ from TRACKWAY_STREAM and {attempts:?}"),
+            ));
         }
         Ok(Config {
             database,
@@ -180,9 +213,13 @@ impl Settings {
                 group: self.group,
                 consumer,
                 dead_letter,
+                attempts,
                 payload_field: self.payload_field,
             },
             batch_size: usize::try_from(batch_size).unwrap_or(1000),
+            batch_bytes: usize::try_from(batch_bytes).unwrap_or(1 << 24),
+            max_payload_bytes: usize::try_from(max_payload_bytes).unwrap_or(1 << 20),
+            ingest_timeout: Duration::from_millis(ingest_timeout_ms),
             block: Duration::from_millis(block_ms),
             max_deliveries,
             claim_idle: Duration::from_millis(claim_idle_ms),
@@ -216,6 +253,9 @@ impl fmt::Debug for Config {
             .field("redis", &self.redis.addr().to_string())
             .field("names", &self.names)
             .field("batch_size", &self.batch_size)
+            .field("batch_bytes", &self.batch_bytes)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("ingest_timeout", &self.ingest_timeout)
             .field("block", &self.block)
             .field("max_deliveries", &self.max_deliveries)
             .field("claim_idle", &self.claim_idle)
@@ -251,7 +291,10 @@ mod tests {
         let config = parse(&[]).expect("defaults");
         assert_eq!(config.names.stream, "positions");
         assert_eq!(config.names.dead_letter, "positions:dead");
+        assert_eq!(config.names.attempts, "positions:attempts");
         assert_eq!(config.batch_size, 1000);
+        assert_eq!(config.ingest_timeout, Duration::from_secs(120));
+        assert_eq!((config.batch_bytes, config.max_payload_bytes), (16 << 20, 1 << 20));
         assert!(config.names.consumer.ends_with(&format!("-{}", std::process::id())));
     }
 
@@ -262,6 +305,10 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         for (flag, value, name) in [
             ("--batch-size", "0", "TRACKWAY_BATCH_SIZE"),
+            ("--batch-bytes", "1000", "TRACKWAY_BATCH_BYTES"),
+            ("--max-payload-bytes", "0", "TRACKWAY_MAX_PAYLOAD_BYTES"),
+            ("--ingest-timeout-ms", "5", "TRACKWAY_INGEST_TIMEOUT_MS"),
+            ("--ingest-timeout-ms", "later", "TRACKWAY_INGEST_TIMEOUT_MS"),
             ("--block-ms", "70000", "TRACKWAY_BLOCK_MS"),
             ("--block-ms", "soon", "TRACKWAY_BLOCK_MS"),
             ("--max-deliveries", "0", "TRACKWAY_MAX_DELIVERIES"),
@@ -287,6 +334,9 @@ mod tests {
             "TRACKWAY_DEAD_LETTER_STREAM",
             "TRACKWAY_PAYLOAD_FIELD",
             "TRACKWAY_BATCH_SIZE",
+            "TRACKWAY_BATCH_BYTES",
+            "TRACKWAY_MAX_PAYLOAD_BYTES",
+            "TRACKWAY_INGEST_TIMEOUT_MS",
             "TRACKWAY_BLOCK_MS",
             "TRACKWAY_MAX_DELIVERIES",
             "TRACKWAY_CLAIM_IDLE_MS",

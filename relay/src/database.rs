@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{error::SqlState, NoTls};
 
 use crate::error::Error;
@@ -15,10 +15,6 @@ const INGEST_BATCH: &str = "SELECT ord, status, error FROM trackway.ingest_batch
 const POOL_SIZE: usize = 4;
 /// How long a caller waits for a pooled connection, and for a new connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for an `ingest_batch` answer. A server that stops answering (a network partition without a
-/// reset) would otherwise stall the relay; after this the connection is discarded and the batch retried,
-/// which is safe because storing is idempotent.
-const INGEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// TCP keepalive idle time, so dead peers are noticed in well under the kernel's default two hours.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
@@ -37,15 +33,27 @@ pub enum Status {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// The database could not be reached or could not run the call now (connection lost, server
-    /// shutting down, missing extension or privilege, deadlock...). Nothing about the data; retry later.
+    /// shutting down, login refused, missing extension or privilege, deadlock...). Nothing about the data;
+    /// the same batch is retried later.
     #[error("{0}")]
     Unavailable(String),
-    /// The server refused the statement because of the data in it (a data exception or limit that the
-    /// decoder did not catch). Retrying the same batch fails again; smaller batches isolate the cause.
+    /// The statement was sent and no answer came (the connection broke): the server may have run it, or
+    /// may have died of it. Retried like `Unavailable`, and counted as an unanswered attempt.
     #[error("{0}")]
-    Rejected(String),
+    Lost(String),
+    /// The server answered the statement with an error that the data *may* have caused (a data exception,
+    /// a constraint, a program limit, a trigger's RAISE, an internal error, a statement timeout, out of
+    /// memory...). The same errors also come from the moment (a full NOTIFY queue, an operator's guard
+    /// trigger, corruption), so a refusal alone never blames an entry: the consumer decides by splitting
+    /// the batch and seeing what stores (see `consumer::Storer`).
+    #[error("{message}")]
+    Refused {
+        /// The SQLSTATE (the `sqlstate` label of `trackway_relay_refusals_total`).
+        sqlstate: String,
+        /// The server's message with severity and SQLSTATE.
+        message: String,
+    },
 }
-
 /// Builds the pool; connections open lazily, so an unreachable server is not an error here.
 pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
     let mut config = config.clone();
@@ -66,20 +74,54 @@ pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
         .map_err(|e| Error::Pool(e.to_string()))
 }
 
-/// Stores the payloads with one `trackway.ingest_batch` call; one status per payload, in order.
-pub async fn ingest_batch(pool: &Pool, payloads: &[&str]) -> Result<Vec<Status>, IngestError> {
-    let client = pool.get().await.map_err(|e| IngestError::Unavailable(e.to_string()))?;
+/// A pooled connection for [`ingest_batch`]. An error here means nothing was sent (server down, login
+/// refused, pool exhausted).
+pub async fn connection(pool: &Pool) -> Result<Object, IngestError> {
+    pool.get().await.map_err(|e| IngestError::Unavailable(pool_error(e)))
+}
+
+/// A pool error with the server's message when there is one ("role \"relay\" is not permitted to log in"
+/// instead of deadpool's "db error").
+fn pool_error(error: deadpool_postgres::PoolError) -> String {
+    match &error {
+        deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
+            Some(db) => format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
+            None => e.to_string(),
+        },
+        _ => error.to_string(),
+    }
+}
+
+/// Stores the payloads with one `trackway.ingest_batch` call on `client`; one status per payload, in order.
+///
+/// `timeout` (`TRACKWAY_INGEST_TIMEOUT_MS`) bounds the wait for the answer: a statement that runs too long
+/// (a batch too big for the server's time, a lock, a network partition without a reset) would otherwise
+/// stall the relay. When it expires the relay sends the server a cancel request for the statement (so it
+/// does not keep running and holding a backend), then discards the connection. A cancelled statement is a
+/// refusal with SQLSTATE `timeout`, so the batch is split like one that hit `statement_timeout`; if the
+/// cancel request cannot be delivered either, nothing answered at all (`Lost`).
+pub async fn ingest_batch(client: Object, payloads: &[&str], timeout: Duration) -> Result<Vec<Status>, IngestError> {
     let call = async {
         let statement = client.prepare_cached(INGEST_BATCH).await?;
         client.query(&statement, &[&payloads]).await
     };
-    let answer = tokio::time::timeout(INGEST_TIMEOUT, call).await;
+    let answer = tokio::time::timeout(timeout, call).await;
     let rows = match answer {
         Ok(rows) => rows.map_err(classify)?,
         Err(_) => {
+            let waited = format!("no answer within {} ms", timeout.as_millis());
+            let token = client.cancel_token();
+            let cancelled = tokio::time::timeout(CONNECT_TIMEOUT, token.cancel_query(NoTls)).await;
             // The connection may still be busy with the call: never hand it out again.
-            drop(deadpool_postgres::Object::take(client));
-            return Err(IngestError::Unavailable(format!("no answer within {} s", INGEST_TIMEOUT.as_secs())));
+            drop(Object::take(client));
+            return Err(match cancelled {
+                Ok(Ok(())) => IngestError::Refused {
+                    sqlstate: "timeout".to_owned(),
+                    message: format!("{waited}; the statement was cancelled"),
+                },
+                Ok(Err(e)) => IngestError::Lost(format!("{waited}, and the cancel request failed: {e}")),
+                Err(_) => IngestError::Lost(format!("{waited}, and the cancel request got no answer either")),
+            });
         }
     };
     let mut statuses = vec![None; payloads.len()];
@@ -111,28 +153,45 @@ pub async fn ingest_batch(pool: &Pool, payloads: &[&str]) -> Result<Vec<Status>,
 
 /// Whether the database answers (`SELECT 1` on a pooled connection).
 pub async fn ping(pool: &Pool) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(pool_error)?;
     client.simple_query("SELECT 1").await.map(drop).map_err(|e| e.to_string())
 }
 
-/// Sorts a failed call: only errors that the data can cause are `Rejected`; everything else — lost
-/// connections, shutdowns, a missing extension, permissions, deadlocks — is `Unavailable`, so a
-/// misconfigured relay retries instead of dead-lettering good entries.
+/// Sorts a failed call: a server error is a refusal unless its class says the environment is at fault
+/// (see [`is_environment_error`]); a failure without a server error (connection lost, I/O) is `Lost`.
 fn classify(error: tokio_postgres::Error) -> IngestError {
-    let message = match error.as_db_error() {
-        Some(db) => format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
-        None => error.to_string(),
+    let Some(db) = error.as_db_error() else {
+        let message = error.to_string();
+        // The client could not encode the call (a message above PostgreSQL's 1 GB limit): a smaller batch
+        // may pass, so it is a refusal, not a lost connection.
+        if message.starts_with("error serializing") || message.starts_with("error encoding") {
+            return IngestError::Refused { sqlstate: "too_large".to_owned(), message };
+        }
+        return IngestError::Lost(message);
     };
-    match error.code() {
-        Some(code) if is_data_error(code) => IngestError::Rejected(message),
-        _ => IngestError::Unavailable(message),
+    let message = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+    if is_environment_error(db.code()) {
+        IngestError::Unavailable(message)
+    } else {
+        IngestError::Refused { sqlstate: db.code().code().to_owned(), message }
     }
 }
 
-/// SQLSTATE classes caused by the statement's data: 22 data exception, 23 integrity constraint, 54 program
-/// limit exceeded, P0 PL/pgSQL raise, XX internal error.
-fn is_data_error(code: &SqlState) -> bool {
-    matches!(code.code().get(..2), Some("22" | "23" | "54" | "P0" | "XX"))
+/// SQLSTATEs that say the database or the relay's access to it is not working, whatever the data: 08
+/// connection, 25 transaction state (read-only standby), 28 authorization, 3D/3F missing database or schema,
+/// 40 rollback (deadlock, serialization), 42 access rule or missing object (extension not installed,
+/// privileges), 53 insufficient resources except out of memory (disk full, too many connections), 55 object
+/// state (lock not available), 57P operator intervention (shutdown, cannot connect now), 58 system error,
+/// F0 configuration file. Everything else — including 54 program limits, XX internal errors, P0 trigger
+/// raises, 57014 statement timeout and 53200 out of memory — may or may not be the data's fault and is
+/// decided by splitting.
+fn is_environment_error(code: &SqlState) -> bool {
+    let code = code.code();
+    if code == SqlState::OUT_OF_MEMORY.code() {
+        return false;
+    }
+    matches!(code.get(..2), Some("08" | "25" | "28" | "3D" | "3F" | "40" | "42" | "53" | "55" | "58" | "F0"))
+        || code.starts_with("57P")
 }
 
 #[cfg(test)]
@@ -140,12 +199,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_data_errors_are_rejections() {
-        assert!(is_data_error(&SqlState::CHARACTER_NOT_IN_REPERTOIRE));
-        assert!(is_data_error(&SqlState::PROGRAM_LIMIT_EXCEEDED));
-        assert!(!is_data_error(&SqlState::UNDEFINED_FUNCTION));
-        assert!(!is_data_error(&SqlState::ADMIN_SHUTDOWN));
-        assert!(!is_data_error(&SqlState::T_R_DEADLOCK_DETECTED));
-        assert!(!is_data_error(&SqlState::INSUFFICIENT_PRIVILEGE));
+    fn only_environment_errors_skip_the_split() {
+        for code in [
+            SqlState::UNDEFINED_FUNCTION,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::INVALID_PASSWORD,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::DISK_FULL,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::CONNECTION_FAILURE,
+        ] {
+            assert!(is_environment_error(&code), "{code:?}");
+        }
+        for code in [
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+            SqlState::INTERNAL_ERROR,
+            SqlState::RAISE_EXCEPTION,
+            SqlState::QUERY_CANCELED,
+            SqlState::OUT_OF_MEMORY,
+        ] {
+            assert!(!is_environment_error(&code), "{code:?}");
+        }
     }
 }

@@ -29,6 +29,7 @@ pub use tokio_util::sync::CancellationToken as Shutdown;
 
 use crate::{
     admin::{AdminState, Readiness},
+    backoff::BackendState,
     consumer::Consumer,
     stream::{Group, Link},
 };
@@ -44,12 +45,13 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: Shutdown) -> Resu
     let link = |block| Link::new(config.redis.clone(), block).map_err(|e| Error::Config(format!("REDIS_URL: {e}")));
     let short = std::time::Duration::ZERO;
 
-    let readiness = Arc::new(Readiness::new(pool.clone(), link(short)?));
+    let postgres = BackendState::new("postgres");
+    let readiness = Arc::new(Readiness::new(pool.clone(), link(short)?, postgres.clone()));
     let admin_task =
         tokio::spawn(admin::serve(admin, AdminState { metrics: metrics.clone(), readiness }, shutdown.clone()));
     let sampler_task =
         tokio::spawn(sampler::run(Group::new(config.names.clone()), link(short)?, metrics.clone(), shutdown.clone()));
-    let consumer = Consumer::new(&config, pool.clone(), metrics, shutdown.clone())
+    let consumer = Consumer::new(&config, pool.clone(), postgres, metrics, shutdown.clone())
         .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
 
     let consumed = tokio::spawn(consumer.run()).await;

@@ -12,17 +12,28 @@ pub struct Metrics {
     registry: Registry,
     /// Stream entries read, by `source`: `new`, `pending` (own, after a restart) or `claimed`.
     pub entries_read: IntCounterVec,
-    /// Batches handled, by `outcome`: `committed`, `retried` (database unavailable; tried again),
-    /// `split` (the database rejected the batch as a whole; it was bisected).
+    /// Batches handled, by `outcome`: `committed`, `retried` (database unavailable, or refusing every write
+    /// of the batch: an outage; tried again after a backoff), `split` (the database refused a batch as a
+    /// whole; it was bisected).
     pub batches: IntCounterVec,
+    /// Statements the server answered with an error, by `sqlstate` (`timeout` when the relay's own bound
+    /// expired): refusals, whether the data or the moment caused them (see `trackway_relay_batches_total`
+    /// and the dead letters for what became of them).
+    pub refusals: IntCounterVec,
+    /// Entries refused alone with no write committed since, held (pending, not acknowledged) until a
+    /// commit shows the database works and they can be judged.
+    pub held: IntGauge,
     /// Entries by `status` reported by `trackway.ingest_batch`: `inserted`, `duplicate`, `invalid`.
     pub rows: IntCounterVec,
     /// Dead letters written, by `reason`: `invalid`, `missing_payload`, `rejected`, `max_deliveries`.
     pub dead_letters: IntCounterVec,
     /// Entries acknowledged (stored, duplicate, or dead-lettered).
     pub acks: IntCounter,
-    /// Entries taken over from other consumers (XAUTOCLAIM).
+    /// Entries taken over from other consumers (claim sweeps: XPENDING IDLE, then XCLAIM).
     pub reclaimed: IntCounter,
+    /// Settle calls (acknowledgements and dead letters) that Redis refused or that failed; each is retried
+    /// and its entries stay pending until one succeeds.
+    pub settle_failures: IntCounter,
     /// Entries of the stream not yet delivered to the group (sampled from XINFO GROUPS).
     pub group_lag: IntGauge,
     /// Entries delivered to the group and not yet acknowledged (sampled).
@@ -31,6 +42,10 @@ pub struct Metrics {
     pub ingest_seconds: Histogram,
     /// Entries per batch read from the stream.
     pub batch_size: Histogram,
+    /// Bytes (field names and values) per batch read from the stream.
+    pub batch_bytes: Histogram,
+    /// The largest batch read so far, bytes (stays within `TRACKWAY_BATCH_BYTES` plus one entry).
+    pub batch_bytes_peak: IntGauge,
     /// Connections (re)established after a failure, by `backend`: `postgres`, `redis`.
     pub reconnects: IntCounterVec,
 }
@@ -47,6 +62,11 @@ impl Metrics {
         let entries_read =
             counter_vec("trackway_relay_entries_read_total", "Stream entries read, by source.", "source");
         let batches = counter_vec("trackway_relay_batches_total", "Batches handled, by outcome.", "outcome");
+        let refusals = counter_vec(
+            "trackway_relay_refusals_total",
+            "Statements the server answered with an error, by SQLSTATE.",
+            "sqlstate",
+        );
         let rows = counter_vec("trackway_relay_rows_total", "Entries by ingest status.", "status");
         let dead_letters =
             counter_vec("trackway_relay_dead_letters_total", "Dead letters written, by reason.", "reason");
@@ -59,12 +79,15 @@ impl Metrics {
         };
         let acks = counter("trackway_relay_acks_total", "Stream entries acknowledged.");
         let reclaimed = counter("trackway_relay_reclaimed_total", "Entries claimed from other consumers.");
+        let settle_failures =
+            counter("trackway_relay_settle_failures_total", "Failed settle calls (retried; entries stay pending).");
         let gauge = |name: &str, help: &str| {
             let m = IntGauge::new(name, help).expect("valid metric");
             registry.register(Box::new(m.clone())).expect("unique metric");
             m
         };
         let group_lag = gauge("trackway_relay_group_lag", "Entries not yet delivered to the consumer group (sampled).");
+        let held = gauge("trackway_relay_held_entries", "Entries refused alone and held until they can be judged.");
         let group_pending = gauge("trackway_relay_group_pending", "Entries delivered but not acknowledged (sampled).");
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
@@ -81,8 +104,20 @@ impl Metrics {
             "Entries per batch read.",
             exponential_buckets(1.0, 2.0, 15).expect("valid buckets"),
         );
+        let batch_bytes = histogram(
+            "trackway_relay_batch_bytes",
+            "Bytes (field names and values) per batch read.",
+            exponential_buckets(1024.0, 4.0, 11).expect("valid buckets"),
+        );
+        let batch_bytes_peak = gauge("trackway_relay_batch_bytes_peak", "Largest batch read so far, bytes.");
         for source in ["new", "pending", "claimed"] {
             entries_read.with_label_values(&[source]);
+        }
+        for outcome in ["committed", "retried", "split"] {
+            batches.with_label_values(&[outcome]);
+        }
+        for reason in ["invalid", "missing_payload", "rejected", "max_deliveries"] {
+            dead_letters.with_label_values(&[reason]);
         }
         for status in ["inserted", "duplicate", "invalid"] {
             rows.with_label_values(&[status]);
@@ -94,14 +129,19 @@ impl Metrics {
             registry,
             entries_read,
             batches,
+            refusals,
+            held,
             rows,
             dead_letters,
             acks,
             reclaimed,
+            settle_failures,
             group_lag,
             group_pending,
             ingest_seconds,
             batch_size,
+            batch_bytes,
+            batch_bytes_peak,
             reconnects,
         }
     }
@@ -134,5 +174,7 @@ mod tests {
         assert!(text.contains("trackway_relay_rows_total{status=\"inserted\"} 3"), "{text}");
         assert!(text.contains("trackway_relay_dead_letters_total{reason=\"invalid\"} 1"), "{text}");
         assert!(text.contains("trackway_relay_rows_total{status=\"duplicate\"} 0"), "{text}");
+        assert!(text.contains("trackway_relay_dead_letters_total{reason=\"rejected\"} 0"), "{text}");
+        assert!(text.contains("trackway_relay_batches_total{outcome=\"retried\"} 0"), "{text}");
     }
 }

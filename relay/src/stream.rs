@@ -15,25 +15,35 @@ const REPLY_MARGIN: Duration = Duration::from_secs(5);
 const MAX_DEAD_LETTER_FIELDS: usize = 1000;
 
 /// Acknowledges a batch in one atomic step: XACK for the stored entries, and for each dead letter an
-/// XADD to the dead-letter stream together with its XACK. A dead letter is written only if its entry was
-/// still pending (XACK returned 1), so two relays that both handled an entry (one of them after claiming
-/// it) write one dead letter, not two, and a crash can never leave one written but unacknowledged.
-/// KEYS: stream, dead-letter stream. ARGV: group, n, n ids to ack, then per dead letter: id, pair count,
-/// field/value pairs. Returns {entries acked, {1|0 per dead letter: written}}.
+/// XADD to the dead-letter stream followed by its XACK. A dead letter is written only if its entry is
+/// still pending (XPENDING for that one id), so two relays that both handled an entry (one of them after
+/// claiming it) write one dead letter, not two. The dead letter is written *before* the entry is
+/// acknowledged: if the XADD fails (say WRONGTYPE, the dead-letter key holds a string) the script stops
+/// there with an error and the entry stays pending, to be settled again; an entry is never acknowledged
+/// without its dead letter. (Redis does not roll back a script that stops with an error, so what it did
+/// before — acknowledgements and earlier dead letters — stays done; doing it again is harmless because
+/// nothing is acknowledged or written twice.)
+/// Settled entries also lose their count of unanswered store attempts.
+/// KEYS: stream, dead-letter stream, attempts hash. ARGV: group, n, n ids to ack, then per dead letter: id,
+/// pair count, field/value pairs. Returns {entries acked, {1|0 per dead letter: written}}.
 const SETTLE_LUA: &str = r"
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
 local acked = 0
 for first = 3, 2 + n, 500 do
-  acked = acked + redis.call('XACK', KEYS[1], group, unpack(ARGV, first, math.min(first + 499, 2 + n)))
+  local last = math.min(first + 499, 2 + n)
+  acked = acked + redis.call('XACK', KEYS[1], group, unpack(ARGV, first, last))
+  redis.call('HDEL', KEYS[3], unpack(ARGV, first, last))
 end
 local written = {}
 local i = 3 + n
 while i <= #ARGV do
+  local id = ARGV[i]
   local pairs_count = tonumber(ARGV[i + 1])
-  if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
+  if #redis.call('XPENDING', KEYS[1], group, id, id, 1) > 0 then
     redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 2, i + 1 + 2 * pairs_count))
-    acked = acked + 1
+    acked = acked + redis.call('XACK', KEYS[1], group, id)
+    redis.call('HDEL', KEYS[3], id)
     written[#written + 1] = 1
   else
     written[#written + 1] = 0
@@ -41,6 +51,106 @@ while i <= #ARGV do
   i = i + 2 + 2 * pairs_count
 end
 return {acked, written}
+";
+
+/// Adds ARGV[1] (1 or -1) to the unanswered store attempts of each id in ARGV[2..] (a field of the hash
+/// KEYS[1]; a count that drops to 0 is removed). Returns the new counts.
+const ATTEMPTS_LUA: &str = r"
+local counts = {}
+for i = 2, #ARGV do
+  local n = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[1])
+  if n <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = 0
+  end
+  counts[#counts + 1] = n
+end
+return counts
+";
+
+/// Reads up to ARGV[3] new entries for the group, but only as many as fit in ARGV[4] bytes (field names
+/// and values; the entry that crosses the budget is included, so a batch holds at most the budget plus one
+/// entry, and an entry larger than the budget comes alone). The sizes are measured with XRANGE after the
+/// group's last delivered id before XREADGROUP delivers exactly that many; both run in one atomic step.
+/// KEYS: stream. ARGV: group, consumer, count, budget. Returns the entries (`[[id, [f, v, …]], …]`).
+const READ_NEW_LUA: &str = r"
+local group, consumer = ARGV[1], ARGV[2]
+local count, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, delivered
+  for k = 1, #g, 2 do
+    if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'last-delivered-id' then delivered = g[k + 1] end
+  end
+  if name == group then last = delivered end
+end
+if not last then
+  return redis.error_reply('NOGROUP No such consumer group ' .. group .. ' for key name ' .. KEYS[1])
+end
+local n, bytes = 0, 0
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', count)) do
+  n = n + 1
+  for _, v in ipairs(e[2]) do bytes = bytes + #v end
+  if bytes >= budget then break end
+end
+if n == 0 then return {} end
+local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', KEYS[1], '>')
+if not reply then return {} end
+return reply[1][2]
+";
+
+/// Like `READ_NEW_LUA` for this consumer's own pending entries after id ARGV[5] (a history read): sizes
+/// from XPENDING and XRANGE of each id, then XREADGROUP of exactly that many.
+const READ_PENDING_LUA: &str = r"
+local group, consumer = ARGV[1], ARGV[2]
+local count, budget, after = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local n, bytes = 0, 0
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], group, '(' .. after, '+', count, consumer)) do
+  n = n + 1
+  local e = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
+  if e then
+    for _, v in ipairs(e[2]) do bytes = bytes + #v end
+  end
+  if bytes >= budget then break end
+end
+if n == 0 then return {} end
+local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', KEYS[1], after)
+if not reply then return {} end
+return reply[1][2]
+";
+
+/// Takes over entries idle for at least ARGV[3] ms on any consumer of the group (what XAUTOCLAIM does),
+/// scanning the pending list from ARGV[4], at most ARGV[5] entries and only as many as fit in ARGV[6] bytes
+/// (plus the entry that crosses the budget): each is measured with XRANGE before XCLAIM takes it. Pending
+/// ids whose entry is gone from the stream are removed from the pending list (XACK), as XAUTOCLAIM does.
+/// KEYS: stream. ARGV: group, consumer, min idle ms, start, count, budget. Returns {next start ('0-0' when
+/// the sweep is complete), entries, count of ids gone from the stream}.
+const CLAIM_LUA: &str = r"
+local group, consumer, min_idle, start = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local count, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
+local pending = redis.call('XPENDING', KEYS[1], group, 'IDLE', min_idle, start, '+', count)
+local ids, gone, bytes, last = {}, 0, 0, nil
+for _, p in ipairs(pending) do
+  last = p[1]
+  local e = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
+  if e then
+    ids[#ids + 1] = p[1]
+    for _, v in ipairs(e[2]) do bytes = bytes + #v end
+  else
+    redis.call('XACK', KEYS[1], group, p[1])
+    gone = gone + 1
+  end
+  if bytes >= budget then break end
+end
+local next_start = '0-0'
+if last and (#pending == count or bytes >= budget) then next_start = '(' .. last end
+local entries = {}
+for first = 1, #ids, 500 do
+  local claimed = redis.call('XCLAIM', KEYS[1], group, consumer, min_idle,
+                             unpack(ids, first, math.min(first + 499, #ids)))
+  for _, e in ipairs(claimed) do entries[#entries + 1] = e end
+end
+return {next_start, entries, gone}
 ";
 
 /// One stream entry as read.
@@ -53,6 +163,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Bytes of its field names and values (what the read budget counts).
+    pub fn bytes(&self) -> usize {
+        self.fields.as_deref().unwrap_or_default().iter().map(|(f, v)| f.len() + v.len()).sum()
+    }
+
     /// The value of `field`, if the entry has it.
     pub fn field(&self, field: &str) -> Option<&[u8]> {
         self.fields.as_ref()?.iter().find(|(f, _)| f == field.as_bytes()).map(|(_, v)| v.as_slice())
@@ -71,6 +186,13 @@ pub struct DeadLetter {
     pub error: String,
 }
 
+impl DeadLetter {
+    /// Bytes it carries to Redis (original fields and the error).
+    pub fn bytes(&self) -> usize {
+        self.entry.bytes() + self.error.len()
+    }
+}
+
 /// What settling a batch did.
 #[derive(Debug, Default)]
 pub struct Settled {
@@ -80,7 +202,7 @@ pub struct Settled {
     pub written: Vec<bool>,
 }
 
-/// What XAUTOCLAIM returned.
+/// What a claim sweep returned.
 #[derive(Debug, Default)]
 pub struct Claimed {
     /// Where the next sweep continues (`0-0` when the sweep is complete).
@@ -173,12 +295,27 @@ pub struct Group {
     pub names: StreamNames,
     /// The settle script (loaded on first use, reloaded after a Redis restart).
     settle: Script,
+    /// The attempt-counting script.
+    attempts: Script,
+    /// The byte-bounded read of new entries.
+    read_new: Script,
+    /// The byte-bounded read of own pending entries.
+    read_pending: Script,
+    /// The byte-bounded claim sweep.
+    claim: Script,
 }
 
 impl Group {
     /// Operations for `names`.
     pub fn new(names: StreamNames) -> Group {
-        Group { names, settle: Script::new(SETTLE_LUA) }
+        Group {
+            names,
+            settle: Script::new(SETTLE_LUA),
+            attempts: Script::new(ATTEMPTS_LUA),
+            read_new: Script::new(READ_NEW_LUA),
+            read_pending: Script::new(READ_PENDING_LUA),
+            claim: Script::new(CLAIM_LUA),
+        }
     }
 
     /// Creates the group (and the stream) unless it exists. A new group starts at the beginning of the
@@ -196,27 +333,48 @@ impl Group {
         }
     }
 
-    /// Up to `count` new entries; with `block`, waits up to that long for the first.
+    /// Up to `count` new entries within `budget` bytes (plus one entry; see `READ_NEW_LUA`); with `block`,
+    /// waits up to that long for the first when there is none yet.
     pub async fn read_new(
         &self,
         link: &mut Link,
         count: usize,
+        budget: usize,
         block: Option<Duration>,
     ) -> Result<Vec<Entry>, RedisError> {
-        let mut cmd = self.read_cmd(count);
-        if let Some(block) = block {
-            cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1));
-        }
+        let entries = self.read_new_within(link, count, budget).await?;
+        let Some(block) = block.filter(|_| entries.is_empty()) else { return Ok(entries) };
+        // Nothing yet: wait for one entry, then take what else fits.
+        let mut cmd = self.read_cmd(1);
+        cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1));
         cmd.arg("STREAMS").arg(&self.names.stream).arg(">");
-        parse_read(link.query(&cmd).await?)
+        let mut entries = parse_read(link.query(&cmd).await?)?;
+        let used = entries.first().map_or(budget, Entry::bytes);
+        if !entries.is_empty() && count > 1 && used < budget {
+            entries.extend(self.read_new_within(link, count - 1, budget - used).await?);
+        }
+        Ok(entries)
     }
 
-    /// Up to `count` of this consumer's own pending entries after id `after` (history read; each read
-    /// counts as a delivery).
-    pub async fn read_pending(&self, link: &mut Link, count: usize, after: &str) -> Result<Vec<Entry>, RedisError> {
-        let mut cmd = self.read_cmd(count);
-        cmd.arg("STREAMS").arg(&self.names.stream).arg(after);
-        parse_read(link.query(&cmd).await?)
+    async fn read_new_within(&self, link: &mut Link, count: usize, budget: usize) -> Result<Vec<Entry>, RedisError> {
+        let mut invocation = self.read_new.key(&self.names.stream);
+        invocation.arg(&self.names.group).arg(&self.names.consumer).arg(count).arg(budget);
+        parse_entries(link.invoke(&invocation).await?)
+    }
+
+    /// Up to `count` of this consumer's own pending entries after id `after`, within `budget` bytes (plus one
+    /// entry). A history read: Redis counts it as a delivery (the relay counts attempts instead, see
+    /// `max_deliveries`).
+    pub async fn read_pending(
+        &self,
+        link: &mut Link,
+        count: usize,
+        budget: usize,
+        after: &str,
+    ) -> Result<Vec<Entry>, RedisError> {
+        let mut invocation = self.read_pending.key(&self.names.stream);
+        invocation.arg(&self.names.group).arg(&self.names.consumer).arg(count).arg(budget).arg(after);
+        parse_entries(link.invoke(&invocation).await?)
     }
 
     fn read_cmd(&self, count: usize) -> redis::Cmd {
@@ -225,23 +383,25 @@ impl Group {
         cmd
     }
 
-    /// Takes over up to `count` entries idle on other consumers for at least `min_idle`, from `start`.
+    /// Takes over up to `count` entries idle for at least `min_idle`, from `start`, within `budget` bytes
+    /// (plus one entry; see `CLAIM_LUA`).
     pub async fn autoclaim(
         &self,
         link: &mut Link,
         min_idle: Duration,
         start: &str,
         count: usize,
+        budget: usize,
     ) -> Result<Claimed, RedisError> {
-        let mut cmd = redis::cmd("XAUTOCLAIM");
-        cmd.arg(&self.names.stream)
+        let mut invocation = self.claim.key(&self.names.stream);
+        invocation
             .arg(&self.names.group)
             .arg(&self.names.consumer)
             .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
             .arg(start)
-            .arg("COUNT")
-            .arg(count);
-        parse_autoclaim(link.query(&cmd).await?)
+            .arg(count)
+            .arg(budget);
+        parse_autoclaim(link.invoke(&invocation).await?)
     }
 
     /// Delivery counts of this consumer's pending entries with ids in `[first, last]`.
@@ -263,7 +423,12 @@ impl Group {
             return Ok(Settled::default());
         }
         let mut invocation = self.settle.key(&self.names.stream);
-        invocation.key(&self.names.dead_letter).arg(&self.names.group).arg(stored.len()).arg(stored);
+        invocation
+            .key(&self.names.dead_letter)
+            .key(&self.names.attempts)
+            .arg(&self.names.group)
+            .arg(stored.len())
+            .arg(stored);
         for letter in dead {
             let meta = self.dead_letter_fields(letter);
             let original = letter.entry.fields.as_deref().unwrap_or_default();
@@ -283,6 +448,18 @@ impl Group {
             }
         }
         parse_settled(link.invoke(&invocation).await?)
+    }
+
+    /// Adds `delta` (1 before an attempt, -1 once it was answered) to the unanswered store attempts of
+    /// `ids`; returns the new counts, in order.
+    pub async fn count_attempts(&self, link: &mut Link, ids: &[&str], delta: i64) -> Result<Vec<u64>, RedisError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.attempts.key(&self.names.attempts);
+        invocation.arg(delta).arg(ids);
+        let counts = items(link.invoke(&invocation).await?)?;
+        Ok(counts.iter().map(|v| int(v).and_then(|n| u64::try_from(n).ok()).unwrap_or(0)).collect())
     }
 
     fn dead_letter_fields(&self, letter: &DeadLetter) -> [(&'static str, String); 4] {
@@ -391,12 +568,15 @@ fn parse_read(value: Value) -> Result<Vec<Entry>, RedisError> {
     }
 }
 
-/// XAUTOCLAIM: `[next, entries, deleted ids]`.
+/// XAUTOCLAIM's `[next, entries, deleted ids]`, or the claim script's `[next, entries, deleted count]`.
 fn parse_autoclaim(value: Value) -> Result<Claimed, RedisError> {
     let mut parts = items(value)?.into_iter();
     let next = parts.next().as_ref().and_then(text).ok_or_else(|| malformed("XAUTOCLAIM cursor"))?;
     let all = parse_entries(parts.next().unwrap_or(Value::Nil))?;
-    let deleted_ids = parts.next().map(items).transpose()?.map_or(0, |d| d.len());
+    let deleted_ids = match parts.next() {
+        Some(Value::Int(n)) => usize::try_from(n).unwrap_or(0),
+        other => other.map(items).transpose()?.map_or(0, |d| d.len()),
+    };
     // Redis 6.2 reports deleted entries as nil bodies instead of a third element.
     let (entries, gone): (Vec<Entry>, Vec<Entry>) = all.into_iter().partition(|e| e.fields.is_some());
     Ok(Claimed { next, entries, deleted: deleted_ids + gone.len() })

@@ -87,21 +87,31 @@ pub async fn wait_drained(conn: &mut MultiplexedConnection, stream: &str, group:
     }
 }
 
-/// Every entry of a stream as `(id, fields)`.
+/// Entries per XRANGE page of [`read_all`]: one reply stays small however long the stream is.
+pub const PAGE: usize = 1000;
+
+/// Every entry of a stream as `(id, fields)`, read in pages of [`PAGE`] entries (each page starts after the
+/// last id of the previous one), so a long stream never needs one huge reply within a client timeout.
 pub async fn read_all(conn: &mut MultiplexedConnection, stream: &str) -> Vec<(String, HashMap<String, String>)> {
-    let reply: redis::streams::StreamRangeReply = conn.xrange_all(stream).await.expect("XRANGE");
-    reply
-        .ids
-        .into_iter()
-        .map(|e| {
+    let mut out = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let reply: redis::streams::StreamRangeReply =
+            conn.xrange_count(stream, &start, "+", PAGE).await.unwrap_or_else(|e| panic!("XRANGE {stream}: {e}"));
+        let page = reply.ids.len();
+        for e in reply.ids {
             let fields = e
                 .map
                 .iter()
                 .map(|(k, v)| (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap_or_default()))
                 .collect();
-            (e.id, fields)
-        })
-        .collect()
+            start = format!("({}", e.id);
+            out.push((e.id, fields));
+        }
+        if page < PAGE {
+            return out;
+        }
+    }
 }
 
 /// A relay running inside the test process, its admin server on a port-0 listener.
@@ -223,11 +233,24 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
-/// The value of one sample (`name{labels} value`) in `/metrics` text; 0 when absent.
+/// `GET http://addr/path` → (status, body), `None` while nothing answers there.
+pub async fn http_get_opt(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.unwrap_or_default()))
+}
+
+/// The value of one sample (`name{labels} value`) in `/metrics` text. Panics when the sample is absent, so a
+/// check of a metric that was removed or renamed fails instead of reading 0.
 pub fn metric(text: &str, sample: &str) -> f64 {
+    metric_opt(text, sample)
+        .unwrap_or_else(|| panic!("metric sample {sample} is not in /metrics (missing or renamed?):\n{text}"))
+}
+
+/// [`metric`], `None` when the sample is absent (for waits on a labelled sample that appears with its first
+/// event; such a wait still fails at its deadline when the sample never comes).
+pub fn metric_opt(text: &str, sample: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap_or_else(|e| panic!("metric sample {sample}: {v:?} is not a number: {e}")))
 }

@@ -16,6 +16,8 @@ pub struct RedisServer {
     pub port: u16,
     /// Its data directory.
     dir: PathBuf,
+    /// Extra `redis-server` arguments.
+    extra: Vec<String>,
     /// The running server.
     child: Option<Child>,
 }
@@ -23,11 +25,18 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a new, empty server.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a new, empty server with extra `redis-server` arguments, e.g.
+    /// `["--client-output-buffer-limit", "normal 1mb 1mb 0"]`.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let port = free_port_addr().port();
         let dir = std::env::temp_dir().join(format!("trackway-redis-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut server = RedisServer { port, dir, child: None };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut server = RedisServer { port, dir, extra, child: None };
         server.restart();
         server
     }
@@ -54,6 +63,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
