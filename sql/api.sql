@@ -275,14 +275,18 @@ END
 $$;
 
 -- Least privilege: trackway_ingest may only call the ingest functions; trackway_reader may only read.
+-- Roles are cluster-wide: two databases creating the extension at once may both find a role missing; the
+-- loser of that race gets duplicate_object or a unique violation on pg_authid, which is fine.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'trackway_ingest') THEN
+    BEGIN
         CREATE ROLE trackway_ingest NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'trackway_reader') THEN
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END;
+    BEGIN
         CREATE ROLE trackway_reader NOLOGIN;
-    END IF;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END;
 END
 $$;
 
