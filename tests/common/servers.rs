@@ -133,7 +133,7 @@ impl PgCluster {
         let primary_port = primary.port.to_string();
         as_postgres(
             &format!("{PG_BIN}/pg_basebackup"),
-            &["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D", &data, "-R", "-X", "stream", "--no-sync"],
+            &["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D", &data, "-R", "-X", "stream", "-cfast"],
         );
         let cluster = PgCluster { port, dir, settings: primary.settings.clone() };
         cluster.restart();
