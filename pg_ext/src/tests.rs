@@ -466,4 +466,17 @@ mod tests {
         Spi::run("SET LOCAL trackway.announce = 'off'").expect("set");
         assert_eq!(plan(1), "off");
     }
+
+    #[pg_test]
+    fn cursor_functions_declare_their_real_volatility_and_parallel_safety() {
+        // STABLE: they must run on the caller's snapshot; PARALLEL UNSAFE: they ask for the own xid.
+        let marks = Spi::get_one::<String>(
+            "SELECT string_agg(proname || ':' || provolatile::text || proparallel::text, ',' ORDER BY proname)
+             FROM pg_proc WHERE pronamespace = 'trackway'::regnamespace
+               AND proname IN ('_snapshot', 'current_cursor', 'positions_since')",
+        )
+        .expect("query")
+        .expect("marks");
+        assert_eq!(marks, "_snapshot:su,current_cursor:su,positions_since:su");
+    }
 }
