@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use serde_json::Value;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 /// Options of `trackway-demo watch`.
@@ -48,30 +47,33 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// One line per announced position.
+/// One line per announced position (and one for a summary of rows not listed).
 fn describe(payload: &str) -> Vec<String> {
-    let Ok(v) = serde_json::from_str::<Value>(payload) else { return vec![format!("unreadable payload: {payload}")] };
-    let Some(entries) = v["positions"].as_array() else { return Vec::new() };
-    entries
+    let announcement = match trackway_wire::parse_announcement(payload) {
+        Ok(a) => a,
+        Err(e) => return vec![format!("unreadable announcement ({e}): {payload}")],
+    };
+    let mut lines: Vec<String> = announcement
+        .rows
         .iter()
-        .map(|e| match e.get("position") {
+        .map(|row| match &row.position {
             Some(p) => format!(
                 "{}  {}  {:>10.6} {:>10.6}  {:>4} km/h  cursor {}",
-                p["deviceId"].as_str().unwrap_or("?"),
-                p["timestamp"].as_str().unwrap_or("?"),
+                row.device_id,
+                row.timestamp,
                 p["latitude"].as_f64().unwrap_or(f64::NAN),
                 p["longitude"].as_f64().unwrap_or(f64::NAN),
                 p["speed"].as_f64().map_or("-".to_owned(), |s| s.to_string()),
-                e["cursor"].as_str().unwrap_or("?")
+                row.cursor
             ),
-            None => format!(
-                "{}  {}  (too large to announce whole)  cursor {}",
-                e["deviceId"].as_str().unwrap_or("?"),
-                e["timestamp"].as_str().unwrap_or("?"),
-                e["cursor"].as_str().unwrap_or("?")
-            ),
+            None => format!("{}  {}  (announced by reference)  cursor {}", row.device_id, row.timestamp, row.cursor),
         })
-        .collect()
+        .collect();
+    if let Some(o) = announcement.omitted {
+        lines
+            .push(format!("{} rows not listed ({}); read them with positions_since('{}')", o.rows, o.reason, o.resume));
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -85,6 +87,8 @@ mod tests {
         );
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("d  t") && lines[0].contains("cursor 1:2"), "{}", lines[0]);
-        assert!(lines[1].contains("too large"), "{}", lines[1]);
+        assert!(lines[1].contains("by reference"), "{}", lines[1]);
+        let summary = describe(r#"{"positions":[],"omitted":{"rows":5,"reason":"bulk","resume":"9:0"}}"#);
+        assert_eq!(summary, ["5 rows not listed (bulk); read them with positions_since('9:0')"]);
     }
 }

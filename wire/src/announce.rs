@@ -159,6 +159,92 @@ pub fn pack(entries: impl Iterator<Item = String>) -> Vec<String> {
     payloads
 }
 
+/// A NOTIFY payload as a reader receives it: the inverse of [`announcements`], [`announce_rows`] and
+/// [`summary`]. NOTIFY is not a trusted channel (any role that can connect may send on it), so this never
+/// panics and says what is wrong with a payload it cannot read; a reader should still treat what it reads as
+/// a wake-up and take the rows themselves from `trackway.positions_since`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announcement {
+    /// The announced rows, in `(xid, seq)` order.
+    pub rows: Vec<AnnouncedRow>,
+    /// Rows announced only as a count (a bulk statement, a filling queue).
+    pub omitted: Option<Omitted>,
+}
+
+/// One announced row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnnouncedRow {
+    /// Where a reader stands after this row.
+    pub cursor: Cursor,
+    /// The row's device.
+    pub device_id: String,
+    /// The row's `timestamp`, as in the wire format.
+    pub timestamp: String,
+    /// The wire document, when the row was announced whole.
+    pub position: Option<serde_json::Value>,
+}
+
+/// What a summary says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Omitted {
+    /// How many rows the statement inserted.
+    pub rows: u64,
+    /// Why they were not listed: `bulk` or `queue`.
+    pub reason: String,
+    /// A cursor just before the first of them.
+    pub resume: Cursor,
+}
+
+/// Reads a NOTIFY payload of channel `trackway_positions`; errors name the failing path.
+pub fn parse_announcement(payload: &str) -> Result<Announcement, DecodeError> {
+    let error = |path: &str, message: &str| DecodeError {
+        path: path.to_owned(),
+        kind: crate::ErrorKind::WrongType,
+        message: message.to_owned(),
+    };
+    let value: serde_json::Value = serde_json::from_str(payload).map_err(|e| DecodeError {
+        path: String::new(),
+        kind: crate::ErrorKind::Syntax,
+        message: format!("announcement is not JSON: {e}"),
+    })?;
+    let entries =
+        value.get("positions").and_then(|p| p.as_array()).ok_or_else(|| error("positions", "expected an array"))?;
+    let mut rows = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let path = |field: &str| format!("positions.{i}.{field}");
+        let text = |v: Option<&serde_json::Value>, field: &str| {
+            v.and_then(|v| v.as_str()).map(str::to_owned).ok_or_else(|| error(&path(field), "expected a string"))
+        };
+        let cursor = Cursor::parse(&text(entry.get("cursor"), "cursor")?)
+            .map_err(|e| DecodeError { path: path("cursor"), ..e })?;
+        let position = entry.get("position").cloned();
+        let source = position.as_ref().unwrap_or(entry);
+        rows.push(AnnouncedRow {
+            cursor,
+            device_id: text(source.get("deviceId"), "deviceId")?,
+            timestamp: text(source.get("timestamp"), "timestamp")?,
+            position,
+        });
+    }
+    let omitted = match value.get("omitted") {
+        None => None,
+        Some(o) => Some(Omitted {
+            rows: o.get("rows").and_then(|r| r.as_u64()).ok_or_else(|| error("omitted.rows", "expected a count"))?,
+            reason: o
+                .get("reason")
+                .and_then(|r| r.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| error("omitted.reason", "expected a string"))?,
+            resume: o
+                .get("resume")
+                .and_then(|r| r.as_str())
+                .ok_or_else(|| error("omitted.resume", "expected a string"))
+                .and_then(|c| Cursor::parse(c).map_err(|e| DecodeError { path: "omitted.resume".to_owned(), ..e }))?,
+        }),
+    };
+    Ok(Announcement { rows, omitted })
+}
+
 fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
@@ -256,5 +342,42 @@ mod tests {
         assert_eq!(v["omitted"]["reason"], "bulk");
         assert_eq!(v["omitted"]["resume"], "812:10044:800");
         assert!(payload.len() < MAX_NOTIFY_PAYLOAD_BYTES);
+    }
+
+    #[test]
+    fn readers_parse_what_is_announced() {
+        let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(20_000));
+        let mut rows = vec![row(1, "a", Some(r#"{"66": 1}"#.to_owned())), row(2, "b", Some(big))];
+        let payloads = announcements(&mut rows, 813, &[800], Detail::Full);
+        let parsed: Vec<AnnouncedRow> =
+            payloads.iter().flat_map(|p| parse_announcement(p).expect("readable").rows).collect();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].cursor.to_string(), "812:1:800");
+        assert_eq!(parsed[0].device_id, "a");
+        assert_eq!(parsed[0].position.as_ref().expect("whole")["attributes"]["66"], 1);
+        assert_eq!((parsed[1].device_id.as_str(), parsed[1].position.is_none()), ("b", true));
+        assert_eq!(parsed[1].timestamp, format_timestamp(1_795_680_000_000_002));
+
+        let omitted = parse_announcement(&summary(7, "queue", 812, 5, 813, &[])).expect("summary").omitted;
+        let omitted = omitted.expect("omitted");
+        assert_eq!(
+            (omitted.rows, omitted.reason.as_str(), omitted.resume.to_string()),
+            (7, "queue", "812:4".to_owned())
+        );
+    }
+
+    #[test]
+    fn forged_or_broken_announcements_are_clear_errors() {
+        for (payload, path) in [
+            ("not json", ""),
+            (r#"{"rows":[]}"#, "positions"),
+            (r#"{"positions":[{"cursor":"x"}]}"#, "positions.0.cursor"),
+            (r#"{"positions":[{"cursor":"1:1","timestamp":"t"}]}"#, "positions.0.deviceId"),
+            (r#"{"positions":[],"omitted":{"rows":-1,"reason":"bulk","resume":"1:0"}}"#, "omitted.rows"),
+            (r#"{"positions":[],"omitted":{"rows":1,"reason":"bulk","resume":"1"}}"#, "omitted.resume"),
+        ] {
+            let error = parse_announcement(payload).expect_err(payload);
+            assert_eq!(error.path, path, "{payload}: {error}");
+        }
     }
 }

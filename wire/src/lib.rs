@@ -44,7 +44,10 @@ mod number;
 mod store;
 mod timestamp;
 
-pub use announce::{announce_rows, announcements, summary, Detail, NewRow, MAX_NOTIFY_PAYLOAD_BYTES};
+pub use announce::{
+    announce_rows, announcements, parse_announcement, summary, AnnouncedRow, Announcement, Detail, NewRow, Omitted,
+    MAX_NOTIFY_PAYLOAD_BYTES,
+};
 pub use attributes::decode_b64;
 pub use batch::{checked as decode_checked, BatchPlan, Outcome};
 pub use cursor::Cursor;
