@@ -6,28 +6,16 @@ use std::time::Duration;
 use trackway_tests::{
     connect, fresh_database, invalid_cases,
     relay::{
-        http_get, metric, metric_opt, read_all, redis, redis_url, unique, wait_drained, xadd_fields, xadd_payloads,
-        InProcess,
+        http_get, metric, metric_opt, read_all, redis, redis_url, relay_flags, unique, wait_drained, xadd_fields,
+        xadd_payloads, InProcess,
     },
-    server,
     servers::RedisServer,
     shared_data,
 };
 
 /// Flags for an in-process relay on database `db` and stream `stream`.
 fn flags(db: &str, stream: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "--database-url".into(),
-        format!("{} dbname={db}", server()),
-        "--redis-url".into(),
-        redis_url(),
-        "--stream".into(),
-        stream.into(),
-        "--block-ms".into(),
-        "200".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    relay_flags(db, stream, &[&["--block-ms", "200"], extra].concat())
 }
 
 async fn start(db: &str, stream: &str, extra: &[&str]) -> InProcess {

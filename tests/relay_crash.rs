@@ -9,8 +9,7 @@ use std::{
 
 use trackway_tests::{
     connect, fresh_database,
-    relay::{read_all, redis, redis_url, unique, wait_drained, xadd_payloads, Process},
-    server,
+    relay::{read_all, redis, redis_url, relay_flags, unique, wait_drained, xadd_payloads, Process},
 };
 
 const ENTRIES: usize = 50_000;
@@ -73,22 +72,11 @@ async fn sigkill_at_random_moments_loses_nothing_and_doubles_nothing() {
 
     let db = fresh_database("relay_crash").await;
     let stream = unique("crash");
-    let args: Vec<String> = vec![
-        "--database-url".into(),
-        format!("{} dbname={db}", server()),
-        "--redis-url".into(),
-        redis_url(),
-        "--stream".into(),
-        stream.clone(),
-        "--consumer".into(),
-        "crash-test".into(),
-        "--batch-size".into(),
-        "200".into(),
-        "--block-ms".into(),
-        "100".into(),
-        "--claim-idle-ms".into(),
-        "1000".into(),
-    ];
+    let args = relay_flags(
+        &db,
+        &stream,
+        &["--consumer", "crash-test", "--batch-size", "200", "--block-ms", "100", "--claim-idle-ms", "1000"],
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let binary = env!("CARGO_BIN_EXE_relay-under-test");
 
@@ -155,16 +143,7 @@ async fn sigterm_finishes_and_acknowledges_the_batch_in_flight_then_exits_zero()
     let mut rng = fastrand::Rng::with_seed(7);
     let payloads: Vec<String> = generate(&mut rng).into_iter().filter(|g| g.key.is_some()).map(|g| g.payload).collect();
     xadd_payloads(&mut conn, &stream, &payloads).await;
-    let args: Vec<String> = vec![
-        "--database-url".into(),
-        format!("{} dbname={db}", server()),
-        "--redis-url".into(),
-        redis_url(),
-        "--stream".into(),
-        stream.clone(),
-        "--batch-size".into(),
-        "500".into(),
-    ];
+    let args = relay_flags(&db, &stream, &["--batch-size", "500"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let relay = Process::spawn(env!("CARGO_BIN_EXE_relay-under-test"), &args, "trackway-test-relay-sigterm");
     let client = connect(&db).await;
@@ -220,20 +199,7 @@ async fn an_entry_that_keeps_killing_the_relay_is_dead_lettered_after_max_delive
     let mut payloads: Vec<String> = (0..21).map(|s| position("calm", s)).collect();
     payloads[10] = position("killer", 10);
     let ids = xadd_payloads(&mut conn, &stream, &payloads).await;
-    let args: Vec<String> = vec![
-        "--database-url".into(),
-        format!("{} dbname={db}", server()),
-        "--redis-url".into(),
-        redis_url(),
-        "--stream".into(),
-        stream.clone(),
-        "--consumer".into(),
-        "killed".into(),
-        "--batch-size".into(),
-        "1".into(),
-        "--max-deliveries".into(),
-        "2".into(),
-    ];
+    let args = relay_flags(&db, &stream, &["--consumer", "killed", "--batch-size", "1", "--max-deliveries", "2"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let binary = env!("CARGO_BIN_EXE_relay-under-test");
     let hanging = "SELECT pid FROM pg_stat_activity

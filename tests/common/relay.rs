@@ -21,6 +21,20 @@ pub fn redis_url() -> String {
     std::env::var("TRACKWAY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// Command-line flags for a relay on database `db` of the test server and stream `stream`, then `extra`.
+pub fn relay_flags(db: &str, stream: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--database-url".into(),
+        format!("{} dbname={db}", crate::server()),
+        "--redis-url".into(),
+        redis_url(),
+        "--stream".into(),
+        stream.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// A name no other test run uses (stream names on the shared Redis).
 pub fn unique(name: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
