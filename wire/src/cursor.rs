@@ -124,8 +124,8 @@ impl Cursor {
         }
         // Running transactions have no visible row yet: whatever they insert is still to come.
         let running = |below: u64| xip.iter().copied().filter(move |&x| x < below).map(|x| Behind { xid: x, after: 0 });
-        let in_range =
-            self.range.is_some_and(|r| (xid, seq) > (r.xid, r.seq) && self.behind.iter().all(|b| b.xid != xid));
+        // Listed transactions are all below the range's start, so only a row of the range sorts after it.
+        let in_range = self.range.is_some_and(|r| (xid, seq) > (r.xid, r.seq));
         let (behind, range): (Vec<Behind>, Option<Range>) = if in_range {
             // Listed transactions sort before the range: the visible ones are delivered.
             (running(xid).collect(), Some(Range { xid, seq }))
