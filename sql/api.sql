@@ -274,6 +274,28 @@ BEGIN
 END
 $$;
 
+-- May the holder of a live token with these claims subscribe to a device or a group? The relay asks once
+-- per subscription (and again when the token is refreshed) and caches the answer for the connection.
+-- Default: tokens with admin_access see everything; others what trackway.live_grants gives their user id or
+-- role id, where a group grant also covers each device currently in the group. Operators may replace it
+-- (CREATE OR REPLACE FUNCTION, same signature; see README) with rules of their own.
+CREATE FUNCTION trackway.authorize(claims jsonb, kind text, id text) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, trackway, pg_temp
+AS $$
+    SELECT coalesce($1 -> 'admin_access' = 'true'::jsonb, false)
+        OR EXISTS (
+            SELECT FROM trackway.live_grants g
+            WHERE g.grantee IN ($1 ->> 'id', $1 ->> 'role')
+              AND ((g.kind = $2 AND g.target = $3)
+                   OR ($2 = 'device' AND g.kind = 'group'
+                       AND EXISTS (SELECT FROM trackway.device_groups d
+                                   WHERE d.group_id = g.target AND d.device_id = $3)))
+        )
+$$;
+COMMENT ON FUNCTION trackway.authorize(jsonb, text, text) IS
+    'Live authorization: may a token with these claims subscribe to kind (device or group) id? Replaceable.';
+
 -- Least privilege: trackway_ingest may only call the ingest functions; trackway_reader may only read.
 -- Roles are cluster-wide: two databases creating the extension at once may both find a role missing; the
 -- loser of that race gets duplicate_object or a unique violation on pg_authid, which is fine.
@@ -293,7 +315,8 @@ $$;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA trackway FROM PUBLIC;
 GRANT USAGE ON SCHEMA trackway TO trackway_ingest, trackway_reader;
 GRANT EXECUTE ON FUNCTION trackway.ingest(text), trackway.ingest_batch(text[]) TO trackway_ingest;
-GRANT SELECT ON trackway.positions, trackway.latest_positions, trackway.device_groups TO trackway_reader;
+GRANT SELECT ON trackway.positions, trackway.latest_positions, trackway.device_groups, trackway.live_grants
+    TO trackway_reader;
 -- Called by the row trigger as whatever role inserts: both only check and answer, nothing else.
 GRANT EXECUTE ON FUNCTION trackway._ingest_batch_row(), trackway._check_time(timestamptz) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -307,5 +330,6 @@ GRANT EXECUTE ON FUNCTION
     trackway._cursor(bigint, bigint, bigint, bigint[]),
     trackway._cursor_parts(text),
     trackway._cursor_after(text, bigint, bigint, boolean, bigint, bigint[]),
-    trackway.positions_since(text, text[], integer)
+    trackway.positions_since(text, text[], integer),
+    trackway.authorize(jsonb, text, text)
 TO trackway_reader;

@@ -70,8 +70,20 @@ CREATE INDEX device_groups_device_idx ON trackway.device_groups (device_id);
 COMMENT ON TABLE trackway.device_groups IS
     'Group membership (a fleet, an event, a customer) used by live group subscriptions.';
 
+-- Who may watch what live (read by the default trackway.authorize): a grantee is a user id or a role id
+-- as the live endpoint's tokens carry them (Directus `id` and `role` claims).
+CREATE TABLE trackway.live_grants (
+    grantee text NOT NULL CHECK (grantee <> ''),
+    kind    text NOT NULL CHECK (kind IN ('device', 'group')),
+    target  text NOT NULL CHECK (target <> ''),
+    PRIMARY KEY (grantee, kind, target)
+);
+COMMENT ON TABLE trackway.live_grants IS
+    'Live subscriptions a user or role (grantee: token claim id or role) may make; a group grant also covers its devices.';
+
 -- pg_dump keeps the rows of extension tables only when asked to.
 SELECT pg_catalog.pg_extension_config_dump('trackway.positions', '');
 SELECT pg_catalog.pg_extension_config_dump('trackway.latest_positions', '');
 SELECT pg_catalog.pg_extension_config_dump('trackway.device_groups', '');
 SELECT pg_catalog.pg_extension_config_dump('trackway.ingest_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('trackway.live_grants', '');

@@ -36,6 +36,10 @@ pub struct Readiness {
     redis: Mutex<Link>,
     /// The consumer's view of PostgreSQL: down while it cannot store (unreachable, or refusing every write).
     postgres: BackendState,
+    /// The live side's view of PostgreSQL (its LISTEN connection and feed), when the live side runs.
+    live: Option<BackendState>,
+    /// Said with every answer (e.g. that live authentication is off).
+    warning: Option<String>,
     /// The last answer and when it was computed; the lock also stops concurrent probes from checking twice.
     cached: Mutex<Option<(Instant, Result<(), String>)>>,
 }
@@ -43,7 +47,19 @@ pub struct Readiness {
 impl Readiness {
     /// A check of `pool`, the Redis behind `redis`, and the consumer's `postgres` state.
     pub fn new(pool: Pool, redis: Link, postgres: BackendState) -> Readiness {
-        Readiness { pool, redis: Mutex::new(redis), postgres, cached: Mutex::new(None) }
+        Readiness { pool, redis: Mutex::new(redis), postgres, live: None, warning: None, cached: Mutex::new(None) }
+    }
+
+    /// Also requires the live side's database connections to work; `warning` is added to every answer.
+    pub fn with_live(mut self, live: BackendState, warning: Option<String>) -> Readiness {
+        self.live = Some(live);
+        self.warning = warning;
+        self
+    }
+
+    /// The warning to show with every answer.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     /// `Ok` when both backends answered within the last second and the consumer can store, else the first
@@ -72,8 +88,11 @@ impl Readiness {
             Ok(Err(e)) => return Err(format!("postgres: {e}")),
             Err(_) => return Err("postgres: no answer within 2 s".to_owned()),
         }
-        match self.postgres.down_reason() {
-            Some(why) => Err(format!("postgres: cannot store: {why}")),
+        if let Some(why) = self.postgres.down_reason() {
+            return Err(format!("postgres: cannot store: {why}"));
+        }
+        match self.live.as_ref().and_then(BackendState::down_reason) {
+            Some(why) => Err(format!("live: {why}")),
             None => Ok(()),
         }
     }
@@ -103,8 +122,9 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let warning = state.readiness.warning().map(|w| format!("warning: {w}\n")).unwrap_or_default();
     match state.readiness.check().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Ok(()) => (StatusCode::OK, format!("ready\n{warning}")),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n{warning}")),
     }
 }

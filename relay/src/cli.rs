@@ -29,10 +29,18 @@ pub fn main() -> ExitCode {
         // Signal handlers first, so a SIGTERM during start-up is a clean shutdown too.
         let shutdown = Shutdown::new();
         tokio::spawn(cancel_on_signal(signals(), shutdown.clone()));
-        let listener = TcpListener::bind(config.admin_addr)
+        let admin = TcpListener::bind(config.admin_addr)
             .await
             .map_err(|source| Error::Admin { addr: config.admin_addr.to_string(), source })?;
-        crate::run(config, listener, shutdown).await
+        let live = match &config.live {
+            Some(live) => Some(
+                TcpListener::bind(live.addr)
+                    .await
+                    .map_err(|e| Error::Live(format!("cannot bind {}: {e}", live.addr)))?,
+            ),
+            None => None,
+        };
+        crate::run(config, crate::Listeners { admin, live }, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

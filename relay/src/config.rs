@@ -92,6 +92,78 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: String,
 
+    /// Address of the live WebSocket endpoint (`/live`), or `off` for a relay that only ingests.
+    #[arg(long, env = "TRACKWAY_LIVE_ADDR", default_value = "0.0.0.0:8080")]
+    pub live_addr: String,
+
+    /// How live clients authenticate: `jwt` (HS256 tokens signed with TRACKWAY_JWT_SECRET, Directus's
+    /// SECRET), `directus` (each token is checked by Directus at TRACKWAY_DIRECTUS_URL) or `none` (local
+    /// demos only: anyone may watch everything).
+    #[arg(long, env = "TRACKWAY_AUTH", default_value = "jwt")]
+    pub auth: AuthMode,
+
+    /// HMAC secret of `jwt` mode: the `SECRET` Directus signs its access tokens with.
+    #[arg(long, env = "TRACKWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// The `iss` claim tokens must carry in `jwt` mode.
+    #[arg(long, env = "TRACKWAY_JWT_ISSUER", default_value = "directus")]
+    pub jwt_issuer: String,
+
+    /// Base URL of Directus for `directus` mode (http://host:8055).
+    #[arg(long, env = "TRACKWAY_DIRECTUS_URL")]
+    pub directus_url: Option<String>,
+
+    /// Longest wait for Directus to answer a token check, in milliseconds (100–60000); no answer refuses.
+    #[arg(long, env = "TRACKWAY_DIRECTUS_TIMEOUT_MS", default_value = "3000")]
+    pub directus_timeout_ms: String,
+
+    /// How long a token Directus accepted is trusted without asking again, in seconds (1–86400); never
+    /// longer than the token itself lives. Connections with tokens that do not expire are checked again
+    /// this often.
+    #[arg(long, env = "TRACKWAY_DIRECTUS_CACHE_SECONDS", default_value = "60")]
+    pub directus_cache_seconds: String,
+
+    /// Most open live connections (1–1000000); more are refused with HTTP 503.
+    #[arg(long, env = "TRACKWAY_LIVE_MAX_CONNECTIONS", default_value = "20000")]
+    pub live_max_connections: String,
+
+    /// Most subscriptions one connection may hold (1–100000).
+    #[arg(long, env = "TRACKWAY_LIVE_MAX_SUBSCRIPTIONS", default_value = "100")]
+    pub live_max_subscriptions: String,
+
+    /// Largest message a client may send, in bytes (256–16777216); larger closes the connection (1009).
+    #[arg(long, env = "TRACKWAY_LIVE_MAX_MESSAGE_BYTES", default_value = "65536")]
+    pub live_max_message_bytes: String,
+
+    /// A connection that has not authenticated this many milliseconds after opening is closed (100–600000).
+    #[arg(long, env = "TRACKWAY_LIVE_AUTH_TIMEOUT_MS", default_value = "10000")]
+    pub live_auth_timeout_ms: String,
+
+    /// The server pings every client this often, in milliseconds (100–3600000); a client that has sent
+    /// nothing (not even a pong) for two intervals is dropped.
+    #[arg(long, env = "TRACKWAY_LIVE_PING_MS", default_value = "30000")]
+    pub live_ping_ms: String,
+
+    /// Positions queued per client before it counts as behind (1–1000000): then queued positions of a device
+    /// are replaced by its newest, and a client with more distinct devices queued than this is closed.
+    #[arg(long, env = "TRACKWAY_LIVE_QUEUE", default_value = "1024")]
+    pub live_queue: String,
+
+    /// A client whose connection accepts no data for this many milliseconds is closed (100–600000).
+    #[arg(long, env = "TRACKWAY_LIVE_SEND_TIMEOUT_MS", default_value = "10000")]
+    pub live_send_timeout_ms: String,
+
+    /// Most positions a `subscribe` with `since` replays (1–1000000); further back, the client gets the
+    /// error `resume_too_far` and starts again from a snapshot.
+    #[arg(long, env = "TRACKWAY_LIVE_MAX_REPLAY", default_value = "10000")]
+    pub live_max_replay: String,
+
+    /// The relay reads new positions at least this often, in milliseconds (10–60000), even when no
+    /// notification woke it (with `trackway.announce = off` this is the live latency).
+    #[arg(long, env = "TRACKWAY_LIVE_POLL_MS", default_value = "1000")]
+    pub live_poll_ms: String,
+
     /// Log format: `json`, `text`, or `auto` (text on a terminal, JSON otherwise). Filter with RUST_LOG.
     #[arg(long, env = "TRACKWAY_LOG_FORMAT", default_value = "auto")]
     pub log_format: LogFormat,
@@ -106,6 +178,98 @@ pub enum LogFormat {
     Json,
     /// Human-readable text.
     Text,
+}
+
+/// How live clients prove who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// HS256 JWTs (Directus access tokens) checked with the shared secret.
+    Jwt,
+    /// Tokens checked by Directus itself (`GET /users/me`).
+    Directus,
+    /// No authentication: everyone may watch everything (local demos only).
+    None,
+}
+
+/// Validated settings of the live side (`/live`).
+#[derive(Clone)]
+pub struct LiveConfig {
+    /// Where `/live` listens (`main` binds it; tests pass their own listener to `run`).
+    pub addr: SocketAddr,
+    /// How clients authenticate.
+    pub auth: AuthConfig,
+    /// Open connections allowed.
+    pub max_connections: usize,
+    /// Subscriptions allowed per connection.
+    pub max_subscriptions: usize,
+    /// Largest client message.
+    pub max_message_bytes: usize,
+    /// Time a new connection has to authenticate.
+    pub auth_timeout: Duration,
+    /// Server ping interval; silence for two intervals drops a client.
+    pub ping_interval: Duration,
+    /// Positions queued per client before coalescing (and, past it with distinct devices, closing).
+    pub queue: usize,
+    /// Longest a blocked socket may hold a client's frames.
+    pub send_timeout: Duration,
+    /// Most positions replayed for `since`.
+    pub max_replay: usize,
+    /// Longest time between two reads of new positions.
+    pub poll_interval: Duration,
+}
+
+/// The authentication mode with what it needs.
+#[derive(Clone)]
+pub enum AuthConfig {
+    /// HS256 with this secret and issuer.
+    Jwt {
+        /// Directus's `SECRET`.
+        secret: String,
+        /// Required `iss` claim.
+        issuer: String,
+    },
+    /// Ask Directus.
+    Directus {
+        /// Base URL.
+        url: String,
+        /// Longest wait for one answer.
+        timeout: Duration,
+        /// Longest time an accepted token is trusted without asking again.
+        cache_ttl: Duration,
+    },
+    /// Nobody is asked anything.
+    None,
+}
+
+impl fmt::Debug for AuthConfig {
+    /// Names the mode, never the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthConfig::Jwt { issuer, .. } => write!(f, "jwt (issuer {issuer:?})"),
+            AuthConfig::Directus { url, timeout, cache_ttl } => {
+                write!(f, "directus ({url}, timeout {timeout:?}, cache {cache_ttl:?})")
+            }
+            AuthConfig::None => f.write_str("none (no authentication)"),
+        }
+    }
+}
+
+impl fmt::Debug for LiveConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveConfig")
+            .field("addr", &self.addr)
+            .field("auth", &self.auth)
+            .field("max_connections", &self.max_connections)
+            .field("max_subscriptions", &self.max_subscriptions)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("auth_timeout", &self.auth_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("queue", &self.queue)
+            .field("send_timeout", &self.send_timeout)
+            .field("max_replay", &self.max_replay)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
 }
 
 /// Validated configuration of one relay.
@@ -133,6 +297,8 @@ pub struct Config {
     pub claim_idle: Duration,
     /// Admin HTTP address (`main` binds it; tests pass their own listener to `run`).
     pub admin_addr: SocketAddr,
+    /// The live side, `None` when `TRACKWAY_LIVE_ADDR=off`.
+    pub live: Option<LiveConfig>,
     /// Log output format.
     pub log_format: LogFormat,
 }
@@ -182,6 +348,7 @@ impl Settings {
                 Err(bad(name, format!("{value} is outside {}–{}", range.start(), range.end())))
             }
         };
+        let live = self.live(&bad, &number)?;
         let batch_size = number("TRACKWAY_BATCH_SIZE", &self.batch_size, 1..=10_000)?;
         let batch_bytes = number("TRACKWAY_BATCH_BYTES", &self.batch_bytes, 65_536..=1 << 30)?;
         let max_payload_bytes = number("TRACKWAY_MAX_PAYLOAD_BYTES", &self.max_payload_bytes, 1..=(1 << 30) - 1)?;
@@ -206,6 +373,7 @@ impl Settings {
             ));
         }
         Ok(Config {
+            live,
             database,
             redis,
             names: StreamNames {
@@ -226,6 +394,67 @@ impl Settings {
             admin_addr,
             log_format: self.log_format,
         })
+    }
+}
+
+/// Parses a whole number setting within a range (the error names the setting).
+type NumberCheck<'a> = dyn Fn(&str, &str, std::ops::RangeInclusive<u64>) -> Result<u64, Error> + 'a;
+
+impl Settings {
+    /// The live settings, checked like the rest (`None` when the live side is off).
+    fn live(&self, bad: &dyn Fn(&str, String) -> Error, number: &NumberCheck<'_>) -> Result<Option<LiveConfig>, Error> {
+        if self.live_addr.trim().eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let addr = self.live_addr.parse().map_err(|_| {
+            bad("TRACKWAY_LIVE_ADDR", format!("{:?} is not an address like 0.0.0.0:8080 (or off)", self.live_addr))
+        })?;
+        let ms = |name: &str, text: &str, range| number(name, text, range).map(Duration::from_millis);
+        let count = |name: &str, text: &str, range| number(name, text, range).map(|n| usize::try_from(n).unwrap_or(1));
+        let auth = match self.auth {
+            AuthMode::Jwt => {
+                let secret = self.jwt_secret.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+                    bad("TRACKWAY_JWT_SECRET", "is required when TRACKWAY_AUTH=jwt (Directus's SECRET)".into())
+                })?;
+                if self.jwt_issuer.is_empty() {
+                    return Err(bad("TRACKWAY_JWT_ISSUER", "must not be empty".into()));
+                }
+                AuthConfig::Jwt { secret, issuer: self.jwt_issuer.clone() }
+            }
+            AuthMode::Directus => {
+                let url = self.directus_url.clone().unwrap_or_default();
+                let url = url.trim_end_matches('/').to_owned();
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                    return Err(bad(
+                        "TRACKWAY_DIRECTUS_URL",
+                        "is required when TRACKWAY_AUTH=directus: an http:// or https:// URL".into(),
+                    ));
+                }
+                AuthConfig::Directus {
+                    url,
+                    timeout: ms("TRACKWAY_DIRECTUS_TIMEOUT_MS", &self.directus_timeout_ms, 100..=60_000)?,
+                    cache_ttl: Duration::from_secs(number(
+                        "TRACKWAY_DIRECTUS_CACHE_SECONDS",
+                        &self.directus_cache_seconds,
+                        1..=86_400,
+                    )?),
+                }
+            }
+            AuthMode::None => AuthConfig::None,
+        };
+        Ok(Some(LiveConfig {
+            addr,
+            auth,
+            max_connections: count("TRACKWAY_LIVE_MAX_CONNECTIONS", &self.live_max_connections, 1..=1_000_000)?,
+            max_subscriptions: count("TRACKWAY_LIVE_MAX_SUBSCRIPTIONS", &self.live_max_subscriptions, 1..=100_000)?,
+            max_message_bytes: count("TRACKWAY_LIVE_MAX_MESSAGE_BYTES", &self.live_max_message_bytes, 256..=1 << 24)?,
+            auth_timeout: ms("TRACKWAY_LIVE_AUTH_TIMEOUT_MS", &self.live_auth_timeout_ms, 100..=600_000)?,
+            ping_interval: ms("TRACKWAY_LIVE_PING_MS", &self.live_ping_ms, 100..=3_600_000)?,
+            queue: count("TRACKWAY_LIVE_QUEUE", &self.live_queue, 1..=1_000_000)?,
+            send_timeout: ms("TRACKWAY_LIVE_SEND_TIMEOUT_MS", &self.live_send_timeout_ms, 100..=600_000)?,
+            max_replay: count("TRACKWAY_LIVE_MAX_REPLAY", &self.live_max_replay, 1..=1_000_000)?,
+            poll_interval: ms("TRACKWAY_LIVE_POLL_MS", &self.live_poll_ms, 10..=60_000)?,
+        }))
     }
 }
 
@@ -260,6 +489,7 @@ impl fmt::Debug for Config {
             .field("max_deliveries", &self.max_deliveries)
             .field("claim_idle", &self.claim_idle)
             .field("admin_addr", &self.admin_addr)
+            .field("live", &self.live)
             .finish()
     }
 }
@@ -282,6 +512,9 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, Error> {
         let mut argv = vec!["trackway-relay"];
+        if !args.contains(&"--jwt-secret") {
+            argv.extend(["--jwt-secret", "test-secret"]);
+        }
         argv.extend_from_slice(args);
         Settings::try_parse_from(argv).map_err(|e| Error::Config(e.to_string()))?.validate()
     }
@@ -315,10 +548,28 @@ mod tests {
             ("--claim-idle-ms", "10", "TRACKWAY_CLAIM_IDLE_MS"),
             ("--admin-addr", "nowhere", "TRACKWAY_ADMIN_ADDR"),
             ("--redis-url", "http://x", "REDIS_URL"),
+            ("--live-addr", "everywhere", "TRACKWAY_LIVE_ADDR"),
+            ("--live-queue", "0", "TRACKWAY_LIVE_QUEUE"),
+            ("--live-ping-ms", "5", "TRACKWAY_LIVE_PING_MS"),
+            ("--jwt-secret", "", "TRACKWAY_JWT_SECRET"),
         ] {
             let err = parse(&[flag, value]).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{name} ({flag}): ")), "{flag} {value}: {err}");
         }
+    }
+
+    #[test]
+    fn live_settings_have_safe_defaults_and_modes_need_their_parts() {
+        let live = parse(&[]).expect("defaults").live.expect("live on by default");
+        assert_eq!(live.addr.to_string(), "0.0.0.0:8080");
+        assert_eq!((live.queue, live.max_replay, live.ping_interval), (1024, 10_000, Duration::from_secs(30)));
+        assert!(parse(&["--live-addr", "off"]).expect("off").live.is_none());
+        let err = parse(&["--auth", "directus"]).unwrap_err().to_string();
+        assert!(err.starts_with("TRACKWAY_DIRECTUS_URL (--directus-url): "), "{err}");
+        let live = parse(&["--auth", "directus", "--directus-url", "http://d:8055/"]).expect("directus").live;
+        assert!(matches!(live.map(|l| l.auth), Some(AuthConfig::Directus { url, .. }) if url == "http://d:8055"));
+        let shown = format!("{:?}", parse(&["--jwt-secret", "hunter2"]).expect("jwt"));
+        assert!(!shown.contains("hunter2") && shown.contains("jwt (issuer \"directus\")"), "{shown}");
     }
 
     #[test]
@@ -341,6 +592,22 @@ mod tests {
             "TRACKWAY_MAX_DELIVERIES",
             "TRACKWAY_CLAIM_IDLE_MS",
             "TRACKWAY_ADMIN_ADDR",
+            "TRACKWAY_LIVE_ADDR",
+            "TRACKWAY_AUTH",
+            "TRACKWAY_JWT_SECRET",
+            "TRACKWAY_JWT_ISSUER",
+            "TRACKWAY_DIRECTUS_URL",
+            "TRACKWAY_DIRECTUS_TIMEOUT_MS",
+            "TRACKWAY_DIRECTUS_CACHE_SECONDS",
+            "TRACKWAY_LIVE_MAX_CONNECTIONS",
+            "TRACKWAY_LIVE_MAX_SUBSCRIPTIONS",
+            "TRACKWAY_LIVE_MAX_MESSAGE_BYTES",
+            "TRACKWAY_LIVE_AUTH_TIMEOUT_MS",
+            "TRACKWAY_LIVE_PING_MS",
+            "TRACKWAY_LIVE_QUEUE",
+            "TRACKWAY_LIVE_SEND_TIMEOUT_MS",
+            "TRACKWAY_LIVE_MAX_REPLAY",
+            "TRACKWAY_LIVE_POLL_MS",
             "RUST_LOG",
         ] {
             assert!(help.contains(name), "--help does not mention {name}:\n{help}");

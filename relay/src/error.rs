@@ -18,6 +18,9 @@ pub enum Error {
     /// The database pool could not be built (bad pool settings; not an unreachable server).
     #[error("database pool: {0}")]
     Pool(String),
+    /// The live listener could not be bound or served.
+    #[error("live endpoint: {0}")]
+    Live(String),
     /// A task of the relay panicked or was aborted.
     #[error("task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -7,6 +7,7 @@
 //! - [`database`]: the PostgreSQL pool and the `trackway.ingest_batch` call.
 //! - [`backoff`]: retry delays and outage logging.
 //! - [`admin`], [`metrics`], [`sampler`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`live`]: the live side (LISTEN → WebSocket subscribers at `/live`).
 //! - [`telemetry`]: log output.
 //! - [`cli`]: what the binary does (`main` only calls it).
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod error;
+pub mod live;
 pub mod metrics;
 pub mod sampler;
 pub mod stream;
@@ -35,10 +37,19 @@ use crate::{
 };
 pub use crate::{config::Config, error::Error, metrics::Metrics};
 
-/// Runs the relay until `shutdown` is cancelled: the consumer finishes and acknowledges the batch in
-/// flight, then the admin server and the sampler stop. `admin` is the already-bound admin listener (tests
-/// bind port 0). Returns an error only when the relay cannot run at all.
-pub async fn run(config: Config, admin: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+/// The relay's bound listeners (tests bind port 0 and pass them in).
+pub struct Listeners {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin: TcpListener,
+    /// `/live`; required when the configuration has a live side.
+    pub live: Option<TcpListener>,
+}
+
+/// Runs the relay until `shutdown` is cancelled: live sockets are closed with 1001, the consumer finishes
+/// and acknowledges the batch in flight, then the admin server and the sampler stop. Each subsystem gets a
+/// child of `shutdown`. Returns an error only when the relay cannot run at all.
+pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), Error> {
+    let Listeners { admin, live: live_listener } = listeners;
     tracing::info!(config = ?config, "starting");
     let metrics = Metrics::new();
     let pool = database::pool(&config.database)?;
@@ -46,7 +57,27 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: Shutdown) -> Resu
     let short = std::time::Duration::ZERO;
 
     let postgres = BackendState::new("postgres");
-    let readiness = Arc::new(Readiness::new(pool.clone(), link(short)?, postgres.clone()));
+    let mut readiness = Readiness::new(pool.clone(), link(short)?, postgres.clone());
+    let live_task = match (config.live.clone(), live_listener) {
+        (Some(live), Some(listener)) => {
+            let health = BackendState::new("postgres (live)");
+            let warning = matches!(live.auth, config::AuthConfig::None)
+                .then(|| "TRACKWAY_AUTH=none: live clients are not authenticated".to_owned());
+            readiness = readiness.with_live(health.clone(), warning);
+            let task = live::run(
+                live,
+                config.database.clone(),
+                listener,
+                metrics.registry().clone(),
+                health,
+                shutdown.child_token(),
+            );
+            Some(tokio::spawn(task))
+        }
+        (Some(_), None) => return Err(Error::Config("the live side is on but no live listener was given".into())),
+        (None, _) => None,
+    };
+    let readiness = Arc::new(readiness);
     let admin_task =
         tokio::spawn(admin::serve(admin, AdminState { metrics: metrics.clone(), readiness }, shutdown.clone()));
     let sampler_task =
@@ -57,11 +88,16 @@ pub async fn run(config: Config, admin: TcpListener, shutdown: Shutdown) -> Resu
     let consumed = tokio::spawn(consumer.run()).await;
     // The consumer only returns at shutdown; make sure the other tasks stop too.
     shutdown.cancel();
+    let lived = match live_task {
+        Some(task) => task.await,
+        None => Ok(Ok(())),
+    };
     let served = admin_task.await;
     sampler_task.await?;
     pool.close();
     consumed?;
     served??;
+    lived??;
     tracing::info!("stopped");
     Ok(())
 }

@@ -51,6 +51,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The registry, for the live side's metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let registry = Registry::new();

@@ -30,6 +30,9 @@ pub fn relay_flags(db: &str, stream: &str, extra: &[&str]) -> Vec<String> {
         redis_url(),
         "--stream".into(),
         stream.into(),
+        // Ingest tests run many relays at once: none of them serves the live endpoint.
+        "--live-addr".into(),
+        "off".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args
@@ -147,7 +150,11 @@ impl InProcess {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let admin = listener.local_addr().expect("addr");
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(trackway_relay::run(config, listener, shutdown.clone()));
+        let task = tokio::spawn(trackway_relay::run(
+            config,
+            trackway_relay::Listeners { admin: listener, live: None },
+            shutdown.clone(),
+        ));
         InProcess { admin, shutdown, task }
     }
 

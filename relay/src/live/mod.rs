@@ -1,0 +1,79 @@
+//! The live side: positions committed to `trackway.positions` go out to WebSocket subscribers.
+//!
+//! - [`listen`] — the LISTEN connection; notifications are wake-ups only.
+//! - [`feed`] — reads new rows after the relay's cursor, answers subscriptions from the same snapshot.
+//! - [`router`] — who watches which device or group.
+//! - [`outbox`] — each client's bounded queue (coalescing, too-slow detection).
+//! - [`server`], [`session`] — `/live` and one connection's protocol.
+//! - [`protocol`] — message parsing and frames (docs/live-protocol.md).
+//! - [`auth`], [`directus`] — tokens (`jwt`, `directus`, `none`).
+//! - [`metrics`] — `trackway_live_*`.
+//!
+//! Independent of the ingest side: the two share only the configuration, the metrics registry and the
+//! shutdown signal.
+
+pub mod auth;
+pub mod directus;
+pub mod feed;
+pub mod listen;
+pub mod metrics;
+pub mod outbox;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod session;
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus::Registry;
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{backoff::BackendState, config::LiveConfig, database, error::Error};
+
+/// Requests from sessions to the feed waiting to be applied; full means the sessions wait.
+const COMMAND_QUEUE: usize = 4096;
+/// How long shutdown waits for sessions to finish closing.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the live side until `shutdown`: the LISTEN connection, the feed and the `/live` server. `health`
+/// is down while the LISTEN connection or the feed cannot reach the database (`/readyz`).
+pub async fn run(
+    config: LiveConfig,
+    database: tokio_postgres::Config,
+    listener: TcpListener,
+    registry: Registry,
+    health: BackendState,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let metrics = metrics::LiveMetrics::new(&registry);
+    let authenticator = auth::Authenticator::new(&config.auth).map_err(Error::Config)?;
+    if !authenticator.required() {
+        tracing::warn!("TRACKWAY_AUTH=none: live clients are NOT authenticated and may watch every device (demo only)");
+    }
+    let pool = database::pool(&database)?;
+    let wake = Arc::new(listen::Wake::default());
+    let (commands, requests) = mpsc::channel(COMMAND_QUEUE);
+    let feed_settings = feed::FeedSettings {
+        database: database.clone(),
+        poll_interval: config.poll_interval,
+        max_replay: config.max_replay,
+    };
+    let feed = feed::Feed::new(feed_settings, requests, wake.clone(), health.clone(), metrics.clone());
+    let feed_task = tokio::spawn(feed.run(shutdown.clone()));
+    let listen_task = tokio::spawn(listen::run(database, wake, health, metrics.clone(), shutdown.clone()));
+    let shared = Arc::new(session::Shared {
+        config,
+        auth: authenticator,
+        pool: pool.clone(),
+        commands,
+        metrics,
+        next_client: Default::default(),
+    });
+    let served = server::serve(listener, shared, shutdown.clone(), SHUTDOWN_GRACE).await;
+    shutdown.cancel();
+    let _ = feed_task.await;
+    let _ = listen_task.await;
+    pool.close();
+    served.map_err(|source| Error::Live(source.to_string()))
+}

@@ -1,0 +1,383 @@
+//! A client's outbox: everything waiting to be written to one WebSocket, in order, with back-pressure
+//! that never blocks the writer of the outbox (the feed, or the client's own request handler).
+//!
+//! - Answers (`subscribed`, `error`, …) are never dropped; the request handler waits while too many are
+//!   unread (the client stops being read: TCP pushes back on it, nobody else).
+//! - Live positions are queued up to `capacity`. When a push finds the queue full, queued live positions
+//!   are coalesced to the newest per device (a map wants the latest, not the backlog); if that frees
+//!   nothing — the client is behind on more distinct devices than `capacity` — the outbox closes with
+//!   [`CloseCode::TooSlow`] and its positions are dropped.
+//! - Replayed positions (a `subscribe` with `since`) are every position the client asked for: they are
+//!   queued whatever the capacity (at most `TRACKWAY_LIVE_MAX_REPLAY` per request) and never coalesced.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
+
+use tokio::sync::Notify;
+
+use super::protocol::{self, CloseCode};
+
+/// Most answers waiting unread before the client's requests stop being read.
+pub const MAX_PENDING_ANSWERS: usize = 64;
+/// Most positions in one `positions` frame.
+const MAX_FRAME_ITEMS: usize = 512;
+/// Rough byte budget of one `positions` frame (one position larger than it still goes alone).
+const MAX_FRAME_BYTES: usize = 256 * 1024;
+
+/// One position on its way to clients; shared by every outbox it goes to.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Device of the position (coalescing key).
+    pub device: Arc<str>,
+    /// `{"cursor":…,"position":…}` — the frame element, encoded once for every client.
+    pub item: String,
+    /// When the relay learnt of the commit that made it (the notification, or the read when none came):
+    /// the start of the commit→send lag.
+    pub noticed: Instant,
+}
+
+/// What the writer of a connection takes out in one go.
+pub enum Frame {
+    /// A finished text frame and its `type` (for metrics).
+    Text(String, &'static str),
+    /// Close with this code; nothing follows.
+    Close(CloseCode),
+}
+
+/// Counts of what happened to positions in the outbox, for metrics.
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// Positions written in the frames taken.
+    pub delivered: u64,
+    /// Each delivered position's `noticed` (for the lag histogram).
+    pub noticed: Vec<Instant>,
+}
+
+enum Slot {
+    /// An answer frame and its type.
+    Answer(String, &'static str),
+    /// A live position (may be coalesced).
+    Live(Arc<Delivery>),
+    /// A replayed position (never coalesced).
+    Replay(Arc<Delivery>),
+}
+
+#[derive(Default)]
+struct State {
+    slots: VecDeque<Slot>,
+    /// Live positions among `slots`.
+    live: usize,
+    /// Answers among `slots`.
+    answers: usize,
+    /// Set once: the connection is to be closed with this code.
+    closed: Option<CloseCode>,
+    /// Text of the close frame, when the closer gave one.
+    reason: Option<String>,
+}
+
+/// The outbox of one connection; the feed and the connection's tasks share it through an `Arc`.
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Live positions allowed before coalescing.
+    capacity: usize,
+    /// Wakes the writer: something to send, or closed.
+    ready: Notify,
+    /// Wakes a request handler waiting for answers to drain.
+    drained: Notify,
+}
+
+/// What a push of live positions did.
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// Positions queued.
+    pub queued: u64,
+    /// Queued positions replaced by a newer one of their device.
+    pub coalesced: u64,
+    /// Positions dropped because the outbox closed as too slow (including the ones pushed now).
+    pub dropped: u64,
+}
+
+impl Outbox {
+    /// An empty outbox holding up to `capacity` live positions before coalescing.
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            drained: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the queue half-changed in a way that matters more
+        // than losing the connection: keep going with what is there.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues live positions; never waits.
+    pub fn push_live(&self, deliveries: &[Arc<Delivery>]) -> Pushed {
+        let mut pushed = Pushed::default();
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return pushed;
+        }
+        for delivery in deliveries {
+            if state.live >= self.capacity {
+                pushed.coalesced += coalesce(&mut state, &delivery.device);
+                if state.live >= self.capacity {
+                    pushed.dropped += (state.live + deliveries.len()) as u64 - pushed.queued;
+                    close_locked(&mut state, CloseCode::TooSlow);
+                    drop(state);
+                    self.ready.notify_one();
+                    return pushed;
+                }
+            }
+            state.slots.push_back(Slot::Live(delivery.clone()));
+            state.live += 1;
+            pushed.queued += 1;
+        }
+        drop(state);
+        if pushed.queued > 0 {
+            self.ready.notify_one();
+        }
+        pushed
+    }
+
+    /// Queues an answer followed by replayed positions (a `subscribed` and its replay); never waits.
+    pub fn push_answer_and_replay(&self, kind: &'static str, answer: String, replay: Vec<Arc<Delivery>>) {
+        let mut state = self.lock();
+        if state.closed.is_some() {
+            return;
+        }
+        state.slots.push_back(Slot::Answer(answer, kind));
+        state.answers += 1;
+        state.slots.extend(replay.into_iter().map(Slot::Replay));
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Queues an answer, waiting first while [`MAX_PENDING_ANSWERS`] are unread (only the client's own
+    /// request handler calls this). Returns `false` once the outbox is closed.
+    pub async fn answer(&self, kind: &'static str, frame: String) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            {
+                let mut state = self.lock();
+                if state.closed.is_some() {
+                    return false;
+                }
+                if state.answers < MAX_PENDING_ANSWERS {
+                    state.slots.push_back(Slot::Answer(frame, kind));
+                    state.answers += 1;
+                    drop(state);
+                    self.ready.notify_one();
+                    return true;
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// Asks for the connection to be closed with `code` (the first request wins). Queued frames are dropped.
+    pub fn close(&self, code: CloseCode) {
+        let mut state = self.lock();
+        close_locked(&mut state, code);
+        drop(state);
+        self.ready.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// [`Outbox::close`] with the text for the close frame.
+    pub fn close_with_reason(&self, code: CloseCode, reason: String) {
+        let mut state = self.lock();
+        if state.closed.is_none() {
+            state.reason = Some(reason);
+        }
+        close_locked(&mut state, code);
+        drop(state);
+        self.ready.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// The close frame's text, when one was given.
+    pub fn close_reason(&self) -> Option<String> {
+        self.lock().reason.clone()
+    }
+
+    /// The close code once [`Outbox::close`] was called.
+    pub fn closed(&self) -> Option<CloseCode> {
+        self.lock().closed
+    }
+
+    /// Waits until there is something to take (or the outbox is closed).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Takes what is queued as frames (consecutive positions share a `positions` frame), or the close.
+    pub fn take(&self, taken: &mut Taken) -> Vec<Frame> {
+        let mut state = self.lock();
+        if let Some(code) = state.closed {
+            return vec![Frame::Close(code)];
+        }
+        let mut frames = Vec::new();
+        let mut items: Vec<Arc<Delivery>> = Vec::new();
+        let mut bytes = 0;
+        let flush = |items: &mut Vec<Arc<Delivery>>, frames: &mut Vec<Frame>, bytes: &mut usize| {
+            if !items.is_empty() {
+                let frame = protocol::positions_frame(items.iter().map(|d| d.item.as_str()), *bytes);
+                frames.push(Frame::Text(frame, "positions"));
+                items.clear();
+                *bytes = 0;
+            }
+        };
+        let had_answers = state.answers > 0;
+        while let Some(slot) = state.slots.pop_front() {
+            match slot {
+                Slot::Answer(text, kind) => {
+                    state.answers -= 1;
+                    flush(&mut items, &mut frames, &mut bytes);
+                    frames.push(Frame::Text(text, kind));
+                }
+                Slot::Live(d) | Slot::Replay(d) => {
+                    taken.delivered += 1;
+                    taken.noticed.push(d.noticed);
+                    bytes += d.item.len() + 1;
+                    items.push(d);
+                    if items.len() >= MAX_FRAME_ITEMS || bytes >= MAX_FRAME_BYTES {
+                        flush(&mut items, &mut frames, &mut bytes);
+                    }
+                }
+            }
+        }
+        state.live = 0;
+        flush(&mut items, &mut frames, &mut bytes);
+        drop(state);
+        if had_answers {
+            self.drained.notify_waiters();
+        }
+        frames
+    }
+}
+
+/// Keeps, of the queued live positions, only the newest of each device, and none of `incoming`'s device
+/// (a newer one of it is about to be queued); returns how many went.
+fn coalesce(state: &mut State, incoming: &Arc<str>) -> u64 {
+    let mut seen: HashSet<Arc<str>> = HashSet::from([incoming.clone()]);
+    let before = state.slots.len();
+    // Walk from the newest: the first position met for a device is the one kept.
+    let mut kept: VecDeque<Slot> = VecDeque::with_capacity(before);
+    while let Some(slot) = state.slots.pop_back() {
+        match slot {
+            Slot::Live(d) if !seen.insert(d.device.clone()) => {}
+            other => kept.push_front(other),
+        }
+    }
+    state.slots = kept;
+    let removed = before - state.slots.len();
+    state.live -= removed;
+    removed as u64
+}
+
+fn close_locked(state: &mut State, code: CloseCode) {
+    if state.closed.is_none() {
+        state.closed = Some(code);
+        state.slots.clear();
+        state.live = 0;
+        state.answers = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(device: &str, n: u32) -> Arc<Delivery> {
+        Arc::new(Delivery { device: device.into(), item: format!("{{\"n\":{n}}}"), noticed: Instant::now() })
+    }
+
+    fn texts(outbox: &Outbox) -> Vec<String> {
+        outbox
+            .take(&mut Taken::default())
+            .into_iter()
+            .map(|f| match f {
+                Frame::Text(t, _) => t,
+                Frame::Close(c) => format!("close {}", c.code()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn positions_share_a_frame_and_answers_keep_their_place() {
+        let outbox = Outbox::new(10);
+        outbox.push_live(&[delivery("a", 1), delivery("b", 2)]);
+        outbox.push_answer_and_replay("subscribed", "{\"type\":\"subscribed\"}".into(), vec![delivery("c", 3)]);
+        outbox.push_live(&[delivery("a", 4)]);
+        assert_eq!(
+            texts(&outbox),
+            vec![
+                r#"{"type":"positions","positions":[{"n":1},{"n":2}]}"#.to_owned(),
+                r#"{"type":"subscribed"}"#.to_owned(),
+                r#"{"type":"positions","positions":[{"n":3},{"n":4}]}"#.to_owned(),
+            ]
+        );
+        assert!(texts(&outbox).is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_keeps_the_newest_position_per_device() {
+        let outbox = Outbox::new(4);
+        let first = outbox.push_live(&[delivery("a", 1), delivery("b", 2), delivery("a", 3), delivery("a", 4)]);
+        assert_eq!(first, Pushed { queued: 4, coalesced: 0, dropped: 0 });
+        let next = outbox.push_live(&[delivery("b", 5)]);
+        assert_eq!(next, Pushed { queued: 1, coalesced: 3, dropped: 0 });
+        // a1 and a3 went (a4 is newer), b2 went (b5 replaces it).
+        assert_eq!(texts(&outbox), vec![r#"{"type":"positions","positions":[{"n":4},{"n":5}]}"#.to_owned()]);
+    }
+
+    #[test]
+    fn too_many_distinct_devices_close_the_outbox_as_too_slow() {
+        let outbox = Outbox::new(2);
+        outbox.push_live(&[delivery("a", 1), delivery("b", 2)]);
+        let pushed = outbox.push_live(&[delivery("c", 3), delivery("d", 4)]);
+        assert_eq!(pushed, Pushed { queued: 0, coalesced: 0, dropped: 4 });
+        assert_eq!(outbox.closed(), Some(CloseCode::TooSlow));
+        assert_eq!(texts(&outbox), vec!["close 4008".to_owned()]);
+        assert_eq!(outbox.push_live(&[delivery("a", 5)]), Pushed::default());
+    }
+
+    #[test]
+    fn replayed_positions_are_never_coalesced_or_counted_against_the_capacity() {
+        let outbox = Outbox::new(1);
+        let replay: Vec<_> = (0..5).map(|n| delivery("a", n)).collect();
+        outbox.push_answer_and_replay("subscribed", "{}".into(), replay);
+        outbox.push_live(&[delivery("a", 10)]);
+        let pushed = outbox.push_live(&[delivery("a", 11)]);
+        assert_eq!(pushed, Pushed { queued: 1, coalesced: 1, dropped: 0 });
+        let mut taken = Taken::default();
+        let frames = outbox.take(&mut taken);
+        assert_eq!(taken.delivered, 6);
+        assert_eq!(frames.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn answers_wait_for_the_client_to_read() {
+        let outbox = Arc::new(Outbox::new(4));
+        for _ in 0..MAX_PENDING_ANSWERS {
+            assert!(outbox.answer("pong", "{}".into()).await);
+        }
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.answer("pong", "{\"last\":1}".into()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the 65th answer must wait");
+        assert_eq!(texts(&outbox).len(), MAX_PENDING_ANSWERS);
+        assert!(waiting.await.expect("joined"));
+        outbox.close(CloseCode::GoingAway);
+        assert!(!outbox.answer("pong", "{}".into()).await);
+    }
+}

@@ -1,0 +1,139 @@
+//! The live HTTP server: `/live` upgrades to a WebSocket (RFC 6455 handshake answered here, the socket
+//! then driven by tokio-tungstenite), everything else is 404. The connection cap is enforced before
+//! upgrading (HTTP 503), and the token may come in the handshake: `Authorization: Bearer …` or, for
+//! browsers that cannot set headers, the `access_token` query parameter.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    extract::{Query, Request, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_tungstenite::{
+    tungstenite::{handshake::derive_accept_key, protocol::WebSocketConfig},
+    WebSocketStream,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::session::{self, Shared};
+
+/// What the handler needs.
+#[derive(Clone)]
+struct ServerState {
+    shared: Arc<Shared>,
+    /// One permit per open connection.
+    slots: Arc<Semaphore>,
+    /// Sessions, so shutdown can wait for them to close.
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Serves `/live` until shutdown; returns once every session has closed (or after `grace`).
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, path = "/live", "live endpoint listening");
+    let sessions = TaskTracker::new();
+    let state = ServerState {
+        slots: Arc::new(Semaphore::new(shared.config.max_connections)),
+        shared,
+        sessions: sessions.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let app = Router::new().route("/live", get(upgrade)).with_state(state);
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    sessions.close();
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        tracing::warn!("live sessions still open after the shutdown grace period");
+    }
+    served
+}
+
+/// Answers the WebSocket handshake and starts the session.
+async fn upgrade(
+    State(state): State<ServerState>,
+    Query(query): Query<HashMap<String, String>>,
+    mut request: Request,
+) -> Response {
+    let headers = request.headers();
+    let is_upgrade =
+        header_has(headers, header::CONNECTION, "upgrade") && header_has(headers, header::UPGRADE, "websocket");
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade) else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "This is the Trackway live endpoint: connect with a WebSocket client (see docs/live-protocol.md).\n",
+        )
+            .into_response();
+    };
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return (StatusCode::BAD_REQUEST, [(header::SEC_WEBSOCKET_VERSION, "13")], "WebSocket version 13 only\n")
+            .into_response();
+    }
+    let Ok(permit) = state.slots.clone().try_acquire_owned() else {
+        state.shared.metrics.closes.with_label_values(&["capacity"]).inc();
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "too many live connections\n")
+            .into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let token = bearer(headers).or_else(|| query.get("access_token").cloned()).filter(|t| !t.is_empty());
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let ServerState { shared, sessions, shutdown, .. } = state;
+    sessions.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(shared.config.max_message_bytes))
+            .max_frame_size(Some(shared.config.max_message_bytes))
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let socket = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(config),
+        )
+        .await;
+        shared.metrics.connections.inc();
+        session::run(socket, shared.clone(), token, shutdown).await;
+        shared.metrics.connections.dec();
+        drop(permit);
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitive).
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}

@@ -1,0 +1,493 @@
+//! One WebSocket connection: authentication (handshake token or first message, renewal, expiry), the
+//! client's requests, and writing its outbox. Two futures share the connection in one task:
+//!
+//! - the *reader* handles client messages in order (a `subscribe` waits for its answer to be queued
+//!   before the next message is read, so answers keep the order of requests);
+//! - the *writer* takes frames from the outbox, pings, and writes; a socket that accepts nothing for
+//!   the send timeout is dropped, so a client that never reads holds nobody else up.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use deadpool_postgres::Pool;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::{
+    self,
+    protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame},
+    Message,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    auth::{Authenticator, Identity, Refused},
+    feed::Command,
+    metrics::LiveMetrics,
+    outbox::{Frame, Outbox, Taken},
+    protocol::{self, ClientMessage, CloseCode, ErrorCode, Refusal, Request, Target},
+    router::ClientId,
+};
+use crate::config::LiveConfig;
+
+/// What every session shares.
+pub struct Shared {
+    /// Limits and timeouts.
+    pub config: LiveConfig,
+    /// Token checks.
+    pub auth: Authenticator,
+    /// Connections for `trackway.authorize`.
+    pub pool: Pool,
+    /// Requests to the feed (bounded; a session waits when it is full).
+    pub commands: mpsc::Sender<Command>,
+    /// Live metrics.
+    pub metrics: LiveMetrics,
+    /// Next connection id.
+    pub next_client: AtomicU64,
+}
+
+/// Runs a connection until it closes. `token` came with the handshake (header or query), if any.
+pub async fn run<S>(socket: S, shared: Arc<Shared>, token: Option<String>, shutdown: CancellationToken)
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let client = shared.next_client.fetch_add(1, Ordering::Relaxed);
+    let outbox = Arc::new(Outbox::new(shared.config.queue));
+    let (sink, stream) = socket.split();
+    let done = CancellationToken::new();
+    let heard = Heard::new();
+    let reader = Reader {
+        client,
+        shared: &shared,
+        outbox: &outbox,
+        heard: &heard,
+        identity: None,
+        targets: HashSet::new(),
+        allowed: HashMap::new(),
+        token: None,
+    };
+    tokio::join!(reader.run(stream, token, &shutdown, &done), write(sink, &shared, &outbox, &heard, &done));
+    let _ = shared.commands.send(Command::Leave { client }).await;
+}
+
+/// When the client last sent anything, shared by the two halves.
+struct Heard {
+    start: Instant,
+    /// Milliseconds after `start`.
+    at: AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Heard {
+        Heard { start: Instant::now(), at: AtomicU64::new(0) }
+    }
+
+    fn now(&self) {
+        self.at.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silence(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.at.load(Ordering::Relaxed)))
+    }
+}
+
+/// The reading half's state.
+struct Reader<'a> {
+    client: ClientId,
+    shared: &'a Shared,
+    outbox: &'a Arc<Outbox>,
+    /// When the client last sent anything (the writer drops silent clients).
+    heard: &'a Heard,
+    /// Who the connection acts for, once authenticated.
+    identity: Option<Identity>,
+    /// Subscriptions held.
+    targets: HashSet<Target>,
+    /// `trackway.authorize` answers for this connection (cleared when the token is renewed).
+    allowed: HashMap<Target, bool>,
+    /// The token in force (asked about again when it does not expire).
+    token: Option<String>,
+}
+
+impl Reader<'_> {
+    async fn run<R>(
+        mut self,
+        mut stream: R,
+        token: Option<String>,
+        shutdown: &CancellationToken,
+        done: &CancellationToken,
+    ) where
+        R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    {
+        let metrics = &self.shared.metrics;
+        if let Some(token) = token {
+            if !self.first_auth(&token).await {
+                return;
+            }
+        } else if !self.shared.auth.required() {
+            self.accept(Authenticator::anonymous()).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.config.auth_timeout;
+        loop {
+            let expiry = self.identity.as_ref().and_then(|i| i.expires_at).map(instant_of);
+            let recheck = self.identity.as_ref().and_then(|i| i.recheck_at).map(tokio::time::Instant::from_std);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return self.outbox.close(CloseCode::GoingAway),
+                () = done.cancelled() => return,
+                () = tokio::time::sleep_until(deadline), if self.identity.is_none() => {
+                    metrics.auth_failures.with_label_values(&["timeout"]).inc();
+                    return self.outbox.close(CloseCode::Unauthorized);
+                }
+                () = sleep_until_opt(expiry), if expiry.is_some() => {
+                    return self.outbox.close(CloseCode::TokenExpired);
+                }
+                () = sleep_until_opt(recheck), if recheck.is_some() => {
+                    if !self.recheck().await {
+                        return self.outbox.close(CloseCode::TokenExpired);
+                    }
+                }
+                message = stream.next() => {
+                    self.heard.now();
+                    let close = match message {
+                        None => None,
+                        Some(Ok(Message::Text(text))) => match self.handle(text.as_str()).await {
+                            Ok(()) => continue,
+                            Err(code) => Some(code),
+                        },
+                        Some(Ok(Message::Binary(_))) => Some(CloseCode::Unsupported),
+                        Some(Ok(Message::Close(_))) => {
+                            metrics.closes.with_label_values(&["client"]).inc();
+                            None
+                        }
+                        Some(Ok(_)) => continue, // ping, pong: `heard` is enough
+                        Some(Err(tungstenite::Error::Capacity(_))) => Some(CloseCode::TooBig),
+                        Some(Err(tungstenite::Error::Utf8(_))) => Some(CloseCode::InvalidData),
+                        Some(Err(tungstenite::Error::Protocol(_))) => Some(CloseCode::Policy),
+                        Some(Err(_)) => {
+                            metrics.closes.with_label_values(&["gone"]).inc();
+                            None
+                        }
+                    };
+                    match close {
+                        Some(code) => self.outbox.close(code),
+                        None => done.cancel(),
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles one text message; `Err` closes the connection with that code.
+    async fn handle(&mut self, text: &str) -> Result<(), CloseCode> {
+        let metrics = &self.shared.metrics;
+        let Request { message, id } = match protocol::parse(text) {
+            Ok(request) => request,
+            Err(refusal) => {
+                metrics.frames_in.with_label_values(&["invalid"]).inc();
+                self.answer("error", protocol::error_frame(&refusal)).await;
+                return Ok(());
+            }
+        };
+        let kind = match &message {
+            ClientMessage::Auth { .. } => "auth",
+            ClientMessage::Subscribe { .. } => "subscribe",
+            ClientMessage::Unsubscribe { .. } => "unsubscribe",
+            ClientMessage::Ping => "ping",
+        };
+        metrics.frames_in.with_label_values(&[kind]).inc();
+        match message {
+            ClientMessage::Auth { token } if self.identity.is_none() => {
+                return if self.first_auth(&token).await { Ok(()) } else { Err(CloseCode::Unauthorized) };
+            }
+            ClientMessage::Auth { token } => self.renew(&token, id).await,
+            // Anything else before authenticating breaks the protocol.
+            _ if self.identity.is_none() => return Err(CloseCode::Unauthorized),
+            ClientMessage::Ping => self.answer("pong", protocol::pong_frame(id.as_ref())).await,
+            ClientMessage::Subscribe { target, since } => self.subscribe(target, since, id).await,
+            ClientMessage::Unsubscribe { target } => {
+                if self.targets.remove(&target) {
+                    self.send(Command::Unsubscribe {
+                        client: self.client,
+                        outbox: self.outbox.clone(),
+                        target,
+                        id,
+                        reason: "requested",
+                    })
+                    .await;
+                } else {
+                    let message = format!("not subscribed to {} {:?}", target.kind(), target.id());
+                    self.refuse(ErrorCode::NotSubscribed, message, id).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Authenticates the connection; on failure queues the reason and closes. `false` when refused.
+    async fn first_auth(&mut self, token: &str) -> bool {
+        match self.shared.auth.authenticate(token).await {
+            Ok(identity) => {
+                self.token = Some(token.to_owned());
+                self.accept(identity).await;
+                true
+            }
+            Err(refused) => {
+                self.shared.metrics.auth_failures.with_label_values(&[refused.reason]).inc();
+                let code = refused.close_code();
+                // The reason goes in the close frame (the connection ends with it).
+                self.outbox.close_with_reason(code, refusal_text(&refused));
+                false
+            }
+        }
+    }
+
+    /// Takes an identity and tells the client.
+    async fn accept(&mut self, identity: Identity) {
+        let frame =
+            protocol::authenticated_frame(identity.user.as_deref(), identity.admin, identity.expires_text().as_deref());
+        self.identity = Some(identity);
+        self.answer("authenticated", frame).await;
+    }
+
+    /// A renewed token: same user, then every subscription is checked again.
+    async fn renew(&mut self, token: &str, id: Option<serde_json::Value>) {
+        let metrics = &self.shared.metrics;
+        let identity = match self.shared.auth.authenticate(token).await {
+            Ok(identity) => identity,
+            Err(refused) => {
+                metrics.auth_failures.with_label_values(&[refused.reason]).inc();
+                let code =
+                    if refused.reason == "unavailable" { ErrorCode::AuthUnavailable } else { ErrorCode::BadToken };
+                let message = format!("{}; the current token stays in force until it expires", refused.message);
+                return self.refuse(code, message, id).await;
+            }
+        };
+        if identity.user != self.identity.as_ref().and_then(|i| i.user.clone()) {
+            metrics.auth_failures.with_label_values(&["mismatch"]).inc();
+            let message = "the new token belongs to another user; open a new connection for them".to_owned();
+            return self.refuse(ErrorCode::AuthMismatch, message, id).await;
+        }
+        self.allowed.clear();
+        self.token = Some(token.to_owned());
+        self.accept(identity).await;
+        let held: Vec<Target> = self.targets.iter().cloned().collect();
+        for target in held {
+            if !matches!(self.authorized(&target).await, Ok(true)) {
+                self.targets.remove(&target);
+                let (client, outbox) = (self.client, self.outbox.clone());
+                self.send(Command::Unsubscribe { client, outbox, target, id: None, reason: "forbidden" }).await;
+            }
+        }
+    }
+
+    /// Directus is asked again about a token that does not expire; `false` when it no longer accepts it.
+    /// An unreachable Directus does not end sessions it let in: it is asked again later.
+    async fn recheck(&mut self) -> bool {
+        let later = Instant::now() + recheck_interval(&self.shared.config);
+        let Some(token) = self.token.clone() else { return true };
+        let answer = self.shared.auth.authenticate(&token).await;
+        let Some(identity) = self.identity.as_mut() else { return true };
+        match answer {
+            Ok(fresh) => {
+                identity.recheck_at = fresh.recheck_at.or(Some(later));
+                true
+            }
+            Err(refused) if refused.reason == "unavailable" => {
+                identity.recheck_at = Some(later);
+                true
+            }
+            Err(refused) => {
+                self.shared.metrics.auth_failures.with_label_values(&[refused.reason]).inc();
+                false
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, target: Target, since: Option<String>, id: Option<serde_json::Value>) {
+        if self.targets.contains(&target) {
+            let message = format!("already subscribed to {} {:?}", target.kind(), target.id());
+            return self.refuse(ErrorCode::AlreadySubscribed, message, id).await;
+        }
+        if self.targets.len() >= self.shared.config.max_subscriptions {
+            let message = format!("a connection may hold {} subscriptions", self.shared.config.max_subscriptions);
+            return self.refuse(ErrorCode::TooManySubscriptions, message, id).await;
+        }
+        match self.authorized(&target).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let message = format!("this token may not watch {} {:?}", target.kind(), target.id());
+                return self.refuse(ErrorCode::Forbidden, message, id).await;
+            }
+            Err(why) => {
+                tracing::warn!(error = %why, "trackway.authorize failed");
+                let message = "the database could not check this subscription; try again later".to_owned();
+                return self.refuse(ErrorCode::Unavailable, message, id).await;
+            }
+        }
+        let (reply, subscribed) = oneshot::channel();
+        let (client, outbox) = (self.client, self.outbox.clone());
+        self.send(Command::Subscribe { client, outbox, target: target.clone(), since, id, reply }).await;
+        if subscribed.await.unwrap_or(false) {
+            self.targets.insert(target);
+        }
+    }
+
+    /// `trackway.authorize(claims, kind, id)`, asked once per target and connection.
+    async fn authorized(&mut self, target: &Target) -> Result<bool, String> {
+        let metrics = &self.shared.metrics;
+        if !self.shared.auth.required() {
+            return Ok(true);
+        }
+        if let Some(&answer) = self.allowed.get(target) {
+            metrics.authorize.with_label_values(&["hit"]).inc();
+            return Ok(answer);
+        }
+        metrics.authorize.with_label_values(&["miss"]).inc();
+        let claims = self.identity.as_ref().map(|i| i.claims.to_string()).unwrap_or_else(|| "{}".into());
+        let client = self.shared.pool.get().await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(
+                "SELECT trackway.authorize($1::text::jsonb, $2::text, $3::text)",
+                &[&claims, &target.kind(), &target.id()],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = row.try_get::<_, Option<bool>>(0).map_err(|e| e.to_string())?.unwrap_or(false);
+        self.allowed.insert(target.clone(), answer);
+        Ok(answer)
+    }
+
+    async fn send(&self, command: Command) {
+        // The feed only stops at shutdown, when this connection is closing anyway.
+        let _ = self.shared.commands.send(command).await;
+    }
+
+    async fn answer(&self, kind: &'static str, frame: String) {
+        self.outbox.answer(kind, frame).await;
+    }
+
+    async fn refuse(&self, code: ErrorCode, message: String, id: Option<serde_json::Value>) {
+        self.answer("error", protocol::error_frame(&Refusal { code, message, id })).await;
+    }
+}
+
+/// How often a token without expiry is checked again (Directus's cache lifetime).
+fn recheck_interval(config: &LiveConfig) -> Duration {
+    match &config.auth {
+        crate::config::AuthConfig::Directus { cache_ttl, .. } => *cache_ttl,
+        _ => Duration::from_secs(60),
+    }
+}
+
+/// A close reason for a refused token (the client sees it in the close frame).
+fn refusal_text(refused: &Refused) -> String {
+    format!("{}: {}", refused.reason, refused.message)
+}
+
+/// The monotonic instant of a wall-clock time (now, if it is past).
+fn instant_of(at: SystemTime) -> tokio::time::Instant {
+    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::Instant::now() + left
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The writing half: frames from the outbox, pings, and the close.
+async fn write<W>(mut sink: W, shared: &Shared, outbox: &Outbox, heard: &Heard, done: &CancellationToken)
+where
+    W: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let metrics = &shared.metrics;
+    let config = &shared.config;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + config.ping_interval, config.ping_interval);
+    loop {
+        tokio::select! {
+            biased;
+            () = outbox.ready() => {
+                let mut taken = Taken::default();
+                for frame in outbox.take(&mut taken) {
+                    match frame {
+                        Frame::Text(text, kind) => {
+                            if !send(&mut sink, Message::text(text), config.send_timeout, metrics).await {
+                                done.cancel();
+                                return;
+                            }
+                            metrics.frames_out.with_label_values(&[kind]).inc();
+                        }
+                        Frame::Close(code) => {
+                            let reason = outbox.close_reason().unwrap_or_default();
+                            close(&mut sink, code, reason, metrics, done).await;
+                            return;
+                        }
+                    }
+                }
+                metrics.delivered.inc_by(taken.delivered);
+                let now = Instant::now();
+                for noticed in taken.noticed {
+                    metrics.notify_to_send.observe(now.duration_since(noticed).as_secs_f64());
+                }
+            }
+            () = done.cancelled() => return,
+            _ = ping.tick() => {
+                if heard.silence() > config.ping_interval * 2 {
+                    outbox.close(CloseCode::Silent);
+                    continue;
+                }
+                if !send(&mut sink, Message::Ping(Default::default()), config.send_timeout, metrics).await {
+                    done.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes one message within the send timeout; `false` when the connection is to be dropped.
+async fn send<W>(sink: &mut W, message: Message, timeout: std::time::Duration, metrics: &LiveMetrics) -> bool
+where
+    W: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    match tokio::time::timeout(timeout, sink.send(message)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => {
+            metrics.closes.with_label_values(&["gone"]).inc();
+            false
+        }
+        Err(_) => {
+            // The socket took nothing for the whole timeout: a close frame would not get through either.
+            metrics.closes.with_label_values(&[CloseCode::TooSlow.label()]).inc();
+            false
+        }
+    }
+}
+
+/// Sends the close frame, then gives the client a moment to answer it before the socket is dropped.
+async fn close<W>(sink: &mut W, code: CloseCode, reason: String, metrics: &LiveMetrics, done: &CancellationToken)
+where
+    W: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    metrics.closes.with_label_values(&[code.label()]).inc();
+    let reason = if reason.is_empty() { code.label().to_owned() } else { reason };
+    // Close reasons are limited to 123 bytes.
+    let mut reason: String = reason.chars().take(100).collect();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    let frame = CloseFrame { code: WsCloseCode::from(code.code()), reason: reason.into() };
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), done.cancelled()).await;
+    }
+    done.cancel();
+}
