@@ -1,0 +1,451 @@
+//! The live side end to end: real Redis, real PostgreSQL with the extension, the relay in-process on
+//! port-0 listeners, real WebSocket clients speaking JSON.
+
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+use trackway_tests::{
+    connect, fresh_database,
+    live::{admin_token, key_set, keys, live_flags, payload, token_with, user_token, Client, LiveRelay, SECRET},
+    relay::{metric, redis, unique, xadd_payloads},
+};
+
+/// Stores payloads through `trackway.ingest_batch` (the same rules as the relay's path).
+async fn ingest(db: &str, payloads: &[String]) {
+    let client = connect(db).await;
+    let rows = client
+        .query("SELECT status FROM trackway.ingest_batch($1::text[])", &[&payloads])
+        .await
+        .expect("ingest_batch");
+    assert!(rows.iter().all(|r| r.get::<_, String>(0) == "inserted"), "all rows inserted");
+}
+
+async fn setup_groups(db: &str, rows: &[(&str, &str)]) {
+    let client = connect(db).await;
+    for (group, device) in rows {
+        client
+            .execute("INSERT INTO trackway.device_groups VALUES ($1, $2)", &[group, device])
+            .await
+            .expect("group row");
+    }
+}
+
+const QUIET: Duration = Duration::from_millis(700);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_and_group_subscribers_get_exactly_the_positions_xadded_for_them() {
+    let db = fresh_database("live_routing").await;
+    setup_groups(&db, &[("fleet", "d1"), ("fleet", "d2"), ("other", "d3")]).await;
+    let stream = unique("live_routing");
+    let relay = LiveRelay::start(&live_flags(&db, &stream, &[])).await;
+    let token = admin_token();
+    let mut by_device = Client::authenticated(&relay.url(""), &token).await;
+    let mut by_group = Client::authenticated(&relay.url(""), &token).await;
+    let mut nothing = Client::authenticated(&relay.url(""), &token).await;
+    let subscribed = by_device.subscribe(json!({"device": "d1", "id": 1})).await;
+    assert_eq!((subscribed["device"].as_str(), subscribed["id"].as_i64()), (Some("d1"), Some(1)));
+    assert_eq!(subscribed["snapshot"], json!([]));
+    by_group.subscribe(json!({"group": "fleet"})).await;
+    nothing.subscribe(json!({"device": "nobody"})).await;
+
+    let mut conn = redis(&trackway_tests::relay::redis_url()).await;
+    let mut expected_d1 = Vec::new();
+    let mut expected_fleet = HashSet::new();
+    let mut payloads = Vec::new();
+    for n in 0..60 {
+        for device in ["d1", "d2", "d3", "d4"] {
+            let p = payload(device, n);
+            let doc: Value = serde_json::from_str(&p).expect("json");
+            let key = (device.to_owned(), doc["timestamp"].as_str().expect("ts").to_owned());
+            if device == "d1" {
+                expected_d1.push(key.clone());
+            }
+            if device == "d1" || device == "d2" {
+                expected_fleet.insert(key);
+            }
+            payloads.push(p);
+        }
+    }
+    for chunk in payloads.chunks(40) {
+        xadd_payloads(&mut conn, &stream, chunk).await;
+    }
+    let got_d1 = by_device.positions(expected_d1.len(), Duration::from_secs(10)).await;
+    assert_eq!(keys(&got_d1), expected_d1, "d1: every position, in order, nothing else");
+    let got_fleet = by_group.positions(expected_fleet.len(), Duration::from_secs(10)).await;
+    assert_eq!(got_fleet.len(), expected_fleet.len(), "no duplicates");
+    assert_eq!(key_set(&got_fleet), expected_fleet);
+    // Nothing more arrives.
+    assert!(by_device.positions(1, QUIET).await.is_empty());
+    assert!(by_group.positions(1, QUIET).await.is_empty());
+    assert!(nothing.positions(1, QUIET).await.is_empty());
+    // The wire document comes back exactly, 64-bit and byte-string values included.
+    let first = &got_d1[0]["position"];
+    assert_eq!(first["attributes"]["11"], json!({"__bigint": "18446744073709551615"}));
+    assert_eq!(first["attributes"]["281"], json!({"__buffer_b64": "UDAzMDA="}));
+    assert!(got_d1.iter().all(|p| p["cursor"].is_string()));
+    let text = relay.metrics().await;
+    assert_eq!(metric(&text, "trackway_live_positions_delivered_total"), (60 + 120) as f64);
+    assert_eq!(metric(&text, "trackway_live_connections"), 3.0);
+    assert_eq!(metric(&text, "trackway_live_subscriptions"), 3.0);
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_hold_the_latest_position_and_live_follows_without_gap_or_older_rows() {
+    let db = fresh_database("live_snapshot").await;
+    setup_groups(&db, &[("fleet", "d1"), ("fleet", "d2")]).await;
+    // d1: 5 positions then a late one (older time); d2: 3 positions.
+    let mut early: Vec<String> = (0..5).map(|n| payload("d1", 10 + n)).collect();
+    early.extend((0..3).map(|n| payload("d2", 20 + n)));
+    early.push(payload("d1", 1));
+    ingest(&db, &early).await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_snapshot"), &[])).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    let sub = client.subscribe(json!({"group": "fleet"})).await;
+    let snapshot = sub["snapshot"].as_array().expect("snapshot");
+    let latest: HashSet<(String, String)> = snapshot
+        .iter()
+        .map(|p| (p["deviceId"].as_str().unwrap_or("").to_owned(), p["timestamp"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    let want = |device: &str, n| {
+        let doc: Value = serde_json::from_str(&payload(device, n)).expect("json");
+        (device.to_owned(), doc["timestamp"].as_str().expect("ts").to_owned())
+    };
+    assert_eq!(latest, HashSet::from([want("d1", 14), want("d2", 22)]));
+    assert_eq!(snapshot[0]["attributes"]["11"]["__bigint"], "18446744073709551615");
+    assert!(sub["cursor"].is_string());
+    // Nothing from before the snapshot comes as new; what comes next is exactly what is inserted next.
+    assert!(client.positions(1, QUIET).await.is_empty(), "rows the snapshot covers are not sent again");
+    let later: Vec<String> = (0..4).map(|n| payload("d2", 30 + n)).collect();
+    ingest(&db, &later).await;
+    let got = client.positions(4, Duration::from_secs(10)).await;
+    assert_eq!(keys(&got), (0..4).map(|n| want("d2", 30 + n)).collect::<Vec<_>>());
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_rows_pour_in_leaves_no_gap_between_snapshot_and_live() {
+    let db = fresh_database("live_race").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_race"), &[])).await;
+    let writer_db = db.clone();
+    // A writer inserting one row at a time for one device while clients subscribe.
+    let writer = tokio::spawn(async move {
+        let client = connect(&writer_db).await;
+        for n in 0..400u32 {
+            client
+                .query("SELECT trackway.ingest($1)", &[&payload("race", n)])
+                .await
+                .expect("ingest");
+        }
+    });
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut c = Client::authenticated(&relay.url(""), &admin_token()).await;
+        let sub = c.subscribe(json!({"device": "race"})).await;
+        clients.push((c, sub));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    writer.await.expect("writer");
+    let want: Vec<(String, String)> = (0..400u32)
+        .map(|n| {
+            let doc: Value = serde_json::from_str(&payload("race", n)).expect("json");
+            ("race".to_owned(), doc["timestamp"].as_str().expect("ts").to_owned())
+        })
+        .collect();
+    for (mut c, sub) in clients {
+        // The snapshot stands at position k (or before the first); live must then be exactly k+1..400.
+        let start = match sub["snapshot"].as_array().and_then(|s| s.first()) {
+            Some(doc) => want.iter().position(|(_, ts)| doc["timestamp"] == **ts).expect("snapshot row is one of ours") + 1,
+            None => 0,
+        };
+        let got = c.positions(want.len() - start, Duration::from_secs(10)).await;
+        assert_eq!(keys(&got), want[start..].to_vec(), "snapshot at {start}: live must continue exactly after it");
+        assert!(c.positions(1, Duration::from_millis(300)).await.is_empty());
+    }
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_membership_changes_apply_while_subscribed() {
+    let db = fresh_database("live_membership").await;
+    setup_groups(&db, &[("fleet", "d1")]).await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_membership"), &[])).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.subscribe(json!({"group": "fleet"})).await;
+    ingest(&db, &[payload("d1", 1), payload("d2", 1)]).await;
+    assert_eq!(keys(&client.positions(1, Duration::from_secs(5)).await)[0].0, "d1");
+    let admin = connect(&db).await;
+    admin.batch_execute("INSERT INTO trackway.device_groups VALUES ('fleet', 'd2')").await.expect("add d2");
+    admin.batch_execute("DELETE FROM trackway.device_groups WHERE device_id = 'd1'").await.expect("drop d1");
+    ingest(&db, &[payload("d1", 2), payload("d2", 2)]).await;
+    let got = client.positions(1, Duration::from_secs(5)).await;
+    assert_eq!(keys(&got).into_iter().map(|k| k.0).collect::<Vec<_>>(), ["d2"]);
+    assert!(client.positions(1, QUIET).await.is_empty(), "d1 left the group");
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_notify_from_a_role_with_only_connect_never_reaches_a_client() {
+    let db = fresh_database("live_forged").await;
+    let admin = connect(&db).await;
+    let forger = format!("forger_{}", std::process::id());
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {forger}; CREATE ROLE {forger} LOGIN; GRANT CONNECT ON DATABASE {db} TO {forger}"
+        ))
+        .await
+        .expect("role");
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_forged"), &[])).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.subscribe(json!({"device": "victim"})).await;
+    let (intruder, connection) =
+        tokio_postgres::connect(&format!("{} user={forger} dbname={db}", trackway_tests::server()), tokio_postgres::NoTls)
+            .await
+            .expect("connect as the forger");
+    tokio::spawn(connection);
+    let forged = json!({"positions": [{"cursor": "1:1", "deviceId": "victim", "timestamp": "2026-11-27T10:00:00Z",
+        "position": {"deviceId": "victim", "timestamp": "2026-11-27T10:00:00Z", "latitude": 1.0, "longitude": 2.0}}]});
+    for _ in 0..5 {
+        intruder
+            .execute("SELECT pg_notify('trackway_positions', $1)", &[&forged.to_string()])
+            .await
+            .expect("anyone can NOTIFY");
+    }
+    assert!(client.positions(1, Duration::from_secs(1)).await.is_empty(), "a forged notification was delivered");
+    ingest(&db, &[payload("victim", 7)]).await;
+    let got = client.positions(1, Duration::from_secs(5)).await;
+    assert_eq!(keys(&got), keys(&[json!({"position": serde_json::from_str::<Value>(&payload("victim", 7)).expect("json")})]));
+    relay.stop().await.expect("clean stop");
+    admin.batch_execute(&format!("DROP OWNED BY {forger}; DROP ROLE {forger}")).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_announce_mode_delivers() {
+    for mode in ["full", "reference", "off"] {
+        let db = fresh_database(&format!("live_announce_{mode}")).await;
+        connect(&db)
+            .await
+            .batch_execute(&format!("ALTER DATABASE {db} SET trackway.announce = '{mode}'"))
+            .await
+            .expect("set announce");
+        let relay = LiveRelay::start(&live_flags(&db, &unique("live_announce"), &["--live-poll-ms", "150"])).await;
+        let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+        client.subscribe(json!({"device": "m"})).await;
+        ingest(&db, &(0..5).map(|n| payload("m", n)).collect::<Vec<_>>()).await;
+        let got = client.positions(5, Duration::from_secs(5)).await;
+        assert_eq!(got.len(), 5, "announce = {mode}");
+        relay.stop().await.expect("clean stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_authorized_by_trackway_authorize() {
+    let db = fresh_database("live_authorize").await;
+    setup_groups(&db, &[("fleet", "g1"), ("fleet", "g2")]).await;
+    let admin = connect(&db).await;
+    admin
+        .batch_execute(
+            "INSERT INTO trackway.live_grants VALUES ('user-7', 'device', 'mine'), ('role-drivers', 'group', 'fleet')",
+        )
+        .await
+        .expect("grants");
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_authorize"), &[])).await;
+    let mut user = Client::authenticated(&relay.url(""), &user_token("user-7", "role-drivers")).await;
+    user.subscribe(json!({"device": "mine"})).await;
+    user.subscribe(json!({"group": "fleet"})).await;
+    user.subscribe(json!({"device": "g1"})).await; // covered by the group grant
+    for target in [json!({"device": "theirs"}), json!({"group": "secret"})] {
+        let mut message = target.clone();
+        message["type"] = json!("subscribe");
+        message["id"] = json!("x");
+        user.send(message).await;
+        let error = user.recv_type("error").await;
+        assert_eq!((error["code"].as_str(), error["id"].as_str()), (Some("forbidden"), Some("x")), "{target}");
+    }
+    // Refused subscriptions deliver nothing; the connection stays open and the granted ones work.
+    ingest(&db, &[payload("theirs", 1), payload("mine", 1)]).await;
+    let got = user.positions(1, Duration::from_secs(5)).await;
+    assert_eq!(keys(&got)[0].0, "mine");
+    assert!(user.positions(1, QUIET).await.is_empty());
+    // A second subscription check for the same target is answered from the connection's cache.
+    user.send(json!({"type": "unsubscribe", "device": "mine"})).await;
+    assert_eq!(user.recv_type("unsubscribed").await["reason"], "requested");
+    user.subscribe(json!({"device": "mine"})).await;
+    let text = relay.metrics().await;
+    assert!(metric(&text, "trackway_live_authorize_total{result=\"hit\"}") >= 1.0);
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_4001_and_counted() {
+    let db = fresh_database("live_badtokens").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_badtokens"), &["--live-auth-timeout-ms", "500"])).await;
+    let claims = || json!({"id": "u", "role": "r", "app_access": true, "admin_access": true});
+    let cases = [
+        ("expired", token_with(SECRET, claims(), -5)),
+        ("signature", token_with("another-secret", claims(), 600)),
+        ("issuer", token_with(SECRET, json!({"id": "u", "iss": "someone-else"}), 600)),
+        ("malformed", "not-a-token".to_owned()),
+    ];
+    for (reason, token) in &cases {
+        // In the header…
+        let mut c = Client::connect(&relay.url(""), Some(token)).await;
+        let closed = c.closed(Duration::from_secs(5)).await;
+        assert_eq!(closed.code, 4001, "{reason} in the header");
+        assert!(closed.reason.starts_with(reason), "{reason}: {closed:?}");
+        // …in the query…
+        let mut c = Client::connect(&relay.url(&format!("access_token={token}")), None).await;
+        assert_eq!(c.closed(Duration::from_secs(5)).await.code, 4001, "{reason} in the query");
+        // …and as the first message.
+        let mut c = Client::connect(&relay.url(""), None).await;
+        c.send(json!({"type": "auth", "token": token})).await;
+        assert_eq!(c.closed(Duration::from_secs(5)).await.code, 4001, "{reason} in a message");
+    }
+    // No token at all: closed at the deadline. A subscribe before auth breaks the protocol.
+    let mut silent = Client::connect(&relay.url(""), None).await;
+    assert_eq!(silent.closed(Duration::from_secs(5)).await.code, 4001);
+    let mut eager = Client::connect(&relay.url(""), None).await;
+    eager.send(json!({"type": "subscribe", "device": "d"})).await;
+    assert_eq!(eager.closed(Duration::from_secs(5)).await.code, 4001);
+    // A good token as the first message works.
+    let mut good = Client::connect(&relay.url(""), None).await;
+    good.send(json!({"type": "auth", "token": admin_token()})).await;
+    assert_eq!(good.recv_type("authenticated").await["user"], "admin-1");
+    let text = relay.metrics().await;
+    for reason in ["expired", "signature", "issuer", "malformed"] {
+        assert_eq!(metric(&text, &format!("trackway_live_auth_failures_total{{reason=\"{reason}\"}}")), 3.0, "{reason}");
+    }
+    assert_eq!(metric(&text, "trackway_live_auth_failures_total{reason=\"timeout\"}"), 1.0);
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_closes_the_connection_unless_renewed() {
+    let db = fresh_database("live_expiry").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_expiry"), &[])).await;
+    let claims = json!({"id": "u1", "role": "r", "app_access": true, "admin_access": true});
+    let mut lapsing = Client::authenticated(&relay.url(""), &token_with(SECRET, claims.clone(), 2)).await;
+    let mut renewed = Client::authenticated(&relay.url(""), &token_with(SECRET, claims.clone(), 2)).await;
+    renewed.subscribe(json!({"device": "e"})).await;
+    renewed.send(json!({"type": "auth", "token": token_with(SECRET, claims, 600)})).await;
+    assert!(renewed.recv_type("authenticated").await["expiresAt"].is_string());
+    // Someone else's token is not a renewal.
+    let other = token_with(SECRET, json!({"id": "intruder", "admin_access": true}), 600);
+    renewed.send(json!({"type": "auth", "token": other, "id": 5})).await;
+    assert_eq!(renewed.recv_type("error").await["code"], "auth_mismatch");
+    let closed = lapsing.closed(Duration::from_secs(6)).await;
+    assert_eq!(closed.code, 4003, "{closed:?}");
+    // The renewed connection outlives the first token and still receives positions.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ingest(&db, &[payload("e", 1)]).await;
+    assert_eq!(renewed.positions(1, Duration::from_secs(5)).await.len(), 1);
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_get_errors_and_protocol_violations_get_close_codes() {
+    let db = fresh_database("live_malformed").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_malformed"), &["--live-max-message-bytes", "1024"])).await;
+    let mut c = Client::authenticated(&relay.url(""), &admin_token()).await;
+    for (text, code) in [
+        ("{oops", "bad_json"),
+        ("[]", "bad_message"),
+        (r#"{"type":"teleport"}"#, "unknown_type"),
+        (r#"{"type":"subscribe"}"#, "bad_target"),
+        (r#"{"type":"subscribe","device":""}"#, "bad_target"),
+        (r#"{"type":"subscribe","device":"a","group":"b"}"#, "bad_target"),
+        (r#"{"type":"subscribe","device":"a","since":"garbage"}"#, "bad_cursor"),
+        (r#"{"type":"unsubscribe","device":"never"}"#, "not_subscribed"),
+    ] {
+        c.send_text(text).await;
+        let error = c.recv_type("error").await;
+        assert_eq!(error["code"], code, "{text}: {error}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    c.subscribe(json!({"device": "a"})).await;
+    c.send(json!({"type": "subscribe", "device": "a"})).await;
+    assert_eq!(c.recv_type("error").await["code"], "already_subscribed");
+    c.send(json!({"type": "ping", "id": 9})).await;
+    assert_eq!(c.recv_type("pong").await["id"], 9);
+    // Still open and working after all that.
+    ingest(&db, &[payload("a", 1)]).await;
+    assert_eq!(c.positions(1, Duration::from_secs(5)).await.len(), 1);
+    c.send_message(Message::binary(vec![1, 2, 3])).await;
+    assert_eq!(c.closed(Duration::from_secs(5)).await.code, 1003);
+    let mut big = Client::authenticated(&relay.url(""), &admin_token()).await;
+    big.send_text(&format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(4096))).await;
+    assert_eq!(big.closed(Duration::from_secs(5)).await.code, 1009);
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_cap_is_enforced_per_connection() {
+    let db = fresh_database("live_cap").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_cap"), &["--live-max-subscriptions", "2"])).await;
+    let mut c = Client::authenticated(&relay.url(""), &admin_token()).await;
+    c.subscribe(json!({"device": "a"})).await;
+    c.subscribe(json!({"device": "b"})).await;
+    c.send(json!({"type": "subscribe", "device": "c"})).await;
+    assert_eq!(c.recv_type("error").await["code"], "too_many_subscriptions");
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_with_since_receives_exactly_what_was_inserted_meanwhile() {
+    let db = fresh_database("live_resume").await;
+    setup_groups(&db, &[("fleet", "r1"), ("fleet", "r2")]).await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_resume"), &["--live-max-replay", "50"])).await;
+    let mut c = Client::authenticated(&relay.url(""), &admin_token()).await;
+    c.subscribe(json!({"group": "fleet"})).await;
+    ingest(&db, &(0..10).flat_map(|n| [payload("r1", n), payload("r2", n)]).collect::<Vec<_>>()).await;
+    let first = c.positions(20, Duration::from_secs(5)).await;
+    assert_eq!(first.len(), 20);
+    let last_cursor = first.last().expect("a position")["cursor"].as_str().expect("cursor").to_owned();
+    c.close().await;
+    // Meanwhile: 15 more for the group, some for another device.
+    let meanwhile: Vec<String> = (10..25).map(|n| payload(if n % 2 == 0 { "r1" } else { "r2" }, n)).collect();
+    ingest(&db, &meanwhile).await;
+    ingest(&db, &[payload("elsewhere", 1)]).await;
+    let mut back = Client::authenticated(&relay.url(""), &admin_token()).await;
+    let sub = back.subscribe(json!({"group": "fleet", "since": last_cursor})).await;
+    assert_eq!(sub["replay"], 15, "{sub}");
+    assert_eq!(sub["since"], last_cursor.as_str());
+    let replayed = back.positions(15, Duration::from_secs(5)).await;
+    let want: Vec<String> = meanwhile.clone();
+    assert_eq!(
+        keys(&replayed),
+        want.iter()
+            .map(|p| {
+                let d: Value = serde_json::from_str(p).expect("json");
+                (d["deviceId"].as_str().unwrap_or("").to_owned(), d["timestamp"].as_str().unwrap_or("").to_owned())
+            })
+            .collect::<Vec<_>>()
+    );
+    // Then live, no gap.
+    ingest(&db, &[payload("r1", 40)]).await;
+    assert_eq!(back.positions(1, Duration::from_secs(5)).await.len(), 1);
+    assert!(back.positions(1, QUIET).await.is_empty());
+    // Too far back: an error telling the client to start from a snapshot; the connection stays usable.
+    ingest(&db, &(100..160).map(|n| payload("r1", n)).collect::<Vec<_>>()).await;
+    let mut far = Client::authenticated(&relay.url(""), &admin_token()).await;
+    far.send(json!({"type": "subscribe", "group": "fleet", "since": last_cursor})).await;
+    assert_eq!(far.recv_type("error").await["code"], "resume_too_far");
+    far.subscribe(json!({"group": "fleet"})).await;
+    let text = relay.metrics().await;
+    assert_eq!(metric(&text, "trackway_live_replayed_positions_total{why=\"resume\"}"), 15.0);
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_socket_with_1001() {
+    let db = fresh_database("live_shutdown").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_shutdown"), &[])).await;
+    let mut a = Client::authenticated(&relay.url(""), &admin_token()).await;
+    let mut b = Client::authenticated(&relay.url(""), &admin_token()).await;
+    b.subscribe(json!({"device": "x"})).await;
+    let stopping = tokio::spawn(relay.stop());
+    assert_eq!(a.closed(Duration::from_secs(10)).await.code, 1001);
+    assert_eq!(b.closed(Duration::from_secs(10)).await.code, 1001);
+    stopping.await.expect("joined").expect("clean stop");
+}
