@@ -32,7 +32,7 @@ use crate::{
     config::Config,
     database::{self, IngestError, Status},
     metrics::Metrics,
-    stream::{DeadLetter, Entry, Group, Link},
+    redis::{DeadLetter, Entry, Group, Link},
 };
 
 /// Where a batch came from (the `source` label of `entries_read`).

@@ -3,7 +3,7 @@
 //!
 //! - [`config`]: settings from environment variables and flags.
 //! - [`consumer`]: the ingest loop (consumer group, ack after commit, dead letters, reclaiming).
-//! - [`stream`]: the Redis commands and their replies.
+//! - [`redis`]: the Redis connection, the consumer group's commands and scripts, and their replies.
 //! - [`database`]: the PostgreSQL pool and the `trackway.ingest_batch` call.
 //! - [`backoff`]: retry delays and outage logging.
 //! - [`admin`], [`metrics`], [`sampler`]: `/metrics`, `/healthz`, `/readyz`.
@@ -18,8 +18,8 @@ pub mod consumer;
 pub mod database;
 pub mod error;
 pub mod metrics;
+pub mod redis;
 pub mod sampler;
-pub mod stream;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use crate::{
     admin::{AdminState, Readiness},
     backoff::BackendState,
     consumer::Consumer,
-    stream::{Group, Link},
+    redis::{Group, Link},
 };
 pub use crate::{config::Config, error::Error, metrics::Metrics};
 
