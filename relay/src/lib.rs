@@ -2,7 +2,8 @@
 //! extension, and serves health and metrics endpoints.
 //!
 //! - [`config`]: settings from environment variables and flags.
-//! - [`consumer`]: the ingest loop (consumer group, ack after commit, dead letters, reclaiming).
+//! - [`ingest`]: the ingest loop (consumer group, ack after commit, dead letters, reclaiming): reading,
+//!   storing, settling, and the triage of refused batches.
 //! - [`redis`]: the Redis connection, the consumer group's commands and scripts, and their replies.
 //! - [`database`]: the PostgreSQL pool and the `trackway.ingest_batch` call.
 //! - [`backoff`]: retry delays and outage logging.
@@ -14,9 +15,9 @@ pub mod admin;
 pub mod backoff;
 pub mod cli;
 pub mod config;
-pub mod consumer;
 pub mod database;
 pub mod error;
+pub mod ingest;
 pub mod metrics;
 pub mod redis;
 pub mod sampler;
@@ -30,7 +31,7 @@ pub use tokio_util::sync::CancellationToken as Shutdown;
 use crate::{
     admin::{AdminState, Readiness},
     backoff::BackendState,
-    consumer::Consumer,
+    ingest::Consumer,
     redis::{Group, Link},
 };
 pub use crate::{config::Config, error::Error, metrics::Metrics};
