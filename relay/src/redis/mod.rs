@@ -1,4 +1,4 @@
-//! Redis side, infrastructure for the ingest path and the sampler: [`link`] holds one task's connection,
+//! Redis side, infrastructure for the ingest path, the sampler and `/readyz`: [`link`] holds one task's connection,
 //! [`group`] the consumer group's commands (with their Lua scripts in `scripts/*.lua`), [`reply`] the
 //! parsing of what Redis answers. Nothing here knows what the entries carry or what is done with them.
 
