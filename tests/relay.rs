@@ -306,14 +306,12 @@ async fn an_entry_whose_dead_letter_cannot_be_written_stays_pending_until_it_can
     relay.stop().await.expect("clean stop");
 }
 
+/// 2026-11-29T00:00:00Z in Unix milliseconds.
+const NOV_29_MS: i64 = 1_795_910_400_000;
+
 /// Valid position `i` of device `device`, one second apart.
 fn position(device: &str, i: usize) -> String {
-    format!(
-        r#"{{"deviceId":"{device}","timestamp":"2026-11-29T{:02}:{:02}:{:02}.000Z","latitude":54.7,"longitude":25.3}}"#,
-        i / 3600 % 24,
-        i / 60 % 60,
-        i % 60
-    )
+    trackway_testkit::position(device, NOV_29_MS + i as i64 * 1000)
 }
 
 /// Waits up to 30 s for `/readyz` of `relay` to answer `want`; returns the body.

@@ -16,15 +16,12 @@ use trackway_tests::{
     servers::{PgCluster, RedisServer},
 };
 
+/// 2026-11-27T00:00:00Z in Unix milliseconds.
+const NOV_27_MS: i64 = 1_795_737_600_000;
+
 /// Position `i` of a small fleet, one second apart.
 fn payload(i: usize) -> String {
-    format!(
-        r#"{{"deviceId":"outage-{:02}","timestamp":"2026-11-27T{:02}:{:02}:{:02}.000Z","latitude":54.7,"longitude":25.3}}"#,
-        i % 20,
-        i / 3600 % 24,
-        i / 60 % 60,
-        i % 60
-    )
+    trackway_testkit::position(&format!("outage-{:02}", i % 20), NOV_27_MS + i as i64 * 1000)
 }
 
 /// Waits up to 20 s for `/readyz` to answer `want`.
@@ -72,11 +69,8 @@ async fn relay_recovers_from_postgres_and_redis_restarts() {
                 let added = async {
                     let mut conn =
                         redis::Client::open(url.as_str()).ok()?.get_multiplexed_async_connection().await.ok()?;
-                    let mut pipe = redis::pipe();
-                    for j in i..(i + 50).min(TOTAL) {
-                        pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(payload(j));
-                    }
-                    pipe.query_async::<Vec<String>>(&mut conn).await.ok()
+                    let batch: Vec<String> = (i..(i + 50).min(TOTAL)).map(payload).collect();
+                    trackway_testkit::xadd_payloads(&mut conn, stream, &batch).await.ok()
                 }
                 .await;
                 if added.is_some() {

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio_postgres::{Client, Config, NoTls};
+use trackway_testkit::InstallWait;
 
 /// How often `CREATE EXTENSION trackway` is retried while the extension is not installed.
 const EXTENSION_ATTEMPTS: u32 = 5;
+/// Pause between two of those attempts.
 const EXTENSION_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// Connects and drives the connection on a background task.
@@ -35,54 +37,17 @@ pub fn check_database_name(name: &str) -> Result<()> {
 
 /// Drops (if present) and creates `name` through the maintenance connection.
 pub async fn recreate_database(maintenance: &Client, name: &str) -> Result<()> {
-    drop_database(maintenance, name).await?;
-    maintenance
-        .batch_execute(&format!("CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"))
-        .await
-        .with_context(|| format!("creating database {name}"))
+    trackway_testkit::recreate_database(maintenance, name).await.with_context(|| format!("re-creating database {name}"))
 }
 
 pub async fn drop_database(maintenance: &Client, name: &str) -> Result<()> {
-    maintenance
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .with_context(|| format!("dropping database {name}"))
+    trackway_testkit::drop_database(maintenance, name).await.with_context(|| format!("dropping database {name}"))
 }
 
 /// `CREATE EXTENSION trackway`, waiting for it while it is not installed (it may be being re-installed).
 pub async fn create_extension(client: &Client) -> Result<()> {
-    for attempt in 1..=EXTENSION_ATTEMPTS {
-        match client.batch_execute("CREATE EXTENSION trackway").await {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt < EXTENSION_ATTEMPTS && extension_missing(&e) => {
-                eprintln!(
-                    "CREATE EXTENSION trackway failed ({}); retrying in {}s ({attempt}/{EXTENSION_ATTEMPTS})",
-                    describe(&e),
-                    EXTENSION_RETRY_DELAY.as_secs()
-                );
-                tokio::time::sleep(EXTENSION_RETRY_DELAY).await;
-            }
-            Err(e) => return Err(e).context("CREATE EXTENSION trackway"),
-        }
-    }
-    unreachable!("the last attempt returns")
-}
-
-/// Whether the error says the extension's files are not (or not completely) installed.
-fn extension_missing(e: &tokio_postgres::Error) -> bool {
-    let text = describe(e);
-    text.contains("is not available")
-        || text.contains("could not open extension control file")
-        || text.contains("could not access file")
-        || text.contains("could not load library")
-}
-
-/// The server's message of a database error (tokio-postgres only says "db error" in `Display`).
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
-    }
+    let wait = InstallWait { attempts: EXTENSION_ATTEMPTS, delay: EXTENSION_RETRY_DELAY };
+    trackway_testkit::create_extension(client, Some(wait)).await.context("CREATE EXTENSION trackway")
 }
 
 /// A single value of a one-row query, as text.

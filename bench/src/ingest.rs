@@ -8,7 +8,7 @@ use tokio_postgres::{Client, Config};
 
 use crate::report::{paired_ratios, print_ratios, print_table, Measurement, Ratio};
 use crate::routes::{self, Run, SqlInputs, SAME_WORK_LATEST, SAME_WORK_POSITIONS, SAME_WORK_VARIANT, SQL_VARIANTS};
-use crate::{db, payloads, workload::Workload};
+use crate::{db, workload::Workload};
 
 /// Goal for `ingest_batch` rows/s relative to COPY into an identically indexed table.
 const GOAL_VS_COPY: f64 = 0.5;
@@ -42,7 +42,7 @@ async fn run_in(config: &Config, options: &Options) -> Result<()> {
     create_targets(&client).await?;
 
     let started = Instant::now();
-    let payloads = payloads::generate(options.workload.rows, options.workload.devices, options.workload.seed);
+    let payloads = trackway_testkit::generate(options.workload.rows, options.workload.devices, options.workload.seed);
     let batches: Vec<Vec<&str>> =
         payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
     let sql_inputs = SqlInputs::new(&batches);

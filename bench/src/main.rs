@@ -26,7 +26,6 @@
 
 mod db;
 mod ingest;
-mod payloads;
 mod relay;
 mod report;
 mod routes;

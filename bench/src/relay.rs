@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use tokio_postgres::{Client, Config};
 
 use crate::report::{print_table, Measurement};
-use crate::{db, payloads, routes, workload::Workload};
+use crate::{db, routes, workload::Workload};
 
 /// Goal for end-to-end rows/s relative to calling `ingest_batch` directly.
 const GOAL_RATIO: f64 = 0.8;
@@ -49,7 +49,7 @@ pub async fn run(options: &Options) -> Result<()> {
 async fn run_in(config: &Config, binary: &std::path::Path, options: &Options) -> Result<()> {
     let client = db::connect(config).await?;
     db::create_extension(&client).await?;
-    let payloads = payloads::generate(options.workload.rows, options.workload.devices, options.workload.seed);
+    let payloads = trackway_testkit::generate(options.workload.rows, options.workload.devices, options.workload.seed);
     let batches: Vec<Vec<&str>> =
         payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
     let redis = redis::Client::open(options.redis_url.as_str()).context("--redis-url")?;
@@ -131,13 +131,7 @@ async fn check_count(client: &Client, expected: u64) -> Result<()> {
 
 /// XADDs every payload (pipelined; not timed).
 async fn fill_stream(conn: &mut redis::aio::MultiplexedConnection, stream: &str, payloads: &[String]) -> Result<()> {
-    for chunk in payloads.chunks(1000) {
-        let mut pipe = redis::pipe();
-        for p in chunk {
-            pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(p).ignore();
-        }
-        pipe.query_async::<()>(conn).await.context("XADD")?;
-    }
+    trackway_testkit::xadd_payloads(conn, stream, payloads).await.context("XADD")?;
     Ok(())
 }
 
@@ -187,11 +181,8 @@ async fn time_relay(
 
 /// Whether the group exists with nothing left to deliver and nothing pending.
 async fn drained(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Result<bool> {
-    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
-        redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.unwrap_or_default();
-    Ok(groups.iter().any(|g| {
-        matches!(g.get("pending"), Some(redis::Value::Int(0))) && matches!(g.get("lag"), Some(redis::Value::Int(0)))
-    }))
+    let groups = trackway_testkit::group_counters(conn, stream).await.unwrap_or_default();
+    Ok(groups.iter().any(|g| g.pending == Some(0) && g.lag == Some(0)))
 }
 
 /// VmHWM of a process, in kB.

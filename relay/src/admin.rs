@@ -12,7 +12,7 @@ use deadpool_postgres::Pool;
 use tokio::{net::TcpListener, sync::Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::{backoff::BackendState, error::Error, metrics::Metrics, stream::Link};
+use crate::{backoff::BackendState, error::Error, metrics::Metrics, redis::Link};
 
 /// How long a readiness answer is reused.
 const READY_CACHE: Duration = Duration::from_secs(1);

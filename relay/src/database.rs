@@ -45,7 +45,7 @@ pub enum IngestError {
     /// a constraint, a program limit, a trigger's RAISE, an internal error, a statement timeout, out of
     /// memory...). The same errors also come from the moment (a full NOTIFY queue, an operator's guard
     /// trigger, corruption), so a refusal alone never blames an entry: the consumer decides by splitting
-    /// the batch and seeing what stores (see `consumer::Storer`).
+    /// the batch and seeing what stores (see `ingest::triage`).
     #[error("{message}")]
     Refused {
         /// The SQLSTATE (the `sqlstate` label of `trackway_relay_refusals_total`).

@@ -2,8 +2,9 @@
 //! extension, and serves health and metrics endpoints.
 //!
 //! - [`config`]: settings from environment variables and flags.
-//! - [`consumer`]: the ingest loop (consumer group, ack after commit, dead letters, reclaiming).
-//! - [`stream`]: the Redis commands and their replies.
+//! - [`ingest`]: the ingest loop (consumer group, ack after commit, dead letters, reclaiming): reading,
+//!   storing, settling, and the triage of refused batches.
+//! - [`redis`]: the Redis connection, the consumer group's commands and scripts, and their replies.
 //! - [`database`]: the PostgreSQL pool and the `trackway.ingest_batch` call.
 //! - [`backoff`]: retry delays and outage logging.
 //! - [`admin`], [`metrics`], [`sampler`]: `/metrics`, `/healthz`, `/readyz`.
@@ -15,13 +16,13 @@ pub mod admin;
 pub mod backoff;
 pub mod cli;
 pub mod config;
-pub mod consumer;
 pub mod database;
 pub mod error;
+pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod redis;
 pub mod sampler;
-pub mod stream;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -32,8 +33,8 @@ pub use tokio_util::sync::CancellationToken as Shutdown;
 use crate::{
     admin::{AdminState, Readiness},
     backoff::BackendState,
-    consumer::Consumer,
-    stream::{Group, Link},
+    ingest::Consumer,
+    redis::{Group, Link},
 };
 pub use crate::{config::Config, error::Error, metrics::Metrics};
 

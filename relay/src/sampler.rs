@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    stream::{Group, Link},
+    redis::{Group, Link},
 };
 
 /// Time between samples.

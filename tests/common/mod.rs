@@ -45,21 +45,12 @@ pub async fn fresh_database(name: &str) -> String {
 pub async fn fresh_database_on(server: &str, name: &str) -> String {
     let dbname = format!("trackway_test_{name}");
     let admin = connect_to(server, "postgres").await;
-    // Separate statements: DROP/CREATE DATABASE cannot run in the implicit transaction of a batch.
-    for sql in [format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"), format!("CREATE DATABASE {dbname}")] {
-        admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    }
+    trackway_testkit::recreate_database(&admin, &dbname).await.unwrap_or_else(|e| panic!("re-create {dbname}: {e:?}"));
     let client = connect_to(server, &dbname).await;
-    // On a cluster where the extension's roles do not exist yet, two tests creating the extension at the
-    // same moment race in its `IF NOT EXISTS … CREATE ROLE` and one fails with a unique violation on
-    // pg_authid (seen on the first run after setup). CREATE EXTENSION is transactional: try it again.
-    for attempt in 1.. {
-        match client.batch_execute("CREATE EXTENSION trackway").await {
-            Ok(()) => break,
-            Err(e) if attempt < 3 && e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
-            Err(e) => panic!("CREATE EXTENSION trackway: {e:?}"),
-        }
-    }
+    // Retries the race of two tests creating the extension's roles; fails at once when it is not installed.
+    trackway_testkit::create_extension(&client, None)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE EXTENSION trackway: {e:?}"));
     dbname
 }
 

@@ -55,16 +55,7 @@ pub async fn redis(url: &str) -> MultiplexedConnection {
 
 /// Adds one entry per payload (field `payload`), pipelined; returns the ids in order.
 pub async fn xadd_payloads(conn: &mut MultiplexedConnection, stream: &str, payloads: &[String]) -> Vec<String> {
-    let mut ids = Vec::with_capacity(payloads.len());
-    for chunk in payloads.chunks(500) {
-        let mut pipe = redis::pipe();
-        for p in chunk {
-            pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(p);
-        }
-        let chunk_ids: Vec<String> = pipe.query_async(conn).await.expect("XADD");
-        ids.extend(chunk_ids);
-    }
-    ids
+    trackway_testkit::xadd_payloads(conn, stream, payloads).await.expect("XADD")
 }
 
 /// Adds one entry with the given fields; returns its id.
@@ -79,16 +70,9 @@ pub async fn xadd_fields(conn: &mut MultiplexedConnection, stream: &str, fields:
 
 /// The group's pending count and lag, `None` while the group does not exist.
 pub async fn group_state(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> Option<(i64, Option<i64>)> {
-    let groups: Vec<HashMap<String, redis::Value>> =
-        redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.ok()?;
-    let g = groups
-        .into_iter()
-        .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()))?;
-    let int = |v: Option<&redis::Value>| match v {
-        Some(redis::Value::Int(i)) => Some(*i),
-        _ => None,
-    };
-    Some((int(g.get("pending")).unwrap_or(-1), int(g.get("lag"))))
+    let groups = trackway_testkit::group_counters(conn, stream).await.ok()?;
+    let g = groups.into_iter().find(|g| g.name == group)?;
+    Some((g.pending.unwrap_or(-1), g.lag))
 }
 
 /// Waits until the group has read everything and acknowledged everything.

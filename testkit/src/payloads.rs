@@ -1,7 +1,9 @@
-//! Deterministic wire-format payloads (DESIGN.md §1) of a fleet of Teltonika-like trackers around Vilnius.
+//! Wire-format payloads (DESIGN.md §1) and the timestamp text they carry: [`position`], a minimal valid
+//! position for tests that only need many distinct rows; [`generate`], a deterministic fleet of
+//! Teltonika-like trackers around Vilnius for the benchmarks.
 //!
-//! Everything comes from one seeded SplitMix64 generator and a fixed start time, so a given
-//! `(rows, devices, seed)` always gives byte-identical payloads. Rows are emitted the way a busy stream
+//! Everything [`generate`] makes comes from one seeded SplitMix64 generator and a fixed start time, so a
+//! given `(rows, devices, seed)` always gives byte-identical payloads. Rows are emitted the way a busy stream
 //! delivers them: round-robin over the devices, each device's timestamp advancing by about ten seconds per
 //! row, so `(deviceId, timestamp)` is unique by construction.
 
@@ -86,7 +88,7 @@ impl Device {
             self.odometer += rng.range(10, 400);
         }
         let speed = if moving { rng.range(3, 120) } else { 0 };
-        let ts = format_timestamp(START_UNIX_MS + self.offset_ms + fix * FIX_INTERVAL_MS);
+        let ts = timestamp(START_UNIX_MS + self.offset_ms + fix * FIX_INTERVAL_MS);
         let mut attributes = format!(
             r#"{{"239":{ign},"240":{mov},"21":{gsm},"66":{ext},"67":{bat},"16":{odo},"181":{pdop},"200":0"#,
             ign = u8::from(moving || rng.chance(0.3)),
@@ -169,26 +171,16 @@ fn round7(x: f64) -> f64 {
     (x * 1e7).round() / 1e7
 }
 
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (JavaScript's `toISOString`).
-fn format_timestamp(unix_ms: i64) -> String {
-    let (days, ms_of_day) = (unix_ms.div_euclid(86_400_000), unix_ms.rem_euclid(86_400_000));
-    let (year, month, day) = civil_from_days(days);
-    let (h, m, s, ms) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1_000 % 60, ms_of_day % 1_000);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (JavaScript's `toISOString`), the wire format's own
+/// formatting.
+pub fn timestamp(unix_ms: i64) -> String {
+    trackway_wire::format_timestamp(unix_ms * 1000)
 }
 
-/// Days since 1970-01-01 as a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// A minimal valid position of `device` at `unix_ms` (no attributes; a fixed point in Vilnius).
+pub fn position(device: &str, unix_ms: i64) -> String {
+    let ts = timestamp(unix_ms);
+    format!(r#"{{"deviceId":"{device}","timestamp":"{ts}","latitude":54.7,"longitude":25.3}}"#)
 }
 
 #[cfg(test)]
@@ -198,9 +190,19 @@ mod tests {
 
     #[test]
     fn timestamps_are_iso_8601() {
-        assert_eq!(format_timestamp(START_UNIX_MS), "2026-11-27T08:00:00.000Z");
-        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_timestamp(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(timestamp(START_UNIX_MS), "2026-11-27T08:00:00.000Z");
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    }
+
+    #[test]
+    fn positions_are_minimal_and_valid() {
+        let text = position("d-1", START_UNIX_MS + 3_723_004);
+        assert_eq!(
+            text,
+            r#"{"deviceId":"d-1","timestamp":"2026-11-27T09:02:03.004Z","latitude":54.7,"longitude":25.3}"#
+        );
+        trackway_wire::decode(text.as_bytes(), trackway_wire::DEFAULT_MAX_PAYLOAD_BYTES).expect("valid");
     }
 
     #[test]

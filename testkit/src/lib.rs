@@ -1,0 +1,18 @@
+//! `trackway-testkit`: what the cross-process tests (`tests/`) and the benchmarks (`bench/`) both need, so
+//! each lives once.
+//!
+//! - [`database`]: a fresh database with the `trackway` extension (drop, create, `CREATE EXTENSION`).
+//! - [`stream`]: pipelined XADD of payloads, and a consumer group's counters from XINFO GROUPS.
+//! - [`payloads`]: wire-format payloads: a minimal valid position, a deterministic fleet of trackers, and
+//!   the timestamp text they carry.
+//!
+//! Errors are returned, not panicked on: tests unwrap them with their own message, the benchmarks add
+//! context.
+
+pub mod database;
+pub mod payloads;
+pub mod stream;
+
+pub use database::{create_extension, drop_database, recreate_database, InstallWait};
+pub use payloads::{generate, position, timestamp};
+pub use stream::{group_counters, xadd_payloads, GroupCounters};
