@@ -32,9 +32,10 @@ pub fn live_flags(db: &str, stream: &str, extra: &[&str]) -> Vec<String> {
         stream.into(),
         "--live-addr".into(),
         "127.0.0.1:0".into(),
-        "--live-poll-ms".into(),
-        "200".into(),
     ];
+    if !extra.contains(&"--live-poll-ms") {
+        args.extend(["--live-poll-ms".into(), "200".into()]);
+    }
     if !extra.contains(&"--auth") {
         args.extend(["--auth".into(), "jwt".into(), "--jwt-secret".into(), SECRET.into()]);
     }
@@ -151,7 +152,9 @@ impl Client {
     pub async fn connect(url: &str, bearer: Option<&str>) -> Client {
         let mut request = url.into_client_request().expect("request");
         if let Some(token) = bearer {
-            request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).expect("header"));
+            request
+                .headers_mut()
+                .insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).expect("header"));
         }
         let (socket, _) = connect_async(request).await.expect("WebSocket handshake");
         Client { socket, backlog: Vec::new() }
