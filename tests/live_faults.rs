@@ -1,0 +1,154 @@
+//! The live side under faults: a client that never reads, a PostgreSQL restart under subscribed clients,
+//! and a JavaScript client (Node) checking that 64-bit integers and byte strings survive exactly.
+
+use std::{collections::HashSet, process::Command, time::Duration};
+
+use serde_json::{json, Value};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::{client_async, tungstenite::Message};
+use trackway_tests::{
+    connect, connect_to, fresh_database, fresh_database_on,
+    live::{admin_token, key_set, live_flags, payload, Client, LiveRelay},
+    relay::{metric, redis, redis_url, unique, xadd_payloads},
+    servers::PgCluster,
+};
+
+async fn ingest_on(client: &tokio_postgres::Client, payloads: &[String]) {
+    let rows = client
+        .query("SELECT status FROM trackway.ingest_batch($1::text[])", &[&payloads])
+        .await
+        .expect("ingest_batch");
+    assert!(rows.iter().all(|r| r.get::<_, String>(0) == "inserted"));
+}
+
+fn key_of(payload: &str) -> (String, String) {
+    let doc: Value = serde_json::from_str(payload).expect("json");
+    (doc["deviceId"].as_str().expect("id").to_owned(), doc["timestamp"].as_str().expect("ts").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_delays_no_one_and_is_closed() {
+    let db = fresh_database("live_slow").await;
+    let admin = connect(&db).await;
+    for d in 0..40 {
+        admin.execute("INSERT INTO trackway.device_groups VALUES ('all', $1)", &[&format!("s{d}")]).await.expect("group");
+    }
+    let flags = live_flags(&db, &unique("live_slow"), &["--live-queue", "1000000", "--live-send-timeout-ms", "1000"]);
+    let relay = LiveRelay::start(&flags).await;
+    // The never-reading client: a tiny receive buffer, subscribes, then is never polled again.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small buffer");
+    let stream = socket.connect(relay.live).await.expect("connect");
+    let (mut stalled, _) =
+        client_async(relay.url(&format!("access_token={}", admin_token())), stream).await.expect("handshake");
+    futures_util::SinkExt::send(&mut stalled, Message::text(json!({"type":"subscribe","group":"all"}).to_string()))
+        .await
+        .expect("subscribe");
+    let mut reader = Client::authenticated(&relay.url(""), &admin_token()).await;
+    reader.subscribe(json!({"group": "all"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // About 10 MB of positions: far more than the stalled client's socket buffers hold.
+    let mut want = HashSet::new();
+    for round in 0..25u32 {
+        let batch: Vec<String> = (0..40).flat_map(|d| (0..25).map(move |i| (d, round * 25 + i))).map(|(d, n)| payload(&format!("s{d}"), n)).collect();
+        want.extend(batch.iter().map(|p| key_of(p)));
+        ingest_on(&admin, &batch).await;
+    }
+    let got = reader.positions(want.len(), Duration::from_secs(20)).await;
+    assert_eq!(got.len(), want.len(), "the reading client gets every position");
+    assert_eq!(key_set(&got), want);
+    // The stalled client is dropped once its socket stays full for the send timeout.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = relay.metrics().await;
+        if trackway_tests::relay::metric_opt(&text, "trackway_live_closes_total{reason=\"too_slow\"}") == Some(1.0) {
+            assert_eq!(metric(&text, "trackway_live_connections"), 1.0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the stalled client was never closed:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_under_subscribed_clients_loses_no_position() {
+    let cluster = PgCluster::start();
+    let db = fresh_database_on(&cluster.server(), "live_restart").await;
+    let stream = unique("live_restart");
+    let mut flags = live_flags(&db, &stream, &[]);
+    let database_url = flags.iter().position(|f| f == "--database-url").expect("flag") + 1;
+    flags[database_url] = format!("{} dbname={db}", cluster.server());
+    let relay = LiveRelay::start(&flags).await;
+    let admin = connect_to(&cluster.server(), &db).await;
+    admin.batch_execute("INSERT INTO trackway.device_groups VALUES ('g', 'p1'), ('g', 'p2')").await.expect("group");
+    let mut device = Client::authenticated(&relay.url(""), &admin_token()).await;
+    device.subscribe(json!({"device": "p1"})).await;
+    let mut group = Client::authenticated(&relay.url(""), &admin_token()).await;
+    group.subscribe(json!({"group": "g"})).await;
+
+    let mut conn = redis(&redis_url()).await;
+    let mut sent = Vec::new();
+    for n in 0..600u32 {
+        let batch = vec![payload("p1", n), payload("p2", n)];
+        sent.extend(batch.clone());
+        xadd_payloads(&mut conn, &stream, &batch).await;
+        if n == 200 || n == 400 {
+            // A crash (immediate stop) and a start, while clients are subscribed and positions flow.
+            cluster.stop();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cluster.restart();
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let want_p1: HashSet<_> = sent.iter().map(|p| key_of(p)).filter(|k| k.0 == "p1").collect();
+    let want_all: HashSet<_> = sent.iter().map(|p| key_of(p)).collect();
+    let got_p1 = device.positions(want_p1.len(), Duration::from_secs(30)).await;
+    let got_all = group.positions(want_all.len(), Duration::from_secs(30)).await;
+    assert_eq!(key_set(&got_p1), want_p1, "device subscriber");
+    assert_eq!(got_p1.len(), want_p1.len(), "no position twice");
+    assert_eq!(key_set(&got_all), want_all, "group subscriber");
+    assert_eq!(got_all.len(), want_all.len(), "no position twice");
+    let text = relay.metrics().await;
+    assert!(metric(&text, "trackway_live_listen_reconnects_total") >= 2.0, "{text}");
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_client_revives_64_bit_integers_and_byte_strings_exactly() {
+    let db = fresh_database("live_node").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_node"), &[])).await;
+    let doc = |n: u32, ts: &str| {
+        json!({"deviceId": "js", "timestamp": ts, "latitude": 54.687157, "longitude": 25.279652, "speed": n,
+            "attributes": {"11": {"__bigint": "18446744073709551615"}, "12": {"__bigint": "-9223372036854775808"},
+                "13": 9007199254740991_u64, "281": {"__buffer_b64": "UDAzMDA="}, "282": {"__buffer_b64": ""},
+                "nested": {"list": [{"__bigint": "123456789012345678901234567890"}, {"__buffer_b64": "AP8="}]}}})
+    };
+    let first = doc(1, "2026-11-27T10:00:00.000Z");
+    let second = doc(2, "2026-11-27T10:00:01.000Z");
+    let client = connect(&db).await;
+    ingest_on(&client, &[first.to_string()]).await;
+    let url = relay.url(&format!("access_token={}", admin_token()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/revive.mjs");
+    let node = tokio::task::spawn_blocking(move || {
+        Command::new("node").args(["--experimental-websocket", "--no-warnings", script, &url, "js", "1"]).output()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ingest_on(&client, &[second.to_string()]).await;
+    let output = node.await.expect("joined").expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "node failed: {stdout} {}", String::from_utf8_lossy(&output.stderr));
+    let result: Value = serde_json::from_str(stdout.trim()).expect("node prints JSON");
+    assert_eq!(result["snapshot"], json!([first]), "snapshot, revived and re-encoded");
+    assert_eq!(result["positions"], json!([second]), "live position, revived and re-encoded");
+    let types = &result["types"];
+    assert_eq!(types["live.attributes.11"], "bigint:18446744073709551615");
+    assert_eq!(types["live.attributes.12"], "bigint:-9223372036854775808");
+    assert_eq!(types["live.attributes.281"], "bytes:5030333030");
+    assert_eq!(types["live.attributes.282"], "bytes:");
+    assert_eq!(types["live.attributes.nested.list.0"], "bigint:123456789012345678901234567890");
+    assert_eq!(types["snapshot.attributes.nested.list.1"], "bytes:00ff");
+    relay.stop().await.expect("clean stop");
+}
