@@ -17,6 +17,7 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod error;
+pub mod live;
 pub mod metrics;
 pub mod sampler;
 pub mod stream;
