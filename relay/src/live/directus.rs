@@ -322,7 +322,7 @@ mod tests {
         let token = jwt(&json!({ "exp": 10.5 }));
         assert_eq!(jwt_expiry(&token), Some(UNIX_EPOCH + Duration::from_millis(10_500)));
         let mut parts: Vec<String> = jwt(&json!({ "exp": 7 })).split('.').map(str::to_owned).collect();
-        while parts[1].len() % 4 != 0 {
+        while !parts[1].len().is_multiple_of(4) {
             parts[1].push('=');
         }
         assert_eq!(jwt_expiry(&parts.join(".")), Some(UNIX_EPOCH + Duration::from_secs(7)));
