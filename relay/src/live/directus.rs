@@ -103,6 +103,12 @@ impl DirectusAuth {
     /// Asks Directus whose `token` this is (`GET /users/me?fields=id,role` and `GET /policies/me/globals`
     /// with it as a Bearer token), or answers from the cache.
     pub async fn verify(&self, token: &str) -> Result<Verified, DirectusError> {
+        // Without a token Directus answers as the public role; a token no header can carry never reaches it.
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(DirectusError::Rejected(
+                "the token is empty or has characters other than visible ASCII".into(),
+            ));
+        }
         let key = cache_key(token);
         if let Some(hit) = self.lock_cache().get(&key, Instant::now()) {
             return Ok(hit);
@@ -442,6 +448,79 @@ mod tests {
         assert!(DirectusAuth::new("https://auth.example", s, s, 10).unwrap_err().contains("only http://"));
         assert!(DirectusAuth::new("not a url", s, s, 10).unwrap_err().contains("not a url"));
         assert!(DirectusAuth::new("http://127.0.0.1:8055", Duration::ZERO, s, 10).unwrap_err().contains("timeout"));
+    }
+
+    /// A stand-in Directus answering every request with `status` and `body`; returns its URL.
+    async fn canned(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    async fn verify_against(status: &'static str, body: &'static str) -> Result<Verified, DirectusError> {
+        let s = Duration::from_secs(2);
+        DirectusAuth::new(&canned(status, body).await, s, s, 10).unwrap().verify("secret-token-value").await
+    }
+
+    #[tokio::test]
+    async fn answers_401_and_403_are_rejected_with_directus_code() {
+        let body = r#"{"errors":[{"message":"Token expired.","extensions":{"code":"TOKEN_EXPIRED"}}]}"#;
+        for status in ["401 Unauthorized", "403 Forbidden"] {
+            match verify_against(status, body).await {
+                Err(DirectusError::Rejected(m)) => {
+                    assert!(m.contains(&status[..3]) && m.contains("TOKEN_EXPIRED"), "{m}");
+                    assert!(!m.contains("secret-token-value"), "{m}");
+                }
+                other => panic!("{status}: expected Rejected, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn other_answers_are_unavailable() {
+        for (status, body) in [
+            ("502 Bad Gateway", "<html>bad gateway</html>"),
+            ("500 Internal Server Error", r#"{"errors":[{"message":"boom"}]}"#),
+            ("429 Too Many Requests", "{}"),
+            ("200 OK", "not json"),
+            ("200 OK", r#"{"data":{"role":"r"}}"#),
+            ("200 OK", r#"{"data":null}"#),
+        ] {
+            match verify_against(status, body).await {
+                Err(DirectusError::Unavailable(m)) => assert!(!m.contains("secret-token-value"), "{m}"),
+                other => panic!("{status} {body}: expected Unavailable, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_or_unprintable_tokens_are_rejected_without_asking() {
+        // Nothing listens at this URL's port 9 (discard): asking would give Unavailable, not Rejected.
+        let s = Duration::from_secs(1);
+        let auth = DirectusAuth::new("http://127.0.0.1:9", s, s, 10).unwrap();
+        for token in ["", "two words", "line\nbreak", "tab\t", "caf\u{e9}"] {
+            assert!(matches!(auth.verify(token).await, Err(DirectusError::Rejected(_))), "{token:?}");
+        }
     }
 
     #[tokio::test]
