@@ -163,13 +163,16 @@ impl DirectusAuth {
 /// Directus's reply envelope: `{"data": ...}`.
 #[derive(Deserialize)]
 struct Data<T> {
+    /// The payload.
     data: T,
 }
 
 /// `GET /users/me?fields=id,role`. `role` is absent when the user may not read it, null without a role.
 #[derive(Deserialize)]
 struct Me {
+    /// The user's id.
     id: String,
+    /// The user's role id.
     #[serde(default)]
     role: Option<String>,
 }
@@ -177,8 +180,10 @@ struct Me {
 /// `GET /policies/me/globals`: the access the user's policies give (Directus 11). A missing flag is false.
 #[derive(Deserialize)]
 struct Globals {
+    /// May use the Data Studio app.
     #[serde(default)]
     app_access: bool,
+    /// Is an administrator (every permission).
     #[serde(default)]
     admin_access: bool,
 }
@@ -237,14 +242,19 @@ pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
 
 /// The accepted tokens, bounded in count and in age. Times are passed in so tests need no sleeping.
 struct Cache {
+    /// The longest an entry is served.
     ttl: Duration,
+    /// The most entries held; 0: nothing is cached.
     capacity: usize,
+    /// By SHA-256 of the token.
     entries: HashMap<[u8; 32], Entry>,
 }
 
 /// One accepted token.
 struct Entry {
+    /// What [`Verified::claims`] gives.
     claims: Value,
+    /// What [`Verified::expires_at`] gives.
     expires_at: Option<SystemTime>,
     /// When it was stored: the oldest goes first when the cache is full.
     stored: Instant,
@@ -511,6 +521,17 @@ mod tests {
                 other => panic!("{status} {body}: expected Unavailable, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn verify_future_is_send() {
+        // The WebSocket server calls `verify` from spawned tasks: no lock may be held across an await.
+        fn assert_send<T: Send>(_: &T) {}
+        let s = Duration::from_secs(1);
+        let auth = DirectusAuth::new("http://127.0.0.1:9", s, s, 10).unwrap();
+        assert_send(&auth.verify("token"));
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<DirectusAuth>();
     }
 
     #[tokio::test]
