@@ -16,6 +16,7 @@ pub fn server() -> String {
     std::env::var("TRACKWAY_TEST_PG").unwrap_or_else(|_| "host=localhost user=postgres".to_owned())
 }
 
+pub mod directus;
 pub mod live;
 pub mod relay;
 pub mod servers;

@@ -1,40 +1,558 @@
-//! Token checks by Directus (`TRACKWAY_AUTH=directus`). PLACEHOLDER until the Directus client lands:
-//! every token is refused as `Unavailable`, so nobody is let in by mistake.
+//! Verifies a client's token by asking Directus (the auth server of the product's users) who it
+//! belongs to, for the relay's `directus` auth mode: the token may be a Directus access token (a JWT)
+//! or a user's static token, and Directus itself decides whether it is valid right now (revoked, expired,
+//! user suspended). The answer comes back as claims of the same shape as Directus's own JWT claims
+//! (`id`, `role`, `app_access`, `admin_access`, `iss`), so one SQL authorize function serves both the
+//! `jwt` mode (claims read from a verified JWT) and this one.
+//!
+//! Answers are cached for a short time, keyed by a SHA-256 of the token: the raw token is never stored
+//! nor logged. Anything but a clear yes or a clear no from Directus (connection refused, timeout, 5xx,
+//! a reply that does not parse) is [`DirectusError::Unavailable`]: never let in.
+//!
+//! Known limitation: plain `http://` only (reqwest is built without TLS); Directus is expected on the
+//! same host or a private network.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use reqwest::{header::AUTHORIZATION, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// A client of one Directus server that verifies tokens and caches the answers.
+pub struct DirectusAuth {
+    /// `http://host:port` without a trailing slash.
+    base: String,
+    /// HTTP client whose every request is bounded by the `timeout` given to [`DirectusAuth::new`].
+    http: reqwest::Client,
+    /// Tokens Directus accepted, by SHA-256 of the token.
+    cache: Mutex<Cache>,
+}
 
 /// A token Directus accepted.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
-    /// Claims in the shape of Directus's JWT claims.
-    pub claims: serde_json::Value,
-    /// When the token expires (JWTs), `None` for static tokens.
+    /// `{"id", "role", "app_access", "admin_access", "iss": "directus"}`, like Directus's JWT claims.
+    pub claims: Value,
+    /// When the token stops being valid: the `exp` claim of a JWT; `None` for a static token.
     pub expires_at: Option<SystemTime>,
-    /// Served from the cache.
+    /// True when this answer came from the cache rather than from Directus just now.
     pub cached: bool,
 }
 
 /// Why a token was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectusError {
-    /// Directus refused the token.
-    #[error("{0}")]
+    /// Directus answered that the token is not valid (401 or 403); the message says what it answered.
+    #[error("Directus rejected the token: {0}")]
     Rejected(String),
-    /// Directus could not be asked.
-    #[error("{0}")]
+    /// No clear answer from Directus (unreachable, timeout, 5xx, unparseable reply): do not let in.
+    #[error("Directus is unavailable: {0}")]
     Unavailable(String),
 }
 
-/// Asks Directus about tokens.
-pub struct DirectusAuth;
+impl std::fmt::Debug for DirectusAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectusAuth").field("base", &self.base).finish_non_exhaustive()
+    }
+}
 
 impl DirectusAuth {
-    /// A client for `base_url`.
-    pub fn new(_base_url: &str, _timeout: Duration, _ttl: Duration, _capacity: usize) -> Result<DirectusAuth, String> {
-        Ok(DirectusAuth)
+    /// A verifier for the Directus at `base_url` (`http://host:port`, optionally with a path prefix).
+    /// Each request to Directus gives up after `timeout`; an accepted token is served from the cache for
+    /// at most `cache_ttl` (and never past its own expiry); the cache holds at most `cache_capacity`
+    /// tokens (0 turns it off). Errors name the bad argument.
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        cache_ttl: Duration,
+        cache_capacity: usize,
+    ) -> Result<DirectusAuth, String> {
+        let url = reqwest::Url::parse(base_url).map_err(|e| format!("Directus URL {base_url:?}: {e}"))?;
+        if url.scheme() != "http" {
+            return Err(format!(
+                "Directus URL {base_url:?}: only http:// is supported (the relay is built without TLS)"
+            ));
+        }
+        if url.host_str().is_none() {
+            return Err(format!("Directus URL {base_url:?}: no host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("Directus URL {base_url:?}: must not have a query or fragment"));
+        }
+        if timeout.is_zero() {
+            return Err("Directus timeout must be more than zero".to_owned());
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| format!("Directus HTTP client: {e}"))?;
+        Ok(DirectusAuth {
+            base: url.as_str().trim_end_matches('/').to_owned(),
+            http,
+            cache: Mutex::new(Cache::new(cache_ttl, cache_capacity)),
+        })
     }
 
-    /// Checks a token.
-    pub async fn verify(&self, _token: &str) -> Result<Verified, DirectusError> {
-        Err(DirectusError::Unavailable("not built yet".into()))
+    /// Asks Directus whose `token` this is (`GET /users/me?fields=id,role` and `GET /policies/me/globals`
+    /// with it as a Bearer token), or answers from the cache.
+    pub async fn verify(&self, token: &str) -> Result<Verified, DirectusError> {
+        // Without a token Directus answers as the public role; a token no header can carry never reaches it.
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(DirectusError::Rejected(
+                "the token is empty or has characters other than visible ASCII".into(),
+            ));
+        }
+        let key = cache_key(token);
+        if let Some(hit) = self.lock_cache().get(&key, Instant::now()) {
+            return Ok(hit);
+        }
+        let (me, globals) = tokio::join!(
+            self.get::<Me>(token, "/users/me?fields=id,role"),
+            self.get::<Globals>(token, "/policies/me/globals")
+        );
+        let (me, globals) = (me?, globals?);
+        let claims = json!({
+            "id": me.id,
+            "role": me.role,
+            "app_access": globals.app_access,
+            "admin_access": globals.admin_access,
+            "iss": "directus",
+        });
+        let expires_at = jwt_expiry(token);
+        self.lock_cache().insert(key, &claims, expires_at, Instant::now(), SystemTime::now());
+        Ok(Verified { claims, expires_at, cached: false })
+    }
+
+    /// One GET to Directus with `token`, its `data` member parsed as `T`.
+    async fn get<T: for<'de> Deserialize<'de>>(&self, token: &str, path: &str) -> Result<T, DirectusError> {
+        let endpoint = path.split('?').next().unwrap_or(path);
+        let unavailable = |what: String| DirectusError::Unavailable(format!("GET {endpoint}: {what}"));
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .send()
+            .await
+            .map_err(|e| unavailable(describe(&e)))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| unavailable(describe(&e)))?;
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(DirectusError::Rejected(format!("GET {endpoint} answered {status}{}", error_detail(&body))));
+        }
+        if !status.is_success() {
+            return Err(unavailable(format!("answered {status}{}", error_detail(&body))));
+        }
+        serde_json::from_slice::<Data<T>>(&body)
+            .map(|d| d.data)
+            .map_err(|e| unavailable(format!("reply does not parse ({e})")))
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // A panic while holding the lock cannot leave the map inconsistent for our use: carry on.
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Directus's reply envelope: `{"data": ...}`.
+#[derive(Deserialize)]
+struct Data<T> {
+    /// The payload.
+    data: T,
+}
+
+/// `GET /users/me?fields=id,role`. `role` is absent when the user may not read it, null without a role.
+#[derive(Deserialize)]
+struct Me {
+    /// The user's id.
+    id: String,
+    /// The user's role id.
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// `GET /policies/me/globals`: the access the user's policies give (Directus 11). A missing flag is false.
+#[derive(Deserialize)]
+struct Globals {
+    /// May use the Data Studio app.
+    #[serde(default)]
+    app_access: bool,
+    /// Is an administrator (every permission).
+    #[serde(default)]
+    admin_access: bool,
+}
+
+/// ` (CODE: message)` from Directus's `{"errors":[{"message", "extensions":{"code"}}]}`, or empty.
+fn error_detail(body: &[u8]) -> String {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else { return String::new() };
+    let first = &value["errors"][0];
+    match (first["extensions"]["code"].as_str(), first["message"].as_str()) {
+        (Some(code), Some(message)) => format!(" ({code}: {message})"),
+        (Some(text), None) | (None, Some(text)) => format!(" ({text})"),
+        (None, None) => String::new(),
+    }
+}
+
+/// What went wrong with a request, without the URL's query (no secret is in it, but keep it short).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut text = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        text.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    text
+}
+
+/// The cache key of a token: its SHA-256.
+fn cache_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The `exp` claim of a JWT, read without checking the signature (Directus checked it), or `None` when
+/// `token` is not a JWT with a numeric `exp` (a static token).
+pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = &claims["exp"];
+    let seconds = match exp.as_u64() {
+        Some(s) => Duration::from_secs(s),
+        None => Duration::try_from_secs_f64(exp.as_f64()?).ok()?,
+    };
+    UNIX_EPOCH.checked_add(seconds)
+}
+
+/// The accepted tokens, bounded in count and in age. Times are passed in so tests need no sleeping.
+struct Cache {
+    /// The longest an entry is served.
+    ttl: Duration,
+    /// The most entries held; 0: nothing is cached.
+    capacity: usize,
+    /// By SHA-256 of the token.
+    entries: HashMap<[u8; 32], Entry>,
+}
+
+/// One accepted token.
+struct Entry {
+    /// What [`Verified::claims`] gives.
+    claims: Value,
+    /// What [`Verified::expires_at`] gives.
+    expires_at: Option<SystemTime>,
+    /// When it was stored: the oldest goes first when the cache is full.
+    stored: Instant,
+    /// After this it is not served: min(stored + ttl, the token's expiry).
+    valid_until: Instant,
+}
+
+impl Cache {
+    fn new(ttl: Duration, capacity: usize) -> Cache {
+        Cache { ttl, capacity, entries: HashMap::new() }
+    }
+
+    /// The entry for `key` when still valid at `now`; an expired one is dropped.
+    fn get(&mut self, key: &[u8; 32], now: Instant) -> Option<Verified> {
+        let entry = self.entries.get(key)?;
+        if now >= entry.valid_until {
+            self.entries.remove(key);
+            return None;
+        }
+        Some(Verified { claims: entry.claims.clone(), expires_at: entry.expires_at, cached: true })
+    }
+
+    /// Stores an accepted token, unless it would not be valid for any time. When full, expired entries go
+    /// first, then the oldest.
+    fn insert(
+        &mut self,
+        key: [u8; 32],
+        claims: &Value,
+        expires_at: Option<SystemTime>,
+        now: Instant,
+        now_wall: SystemTime,
+    ) {
+        let mut lifetime = self.ttl;
+        if let Some(exp) = expires_at {
+            lifetime = lifetime.min(exp.duration_since(now_wall).unwrap_or(Duration::ZERO));
+        }
+        if self.capacity == 0 || lifetime.is_zero() {
+            return;
+        }
+        let Some(valid_until) = now.checked_add(lifetime) else { return };
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+            self.entries.retain(|_, e| e.valid_until > now);
+            while self.entries.len() >= self.capacity {
+                let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.stored).map(|(k, _)| *k) else {
+                    break;
+                };
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(key, Entry { claims: claims.clone(), expires_at, stored: now, valid_until });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &Value) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(payload.to_string());
+        format!("{header}.{body}.c2lnbmF0dXJl")
+    }
+
+    fn claims(n: u32) -> Value {
+        json!({ "id": format!("user-{n}"), "role": null, "app_access": true, "admin_access": false })
+    }
+
+    #[test]
+    fn jwt_expiry_reads_exp() {
+        let token = jwt(&json!({ "id": "u", "exp": 1_796_123_506u64, "iss": "directus" }));
+        assert_eq!(jwt_expiry(&token), Some(UNIX_EPOCH + Duration::from_secs(1_796_123_506)));
+    }
+
+    #[test]
+    fn jwt_expiry_accepts_fractional_and_padded() {
+        let token = jwt(&json!({ "exp": 10.5 }));
+        assert_eq!(jwt_expiry(&token), Some(UNIX_EPOCH + Duration::from_millis(10_500)));
+        let mut parts: Vec<String> = jwt(&json!({ "exp": 7 })).split('.').map(str::to_owned).collect();
+        while !parts[1].len().is_multiple_of(4) {
+            parts[1].push('=');
+        }
+        assert_eq!(jwt_expiry(&parts.join(".")), Some(UNIX_EPOCH + Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn jwt_expiry_none_for_static_and_malformed_tokens() {
+        assert_eq!(jwt_expiry("kF3x-static-token_value"), None);
+        assert_eq!(jwt_expiry("a.b"), None);
+        assert_eq!(jwt_expiry("a.b.c.d"), None);
+        assert_eq!(jwt_expiry("x.!!!.y"), None);
+        assert_eq!(jwt_expiry(&jwt(&json!({ "id": "no exp" }))), None);
+        assert_eq!(jwt_expiry(&jwt(&json!({ "exp": "tomorrow" }))), None);
+        assert_eq!(jwt_expiry(&jwt(&json!({ "exp": -5 }))), None);
+        assert_eq!(jwt_expiry(&format!("e30.{}.s", URL_SAFE_NO_PAD.encode("not json"))), None);
+    }
+
+    #[test]
+    fn cache_key_is_sha256_not_the_token() {
+        let key = cache_key("abc");
+        // SHA-256("abc")
+        assert_eq!(key[..4], [0xba, 0x78, 0x16, 0xbf]);
+        assert_ne!(cache_key("abc"), cache_key("abd"));
+    }
+
+    #[test]
+    fn cache_serves_until_ttl() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut cache = Cache::new(Duration::from_secs(30), 10);
+        cache.insert(cache_key("t"), &claims(1), None, now, wall);
+        let hit = cache.get(&cache_key("t"), now + Duration::from_secs(29)).unwrap();
+        assert!(hit.cached);
+        assert_eq!(hit.claims, claims(1));
+        assert_eq!(hit.expires_at, None);
+        assert!(cache.get(&cache_key("other"), now).is_none());
+        assert!(cache.get(&cache_key("t"), now + Duration::from_secs(30)).is_none());
+        assert_eq!(cache.len(), 0, "an expired entry is dropped when looked up");
+    }
+
+    #[test]
+    fn cache_entry_never_outlives_token_expiry() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut cache = Cache::new(Duration::from_secs(300), 10);
+        let exp = wall + Duration::from_secs(5);
+        cache.insert(cache_key("jwt"), &claims(1), Some(exp), now, wall);
+        let hit = cache.get(&cache_key("jwt"), now + Duration::from_secs(4)).unwrap();
+        assert_eq!(hit.expires_at, Some(exp));
+        assert!(cache.get(&cache_key("jwt"), now + Duration::from_secs(5)).is_none());
+    }
+
+    #[test]
+    fn cache_skips_expired_tokens_and_zero_capacity_or_ttl() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut cache = Cache::new(Duration::from_secs(300), 10);
+        cache.insert(cache_key("old"), &claims(1), Some(wall - Duration::from_secs(1)), now, wall);
+        assert_eq!(cache.len(), 0);
+        let mut off = Cache::new(Duration::from_secs(300), 0);
+        off.insert(cache_key("t"), &claims(1), None, now, wall);
+        assert_eq!(off.len(), 0);
+        let mut no_ttl = Cache::new(Duration::ZERO, 10);
+        no_ttl.insert(cache_key("t"), &claims(1), None, now, wall);
+        assert_eq!(no_ttl.len(), 0);
+    }
+
+    #[test]
+    fn cache_full_evicts_expired_first_then_oldest() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let s = Duration::from_secs;
+        let mut cache = Cache::new(s(100), 3);
+        // "short" expires at now+10 through its token expiry, though it is the newest of the three.
+        cache.insert(cache_key("a"), &claims(1), None, now, wall);
+        cache.insert(cache_key("b"), &claims(2), None, now + s(1), wall);
+        cache.insert(cache_key("short"), &claims(3), Some(wall + s(12)), now + s(2), wall + s(2));
+        assert_eq!(cache.len(), 3);
+
+        // Full at now+20: "short" has expired and goes, the older "a" and "b" stay.
+        cache.insert(cache_key("d"), &claims(4), None, now + s(20), wall + s(20));
+        assert_eq!(cache.len(), 3);
+        let at = now + s(21);
+        assert!(cache.get(&cache_key("short"), at).is_none());
+        assert!(cache.get(&cache_key("a"), at).is_some());
+        assert!(cache.get(&cache_key("b"), at).is_some());
+
+        // Full again, nothing expired: the oldest ("a") goes.
+        cache.insert(cache_key("e"), &claims(5), None, now + s(22), wall + s(22));
+        assert_eq!(cache.len(), 3);
+        let at = now + s(23);
+        assert!(cache.get(&cache_key("a"), at).is_none());
+        for kept in ["b", "d", "e"] {
+            assert!(cache.get(&cache_key(kept), at).is_some(), "{kept} kept");
+        }
+    }
+
+    #[test]
+    fn cache_replacing_a_key_does_not_evict() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut cache = Cache::new(Duration::from_secs(100), 2);
+        cache.insert(cache_key("a"), &claims(1), None, now, wall);
+        cache.insert(cache_key("b"), &claims(2), None, now, wall);
+        cache.insert(cache_key("a"), &claims(3), None, now, wall);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(&cache_key("a"), now).unwrap().claims, claims(3));
+        assert!(cache.get(&cache_key("b"), now).is_some());
+    }
+
+    #[test]
+    fn error_detail_reads_directus_errors() {
+        let body = br#"{"errors":[{"message":"Token expired.","extensions":{"code":"TOKEN_EXPIRED"}}]}"#;
+        assert_eq!(error_detail(body), " (TOKEN_EXPIRED: Token expired.)");
+        assert_eq!(error_detail(b"<html>bad gateway</html>"), "");
+    }
+
+    #[test]
+    fn new_checks_its_arguments() {
+        let s = Duration::from_secs(1);
+        assert!(DirectusAuth::new("http://127.0.0.1:8055/", s, s, 10).is_ok());
+        assert!(DirectusAuth::new("https://auth.example", s, s, 10).unwrap_err().contains("only http://"));
+        assert!(DirectusAuth::new("not a url", s, s, 10).unwrap_err().contains("not a url"));
+        assert!(DirectusAuth::new("http://127.0.0.1:8055", Duration::ZERO, s, 10).unwrap_err().contains("timeout"));
+    }
+
+    /// A stand-in Directus answering every request with `status` and `body`; returns its URL.
+    async fn canned(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    async fn verify_against(status: &'static str, body: &'static str) -> Result<Verified, DirectusError> {
+        let s = Duration::from_secs(2);
+        DirectusAuth::new(&canned(status, body).await, s, s, 10).unwrap().verify("secret-token-value").await
+    }
+
+    #[tokio::test]
+    async fn answers_401_and_403_are_rejected_with_directus_code() {
+        let body = r#"{"errors":[{"message":"Token expired.","extensions":{"code":"TOKEN_EXPIRED"}}]}"#;
+        for status in ["401 Unauthorized", "403 Forbidden"] {
+            match verify_against(status, body).await {
+                Err(DirectusError::Rejected(m)) => {
+                    assert!(m.contains(&status[..3]) && m.contains("TOKEN_EXPIRED"), "{m}");
+                    assert!(!m.contains("secret-token-value"), "{m}");
+                }
+                other => panic!("{status}: expected Rejected, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn other_answers_are_unavailable() {
+        for (status, body) in [
+            ("502 Bad Gateway", "<html>bad gateway</html>"),
+            ("500 Internal Server Error", r#"{"errors":[{"message":"boom"}]}"#),
+            ("429 Too Many Requests", "{}"),
+            ("200 OK", "not json"),
+            ("200 OK", r#"{"data":{"role":"r"}}"#),
+            ("200 OK", r#"{"data":null}"#),
+        ] {
+            match verify_against(status, body).await {
+                Err(DirectusError::Unavailable(m)) => assert!(!m.contains("secret-token-value"), "{m}"),
+                other => panic!("{status} {body}: expected Unavailable, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn verify_future_is_send() {
+        // The WebSocket server calls `verify` from spawned tasks: no lock may be held across an await.
+        fn assert_send<T: Send>(_: &T) {}
+        let s = Duration::from_secs(1);
+        let auth = DirectusAuth::new("http://127.0.0.1:9", s, s, 10).unwrap();
+        assert_send(&auth.verify("token"));
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<DirectusAuth>();
+    }
+
+    #[tokio::test]
+    async fn empty_or_unprintable_tokens_are_rejected_without_asking() {
+        // Nothing listens at this URL's port 9 (discard): asking would give Unavailable, not Rejected.
+        let s = Duration::from_secs(1);
+        let auth = DirectusAuth::new("http://127.0.0.1:9", s, s, 10).unwrap();
+        for token in ["", "two words", "line\nbreak", "tab\t", "caf\u{e9}"] {
+            assert!(matches!(auth.verify(token).await, Err(DirectusError::Rejected(_))), "{token:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_directus_is_unavailable() {
+        // Bind then drop a listener: nothing listens on that port now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let auth =
+            DirectusAuth::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(2), Duration::from_secs(60), 10)
+                .unwrap();
+        let err = auth.verify("some-token").await.unwrap_err();
+        assert!(matches!(err, DirectusError::Unavailable(_)), "{err:?}");
+        assert!(!err.to_string().contains("some-token"), "{err}");
     }
 }
