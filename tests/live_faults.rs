@@ -14,10 +14,8 @@ use trackway_tests::{
 };
 
 async fn ingest_on(client: &tokio_postgres::Client, payloads: &[String]) {
-    let rows = client
-        .query("SELECT status FROM trackway.ingest_batch($1::text[])", &[&payloads])
-        .await
-        .expect("ingest_batch");
+    let rows =
+        client.query("SELECT status FROM trackway.ingest_batch($1::text[])", &[&payloads]).await.expect("ingest_batch");
     assert!(rows.iter().all(|r| r.get::<_, String>(0) == "inserted"));
 }
 
@@ -31,7 +29,10 @@ async fn a_client_that_never_reads_delays_no_one_and_is_closed() {
     let db = fresh_database("live_slow").await;
     let admin = connect(&db).await;
     for d in 0..40 {
-        admin.execute("INSERT INTO trackway.device_groups VALUES ('all', $1)", &[&format!("s{d}")]).await.expect("group");
+        admin
+            .execute("INSERT INTO trackway.device_groups VALUES ('all', $1)", &[&format!("s{d}")])
+            .await
+            .expect("group");
     }
     let flags = live_flags(&db, &unique("live_slow"), &["--live-queue", "1000000", "--live-send-timeout-ms", "1000"]);
     let relay = LiveRelay::start(&flags).await;
@@ -51,7 +52,10 @@ async fn a_client_that_never_reads_delays_no_one_and_is_closed() {
     // About 10 MB of positions: far more than the stalled client's socket buffers hold.
     let mut want = HashSet::new();
     for round in 0..25u32 {
-        let batch: Vec<String> = (0..40).flat_map(|d| (0..25).map(move |i| (d, round * 25 + i))).map(|(d, n)| payload(&format!("s{d}"), n)).collect();
+        let batch: Vec<String> = (0..40)
+            .flat_map(|d| (0..25).map(move |i| (d, round * 25 + i)))
+            .map(|(d, n)| payload(&format!("s{d}"), n))
+            .collect();
         want.extend(batch.iter().map(|p| key_of(p)));
         ingest_on(&admin, &batch).await;
     }
