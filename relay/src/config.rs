@@ -150,7 +150,7 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_LIVE_QUEUE", default_value = "1024")]
     pub live_queue: String,
 
-    /// A client whose connection accepts no data for this many milliseconds is closed (100–600000).
+    /// A client whose connection accepts no data for this many milliseconds is dropped (100–600000).
     #[arg(long, env = "TRACKWAY_LIVE_SEND_TIMEOUT_MS", default_value = "10000")]
     pub live_send_timeout_ms: String,
 

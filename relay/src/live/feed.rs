@@ -57,7 +57,7 @@ const SNAPSHOT_GROUPS: &str = "\
     WHERE g.group_id = ANY($1::text[]) ORDER BY g.group_id, l.device_id";
 /// Rows of one target after a cursor (a group as its membership stands now).
 const REPLAY: &str = "\
-    SELECT s.cursor, s.device_id, s.position::text \
+    SELECT s.cursor, s.device_id, s.position::text, (extract(epoch FROM s.ts) * 1000000)::bigint \
     FROM trackway.positions_since($1, \
            CASE WHEN $2::text = 'device' THEN ARRAY[$3::text] \
                 ELSE ARRAY(SELECT d.device_id FROM trackway.device_groups d WHERE d.group_id = $3::text) END, \
@@ -181,7 +181,7 @@ impl Feed {
                     Ok(c) => connection = Some(c),
                     Err(e) => {
                         self.fail(&format!("cannot connect: {e}"));
-                        if !backoff.wait(&shutdown).await {
+                        if !self.wait_down(&mut backoff, &shutdown).await {
                             return;
                         }
                         continue;
@@ -197,7 +197,7 @@ impl Feed {
                     Err(e) => {
                         self.fail(&e.to_string());
                         connection = None;
-                        if !backoff.wait(&shutdown).await {
+                        if !self.wait_down(&mut backoff, &shutdown).await {
                             return;
                         }
                         continue;
@@ -231,6 +231,28 @@ impl Feed {
                 }
                 () = self.wake.rung() => return true,
                 () = &mut tick => return true,
+            }
+        }
+    }
+
+    /// Waits out a backoff delay while the database is unreachable, still taking commands: leaves and
+    /// unsubscribes apply, subscriptions are refused at once (`unavailable`) rather than left waiting.
+    /// `false` at shutdown.
+    async fn wait_down(&mut self, backoff: &mut Backoff, shutdown: &CancellationToken) -> bool {
+        let retry = tokio::time::sleep(backoff.next_delay());
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return false,
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return false };
+                    self.apply(command);
+                    if !self.pending.is_empty() {
+                        self.fail("still unavailable");
+                    }
+                }
+                () = &mut retry => return true,
             }
         }
     }
@@ -347,7 +369,7 @@ impl Feed {
                     continue;
                 }
                 let item = protocol::position_item(&cursor, &position);
-                routed.push(Routed { delivery: Arc::new(Delivery { device, item, noticed }), groups });
+                routed.push(Routed { delivery: Arc::new(Delivery { device, item, ts, noticed }), groups });
             }
             total += routed.len() as u64;
             let pushed = self.router.route(&routed);
@@ -386,16 +408,16 @@ impl Feed {
         pending: Vec<Pending>,
     ) -> Result<(), (Vec<Pending>, tokio_postgres::Error)> {
         let cursor = self.cursor.clone().unwrap_or_default();
-        let (mut snapshots, mut replays): (Vec<Pending>, Vec<Pending>) =
+        let (mut snapshots, replays): (Vec<Pending>, Vec<Pending>) =
             pending.into_iter().filter(|p| p.outbox.closed().is_none()).partition(|p| p.since.is_none());
         if let Err(e) = self.serve_snapshots(client, conn, &cursor, &mut snapshots).await {
             snapshots.extend(replays);
             return Err((snapshots, e));
         }
-        while let Some(p) = replays.pop() {
+        let mut replays = replays.into_iter();
+        while let Some(p) = replays.next() {
             if let Err((p, e)) = self.serve_replay(client, conn, p).await {
-                replays.push(p);
-                return Err((replays, e));
+                return Err((std::iter::once(p).chain(replays).collect(), e));
             }
         }
         Ok(())
@@ -468,14 +490,20 @@ impl Feed {
         }
         let noticed = Instant::now();
         let mut replay = Vec::with_capacity(rows.len());
+        // positions_since may return a row twice; a replay sends each once.
+        let mut seen = HashSet::with_capacity(rows.len());
         for row in &rows {
             let parts = (row.try_get::<_, String>(0), row.try_get::<_, String>(1), row.try_get::<_, String>(2));
-            let (cursor, device, position) = match parts {
-                (Ok(c), Ok(d), Ok(p)) => (c, d, p),
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err((p, e)),
+            let (cursor, device, position, ts) = match (parts, row.try_get::<_, i64>(3)) {
+                ((Ok(c), Ok(d), Ok(p)), Ok(ts)) => (c, d, p, ts),
+                ((Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)), _) | (_, Err(e)) => return Err((p, e)),
             };
+            if !seen.insert((device.clone(), ts)) {
+                self.metrics.repeats_skipped.inc();
+                continue;
+            }
             let item = protocol::position_item(&cursor, &position);
-            replay.push(Arc::new(Delivery { device: device.into(), item, noticed }));
+            replay.push(Arc::new(Delivery { device: device.into(), item, ts, noticed }));
         }
         self.metrics.replayed.with_label_values(&["resume"]).inc_by(replay.len() as u64);
         let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &since, replay.len());

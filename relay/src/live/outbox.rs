@@ -11,7 +11,7 @@
 //!   queued whatever the capacity (at most `TRACKWAY_LIVE_MAX_REPLAY` per request) and never coalesced.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
 };
@@ -24,7 +24,7 @@ use super::protocol::{self, CloseCode};
 pub const MAX_PENDING_ANSWERS: usize = 64;
 /// Most positions in one `positions` frame.
 const MAX_FRAME_ITEMS: usize = 512;
-/// Rough byte budget of one `positions` frame (one position larger than it still goes alone).
+/// Rough byte budget of one `positions` frame (the frame that crosses it is sent as it is).
 const MAX_FRAME_BYTES: usize = 256 * 1024;
 
 /// One position on its way to clients; shared by every outbox it goes to.
@@ -34,6 +34,9 @@ pub struct Delivery {
     pub device: Arc<str>,
     /// `{"cursor":…,"position":…}` — the frame element, encoded once for every client.
     pub item: String,
+    /// The position's time (µs since 1970): coalescing keeps the latest, not the last inserted (a late
+    /// record must not replace the newest position of its device).
+    pub ts: i64,
     /// When the relay learnt of the commit that made it (the notification, or the read when none came):
     /// the start of the commit→send lag.
     pub noticed: Instant,
@@ -130,7 +133,11 @@ impl Outbox {
         let keeping_up = state.live == 0;
         for delivery in deliveries {
             if state.live >= self.capacity && !keeping_up {
-                pushed.coalesced += coalesce(&mut state, &delivery.device);
+                let (coalesced, queue_it) = coalesce(&mut state, delivery);
+                pushed.coalesced += coalesced;
+                if !queue_it {
+                    continue;
+                }
                 if state.live >= self.capacity {
                     pushed.dropped += (state.live + deliveries.len()) as u64 - pushed.queued;
                     close_locked(&mut state, CloseCode::TooSlow);
@@ -267,23 +274,37 @@ impl Outbox {
     }
 }
 
-/// Keeps, of the queued live positions, only the newest of each device, and none of `incoming`'s device
-/// (a newer one of it is about to be queued); returns how many went.
-fn coalesce(state: &mut State, incoming: &Arc<str>) -> u64 {
-    let mut seen: HashSet<Arc<str>> = HashSet::from([incoming.clone()]);
-    let before = state.slots.len();
-    // Walk from the newest: the first position met for a device is the one kept.
-    let mut kept: VecDeque<Slot> = VecDeque::with_capacity(before);
-    while let Some(slot) = state.slots.pop_back() {
-        match slot {
-            Slot::Live(d) if !seen.insert(d.device.clone()) => {}
-            other => kept.push_front(other),
+/// Keeps, of the queued live positions, only the latest (greatest time) of each device, `incoming`
+/// included: returns how many queued positions went, and whether `incoming` is to be queued (not when a
+/// queued one of its device is later — then `incoming`, a late record, is the one coalesced away).
+fn coalesce(state: &mut State, incoming: &Delivery) -> (u64, bool) {
+    // Per device, the slot to keep: greatest time, the last queued among equals.
+    let mut best: HashMap<Arc<str>, (i64, usize)> = HashMap::new();
+    for (i, slot) in state.slots.iter().enumerate() {
+        if let Slot::Live(d) = slot {
+            let entry = best.entry(d.device.clone()).or_insert((d.ts, i));
+            if d.ts >= entry.0 {
+                *entry = (d.ts, i);
+            }
         }
     }
-    state.slots = kept;
+    let queue_incoming = best.get(&incoming.device).is_none_or(|&(ts, _)| incoming.ts >= ts);
+    if queue_incoming {
+        best.remove(&incoming.device);
+    }
+    let before = state.slots.len();
+    let mut i = 0;
+    state.slots.retain(|slot| {
+        let keep = match slot {
+            Slot::Live(d) => best.get(&d.device).is_some_and(|&(_, at)| at == i),
+            _ => true,
+        };
+        i += 1;
+        keep
+    });
     let removed = before - state.slots.len();
     state.live -= removed;
-    removed as u64
+    (removed as u64 + u64::from(!queue_incoming), queue_incoming)
 }
 
 fn close_locked(state: &mut State, code: CloseCode) {
@@ -300,7 +321,13 @@ mod tests {
     use super::*;
 
     fn delivery(device: &str, n: u32) -> Arc<Delivery> {
-        Arc::new(Delivery { device: device.into(), item: format!("{{\"n\":{n}}}"), noticed: Instant::now() })
+        // Times follow the numbers, so a smaller number is an older position.
+        Arc::new(Delivery {
+            device: device.into(),
+            item: format!("{{\"n\":{n}}}"),
+            ts: i64::from(n),
+            noticed: Instant::now(),
+        })
     }
 
     fn texts(outbox: &Outbox) -> Vec<String> {
@@ -340,6 +367,16 @@ mod tests {
         assert_eq!(next, Pushed { queued: 1, coalesced: 3, dropped: 0 });
         // a1 and a3 went (a4 is newer), b2 went (b5 replaces it).
         assert_eq!(texts(&outbox), vec![r#"{"type":"positions","positions":[{"n":4},{"n":5}]}"#.to_owned()]);
+    }
+
+    #[test]
+    fn a_late_record_never_replaces_the_latest_position_of_its_device() {
+        let outbox = Outbox::new(2);
+        outbox.push_live(&[delivery("a", 5), delivery("b", 6), delivery("a", 7)]);
+        // a3 is older than the queued a7: it is the one coalesced away; a5 goes too.
+        let pushed = outbox.push_live(&[delivery("a", 3)]);
+        assert_eq!(pushed, Pushed { queued: 0, coalesced: 2, dropped: 0 });
+        assert_eq!(texts(&outbox), vec![r#"{"type":"positions","positions":[{"n":6},{"n":7}]}"#.to_owned()]);
     }
 
     #[test]

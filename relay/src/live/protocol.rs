@@ -324,21 +324,20 @@ pub enum CloseCode {
     Unsupported,
     /// 1007: a text frame that is not UTF-8.
     InvalidData,
-    /// 1008: something other than `auth` before authenticating.
-    Policy,
+    /// 1002: the client broke the WebSocket protocol (bad framing, unmasked frames…).
+    Protocol,
     /// 1009: a message larger than the limit.
     TooBig,
-    /// 1011: the server failed.
-    Internal,
     /// 4001: no valid token (missing, malformed, bad signature, wrong issuer, expired, refused by Directus,
-    /// or none within the authentication deadline).
+    /// none within the authentication deadline, or another message before `auth`).
     Unauthorized,
     /// 4003: the token expired (or Directus stopped accepting it) and was not renewed.
     TokenExpired,
     /// 4004: the authentication service (Directus) could not be asked; try again later.
     AuthUnavailable,
-    /// 4008: the client reads too slowly (its queue overflowed with distinct devices, or its socket accepted
-    /// nothing for the send timeout).
+    /// 4008: the client reads too slowly (it was still behind on more distinct devices than its queue
+    /// holds). A client whose socket accepts nothing for the send timeout cannot be sent a close frame: its
+    /// connection is dropped (the client sees 1006); both count as `too_slow`.
     TooSlow,
     /// 4009: nothing heard from the client (not even a pong) for two ping intervals.
     Silent,
@@ -351,9 +350,8 @@ impl CloseCode {
             CloseCode::GoingAway => 1001,
             CloseCode::Unsupported => 1003,
             CloseCode::InvalidData => 1007,
-            CloseCode::Policy => 1008,
+            CloseCode::Protocol => 1002,
             CloseCode::TooBig => 1009,
-            CloseCode::Internal => 1011,
             CloseCode::Unauthorized => 4001,
             CloseCode::TokenExpired => 4003,
             CloseCode::AuthUnavailable => 4004,
@@ -368,9 +366,8 @@ impl CloseCode {
             CloseCode::GoingAway => "shutdown",
             CloseCode::Unsupported => "binary",
             CloseCode::InvalidData => "invalid_utf8",
-            CloseCode::Policy => "policy",
+            CloseCode::Protocol => "protocol",
             CloseCode::TooBig => "too_big",
-            CloseCode::Internal => "internal",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::TokenExpired => "token_expired",
             CloseCode::AuthUnavailable => "auth_unavailable",

@@ -143,7 +143,12 @@ mod tests {
 
     fn row(device: &str, groups: &[&str], n: u32) -> Routed {
         Routed {
-            delivery: Arc::new(Delivery { device: device.into(), item: n.to_string(), noticed: Instant::now() }),
+            delivery: Arc::new(Delivery {
+                device: device.into(),
+                item: n.to_string(),
+                ts: i64::from(n),
+                noticed: Instant::now(),
+            }),
             groups: groups.iter().map(|g| g.to_string()).collect(),
         }
     }

@@ -85,7 +85,9 @@ async fn upgrade(
             .into_response();
     };
     let accept = derive_accept_key(key.as_bytes());
-    let token = bearer(headers).or_else(|| query.get("access_token").cloned()).filter(|t| !t.is_empty());
+    let token = bearer(headers)
+        .filter(|t| !t.is_empty())
+        .or_else(|| query.get("access_token").cloned().filter(|t| !t.is_empty()));
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ServerState { shared, sessions, shutdown, .. } = state;
     sessions.spawn(async move {

@@ -161,13 +161,15 @@ impl Reader<'_> {
                         },
                         Some(Ok(Message::Binary(_))) => Some(CloseCode::Unsupported),
                         Some(Ok(Message::Close(_))) => {
+                            // tungstenite has queued the answering close frame; the next read sends it and
+                            // then reports the end.
                             metrics.closes.with_label_values(&["client"]).inc();
-                            None
+                            continue;
                         }
                         Some(Ok(_)) => continue, // ping, pong: `heard` is enough
                         Some(Err(tungstenite::Error::Capacity(_))) => Some(CloseCode::TooBig),
                         Some(Err(tungstenite::Error::Utf8(_))) => Some(CloseCode::InvalidData),
-                        Some(Err(tungstenite::Error::Protocol(_))) => Some(CloseCode::Policy),
+                        Some(Err(tungstenite::Error::Protocol(_))) => Some(CloseCode::Protocol),
                         Some(Err(_)) => {
                             metrics.closes.with_label_values(&["gone"]).inc();
                             None
@@ -278,7 +280,8 @@ impl Reader<'_> {
         self.accept(identity).await;
         let held: Vec<Target> = self.targets.iter().cloned().collect();
         for target in held {
-            if !matches!(self.authorized(&target).await, Ok(true)) {
+            // Only a "no" takes a subscription away; a database that cannot answer now changes nothing.
+            if matches!(self.authorized(&target).await, Ok(false)) {
                 self.targets.remove(&target);
                 let (client, outbox) = (self.client, self.outbox.clone());
                 self.send(Command::Unsubscribe { client, outbox, target, id: None, reason: "forbidden" }).await;
