@@ -156,3 +156,51 @@ async fn a_javascript_client_revives_64_bit_integers_and_byte_strings_exactly() 
     assert_eq!(types["snapshot.attributes.nested.list.1"], "bytes:00ff");
     relay.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_the_database_is_down_is_refused_at_once_and_works_after() {
+    let cluster = PgCluster::start();
+    let db = fresh_database_on(&cluster.server(), "live_down").await;
+    let mut flags = live_flags(&db, &unique("live_down"), &["--auth", "none"]);
+    let database_url = flags.iter().position(|f| f == "--database-url").expect("flag") + 1;
+    flags[database_url] = format!("{} dbname={db}", cluster.server());
+    let relay = LiveRelay::start(&flags).await;
+    let mut client = Client::connect(&relay.url(""), None).await;
+    assert_eq!(client.recv_type("authenticated").await["admin"], true, "auth none: everyone is admin");
+    cluster.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = tokio::time::Instant::now();
+    client.send(json!({"type": "subscribe", "device": "d", "id": 1})).await;
+    let error = client.recv_type("error").await;
+    assert_eq!((error["code"].as_str(), error["id"].as_i64()), (Some("unavailable"), Some(1)));
+    assert!(asked.elapsed() < Duration::from_secs(3), "refused after {:?}", asked.elapsed());
+    client.send(json!({"type": "ping"})).await;
+    client.recv_type("pong").await;
+    // Not ready (answers are cached for a second), and the warning about auth none is always there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, body) = trackway_tests::relay::http_get(relay.admin, "/readyz").await;
+        assert!(body.contains("TRACKWAY_AUTH=none"), "readyz warns about auth none: {body}");
+        if code == 503 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still ready with the database down: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        client.send(json!({"type": "subscribe", "device": "d"})).await;
+        let frame = client.recv().await;
+        if frame["type"] == "subscribed" {
+            break;
+        }
+        assert_eq!(frame["code"], "unavailable", "{frame}");
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed after the restart");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let writer = connect_to(&cluster.server(), &db).await;
+    ingest_on(&writer, &[payload("d", 1)]).await;
+    assert_eq!(client.positions(1, Duration::from_secs(5)).await.len(), 1);
+    relay.stop().await.expect("clean stop");
+}
