@@ -80,11 +80,13 @@ COMMENT ON FUNCTION trackway.current_cursor() IS
 -- snapshot saw them running (deduplicate by cursor or by (deviceId, timestamp)). Paging always reaches
 -- the end: a cursor can stand inside a transaction that is behind it (`x@seq`) and inside its range.
 -- A cursor returned for a device filter is a position in that filtered stream: resume with the same filter.
-CREATE FUNCTION trackway.positions_since(
+-- `_positions_since_text` gives each row's wire document as compact text (what the live relay sends
+-- on without parsing it again); `positions_since` is the public form with jsonb.
+CREATE FUNCTION trackway._positions_since_text(
     after text,
     device_ids text[] DEFAULT NULL,
     max_rows integer DEFAULT 1000
-) RETURNS TABLE (cursor text, device_id text, ts timestamptz, "position" jsonb)
+) RETURNS TABLE (cursor text, device_id text, ts timestamptz, "position" text)
 -- STABLE so that the rows and the cursors come from one snapshot (see _snapshot); PARALLEL UNSAFE like it.
 LANGUAGE sql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, trackway, pg_temp
@@ -115,10 +117,23 @@ AS $$
                                   coalesce(p.next_xid = p.ingest_xid, false), s.xmax, s.in_progress),
            p.device_id, p.ts,
            trackway._wire_text(p.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.angle, p.speed,
-                               p.satellites, p.priority, p.attributes::text)::jsonb
+                               p.satellites, p.priority, p.attributes::text)
     FROM page p, trackway._snapshot() AS s
     WHERE p.n <= max_rows
     ORDER BY p.ingest_xid, p.ingest_seq
+$$;
+CREATE FUNCTION trackway.positions_since(
+    after text,
+    device_ids text[] DEFAULT NULL,
+    max_rows integer DEFAULT 1000
+) RETURNS TABLE (cursor text, device_id text, ts timestamptz, "position" jsonb)
+LANGUAGE sql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, trackway, pg_temp
+AS $$
+    SELECT t.cursor, t.device_id, t.ts, t.position::jsonb
+    FROM trackway._positions_since_text(after, device_ids, max_rows)
+         WITH ORDINALITY AS t(cursor, device_id, ts, "position", n)
+    ORDER BY t.n
 $$;
 COMMENT ON FUNCTION trackway.positions_since(text, text[], integer) IS
     'Rows inserted after a cursor (from a notification, a previous call or current_cursor()), oldest first, optionally only for some devices.';
@@ -331,5 +346,6 @@ GRANT EXECUTE ON FUNCTION
     trackway._cursor_parts(text),
     trackway._cursor_after(text, bigint, bigint, boolean, bigint, bigint[]),
     trackway.positions_since(text, text[], integer),
+    trackway._positions_since_text(text, text[], integer),
     trackway.authorize(jsonb, text, text)
 TO trackway_reader;

@@ -39,10 +39,10 @@ const RECENT: usize = 65_536;
 
 /// Every row after a cursor, oldest first, with the groups of its device as this snapshot sees them.
 const FEED: &str = "\
-    SELECT s.cursor, s.device_id, s.position::text, \
+    SELECT s.cursor, s.device_id, s.position, \
            ARRAY(SELECT g.group_id FROM trackway.device_groups g WHERE g.device_id = s.device_id), \
            (extract(epoch FROM s.ts) * 1000000)::bigint \
-    FROM trackway.positions_since($1, NULL, $2) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
+    FROM trackway._positions_since_text($1, NULL, $2) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
     ORDER BY s.n";
 /// Latest positions of some devices.
 const SNAPSHOT_DEVICES: &str = "\
@@ -57,8 +57,8 @@ const SNAPSHOT_GROUPS: &str = "\
     WHERE g.group_id = ANY($1::text[]) ORDER BY g.group_id, l.device_id";
 /// Rows of one target after a cursor (a group as its membership stands now).
 const REPLAY: &str = "\
-    SELECT s.cursor, s.device_id, s.position::text, (extract(epoch FROM s.ts) * 1000000)::bigint \
-    FROM trackway.positions_since($1, \
+    SELECT s.cursor, s.device_id, s.position, (extract(epoch FROM s.ts) * 1000000)::bigint \
+    FROM trackway._positions_since_text($1, \
            CASE WHEN $2::text = 'device' THEN ARRAY[$3::text] \
                 ELSE ARRAY(SELECT d.device_id FROM trackway.device_groups d WHERE d.group_id = $3::text) END, \
            $4) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
