@@ -456,3 +456,42 @@ async fn shutdown_closes_every_socket_with_1001() {
     assert_eq!(b.closed(Duration::from_secs(10)).await.code, 1001);
     stopping.await.expect("joined").expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_authorize_reading_a_directus_collection_decides_subscriptions() {
+    let db = fresh_database("live_authorize_directus").await;
+    setup_groups(&db, &[("vans", "van-1")]).await;
+    let admin = connect(&db).await;
+    // The table Directus creates for the collection `vehicle_access` (README, "Authorization").
+    admin
+        .batch_execute(
+            "CREATE TABLE public.vehicle_access (id serial PRIMARY KEY, \"user\" uuid, role uuid, \
+             device_id varchar(255), group_id varchar(255))",
+        )
+        .await
+        .expect("collection table");
+    admin.batch_execute(include_str!("../docs/examples/authorize_directus.sql")).await.expect("README authorize");
+    let (driver, dispatchers) = ("0b6c5d5e-1111-4a4a-9c9c-000000000001", "0b6c5d5e-2222-4a4a-9c9c-000000000002");
+    admin
+        .execute(
+            "INSERT INTO public.vehicle_access (\"user\", device_id) VALUES ($1::text::uuid, 'truck-9')",
+            &[&driver],
+        )
+        .await
+        .expect("user grant");
+    admin
+        .execute("INSERT INTO public.vehicle_access (role, group_id) VALUES ($1::text::uuid, 'vans')", &[&dispatchers])
+        .await
+        .expect("role grant");
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_authorize_directus"), &[])).await;
+    let mut by_user = Client::authenticated(&relay.url(""), &user_token(driver, "some-role")).await;
+    by_user.subscribe(json!({"device": "truck-9"})).await;
+    by_user.send(json!({"type": "subscribe", "group": "vans"})).await;
+    assert_eq!(by_user.recv_type("error").await["code"], "forbidden");
+    let mut by_role = Client::authenticated(&relay.url(""), &user_token("someone", dispatchers)).await;
+    by_role.subscribe(json!({"group": "vans"})).await;
+    by_role.subscribe(json!({"device": "van-1"})).await;
+    by_role.send(json!({"type": "subscribe", "device": "truck-9"})).await;
+    assert_eq!(by_role.recv_type("error").await["code"], "forbidden");
+    relay.stop().await.expect("clean stop");
+}
