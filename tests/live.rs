@@ -495,3 +495,28 @@ async fn the_readme_authorize_reading_a_directus_collection_decides_subscription
     assert_eq!(by_role.recv_type("error").await["code"], "forbidden");
     relay.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused_with_503_and_plain_http_gets_426() {
+    let db = fresh_database("live_conncap").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_conncap"), &["--live-max-connections", "2"])).await;
+    let first = Client::authenticated(&relay.url(""), &admin_token()).await;
+    let _second = Client::authenticated(&relay.url(""), &admin_token()).await;
+    match tokio_tungstenite::connect_async(relay.url("")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("a third connection must be refused, got {:?}", other.map(|_| ())),
+    }
+    // A slot frees when a connection closes.
+    first.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio_tungstenite::connect_async(relay.url("")).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the closed connection's slot never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = trackway_tests::relay::http_get(relay.live, "/live").await;
+    assert_eq!(status, 426, "{body}");
+    assert_eq!(trackway_tests::relay::http_get(relay.live, "/elsewhere").await.0, 404);
+    let text = relay.metrics().await;
+    assert!(metric(&text, "trackway_live_closes_total{reason=\"capacity\"}") >= 1.0);
+    relay.stop().await.expect("clean stop");
+}

@@ -80,10 +80,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     };
     let readiness = Arc::new(readiness);
     let admin_task =
-        tokio::spawn(admin::serve(admin, AdminState { metrics: metrics.clone(), readiness }, shutdown.clone()));
-    let sampler_task =
-        tokio::spawn(sampler::run(Group::new(config.names.clone()), link(short)?, metrics.clone(), shutdown.clone()));
-    let consumer = Consumer::new(&config, pool.clone(), postgres, metrics, shutdown.clone())
+        tokio::spawn(admin::serve(admin, AdminState { metrics: metrics.clone(), readiness }, shutdown.child_token()));
+    let sampler_task = tokio::spawn(sampler::run(
+        Group::new(config.names.clone()),
+        link(short)?,
+        metrics.clone(),
+        shutdown.child_token(),
+    ));
+    let consumer = Consumer::new(&config, pool.clone(), postgres, metrics, shutdown.child_token())
         .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
 
     let consumed = tokio::spawn(consumer.run()).await;
