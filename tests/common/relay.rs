@@ -30,9 +30,6 @@ pub fn relay_flags(db: &str, stream: &str, extra: &[&str]) -> Vec<String> {
         redis_url(),
         "--stream".into(),
         stream.into(),
-        // Ingest tests run many relays at once: none of them serves the live endpoint.
-        "--live-addr".into(),
-        "off".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args
@@ -130,6 +127,10 @@ impl InProcess {
     pub async fn start(args: &[&str]) -> InProcess {
         let mut argv = vec!["trackway-relay"];
         argv.extend_from_slice(args);
+        // Ingest tests run many relays at once: none of them serves the live endpoint.
+        if !args.contains(&"--live-addr") {
+            argv.extend(["--live-addr", "off"]);
+        }
         let config = Settings::try_parse_from(argv).expect("flags").validate().expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let admin = listener.local_addr().expect("addr");
@@ -175,8 +176,10 @@ impl Process {
             .append(true)
             .open(format!("/tmp/{log_name}.log"))
             .expect("log file");
+        let no_live: &[&str] = if args.contains(&"--live-addr") { &[] } else { &["--live-addr", "off"] };
         let child = Command::new(binary)
             .args(args)
+            .args(no_live)
             .arg("--admin-addr")
             .arg(admin.to_string())
             .env("RUST_LOG", "info")
