@@ -87,23 +87,36 @@ CREATE FUNCTION trackway._positions_since_text(
     device_ids text[] DEFAULT NULL,
     max_rows integer DEFAULT 1000
 ) RETURNS TABLE (cursor text, device_id text, ts timestamptz, "position" text)
--- STABLE so that the rows and the cursors come from one snapshot (see _snapshot); PARALLEL UNSAFE like it.
-LANGUAGE sql STABLE PARALLEL UNSAFE
+-- STABLE so that the rows and the cursors come from one snapshot (see _snapshot): every statement of a
+-- STABLE function runs on its caller's snapshot. PARALLEL UNSAFE like _snapshot.
+-- PL/pgSQL, not SQL, so the cursor's parts are plain values when the query is planned: the row comparisons
+-- then become ranges of positions_cursor_idx (a SQL body joined them from a CTE and read the whole table on
+-- every call), and the plan is cached for the session. jit off: these are short index scans.
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, trackway, pg_temp
+SET jit = off
 AS $$
-    WITH c AS (
-        SELECT k.xid::text::xid8 AS xid, k.seq, k.behind_xids, k.behind_after,
-               k.range_xid::text::xid8 AS range_xid, k.range_seq
-        FROM trackway._cursor_parts(after) AS k
-    ), hits AS (
-        SELECT p.* FROM trackway.positions p, c
-        WHERE (p.ingest_xid, p.ingest_seq) > (c.xid, c.seq)
+#variable_conflict use_column
+DECLARE
+    c_xid xid8; c_seq bigint; c_behind_xids bigint[]; c_behind_after bigint[];
+    c_range_xid xid8; c_range_seq bigint;
+    s_xmax bigint; s_in_progress bigint[];
+BEGIN
+    SELECT k.xid::text::xid8, k.seq, k.behind_xids, k.behind_after, k.range_xid::text::xid8, k.range_seq
+      INTO c_xid, c_seq, c_behind_xids, c_behind_after, c_range_xid, c_range_seq
+      FROM trackway._cursor_parts(after) AS k;
+    SELECT sn.xmax, sn.in_progress INTO s_xmax, s_in_progress FROM trackway._snapshot() AS sn;
+    RETURN QUERY
+    WITH hits AS (
+        SELECT p.* FROM trackway.positions p
+        WHERE (p.ingest_xid, p.ingest_seq) > (c_xid, c_seq)
         UNION ALL
-        SELECT p.* FROM c, unnest(c.behind_xids, c.behind_after) AS b(x, s), trackway.positions p
-        WHERE p.ingest_xid = b.x::text::xid8 AND p.ingest_seq > b.s
+        SELECT p.* FROM unnest(c_behind_xids, c_behind_after) AS b(x, s)
+        JOIN trackway.positions p ON p.ingest_xid = b.x::text::xid8 AND p.ingest_seq > b.s
         UNION ALL
-        SELECT p.* FROM trackway.positions p, c
-        WHERE (p.ingest_xid, p.ingest_seq) > (c.range_xid, c.range_seq) AND p.ingest_xid < c.xid
+        SELECT p.* FROM trackway.positions p
+        WHERE c_range_xid IS NOT NULL
+          AND (p.ingest_xid, p.ingest_seq) > (c_range_xid, c_range_seq) AND p.ingest_xid < c_xid
     ), page AS (
         -- One row more than asked for tells whether the last row's transaction continues.
         SELECT h.*, lead(h.ingest_xid) OVER w AS next_xid, row_number() OVER w AS n
@@ -113,15 +126,17 @@ AS $$
               LIMIT greatest(max_rows, 0)::bigint + 1) AS h
         WINDOW w AS (ORDER BY h.ingest_xid, h.ingest_seq)
     )
-    SELECT trackway._cursor_after(after, p.ingest_xid::text::bigint, p.ingest_seq,
-                                  coalesce(p.next_xid = p.ingest_xid, false), s.xmax, s.in_progress),
-           p.device_id, p.ts,
-           trackway._wire_text(p.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.angle, p.speed,
-                               p.satellites, p.priority, p.attributes::text)
-    FROM page p, trackway._snapshot() AS s
-    WHERE p.n <= max_rows
-    ORDER BY p.ingest_xid, p.ingest_seq
+    SELECT trackway._cursor_after(after, pg.ingest_xid::text::bigint, pg.ingest_seq,
+                                  coalesce(pg.next_xid = pg.ingest_xid, false), s_xmax, s_in_progress),
+           pg.device_id, pg.ts,
+           trackway._wire_text(pg.device_id, pg.ts, pg.latitude, pg.longitude, pg.altitude, pg.angle, pg.speed,
+                               pg.satellites, pg.priority, pg.attributes::text)
+    FROM page pg
+    WHERE pg.n <= max_rows
+    ORDER BY pg.ingest_xid, pg.ingest_seq;
+END
 $$;
+
 CREATE FUNCTION trackway.positions_since(
     after text,
     device_ids text[] DEFAULT NULL,
@@ -129,6 +144,7 @@ CREATE FUNCTION trackway.positions_since(
 ) RETURNS TABLE (cursor text, device_id text, ts timestamptz, "position" jsonb)
 LANGUAGE sql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, trackway, pg_temp
+SET jit = off
 AS $$
     SELECT t.cursor, t.device_id, t.ts, t.position::jsonb
     FROM trackway._positions_since_text(after, device_ids, max_rows)
