@@ -10,6 +10,7 @@ use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt,
     Router,
 };
 use hyper_util::rt::TokioIo;
@@ -50,6 +51,12 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     };
     let app = Router::new().route("/live", get(upgrade)).with_state(state);
+    // Positions are small frames that should leave at once: no Nagle delay waiting for the client's ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
