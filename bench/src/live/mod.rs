@@ -108,6 +108,10 @@ pub struct Options {
     /// Extra flag for the relay, repeatable (e.g. --relay-arg=--batch-size=200).
     #[arg(long = "relay-arg", allow_hyphen_values = true)]
     pub relay_args: Vec<String>,
+    /// A setting for every session of the benchmark database, repeatable (ALTER DATABASE … SET; e.g.
+    /// --database-setting jit=off).
+    #[arg(long = "database-setting", value_name = "NAME=VALUE")]
+    pub database_settings: Vec<String>,
     /// Seed of the payload generator.
     #[arg(long, default_value_t = 20_261_127)]
     pub seed: u64,
@@ -146,7 +150,11 @@ pub async fn run(options: &Options) -> Result<()> {
     let bench = Bench { options, binary, t0: Instant::now() };
     let mut goals = Vec::new();
     let all = options.scenario == Scenario::All;
-    println!("trackway-bench live (relay flags: {})", describe_flags(&options.relay_args));
+    println!(
+        "trackway-bench live (relay flags: {}; database settings: {})",
+        describe_flags(&options.relay_args),
+        describe_flags(&options.database_settings)
+    );
     if all || options.scenario == Scenario::Notify {
         bench.notify_alone().await?;
     }
@@ -214,6 +222,14 @@ impl Bench<'_> {
         db::recreate_database(&maintenance, &o.bench_database).await?;
         let mut config = maintenance_config;
         config.dbname(&o.bench_database);
+        for setting in &o.database_settings {
+            let Some((name, value)) = setting.split_once('=') else {
+                bail!("--database-setting {setting:?}: expected NAME=VALUE");
+            };
+            let value = value.replace('\'', "''");
+            let sql = format!("ALTER DATABASE {} SET {name} = '{value}'", o.bench_database);
+            maintenance.batch_execute(&sql).await.with_context(|| sql.clone())?;
+        }
         let client = db::connect(&config).await?;
         db::create_extension(&client).await?;
         client
@@ -532,8 +548,8 @@ impl Bench<'_> {
         Ok(vec![Goal::at_most(format!("idle: relay RSS at {count} connections"), mb(after.0), GOAL_IDLE_RSS_MB, "MB")])
     }
 
-    /// Opens one connection per subscription (or `connections` unsubscribed ones when `subscriptions` is
-    /// empty … here: as many as --idle-connections), CONNECT_CONCURRENCY at a time.
+    /// Opens one connection per subscription, in that order (or --idle-connections unsubscribed ones when
+    /// `subscriptions` is empty), CONNECT_CONCURRENCY at a time.
     async fn open(
         &self,
         setup: &Setup,
@@ -543,19 +559,22 @@ impl Bench<'_> {
         let url = setup.relay.live_url.as_str();
         let token = setup.token.as_str();
         let count = if subscriptions.is_empty() { self.options.idle_connections } else { subscriptions.len() };
-        let results: Vec<Result<client::Socket>> = stream::iter(0..count)
+        let results: Vec<Result<(usize, client::Socket)>> = stream::iter(0..count)
             .map(|i| async move {
                 let mut socket =
                     client::connect(url, token, read_buffer).await.with_context(|| format!("client {i}"))?;
                 if let Some((kind, id)) = subscriptions.get(i) {
                     client::subscribe(&mut socket, kind, id).await.with_context(|| format!("client {i}"))?;
                 }
-                Ok(socket)
+                Ok((i, socket))
             })
             .buffer_unordered(CONNECT_CONCURRENCY)
             .collect()
             .await;
-        results.into_iter().collect()
+        // They finish in any order; socket i is the one of subscription i.
+        let mut sockets = results.into_iter().collect::<Result<Vec<_>>>()?;
+        sockets.sort_unstable_by_key(|(i, _)| *i);
+        Ok(sockets.into_iter().map(|(_, s)| s).collect())
     }
 
     /// The benchmark's LISTEN connection: records when each position's notification arrives.
@@ -770,7 +789,7 @@ fn print_ingest_metrics(metrics: &str) {
     let sum = |name: &str| metric_sum(metrics, name);
     let (batches, rows) = (sum("trackway_relay_batch_size_count"), sum("trackway_relay_batch_size_sum"));
     let (ingest_sum, ingest_count) =
-        (sum("trackway_relay_ingest_seconds_sum"), sum("trackway_relay_ingest_seconds_count"));
+        (sum("trackway_relay_ingest_duration_seconds_sum"), sum("trackway_relay_ingest_duration_seconds_count"));
     if batches > 0.0 && ingest_count > 0.0 {
         println!(
             "  relay ingest: {batches:.0} batches, {:.1} entries per batch, ingest_batch {:.2} ms per call on average",
