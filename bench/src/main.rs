@@ -23,9 +23,13 @@
 //! CHECKPOINT and the median counts. The goals: `ingest_batch` reaches at least half of COPY's rows/s, at
 //! least the fastest plain-SQL route's rows/s, and at least the same-work plain-SQL route's rows/s (the
 //! extension must add rules, not cost).
+//!
+//! `trackway-bench relay` runs the relay binary end to end against `ingest_batch` called directly;
+//! `trackway-bench live` measures the live path to WebSocket clients (see [`live`]).
 
 mod db;
 mod ingest;
+mod live;
 mod relay;
 mod report;
 mod routes;
@@ -46,6 +50,9 @@ enum Command {
     Ingest(IngestArgs),
     /// End to end: Redis Stream -> trackway-relay -> committed rows, vs ingest_batch called directly.
     Relay(RelayArgs),
+    /// The live path: Redis Stream -> relay -> PostgreSQL -> NOTIFY -> /live WebSocket clients (latency,
+    /// delivery, CPU, memory).
+    Live(live::Options),
 }
 
 #[derive(clap::Args)]
@@ -97,6 +104,7 @@ async fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Ingest(args) => ingest::run(&args.into()).await,
         Command::Relay(args) => relay::run(&args.into()).await,
+        Command::Live(options) => live::run(&options).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
