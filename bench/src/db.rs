@@ -89,3 +89,17 @@ pub async fn machine_facts(client: &Client) -> Result<Vec<String>> {
     ));
     Ok(facts)
 }
+
+/// The benchmark database as a URL for the relay (no password: the benchmark uses trust auth).
+pub fn database_url(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    )
+}

@@ -54,7 +54,7 @@ async fn run_in(config: &Config, binary: &std::path::Path, options: &Options) ->
         payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
     let redis = redis::Client::open(options.redis_url.as_str()).context("--redis-url")?;
     let mut conn = redis.get_multiplexed_async_connection().await.context("connecting to Redis")?;
-    let database_url = database_url(config);
+    let database_url = crate::db::database_url(config);
 
     let expected = options.workload.rows as u64;
     let mut relay = Measurement::new("relay: XADDed stream -> committed rows", expected);
@@ -98,20 +98,6 @@ async fn run_in(config: &Config, binary: &std::path::Path, options: &Options) ->
         verdict(rss_mb <= GOAL_RSS_MB)
     );
     Ok(())
-}
-
-/// The benchmark database as a URL for the relay (no password: the benchmark uses trust auth).
-fn database_url(config: &Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "postgres://{}@{host}:{port}/{}",
-        config.get_user().unwrap_or("postgres"),
-        config.get_dbname().unwrap_or("postgres")
-    )
 }
 
 async fn reset(client: &Client) -> Result<()> {

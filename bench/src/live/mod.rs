@@ -249,7 +249,7 @@ impl Bench<'_> {
         let stream = format!("trackway-bench-live:{}:{scenario}", std::process::id());
         let _: i64 = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut conn).await?;
         let secret = random_secret()?;
-        let database_url = database_url(&config);
+        let database_url = crate::db::database_url(&config);
         let launch = Launch {
             binary: &self.binary,
             database_url: &database_url,
@@ -843,20 +843,6 @@ fn token(secret: &str) -> Result<String> {
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
         .context("signing a token")
-}
-
-/// The benchmark database as a URL for the relay (no password: the benchmark uses trust auth).
-fn database_url(config: &Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "postgres://{}@{host}:{port}/{}",
-        config.get_user().unwrap_or("postgres"),
-        config.get_dbname().unwrap_or("postgres")
-    )
 }
 
 #[cfg(test)]

@@ -67,20 +67,7 @@ const REPLAY: &str = "\
 /// What sessions ask of the feed. The channel is bounded; senders wait when it is full.
 pub enum Command {
     /// Answer with a snapshot (or a replay after `since`) and add the subscription.
-    Subscribe {
-        /// The connection.
-        client: ClientId,
-        /// Its outbox (the answer and then the positions go there).
-        outbox: Arc<Outbox>,
-        /// What it wants to watch.
-        target: Target,
-        /// Resume point (already checked to parse).
-        since: Option<String>,
-        /// The request's id, echoed.
-        id: Option<Value>,
-        /// `true` once subscribed, `false` when refused (the refusal is in the outbox).
-        reply: oneshot::Sender<bool>,
-    },
+    Subscribe(Subscribe),
     /// Remove a subscription and answer `unsubscribed` after the positions already queued.
     Unsubscribe {
         /// The connection.
@@ -101,15 +88,24 @@ pub enum Command {
     },
 }
 
-/// A `Subscribe` waiting for the next cycle.
-struct Pending {
-    client: ClientId,
-    outbox: Arc<Outbox>,
-    target: Target,
-    since: Option<String>,
-    id: Option<Value>,
-    reply: oneshot::Sender<bool>,
+/// A subscription request; it waits in the feed for the next cycle.
+pub struct Subscribe {
+    /// The connection.
+    pub client: ClientId,
+    /// Its outbox (the answer and then the positions go there).
+    pub outbox: Arc<Outbox>,
+    /// What it wants to watch.
+    pub target: Target,
+    /// Resume point (already checked to parse).
+    pub since: Option<String>,
+    /// The request's id, echoed.
+    pub id: Option<Value>,
+    /// `true` once subscribed, `false` when refused (the refusal is in the outbox).
+    pub reply: oneshot::Sender<bool>,
 }
+
+/// A `Subscribe` waiting for the next cycle.
+type Pending = Subscribe;
 
 /// Settings of the feed.
 pub struct FeedSettings {
@@ -260,9 +256,7 @@ impl Feed {
     /// Applies a command: unsubscribes and leaves at once, subscribes in the next cycle.
     fn apply(&mut self, command: Command) {
         match command {
-            Command::Subscribe { client, outbox, target, since, id, reply } => {
-                self.pending.push(Pending { client, outbox, target, since, id, reply });
-            }
+            Command::Subscribe(request) => self.pending.push(request),
             Command::Unsubscribe { client, outbox, target, id, reason } => {
                 let (kind, answer) = if self.router.unsubscribe(client, &target) {
                     ("unsubscribed", protocol::unsubscribed_frame(&target, id.as_ref(), reason))

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     auth::{Authenticator, Identity, Refused},
-    feed::Command,
+    feed::{Command, Subscribe},
     metrics::LiveMetrics,
     outbox::{Frame, Outbox, Taken},
     protocol::{self, ClientMessage, CloseCode, ErrorCode, Refusal, Request, Target},
@@ -335,7 +335,7 @@ impl Reader<'_> {
         }
         let (reply, subscribed) = oneshot::channel();
         let (client, outbox) = (self.client, self.outbox.clone());
-        self.send(Command::Subscribe { client, outbox, target: target.clone(), since, id, reply }).await;
+        self.send(Command::Subscribe(Subscribe { client, outbox, target: target.clone(), since, id, reply })).await;
         if subscribed.await.unwrap_or(false) {
             self.targets.insert(target);
         }
