@@ -520,3 +520,33 @@ async fn connections_past_the_cap_are_refused_with_503_and_plain_http_gets_426()
     assert!(metric(&text, "trackway_live_closes_total{reason=\"capacity\"}") >= 1.0);
     relay.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_token_rechecks_every_subscription() {
+    let db = fresh_database("live_reauthorize").await;
+    let admin = connect(&db).await;
+    admin
+        .batch_execute(
+            "INSERT INTO trackway.live_grants VALUES ('u-9', 'device', 'kept'), ('u-9', 'device', 'revoked')",
+        )
+        .await
+        .expect("grants");
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_reauthorize"), &[])).await;
+    let mut user = Client::authenticated(&relay.url(""), &user_token("u-9", "r")).await;
+    user.subscribe(json!({"device": "kept"})).await;
+    user.subscribe(json!({"device": "revoked"})).await;
+    admin.batch_execute("DELETE FROM trackway.live_grants WHERE target = 'revoked'").await.expect("revoke");
+    // Until the token is renewed the connection keeps its answers (cached per connection)…
+    ingest(&db, &[payload("revoked", 1)]).await;
+    assert_eq!(user.positions(1, Duration::from_secs(5)).await.len(), 1);
+    // …then every subscription is asked again.
+    user.send(json!({"type": "auth", "token": user_token("u-9", "r")})).await;
+    user.recv_type("authenticated").await;
+    let gone = user.recv_type("unsubscribed").await;
+    assert_eq!((gone["device"].as_str(), gone["reason"].as_str()), (Some("revoked"), Some("forbidden")));
+    ingest(&db, &[payload("revoked", 2), payload("kept", 2)]).await;
+    let got = user.positions(1, Duration::from_secs(5)).await;
+    assert_eq!(keys(&got).into_iter().map(|k| k.0).collect::<Vec<_>>(), ["kept"]);
+    assert!(user.positions(1, QUIET).await.is_empty());
+    relay.stop().await.expect("clean stop");
+}

@@ -204,3 +204,44 @@ async fn subscribing_while_the_database_is_down_is_refused_at_once_and_works_aft
     assert_eq!(client.positions(1, Duration::from_secs(5)).await.len(), 1);
     relay.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_answers_no_ping_is_dropped_as_silent() {
+    let db = fresh_database("live_silent").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_silent"), &["--live-ping-ms", "200"])).await;
+    // A client that authenticates, then is never polled again: it answers no ping.
+    let stream = tokio::net::TcpStream::connect(relay.live).await.expect("connect");
+    let (silent, _) =
+        client_async(relay.url(&format!("access_token={}", admin_token())), stream).await.expect("handshake");
+    // A client that reads (and so answers pings) stays.
+    let mut alive = Client::authenticated(&relay.url(""), &admin_token()).await;
+    alive.subscribe(json!({"device": "x"})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = relay.metrics().await;
+        if trackway_tests::relay::metric_opt(&text, "trackway_live_closes_total{reason=\"silent\"}") == Some(1.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the silent peer was never dropped:\n{text}");
+        // Keep the reading client reading, so it answers pings.
+        let _ = alive.recv_within(Duration::from_millis(100)).await;
+    }
+    // The silent peer's connection goes once its close handshake times out (1 s); the reading client, which
+    // keeps answering pings all along, stays.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let _ = alive.recv_within(Duration::from_millis(100)).await;
+        let text = relay.metrics().await;
+        assert_eq!(metric(&text, "trackway_live_closes_total{reason=\"silent\"}"), 1.0, "only the silent one");
+        if metric(&text, "trackway_live_connections") == 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the silent connection is still counted:\n{text}");
+    }
+    for _ in 0..6 {
+        let _ = alive.recv_within(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&relay.metrics().await, "trackway_live_closes_total{reason=\"silent\"}"), 1.0);
+    drop(silent);
+    relay.stop().await.expect("clean stop");
+}
