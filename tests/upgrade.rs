@@ -1,0 +1,169 @@
+//! `ALTER EXTENSION trackway UPDATE` from the previous release: a database created at 0.1.0 (the kept
+//! install script `pg_ext/sql/releases/trackway--0.1.0.sql`, which scripts/test copies into PostgreSQL's
+//! extension directory) holding data is updated, and afterwards has its data, working cursors, and exactly
+//! the objects, definitions and privileges of a fresh install of the current version.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Client;
+use trackway_tests::{connect, fresh_database, server};
+
+/// The release before this one.
+const PREVIOUS: &str = "0.1.0";
+
+/// What a schema looks like, object by object: a fresh install and an updated one must be equal.
+async fn catalog(client: &Client) -> BTreeMap<String, String> {
+    let queries = [
+        // Functions: signature → definition and privileges.
+        "SELECT 'function ' || p.oid::regprocedure::text,
+                pg_get_functiondef(p.oid) || ' acl=' || coalesce(p.proacl::text, 'default')
+         FROM pg_proc p WHERE p.pronamespace = 'trackway'::regnamespace AND p.prokind IN ('f', 'p')",
+        // Tables, sequences: columns with types, defaults, not-null; privileges; options.
+        "SELECT 'relation ' || c.relname || ' ' || c.relkind::text,
+                coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                                            || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                                            || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), ''),
+                                            ', ' ORDER BY a.attnum)
+                          FROM pg_attribute a LEFT JOIN pg_attrdef d ON (d.adrelid, d.adnum) = (a.attrelid, a.attnum)
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+                || ' acl=' || coalesce(c.relacl::text, 'default') || ' options=' || coalesce(c.reloptions::text, '')
+         FROM pg_class c WHERE c.relnamespace = 'trackway'::regnamespace AND c.relkind IN ('r', 'S', 'v', 'p')",
+        "SELECT 'index ' || i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'trackway'::regnamespace",
+        "SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname, pg_get_constraintdef(oid)
+         FROM pg_constraint WHERE connamespace = 'trackway'::regnamespace",
+        "SELECT 'trigger ' || tgrelid::regclass::text || ' ' || tgname, pg_get_triggerdef(oid)
+         FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN
+             (SELECT oid FROM pg_class WHERE relnamespace = 'trackway'::regnamespace)",
+        "SELECT 'comment ' || pg_describe_object(classoid, objoid, objsubid), description
+         FROM pg_description
+         WHERE (classoid = 'pg_proc'::regclass
+                AND objoid IN (SELECT oid FROM pg_proc WHERE pronamespace = 'trackway'::regnamespace))
+            OR (classoid = 'pg_class'::regclass
+                AND objoid IN (SELECT oid FROM pg_class WHERE relnamespace = 'trackway'::regnamespace))",
+        // What pg_dump keeps of the extension's tables.
+        "SELECT 'config ' || x.c::regclass::text, 'dumped' FROM pg_extension e, unnest(e.extconfig) AS x(c)
+         WHERE e.extname = 'trackway'",
+        // Every object the extension owns.
+        "SELECT 'member ' || pg_describe_object(classid, objid, objsubid), 'member'
+         FROM pg_depend WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+           AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'trackway')",
+    ];
+    let mut objects = BTreeMap::new();
+    for sql in queries {
+        for row in client.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}")) {
+            objects.insert(row.get::<_, String>(0), row.get::<_, String>(1));
+        }
+    }
+    objects
+}
+
+async fn ingest(client: &Client, devices: &[&str], second: u32) {
+    let payloads: Vec<String> = devices
+        .iter()
+        .map(|d| {
+            format!(
+                r#"{{"deviceId":"{d}","timestamp":"2026-11-27T10:00:{second:02}Z","latitude":54.7,"longitude":25.3,
+                "attributes":{{"11":{{"__bigint":"18446744073709551615"}},"281":{{"__buffer_b64":"UDAzMDA="}}}}}}"#
+            )
+        })
+        .collect();
+    let rows =
+        client.query("SELECT status FROM trackway.ingest_batch($1::text[])", &[&payloads]).await.expect("ingest");
+    assert!(rows.iter().all(|r| r.get::<_, String>(0) == "inserted"));
+}
+
+#[tokio::test]
+async fn a_database_at_the_previous_release_updates_to_exactly_a_fresh_install() {
+    // The current version, as a fresh install: the reference.
+    let fresh_db = fresh_database("upgrade_fresh").await;
+    let fresh = connect(&fresh_db).await;
+    let current: String = fresh
+        .query_one("SELECT extversion FROM pg_extension WHERE extname = 'trackway'", &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_ne!(current, PREVIOUS, "the current version must differ from the previous release");
+
+    // The previous release, with data.
+    let admin = connect("postgres").await;
+    let db = "trackway_test_upgrade_old";
+    // Separate statements: DROP/CREATE DATABASE cannot run in the implicit transaction of a batch.
+    for sql in [format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), format!("CREATE DATABASE {db}")] {
+        admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    let old = connect(db).await;
+    old.batch_execute(&format!("CREATE EXTENSION trackway VERSION '{PREVIOUS}'")).await.unwrap_or_else(|e| {
+        panic!(
+            "CREATE EXTENSION trackway VERSION '{PREVIOUS}' failed ({e:?}): scripts/test copies \
+             pg_ext/sql/releases/trackway--{PREVIOUS}.sql into $(pg_config --sharedir)/extension"
+        )
+    });
+    ingest(&old, &["u1", "u2"], 1).await;
+    old.batch_execute("INSERT INTO trackway.device_groups VALUES ('fleet', 'u1')").await.expect("group");
+    let cursor: String = old.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    ingest(&old, &["u1"], 2).await;
+
+    old.batch_execute("ALTER EXTENSION trackway UPDATE").await.expect("ALTER EXTENSION trackway UPDATE");
+    let updated = connect(db).await;
+    let version: String = updated
+        .query_one("SELECT extversion FROM pg_extension WHERE extname = 'trackway'", &[])
+        .await
+        .expect("v")
+        .get(0);
+    assert_eq!(version, current);
+
+    // Data, latest positions and groups are all there; a cursor taken before the update still works.
+    let count: i64 = updated.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);
+    assert_eq!(count, 3);
+    let latest: String = updated
+        .query_one("SELECT ts::text FROM trackway.latest_positions WHERE device_id = 'u1'", &[])
+        .await
+        .expect("latest")
+        .get(0);
+    assert!(latest.starts_with("2026-11-27 10:00:02"), "{latest}");
+    let after: Vec<String> = updated
+        .query("SELECT device_id FROM trackway.positions_since($1)", &[&cursor])
+        .await
+        .expect("positions_since from a 0.1.0 cursor")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(after, ["u1"]);
+    let doc: String = updated
+        .query_one("SELECT position FROM trackway._positions_since_text($1)", &[&cursor])
+        .await
+        .expect("new function")
+        .get(0);
+    assert!(doc.contains(r#""11":{"__bigint":"18446744073709551615"}"#), "{doc}");
+    ingest(&updated, &["u3"], 3).await;
+    let allowed: bool = updated
+        .query_one("SELECT trackway.authorize('{\"admin_access\": true}', 'device', 'u1')", &[])
+        .await
+        .expect("authorize")
+        .get(0);
+    assert!(allowed);
+
+    // Exactly what a fresh install has: functions with their definitions and privileges, tables, indexes,
+    // constraints, triggers, comments, dump configuration, extension membership.
+    let (want, got) = (catalog(&fresh).await, catalog(&updated).await);
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    let differ: Vec<_> = want.iter().filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v)).map(|(k, _)| k).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "an updated database differs from a fresh install ({}):\nmissing {missing:?}\nextra {extra:?}\ndiffer {differ:?}",
+        server()
+    );
+    // The role that only reads can use what the live side needs.
+    for sql in [
+        "SELECT has_function_privilege('trackway_reader', 'trackway.authorize(jsonb, text, text)', 'EXECUTE')",
+        "SELECT has_function_privilege('trackway_reader', 'trackway._positions_since_text(text, text[], integer)', 'EXECUTE')",
+        "SELECT has_table_privilege('trackway_reader', 'trackway.live_grants', 'SELECT')",
+        "SELECT NOT has_function_privilege('public', 'trackway.authorize(jsonb, text, text)', 'EXECUTE')",
+    ] {
+        assert!(updated.query_one(sql, &[]).await.expect(sql).get::<_, bool>(0), "{sql}");
+    }
+    drop((old, updated));
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.ok();
+}
