@@ -224,3 +224,66 @@ async fn make_hypertable_refuses_planted_overloads() {
     client.batch_execute("SELECT trackway.make_hypertable()").await.expect("make_hypertable");
     assert!(is_hypertable(&client).await);
 }
+
+/// Retention on the hypertable (`drop_chunks`, what a retention policy runs): old rows go, cursors taken
+/// before keep paging through what is left to the end, ingest and its trigger keep working, and the latest
+/// position of a device whose rows were all dropped stays known.
+#[tokio::test]
+async fn retention_by_drop_chunks_keeps_cursors_and_ingest_working() {
+    if !timescaledb_installed() {
+        return;
+    }
+    let pg = cluster();
+    let admin = connect_to(&pg.server(), "postgres").await;
+    admin.batch_execute("CREATE DATABASE tsretention").await.expect("create database");
+    let client = connect_to(&pg.server(), "tsretention").await;
+    client.batch_execute("CREATE EXTENSION timescaledb; CREATE EXTENSION trackway").await.expect("extensions");
+    assert!(is_hypertable(&client).await);
+    let payload = |device: &str, day: u32, second: u32| {
+        format!(
+            r#"{{"deviceId":"{device}","timestamp":"2026-11-{day:02}T10:00:{second:02}Z","latitude":54.7,"longitude":25.3}}"#
+        )
+    };
+    let ingest = |payloads: Vec<String>| {
+        let client = &client;
+        async move {
+            let rows =
+                client.query("SELECT status FROM trackway.ingest_batch($1)", &[&payloads]).await.expect("ingest");
+            assert!(rows.iter().all(|r| r.get::<_, String>(0) == "inserted"));
+        }
+    };
+    let before: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    ingest((0..30).map(|s| payload("old", 1, s)).collect()).await;
+    ingest((0..30).map(|s| payload("kept", 25, s)).collect()).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 60);
+
+    let dropped = count(
+        &client,
+        "SELECT count(*) FROM drop_chunks('trackway.positions', older_than => timestamptz '2026-11-20')",
+    )
+    .await;
+    assert!(dropped >= 1, "a chunk of November 1 was dropped");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 30);
+    // A cursor from before the dropped rows pages through what is left, to the end.
+    let mut cursor = before;
+    let mut seen = Vec::new();
+    loop {
+        let rows = client
+            .query("SELECT cursor, device_id FROM trackway.positions_since($1, NULL, 7)", &[&cursor])
+            .await
+            .expect("positions_since after drop_chunks");
+        if rows.is_empty() {
+            break;
+        }
+        cursor = rows.last().expect("row").get(0);
+        seen.extend(rows.iter().map(|r| r.get::<_, String>(1)));
+    }
+    assert_eq!(seen.len(), 30);
+    assert!(seen.iter().all(|d| d == "kept"));
+    // Ingest (and its trigger) go on; the cursor from the end of the paging sees the new rows.
+    ingest(vec![payload("old", 26, 0), payload("kept", 26, 0)]).await;
+    let after: i64 =
+        client.query_one("SELECT count(*) FROM trackway.positions_since($1)", &[&cursor]).await.expect("after").get(0);
+    assert_eq!(after, 2);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 2);
+}
