@@ -603,7 +603,7 @@
     for (let lon = Math.ceil(left / lonStep) * lonStep; lon <= right; lon += lonStep) {
       const x = sx(worldX(lon));
       d += `M${x.toFixed(1)},${Math.max(0, sy(0)).toFixed(1)}V${Math.min(h, sy(1)).toFixed(1)}`;
-      labels.push([x + 3, h - 22, `${lon.toFixed(decimals(lonStep))}°`]);
+      labels.push([x + 3, h - 6, `${lon.toFixed(decimals(lonStep))}°`]);
     }
     for (let lat = Math.ceil(bottom / latStep) * latStep; lat <= top; lat += latStep) {
       const y = sy(worldY(lat));
@@ -637,11 +637,15 @@
         },
         markers,
       );
-      if (typeof device.doc.angle === "number") {
-        el("path", { class: "heading", d: "M0,-17L6,-6L-6,-6Z", fill: device.color, transform: `rotate(${device.doc.angle})` }, g);
+      const angle = device.doc.angle;
+      if (typeof angle === "number") {
+        el("path", { class: "heading", d: "M0,-20L6,-8L-6,-8Z", fill: device.color, transform: `rotate(${angle})` }, g);
       }
       el("circle", { r: 7, fill: device.color }, g);
-      el("text", { x: 11, y: 4 }, g).textContent = device.id;
+      // The label goes on the side the heading arrow does not point to.
+      const east = typeof angle === "number" && ((angle % 360) + 360) % 360 > 30 && ((angle % 360) + 360) % 360 < 150;
+      const label = el("text", east ? { x: -12, y: 4, "text-anchor": "end" } : { x: 12, y: 4 }, g);
+      label.textContent = device.id;
       el("title", {}, g).textContent = `${device.id} ${device.doc.timestamp}`;
     }
     $("map-note").textContent =
