@@ -84,6 +84,8 @@ impl Page {
                     "--disable-background-networking",
                     "--disable-component-update",
                     "--disable-sync",
+                    "--disable-crash-reporter",
+                    "--disable-breakpad",
                     "--remote-debugging-port=0",
                     "--window-size=1280,800",
                     &format!("--user-data-dir={}", dir.join("profile").display()),
@@ -157,7 +159,9 @@ impl Page {
                     .as_array()
                     .map(|a| {
                         a.iter()
-                            .map(|v| v["value"].as_str().map(str::to_owned).unwrap_or_else(|| v["description"].to_string()))
+                            .map(|v| {
+                                v["value"].as_str().map(str::to_owned).unwrap_or_else(|| v["description"].to_string())
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -279,7 +283,8 @@ async fn page_target(browser: &Browser, port: u16) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/json")).await {
-            let targets: Value = serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
+            let targets: Value =
+                serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
             let page = targets.as_array().and_then(|t| t.iter().find(|t| t["type"] == "page"));
             if let Some(url) = page.and_then(|p| p["webSocketDebuggerUrl"].as_str()) {
                 return url.to_owned();
@@ -314,12 +319,7 @@ fn rfc3339(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
 /// A position document `seconds` after `base` (Unix ms), with a 64-bit and a byte-string attribute.
@@ -363,15 +363,20 @@ async fn the_map_page_shows_moves_and_resumes_live_positions_in_headless_chromiu
         assert!(csp.starts_with("default-src 'none'; script-src 'self'; style-src 'self';"), "{path}: {csp}");
         assert!(!csp.contains("http"), "{path}: no other origin without a tile URL: {csp}");
     }
-    let config = reqwest::get(format!("http://{}/config.json", relay.live)).await.expect("GET").text().await.expect("body");
+    let config =
+        reqwest::get(format!("http://{}/config.json", relay.live)).await.expect("GET").text().await.expect("body");
     let config: Value = serde_json::from_str(&config).expect("config.json");
     assert_eq!(config, json!({"auth": "jwt", "directusUrl": null, "livePath": "/live", "tileUrl": null}));
 
     let mut page = Page::launch().await;
     let url = format!("http://{}/?token={}&group=fleet", relay.live, admin_token());
     page.call("Page.navigate", json!({"url": url})).await;
-    page.wait_for("the connection to be live", "window.trackwayMap && trackwayMap.state.conn === 'live'", Duration::from_secs(20))
-        .await;
+    page.wait_for(
+        "the connection to be live",
+        "window.trackwayMap && trackwayMap.state.conn === 'live'",
+        Duration::from_secs(20),
+    )
+    .await;
     page.wait_for(
         "the group subscription",
         "trackwayMap.subscriptions.get('group:fleet')?.status === 'live'",
@@ -455,7 +460,9 @@ async fn the_map_page_shows_moves_and_resumes_live_positions_in_headless_chromiu
     let problems: Vec<&String> = page
         .console
         .iter()
-        .filter(|line| line.starts_with("exception") || line.contains("Content Security Policy") || line.contains("Refused"))
+        .filter(|line| {
+            line.starts_with("exception") || line.contains("Content Security Policy") || line.contains("Refused")
+        })
         .collect();
     assert!(problems.is_empty(), "the page reported problems: {problems:#?}\n{}", page.diagnostics());
     drop(page);

@@ -258,7 +258,9 @@ impl TileUrl {
             }
         }
         // It goes into a header and a JSON document: no spaces, quotes, or CSP separators.
-        if template.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | ';' | ',' | '<' | '>'))
+        if template
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | ';' | ',' | '<' | '>'))
         {
             return Err(format!("{template:?} contains spaces, quotes, ';', ',' or angle brackets"));
         }
