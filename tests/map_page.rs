@@ -457,6 +457,20 @@ async fn the_map_page_shows_moves_and_resumes_live_positions_in_headless_chromiu
     page.screenshot(&shot).await;
     println!("screenshot: {}", shot.display());
 
+    // A refused token: the page says so (4001), shows the login form, and does not loop.
+    let url = format!("http://{}/?token=not-a-token&group=fleet", relay.live);
+    page.call("Page.navigate", json!({"url": url})).await;
+    page.wait_for(
+        "the refused token to show",
+        "window.trackwayMap && trackwayMap.state.conn === 'error' && trackwayMap.state.closeCode === 4001 \
+         && !document.getElementById('login').hidden && !document.getElementById('token').parentElement.hidden",
+        Duration::from_secs(15),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let connects = page.eval("trackwayMap.state.connects").await;
+    assert_eq!(connects, Some(json!(1)), "no reconnect loop with a refused token");
+
     let problems: Vec<&String> = page
         .console
         .iter()

@@ -669,7 +669,8 @@
       for (let ty = y0; ty <= y1; ty++) {
         const href = config.tileUrl.replace("{z}", tz).replace("{x}", tx).replace("{y}", ty);
         const size = scale / n;
-        el("image", { href, x: sx(tx / n), y: sy(ty / n), width: size + 0.5, height: size + 0.5 }, g);
+        const image = el("image", { href, x: sx(tx / n), y: sy(ty / n), width: size + 0.5, height: size + 0.5 }, g);
+        image.addEventListener("error", () => image.remove()); // offline: the grid shows through
       }
     }
   }
