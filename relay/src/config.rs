@@ -164,6 +164,13 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_LIVE_POLL_MS", default_value = "1000")]
     pub live_poll_ms: String,
 
+    /// Optional map tiles for the live map page (`/` on the live address): an http(s) URL template with
+    /// `{z}`, `{x}` and `{y}`, e.g. `https://tiles.example.com/{z}/{x}/{y}.png`. Without it the page draws
+    /// an offline coordinate grid and loads nothing from other hosts; with it, the page's
+    /// Content-Security-Policy allows images from that origin only.
+    #[arg(long, env = "TRACKWAY_MAP_TILE_URL")]
+    pub map_tile_url: Option<String>,
+
     /// Log format: `json`, `text`, or `auto` (text on a terminal, JSON otherwise). Filter with RUST_LOG.
     #[arg(long, env = "TRACKWAY_LOG_FORMAT", default_value = "auto")]
     pub log_format: LogFormat,
@@ -216,6 +223,50 @@ pub struct LiveConfig {
     pub max_replay: usize,
     /// Longest time between two reads of new positions.
     pub poll_interval: Duration,
+    /// Tile URL template of the map page (`None`: offline grid only).
+    pub map_tile_url: Option<TileUrl>,
+}
+
+/// A validated tile URL template: http(s), with `{z}`, `{x}` and `{y}`, and an origin without placeholders
+/// (the page's Content-Security-Policy names it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TileUrl {
+    /// The template as given.
+    pub template: String,
+    /// `scheme://host[:port]`.
+    pub origin: String,
+}
+
+impl TileUrl {
+    /// Checks a template; the error says what is wrong (the caller names the setting).
+    pub fn parse(text: &str) -> Result<TileUrl, String> {
+        let template = text.trim();
+        let rest = template
+            .strip_prefix("https://")
+            .or_else(|| template.strip_prefix("http://"))
+            .ok_or_else(|| format!("{template:?} is not an http:// or https:// URL"))?;
+        let host_end = rest.find('/').ok_or_else(|| format!("{template:?} has no path with {{z}}/{{x}}/{{y}}"))?;
+        let host = &rest[..host_end];
+        let host_ok = !host.is_empty()
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !host_ok {
+            return Err(format!("{template:?}: the host must be a plain host name or address (no placeholders)"));
+        }
+        for part in ["{z}", "{x}", "{y}"] {
+            if !template.contains(part) {
+                return Err(format!("{template:?} lacks {part}"));
+            }
+        }
+        // It goes into a header and a JSON document: no spaces, quotes, or CSP separators.
+        if template
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | ';' | ',' | '<' | '>'))
+        {
+            return Err(format!("{template:?} contains spaces, quotes, ';', ',' or angle brackets"));
+        }
+        let origin = template[..template.len() - rest.len() + host_end].to_owned();
+        Ok(TileUrl { template: template.to_owned(), origin })
+    }
 }
 
 /// The authentication mode with what it needs.
@@ -268,6 +319,7 @@ impl fmt::Debug for LiveConfig {
             .field("send_timeout", &self.send_timeout)
             .field("max_replay", &self.max_replay)
             .field("poll_interval", &self.poll_interval)
+            .field("map_tile_url", &self.map_tile_url.as_ref().map(|t| &t.template))
             .finish()
     }
 }
@@ -442,7 +494,12 @@ impl Settings {
             }
             AuthMode::None => AuthConfig::None,
         };
+        let map_tile_url = match self.map_tile_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(TileUrl::parse(text).map_err(|why| bad("TRACKWAY_MAP_TILE_URL", why))?),
+        };
         Ok(Some(LiveConfig {
+            map_tile_url,
             addr,
             auth,
             max_connections: count("TRACKWAY_LIVE_MAX_CONNECTIONS", &self.live_max_connections, 1..=1_000_000)?,
@@ -573,6 +630,29 @@ mod tests {
     }
 
     #[test]
+    fn map_tile_url_is_optional_and_checked() {
+        let live = parse(&[]).expect("defaults").live.expect("live");
+        assert_eq!(live.map_tile_url, None);
+        let live = parse(&["--map-tile-url", ""]).expect("empty is unset").live.expect("live");
+        assert_eq!(live.map_tile_url, None);
+        let live = parse(&["--map-tile-url", "https://tiles.example.com:8443/osm/{z}/{x}/{y}.png"]).expect("valid");
+        let tiles = live.live.expect("live").map_tile_url.expect("tile url");
+        assert_eq!(tiles.origin, "https://tiles.example.com:8443");
+        assert_eq!(tiles.template, "https://tiles.example.com:8443/osm/{z}/{x}/{y}.png");
+        for bad in [
+            "ftp://tiles.example.com/{z}/{x}/{y}.png",
+            "https://tiles.example.com/{z}/{x}.png",
+            "https://{s}.tiles.example.com/{z}/{x}/{y}.png",
+            "https://tiles.example.com",
+            "https://tiles.example.com/{z}/{x}/{y}.png; script-src *",
+            "https://tiles.example.com/{z}/{x}/{y}.png\"",
+        ] {
+            let err = parse(&["--map-tile-url", bad]).unwrap_err().to_string();
+            assert!(err.starts_with("TRACKWAY_MAP_TILE_URL (--map-tile-url): "), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn help_documents_every_setting() {
         use clap::CommandFactory;
         let help = Settings::command().render_long_help().to_string();
@@ -608,6 +688,7 @@ mod tests {
             "TRACKWAY_LIVE_SEND_TIMEOUT_MS",
             "TRACKWAY_LIVE_MAX_REPLAY",
             "TRACKWAY_LIVE_POLL_MS",
+            "TRACKWAY_MAP_TILE_URL",
             "RUST_LOG",
         ] {
             assert!(help.contains(name), "--help does not mention {name}:\n{help}");

@@ -5,6 +5,7 @@
 //! - [`router`] — who watches which device or group.
 //! - [`outbox`] — each client's bounded queue (coalescing, too-slow detection).
 //! - [`server`], [`session`] — `/live` and one connection's protocol.
+//! - [`page`] — the live map page (`/`), a browser client of `/live`.
 //! - [`protocol`] — message parsing and frames (docs/live-protocol.md).
 //! - [`auth`], [`directus`] — tokens (`jwt`, `directus`, `none`).
 //! - [`metrics`] — `trackway_live_*`.
@@ -18,6 +19,7 @@ pub mod feed;
 pub mod listen;
 pub mod metrics;
 pub mod outbox;
+pub mod page;
 pub mod protocol;
 pub mod router;
 pub mod server;

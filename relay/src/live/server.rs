@@ -1,5 +1,6 @@
 //! The live HTTP server: `/live` upgrades to a WebSocket (RFC 6455 handshake answered here, the socket
-//! then driven by tokio-tungstenite), everything else is 404. The connection cap is enforced before
+//! then driven by tokio-tungstenite); `/`, `/map.js`, `/map.css` and `/config.json` are the live map page
+//! ([`super::page`]); everything else is 404. The connection cap is enforced before
 //! upgrading (HTTP 503), and the token may come in the handshake: `Authorization: Bearer …` or, for
 //! browsers that cannot set headers, the `access_token` query parameter.
 
@@ -50,7 +51,8 @@ pub async fn serve(
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
     };
-    let app = Router::new().route("/live", get(upgrade)).with_state(state);
+    let page = super::page::routes(&state.shared.config);
+    let app = Router::new().route("/live", get(upgrade)).with_state(state).merge(page);
     // Positions are small frames that should leave at once: no Nagle delay waiting for the client's ACK.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
