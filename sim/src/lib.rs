@@ -1,6 +1,5 @@
 //! `trackway-sim`: simulated trackers writing wire-format positions (DESIGN.md §1) to a Redis Stream, for
-//! the demo and the benchmarks. This library is the simulation itself, with no I/O; the binary paces it
-//! and XADDs its entries.
+//! the demo and the benchmarks. The simulation itself does no I/O; [`cli`] paces it and XADDs its entries.
 //!
 //! - [`geo`]: great-circle geometry (haversine distance, bearing, destination point);
 //! - [`vehicle`]: movement along a closed loop of waypoints around a centre, with smooth speed changes,
@@ -9,8 +8,10 @@
 //!   odometer, GSM signal, ICCIDs as `__bigint`, fault codes, beacons and VIN as `__buffer_b64`);
 //! - [`payload`]: a fix written in the wire format, and the deliberately invalid variants of it;
 //! - [`fleet`]: the devices on a simulated clock, with retransmissions, late records and invalid
-//!   payloads at configurable rates, deterministic for a seed.
+//!   payloads at configurable rates, deterministic for a seed;
+//! - [`cli`]: the command itself (options, pacing, pipelined XADD, the group, signals, summary).
 
+pub mod cli;
 pub mod device;
 pub mod fleet;
 pub mod geo;
