@@ -11,7 +11,8 @@ use trackway_tests::relay::{read_all, redis, redis_url, unique};
 /// The number in `summary` just before `label` (`"... 12 late, ..."`).
 fn count(summary: &str, label: &str) -> u64 {
     let at = summary.find(label).unwrap_or_else(|| panic!("{label:?} in {summary:?}"));
-    summary[..at].split_whitespace().last().and_then(|n| n.trim_start_matches('(').parse().ok()).unwrap()
+    let number = summary[..at].split_whitespace().last().and_then(|n| n.trim_start_matches('(').parse().ok());
+    number.unwrap_or_else(|| panic!("no number before {label:?} in {summary:?}"))
 }
 
 #[tokio::test]
