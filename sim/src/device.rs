@@ -42,8 +42,10 @@ pub struct Device {
 
 impl Device {
     pub fn new(index: usize, seed: u64, center: Point, radius_m: f64) -> Device {
-        // One generator per device, seeded from the run's seed and the index.
-        let mut rng = Rng::new(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        // One generator per device, its state a hash of the run's seed and the index. (SplitMix64 steps its
+        // state by a fixed constant: states that differ by multiples of it would be shifted copies of one
+        // sequence, so the devices' faults and values would line up.)
+        let mut rng = Rng::new(Rng::new(seed ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64());
         let vehicle = Vehicle::new(center, radius_m, &mut rng);
         let vin: Vec<u8> = {
             const VIN_CHARS: &[u8] = b"ABCDEFGHJKLMNPRSTUVWXYZ0123456789";

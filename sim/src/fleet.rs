@@ -279,6 +279,20 @@ mod tests {
         assert_eq!(tally.total(), entries.len() as u64);
     }
 
+    /// Many devices, a low rate: the kinds of invalid payloads are still evenly spread (the devices'
+    /// random sequences are independent, not shifted copies of one another).
+    #[test]
+    fn faults_are_spread_over_kinds_and_devices() {
+        let config = Config { devices: 1_000, invalid: 0.01, ..Config::default() };
+        let entries = run(config, 60, 1000);
+        let mut tally = Tally::default();
+        entries.iter().for_each(|e| tally.add(e.kind));
+        assert!(tally.invalid.iter().all(|n| (100..200).contains(n)), "{tally:?}");
+        let devices: HashSet<usize> =
+            entries.iter().filter(|e| matches!(e.kind, Kind::Invalid(_))).map(|e| e.device).collect();
+        assert!(devices.len() > 400, "{} devices sent invalid payloads", devices.len());
+    }
+
     #[test]
     fn duplicates_repeat_and_late_ones_are_older_than_the_latest() {
         let entries = run(faulty(), 300, 100);
