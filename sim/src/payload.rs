@@ -152,7 +152,10 @@ impl Fix {
         let _ = write!(out, r#""timestamp":"{}","latitude":"#, trackway_wire::format_timestamp(self.ts_ms * 1000));
         let latitude = round_to(self.point.lat, 1e7);
         // Out of range, with the digits of the real one: what a corrupted fix looks like.
-        js_number(&mut out, if spoil == Some(Invalid::Latitude) { 123.0 + latitude.fract().abs() } else { latitude });
+        js_number(
+            &mut out,
+            if spoil == Some(Invalid::Latitude) { round_to(123.0 + latitude.fract().abs(), 1e7) } else { latitude },
+        );
         out.push_str(r#","longitude":"#);
         js_number(&mut out, round_to(self.point.lon, 1e7));
         let angle = self.angle_deg.round() as i64 % 360;
