@@ -15,4 +15,4 @@ pub mod stream;
 
 pub use database::{create_extension, drop_database, recreate_database, InstallWait};
 pub use payloads::{generate, position, timestamp};
-pub use stream::{group_counters, xadd_payloads, GroupCounters};
+pub use stream::{group_counters, xadd_payloads, xadd_payloads_as, GroupCounters};

@@ -23,6 +23,7 @@ const BIGINT_SHARE: f64 = 0.10;
 const BUFFER_SHARE: f64 = 0.05;
 
 /// SplitMix64: tiny, fast, and good enough to make test data look random.
+#[derive(Clone, Debug)]
 pub struct Rng(u64);
 
 impl Rng {

@@ -1,0 +1,75 @@
+//! `trackway-sim` as a process against the local Redis: it writes to a fresh stream until SIGTERM, then
+//! its summary must match what is in the stream — every valid entry decodes, every invalid one is refused,
+//! retransmissions repeat an earlier payload, late positions are older than their device's latest.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use trackway_tests::relay::{read_all, redis, redis_url, unique};
+
+/// The number in `summary` just before `label` (`"... 12 late, ..."`).
+fn count(summary: &str, label: &str) -> u64 {
+    let at = summary.find(label).unwrap_or_else(|| panic!("{label:?} in {summary:?}"));
+    let number = summary[..at].split_whitespace().last().and_then(|n| n.trim_start_matches('(').parse().ok());
+    number.unwrap_or_else(|| panic!("no number before {label:?} in {summary:?}"))
+}
+
+#[tokio::test]
+async fn simulator_writes_what_its_summary_says() {
+    let stream = unique("sim");
+    let child = Command::new(env!("CARGO_BIN_EXE_sim-under-test"))
+        .args(["--redis-url", &redis_url(), "--stream", &stream, "--payload-field", "pos"])
+        .args(["--devices", "20", "--rate", "400", "--seed", "11", "--seconds", "0"])
+        .args(["--duplicates", "0.05", "--late", "0.05", "--invalid", "0.05"])
+        .env_remove("DATABASE_URL")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start trackway-sim");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("trackway-sim output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status);
+    let summary = stderr.lines().find(|l| l.starts_with("sent ")).unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let (total, positions, late, duplicates, invalid) = (
+        count(summary, "entries"),
+        count(summary, "positions on time"),
+        count(summary, "late"),
+        count(summary, "duplicates"),
+        count(summary, "invalid"),
+    );
+    assert_eq!(total, positions + late + duplicates + invalid, "{summary}");
+    assert!((500..=1_000).contains(&total), "about 400/s for 2 s: {summary}");
+
+    let mut conn = redis(&redis_url()).await;
+    let entries = read_all(&mut conn, &stream).await;
+    let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.expect("DEL");
+    assert_eq!(entries.len() as u64, total, "{summary}");
+    let (mut valid, mut refused, mut repeated, mut older) = (0u64, 0u64, 0u64, 0u64);
+    let mut seen = HashSet::new();
+    let mut latest: HashMap<String, i64> = HashMap::new();
+    for (_, fields) in &entries {
+        let payload = &fields["pos"];
+        match trackway_wire::decode(payload.as_bytes(), trackway_wire::DEFAULT_MAX_PAYLOAD_BYTES) {
+            Ok(p) => {
+                valid += 1;
+                if !seen.insert(payload.clone()) {
+                    repeated += 1;
+                    continue;
+                }
+                let newest = latest.entry(p.device_id).or_insert(i64::MIN);
+                if p.ts_micros < *newest {
+                    older += 1;
+                }
+                *newest = (*newest).max(p.ts_micros);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!((valid, refused, repeated), (positions + late + duplicates, invalid, duplicates), "{summary}");
+    assert!(invalid > 0 && duplicates > 0 && late > 0, "{summary}");
+    // Late positions held back when it stopped were flushed at once, maybe before a newer one was sent.
+    assert!(older <= late && older > 0, "{older} older than their device's latest; {summary}");
+}
