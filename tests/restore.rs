@@ -5,11 +5,14 @@
 //! 50,000 rows by default; `TRACKWAY_RESTORE_ROWS=1000000` (what `bench/restore.sh` runs) is the large
 //! version, with timings printed.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trackway_tests::{connect, fresh_database, server, Listener};
+use trackway_tests::{
+    connect, fresh_database, server,
+    servers::{pg_client, pg_host_path, pg_temp_dir},
+    Listener,
+};
 
 fn payload(device: usize, second: usize) -> String {
     format!(
@@ -27,7 +30,7 @@ fn conn_flags(dbname: &str) -> Vec<String> {
 }
 
 fn run(program: &str, args: &[String]) {
-    let status = Command::new(program).args(args).status().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let status = pg_client(program).args(args).status().unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(status.success(), "{program} {args:?}: {status}");
 }
 
@@ -50,7 +53,8 @@ async fn a_restore_keeps_rows_and_latest_positions_renumbers_cursors_and_does_no
         .await
         .expect("update");
 
-    let dump = std::env::temp_dir().join(format!("trackway-restore-{}.dump", std::process::id()));
+    // Where pg_dump writes it (in the root of TRACKWAY_TEST_PG_ROOT when that is set; see common/servers.rs).
+    let dump = pg_temp_dir().join(format!("trackway-restore-{}.dump", std::process::id()));
     let dump_arg = dump.to_str().expect("path").to_owned();
     let started = Instant::now();
     let mut args = conn_flags(&source);
@@ -69,7 +73,7 @@ async fn a_restore_keeps_rows_and_latest_positions_renumbers_cursors_and_does_no
     args.extend(["--exit-on-error".to_owned(), dump_arg.clone()]);
     run("pg_restore", &args);
     eprintln!("restore: pg_restore took {:.1} s", started.elapsed().as_secs_f64());
-    let _ = std::fs::remove_file(&dump);
+    let _ = std::fs::remove_file(pg_host_path(&dump));
 
     let restored = connect(target).await;
     let count: i64 = restored.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);

@@ -3,22 +3,28 @@
 //! ingest, latest-position and NOTIFY behaviour on the hypertable.
 //!
 //! TimescaleDB is not packaged for Debian 12, so these tests need a TimescaleDB built for PostgreSQL 15 and
-//! installed into it (see README, "TimescaleDB"). Where it is not installed they say so and pass without
-//! checking anything; set `TRACKWAY_REQUIRE_TIMESCALEDB=1` to make its absence a failure.
+//! installed into it (see README, "TimescaleDB"), or the PostgreSQL 17 of `scripts/pg17` (Debian 13's
+//! TimescaleDB 2.19.3; `TRACKWAY_TEST_PG_BIN`/`TRACKWAY_TEST_PG_ROOT`, see `common/servers.rs`). Where it is
+//! not installed they say so and pass without checking anything; set `TRACKWAY_REQUIRE_TIMESCALEDB=1` to make
+//! its absence a failure.
 
 use std::time::Duration;
 
-use trackway_tests::{connect_to, entries_of, fresh_database_on, servers::PgCluster, shared_data, Listener};
+use trackway_tests::{
+    connect_to, entries_of, fresh_database_on,
+    servers::{pg_bin, pg_extension_installed, PgCluster},
+    shared_data, Listener,
+};
 
-/// Whether the TimescaleDB extension files are installed for PostgreSQL 15.
+/// Whether the TimescaleDB extension files are installed for the PostgreSQL the private clusters run.
 fn timescaledb_installed() -> bool {
-    let installed = std::path::Path::new("/usr/share/postgresql/15/extension/timescaledb.control").exists();
+    let installed = pg_extension_installed("timescaledb");
     if !installed {
         assert!(
             std::env::var_os("TRACKWAY_REQUIRE_TIMESCALEDB").is_none(),
             "TimescaleDB is required but not installed"
         );
-        eprintln!("TimescaleDB is not installed for PostgreSQL 15: nothing checked");
+        eprintln!("TimescaleDB is not installed for the PostgreSQL in {}: nothing checked", pg_bin());
     }
     installed
 }

@@ -1,6 +1,11 @@
 //! Private PostgreSQL and Redis servers for tests that stop, crash and restart them without disturbing
-//! other tests: a Redis with an append-only file, and a PostgreSQL 15 cluster from the system binaries (so
-//! the installed extension is available in it).
+//! other tests: a Redis with an append-only file, and a PostgreSQL cluster from the binaries the extension
+//! is installed for (so it is available in it).
+//!
+//! Those binaries are PostgreSQL 15's (`/usr/lib/postgresql/15/bin`) unless `TRACKWAY_TEST_PG_BIN` names
+//! others; with `TRACKWAY_TEST_PG_ROOT` set they belong to the system under that directory (the Debian 13
+//! root of `scripts/pg17`, whose binaries cannot run on this machine's own libraries) and run chrooted into
+//! it, their data directories in its `/tmp`.
 
 use std::{
     path::PathBuf,
@@ -88,19 +93,81 @@ impl Drop for RedisServer {
     }
 }
 
-/// A private PostgreSQL 15 cluster (same binaries, so the installed extension is available) that a test may
+/// A private PostgreSQL cluster (same binaries, so the installed extension is available) that a test may
 /// stop and start without disturbing other tests.
 pub struct PgCluster {
     /// Its port on 127.0.0.1.
     pub port: u16,
-    /// Its data directory.
+    /// Its data directory, as the server sees it (inside `TRACKWAY_TEST_PG_ROOT` when that is set).
     dir: PathBuf,
     /// Extra server settings (`-c name=value …`).
     settings: String,
 }
 
-/// PostgreSQL 15 binaries (Debian layout).
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Directory of the PostgreSQL server binaries: `TRACKWAY_TEST_PG_BIN`, by default PostgreSQL 15's (Debian).
+pub fn pg_bin() -> String {
+    std::env::var("TRACKWAY_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned())
+}
+
+/// The system root the binaries run chrooted into (`TRACKWAY_TEST_PG_ROOT`), if any.
+pub fn pg_root() -> Option<PathBuf> {
+    std::env::var_os("TRACKWAY_TEST_PG_ROOT").filter(|r| !r.is_empty()).map(PathBuf::from)
+}
+
+/// `path` as seen by the binaries, here on this machine (under the root when there is one).
+pub fn pg_host_path(path: &std::path::Path) -> PathBuf {
+    match pg_root() {
+        Some(root) => root.join(path.strip_prefix("/").unwrap_or(path)),
+        None => path.to_owned(),
+    }
+}
+
+/// A directory for temporary files that the binaries and this process both reach, as the binaries see it.
+pub fn pg_temp_dir() -> PathBuf {
+    if pg_root().is_some() {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Whether extension `name` is installed for the binaries (its control file in `pg_config --sharedir`).
+pub fn pg_extension_installed(name: &str) -> bool {
+    let output = pg_command(&format!("{}/pg_config", pg_bin()), false)
+        .arg("--sharedir")
+        .output()
+        .unwrap_or_else(|e| panic!("pg_config: {e}"));
+    assert!(output.status.success(), "pg_config --sharedir: {}", output.status);
+    let sharedir = String::from_utf8(output.stdout).expect("pg_config output");
+    pg_host_path(&PathBuf::from(sharedir.trim()).join(format!("extension/{name}.control"))).exists()
+}
+
+/// A command running PostgreSQL client `program` (pg_dump, pg_restore) for the tested server: from `PATH`,
+/// or from `TRACKWAY_TEST_PG_BIN` (in [`pg_root`]) when that is set.
+pub fn pg_client(program: &str) -> Command {
+    if std::env::var_os("TRACKWAY_TEST_PG_BIN").is_some() {
+        pg_command(&format!("{}/{program}", pg_bin()), false)
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A command running PostgreSQL's `program` (chrooted into [`pg_root`] when set); as `postgres` when
+/// `as_postgres` and this process is root (initdb refuses root).
+pub fn pg_command(program: &str, as_postgres: bool) -> Command {
+    let root_user = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(root) = pg_root() {
+        argv.extend(["chroot".into(), root.into_os_string()]);
+    }
+    if as_postgres && root_user {
+        argv.extend(["runuser", "-u", "postgres", "--"].map(Into::into));
+    }
+    argv.push(program.into());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
 
 impl PgCluster {
     /// Creates and starts a new cluster.
@@ -112,11 +179,11 @@ impl PgCluster {
     /// `-c shared_preload_libraries=timescaledb`.
     pub fn start_with(settings: &str) -> PgCluster {
         let port = free_port_addr().port();
-        let dir = std::env::temp_dir().join(format!("trackway-pg-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = pg_temp_dir().join(format!("trackway-pg-{port}"));
+        let _ = std::fs::remove_dir_all(pg_host_path(&dir));
         let data = dir.to_string_lossy().into_owned();
         as_postgres(
-            &format!("{PG_BIN}/initdb"),
+            &format!("{}/initdb", pg_bin()),
             &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
         );
         let cluster = PgCluster { port, dir, settings: settings.to_owned() };
@@ -127,12 +194,12 @@ impl PgCluster {
     /// Creates and starts a hot standby of `primary` (streaming replication from a base backup).
     pub fn standby_of(primary: &PgCluster) -> PgCluster {
         let port = free_port_addr().port();
-        let dir = std::env::temp_dir().join(format!("trackway-pg-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = pg_temp_dir().join(format!("trackway-pg-{port}"));
+        let _ = std::fs::remove_dir_all(pg_host_path(&dir));
         let data = dir.to_string_lossy().into_owned();
         let primary_port = primary.port.to_string();
         as_postgres(
-            &format!("{PG_BIN}/pg_basebackup"),
+            &format!("{}/pg_basebackup", pg_bin()),
             &["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D", &data, "-R", "-X", "stream", "-cfast"],
         );
         let cluster = PgCluster { port, dir, settings: primary.settings.clone() };
@@ -150,21 +217,21 @@ impl PgCluster {
         let data = self.dir.to_string_lossy().into_owned();
         let log = format!("{data}.log");
         let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off {}", self.port, self.settings);
-        as_postgres(&format!("{PG_BIN}/pg_ctl"), &["-D", &data, "-l", &log, "-o", &options, "-w", "start"]);
+        as_postgres(&format!("{}/pg_ctl", pg_bin()), &["-D", &data, "-l", &log, "-o", &options, "-w", "start"]);
     }
 
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
     pub fn stop(&self) {
         let data = self.dir.to_string_lossy().into_owned();
-        as_postgres(&format!("{PG_BIN}/pg_ctl"), &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        as_postgres(&format!("{}/pg_ctl", pg_bin()), &["-D", &data, "-m", "immediate", "-w", "stop"]);
     }
 }
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
         let data = self.dir.to_string_lossy().into_owned();
-        let _ = run_as_postgres(&format!("{PG_BIN}/pg_ctl"), &["-D", &data, "-m", "immediate", "stop"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = run_as_postgres(&format!("{}/pg_ctl", pg_bin()), &["-D", &data, "-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(pg_host_path(&self.dir));
     }
 }
 
@@ -175,15 +242,7 @@ fn as_postgres(program: &str, args: &[&str]) {
 }
 
 fn run_as_postgres(program: &str, args: &[&str]) -> std::io::Result<ExitStatus> {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let mut cmd = if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", program]);
-        c
-    } else {
-        Command::new(program)
-    };
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null()).status()
+    pg_command(program, true).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status()
 }
 
 /// Polls `ready` every 50 ms for up to 20 s.
