@@ -173,44 +173,45 @@ impl Feed {
         let mut connection: Option<Connection> = None;
         loop {
             if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
-                match self.connect().await {
-                    Ok(c) => connection = Some(c),
+                connection = match self.connect().await {
+                    Ok(c) => Some(c),
                     Err(e) => {
                         self.fail(&format!("cannot connect: {e}"));
-                        if !self.wait_down(&mut backoff, &shutdown).await {
-                            return;
-                        }
-                        continue;
+                        None
                     }
-                }
+                };
             }
-            if let Some(conn) = connection.as_ref() {
-                match self.cycle(conn).await {
+            let up = match connection.as_ref() {
+                Some(conn) => match self.cycle(conn).await {
                     Ok(()) => {
                         self.health.succeeded();
                         backoff.reset();
+                        true
                     }
                     Err(e) => {
                         self.fail(&e.to_string());
-                        connection = None;
-                        if !self.wait_down(&mut backoff, &shutdown).await {
-                            return;
-                        }
-                        continue;
+                        false
                     }
-                }
+                },
+                None => false,
+            };
+            if !up {
+                connection = None;
             }
-            if !self.wait(&shutdown).await {
+            let delay = if up { self.settings.poll_interval } else { backoff.next_delay() };
+            if !self.wait(&shutdown, delay, !up).await {
                 return;
             }
         }
     }
 
-    /// Waits for a reason to read: a ring, a poll tick, or commands (applied as they come). `false` at
-    /// shutdown.
-    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let tick = tokio::time::sleep(self.settings.poll_interval);
-        tokio::pin!(tick);
+    /// Waits up to `delay` (the poll interval, or a backoff delay while the database is `down`), applying
+    /// commands as they come: leaves and unsubscribes at once. While the database is up a ring or a
+    /// subscription to answer ends the wait; while it is down subscriptions are refused at once
+    /// (`unavailable`) rather than left waiting. `false` at shutdown.
+    async fn wait(&mut self, shutdown: &CancellationToken, delay: Duration, down: bool) -> bool {
+        let until = tokio::time::sleep(delay);
+        tokio::pin!(until);
         loop {
             tokio::select! {
                 biased;
@@ -222,33 +223,14 @@ impl Feed {
                         self.apply(command);
                     }
                     if !self.pending.is_empty() {
-                        return true;
-                    }
-                }
-                () = self.wake.rung() => return true,
-                () = &mut tick => return true,
-            }
-        }
-    }
-
-    /// Waits out a backoff delay while the database is unreachable, still taking commands: leaves and
-    /// unsubscribes apply, subscriptions are refused at once (`unavailable`) rather than left waiting.
-    /// `false` at shutdown.
-    async fn wait_down(&mut self, backoff: &mut Backoff, shutdown: &CancellationToken) -> bool {
-        let retry = tokio::time::sleep(backoff.next_delay());
-        tokio::pin!(retry);
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return false,
-                command = self.commands.recv() => {
-                    let Some(command) = command else { return false };
-                    self.apply(command);
-                    if !self.pending.is_empty() {
+                        if !down {
+                            return true;
+                        }
                         self.fail("still unavailable");
                     }
                 }
-                () = &mut retry => return true,
+                () = self.wake.rung(), if !down => return true,
+                () = &mut until => return true,
             }
         }
     }
