@@ -188,17 +188,7 @@ impl Client {
         if !self.backlog.is_empty() {
             return Some(self.backlog.remove(0));
         }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?;
-            match next {
-                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(text.as_str()).expect("JSON frame")),
-                Some(Ok(Message::Close(frame))) => panic!("connection closed: {frame:?}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("connection failed: {e}"),
-                None => panic!("connection ended"),
-            }
-        }
+        self.next_frame(timeout).await
     }
 
     /// The next text frame, within 10 s.
@@ -222,14 +212,17 @@ impl Client {
         }
     }
 
+    /// The next text frame from the socket (not the backlog), within `timeout`; pings and pongs skipped.
     async fn next_frame(&mut self, timeout: Duration) -> Option<Value> {
-        let next = tokio::time::timeout(timeout, self.socket.next()).await.ok()?;
-        match next {
-            Some(Ok(Message::Text(text))) => Some(serde_json::from_str(text.as_str()).expect("JSON frame")),
-            Some(Ok(Message::Close(frame))) => panic!("connection closed: {frame:?}"),
-            Some(Ok(_)) => Box::pin(self.next_frame(timeout)).await,
-            Some(Err(e)) => panic!("connection failed: {e}"),
-            None => panic!("connection ended"),
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await.ok()? {
+                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(text.as_str()).expect("JSON frame")),
+                Some(Ok(Message::Close(frame))) => panic!("connection closed: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed: {e}"),
+                None => panic!("connection ended"),
+            }
         }
     }
 
