@@ -293,3 +293,151 @@ async fn retention_by_drop_chunks_keeps_cursors_and_ingest_working() {
     assert_eq!(after, 2);
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 2);
 }
+
+/// Whether this TimescaleDB has its compression (the Timescale-licensed part): Debian's and other
+/// Apache-only builds do not. `TRACKWAY_REQUIRE_TIMESCALEDB_COMPRESSION=1` (scripts/test sets it where the
+/// build has it) makes its absence a failure instead of a skip.
+async fn compression_available(client: &tokio_postgres::Client) -> bool {
+    let license: String =
+        client.query_one("SELECT current_setting('timescaledb.license')", &[]).await.expect("license").get(0);
+    let available = license == "timescale";
+    if !available {
+        assert!(
+            std::env::var_os("TRACKWAY_REQUIRE_TIMESCALEDB_COMPRESSION").is_none(),
+            "TimescaleDB compression is required, but this build's license is {license:?} (an Apache-only build)"
+        );
+        eprintln!("TimescaleDB here is an Apache-only build ({license:?}): compression not checked");
+    }
+    available
+}
+
+/// `n` wire-format payloads of `device`, one per second from `start` (an SQL timestamptz expression), made
+/// in SQL so the times can follow the clock (compression policies work relative to now()).
+const PAYLOADS_FROM: &str = "SELECT array_agg(json_build_object('deviceId', $1::text, \
+    'timestamp', to_char((start + s * interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+    'latitude', 54.7, 'longitude', 25.3 + s / 1000.0)::text ORDER BY s) \
+    FROM generate_series(0, $3::int - 1) s, (SELECT $2::text::timestamptz AS start) t";
+
+/// Compression on the hypertable, by the policy an operator would add (segment by device, newest first):
+/// old chunks are compressed, and cursors taken before page through them to the end; ingest into a
+/// compressed chunk still tells retransmissions (`duplicate`) from late rows (`inserted`, announced once,
+/// cursor columns assigned by the row trigger), and the latest position is kept.
+#[tokio::test]
+async fn compression_keeps_cursors_ingest_and_the_triggers_working() {
+    if !timescaledb_installed() {
+        return;
+    }
+    let pg = cluster();
+    let admin = connect_to(&pg.server(), "postgres").await;
+    admin.batch_execute("CREATE DATABASE tscompress").await.expect("create database");
+    let client = connect_to(&pg.server(), "tscompress").await;
+    client.batch_execute("CREATE EXTENSION timescaledb; CREATE EXTENSION trackway").await.expect("extensions");
+    if !compression_available(&client).await {
+        return;
+    }
+    let old_start: String =
+        client.query_one("SELECT (now() - interval '30 days')::text", &[]).await.expect("time").get(0);
+    let new_start: String =
+        client.query_one("SELECT (now() - interval '1 hour')::text", &[]).await.expect("time").get(0);
+    let ingest = |device: &'static str, start: String, n: i32| {
+        let client = &client;
+        async move {
+            let rows = client
+                .query(&format!("SELECT status FROM trackway.ingest_batch(({PAYLOADS_FROM}))"), &[&device, &start, &n])
+                .await
+                .expect("ingest_batch");
+            rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+        }
+    };
+    let before: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    assert!(ingest("old", old_start.clone(), 40).await.iter().all(|s| s == "inserted"));
+    assert!(ingest("new", new_start.clone(), 20).await.iter().all(|s| s == "inserted"));
+
+    client
+        .batch_execute(
+            "ALTER TABLE trackway.positions SET (timescaledb.compress, \
+               timescaledb.compress_segmentby = 'device_id', timescaledb.compress_orderby = 'ts DESC')",
+        )
+        .await
+        .expect("enable compression");
+    let job: i32 = client
+        .query_one("SELECT add_compression_policy('trackway.positions', compress_after => interval '7 days')", &[])
+        .await
+        .expect("add_compression_policy")
+        .get(0);
+    client.batch_execute(&format!("CALL run_job({job})")).await.expect("run the compression job");
+    let compressed = |flag: bool| {
+        format!(
+            "SELECT count(*) FROM timescaledb_information.chunks \
+             WHERE hypertable_schema = 'trackway' AND hypertable_name = 'positions' AND is_compressed = {flag}"
+        )
+    };
+    assert_eq!(count(&client, &compressed(true)).await, 1, "the old chunk is compressed");
+    assert!(count(&client, &compressed(false)).await >= 1, "the recent chunk is not");
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 60);
+
+    // A cursor from before pages through the compressed and the plain chunk alike, each row once.
+    let page_all = |mut cursor: String| {
+        let client = &client;
+        async move {
+            let mut seen = Vec::new();
+            loop {
+                let rows = client
+                    .query("SELECT cursor, device_id, ts::text FROM trackway.positions_since($1, NULL, 7)", &[&cursor])
+                    .await
+                    .expect("positions_since over a compressed chunk");
+                let Some(last) = rows.last() else { return (cursor, seen) };
+                cursor = last.get(0);
+                seen.extend(rows.iter().map(|r| (r.get::<_, String>(1), r.get::<_, String>(2))));
+            }
+        }
+    };
+    let (end, seen) = page_all(before).await;
+    assert_eq!(seen.len(), 60);
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), 60, "no row twice");
+
+    // Into the compressed chunk: retransmissions are duplicates, a late row is inserted and announced once.
+    let mut listener = Listener::start_on(&pg.server(), "tscompress").await;
+    assert!(ingest("old", old_start.clone(), 40).await.iter().all(|s| s == "duplicate"), "retransmissions");
+    assert_eq!(listener.entries(Duration::from_millis(500)).await.len(), 0, "a duplicate is not announced");
+    let late: String = client
+        .query_one("SELECT ($1::text::timestamptz + interval '100 seconds')::text", &[&old_start])
+        .await
+        .expect("time")
+        .get(0);
+    assert_eq!(ingest("old", late, 1).await, ["inserted"], "a late row into the compressed chunk");
+    let announced = listener.entries(Duration::from_millis(500)).await;
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    // A plain INSERT into the compressed range: the row trigger assigns the cursor columns.
+    client
+        .batch_execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude, ingest_xid, ingest_seq) \
+             VALUES ('other', now() - interval '29 days', 54.7, 25.3, '1', 1)",
+        )
+        .await
+        .expect("plain insert into the compressed range");
+    assert_eq!(listener.entries(Duration::from_millis(500)).await.len(), 1);
+    let (_, after) = page_all(end).await;
+    let devices: Vec<&str> = after.iter().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(devices, ["old", "other"], "the cursor from the end sees exactly the two new rows: {after:?}");
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM trackway.positions WHERE device_id = 'other' AND ingest_seq = 1").await,
+        0,
+        "the cursor columns a client wrote were replaced"
+    );
+    // The late row did not move the latest position of `old`; `other` got one.
+    let latest: String = client
+        .query_one("SELECT ts::text FROM trackway.latest_positions WHERE device_id = 'old'", &[])
+        .await
+        .expect("latest")
+        .get(0);
+    let newest: String = client
+        .query_one("SELECT max(ts)::text FROM trackway.positions WHERE device_id = 'old'", &[])
+        .await
+        .expect("max")
+        .get(0);
+    assert_eq!(latest, newest);
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 3);
+    assert_eq!(count(&client, &compressed(true)).await, 1, "the chunk is still (partly) compressed");
+}
