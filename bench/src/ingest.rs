@@ -42,7 +42,7 @@ async fn run_in(config: &Config, options: &Options) -> Result<()> {
     create_targets(&client).await?;
 
     let started = Instant::now();
-    let payloads = trackway_testkit::generate(options.workload.rows, options.workload.devices, options.workload.seed);
+    let payloads = trackway_sim::workload(options.workload.rows, options.workload.devices, options.workload.seed);
     let batches: Vec<Vec<&str>> =
         payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
     let sql_inputs = SqlInputs::new(&batches);

@@ -2,8 +2,9 @@
 //! the two baselines a user would otherwise reach for (DESIGN.md §6).
 //!
 //! `trackway-bench ingest` creates a throw-away database with the extension, generates deterministic
-//! wire-format payloads (a fleet of trackers around Vilnius, with `__bigint` and `__buffer_b64` sentinels)
-//! and stores the same rows, in batches of one round trip and one transaction each, through:
+//! wire-format payloads with the simulator (`trackway_sim::workload`: its fleet of Teltonika-like trackers
+//! around Vilnius, `__bigint` and `__buffer_b64` attributes included, without its faults) and stores the
+//! same rows, in batches of one round trip and one transaction each, through:
 //!
 //! - **`ingest_batch`**: the product — decode and validate in Rust, insert with `ON CONFLICT DO NOTHING`,
 //!   then the statement trigger keeps `latest_positions` and sends the NOTIFYs;

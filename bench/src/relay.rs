@@ -49,7 +49,7 @@ pub async fn run(options: &Options) -> Result<()> {
 async fn run_in(config: &Config, binary: &std::path::Path, options: &Options) -> Result<()> {
     let client = db::connect(config).await?;
     db::create_extension(&client).await?;
-    let payloads = trackway_testkit::generate(options.workload.rows, options.workload.devices, options.workload.seed);
+    let payloads = trackway_sim::workload(options.workload.rows, options.workload.devices, options.workload.seed);
     let batches: Vec<Vec<&str>> =
         payloads.chunks(options.workload.batch).map(|c| c.iter().map(String::as_str).collect()).collect();
     let redis = redis::Client::open(options.redis_url.as_str()).context("--redis-url")?;

@@ -231,6 +231,23 @@ impl Fleet {
     }
 }
 
+/// The benchmarks' workload: `rows` valid positions of a fleet of `devices` (at least one) with none of
+/// its faults (no retransmissions, late or invalid entries), in sending order. Every (device, time) is
+/// distinct, and the first `devices` entries are one of each device.
+pub fn workload(rows: usize, devices: usize, seed: u64) -> Vec<String> {
+    let config =
+        Config { devices: devices.max(1), seed, duplicates: 0.0, late: 0.0, invalid: 0.0, ..Config::default() };
+    let step_ms = config.interval_us / 1000;
+    let mut now_ms = config.start_ms;
+    let mut fleet = Fleet::new(config);
+    let mut entries = Vec::with_capacity(rows + devices);
+    while entries.len() < rows {
+        now_ms += step_ms;
+        fleet.advance_to(now_ms, &mut entries);
+    }
+    entries.into_iter().take(rows).map(|e| e.payload).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
@@ -262,6 +279,22 @@ mod tests {
         assert!(a == b, "same seed, same entries in the same order");
         let c = run(Config { seed: 2, ..faulty() }, 300, 1000);
         assert_ne!(a, c, "another seed, other entries");
+    }
+
+    #[test]
+    fn the_workload_is_valid_distinct_and_starts_with_every_device() {
+        let payloads = workload(300, 10, 1);
+        assert_eq!(payloads.len(), 300);
+        assert_eq!(payloads, workload(300, 10, 1), "deterministic");
+        let decoded: Vec<_> = payloads
+            .iter()
+            .map(|p| trackway_wire::decode(p.as_bytes(), trackway_wire::DEFAULT_MAX_PAYLOAD_BYTES).expect(p))
+            .collect();
+        let keys: HashSet<_> = decoded.iter().map(|p| (p.device_id.clone(), p.ts_micros)).collect();
+        assert_eq!(keys.len(), 300, "no retransmissions");
+        let first: HashSet<_> = decoded[..10].iter().map(|p| p.device_id.clone()).collect();
+        assert_eq!(first.len(), 10, "one entry of each device first");
+        assert!(payloads.iter().any(|p| p.contains("__bigint")) && payloads.iter().any(|p| p.contains("__buffer_b64")));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod payload;
 pub mod vehicle;
 
 pub use device::device_id;
-pub use fleet::{Config, Entry, Fleet, Kind, Tally, VILNIUS};
+pub use fleet::{workload, Config, Entry, Fleet, Kind, Tally, VILNIUS};
 pub use geo::Point;
 pub use payload::{Attr, Fix, Invalid};
 

@@ -3,8 +3,8 @@
 //!
 //! - [`database`]: a fresh database with the `trackway` extension (drop, create, `CREATE EXTENSION`).
 //! - [`stream`]: pipelined XADD of payloads, and a consumer group's counters from XINFO GROUPS.
-//! - [`payloads`]: wire-format payloads: a minimal valid position, a deterministic fleet of trackers, and
-//!   the timestamp text they carry.
+//! - [`payloads`]: wire-format payloads: a minimal valid position and the timestamp text it carries, and
+//!   the seeded generator the simulator uses (the simulator makes the benchmarks' fleets).
 //!
 //! Errors are returned, not panicked on: tests unwrap them with their own message, the benchmarks add
 //! context.
@@ -14,5 +14,5 @@ pub mod payloads;
 pub mod stream;
 
 pub use database::{create_extension, drop_database, recreate_database, InstallWait};
-pub use payloads::{generate, position, timestamp};
+pub use payloads::{position, timestamp};
 pub use stream::{group_counters, xadd_payloads, xadd_payloads_as, GroupCounters};

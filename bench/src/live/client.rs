@@ -222,7 +222,7 @@ mod tests {
             [("d1", "2026-11-27T08:00:00.000Z"), ("d2", "2026-11-27T08:00:01.000Z"), ("d1", "t1"), ("d2", "t2")];
         assert_eq!(seen, expected.map(|(d, t)| (d.to_owned(), t.to_owned())));
 
-        let payloads = trackway_testkit::generate(300, 10, 1);
+        let payloads = trackway_sim::workload(300, 10, 1);
         let (keys, devices) = Keys::new(&payloads).unwrap();
         assert_eq!(devices.len(), 300);
         let mut found = Vec::new();

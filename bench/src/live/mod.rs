@@ -289,7 +289,7 @@ impl Bench<'_> {
             "\n== notify: XADD -> NOTIFY alone, {} positions/s for {} s, {} devices, no clients ==",
             o.routed_rate, o.notify_seconds, o.routed_devices
         );
-        let payloads = trackway_testkit::generate(total, o.routed_devices, o.seed);
+        let payloads = trackway_sim::workload(total, o.routed_devices, o.seed);
         let (keys, devices) = Keys::new(&payloads)?;
         let keys = Arc::new(keys);
         let mut setup = self.setup("notify", &distinct(&devices)).await?;
@@ -357,7 +357,7 @@ impl Bench<'_> {
             "\n== {}: {} clients on {target}, {} positions/s for {} s ==",
             load.name, load.clients, load.rate, load.seconds
         );
-        let payloads = trackway_testkit::generate(total, load.devices, self.options.seed);
+        let payloads = trackway_sim::workload(total, load.devices, self.options.seed);
         let (keys, devices_of) = Keys::new(&payloads)?;
         let keys = Arc::new(keys);
         let devices = distinct(&devices_of);
@@ -499,7 +499,7 @@ impl Bench<'_> {
             o.idle_connections,
             if o.idle_subscribe { ", one device subscription each" } else { "" }
         );
-        let payloads = trackway_testkit::generate(o.routed_devices, o.routed_devices, o.seed);
+        let payloads = trackway_sim::workload(o.routed_devices, o.routed_devices, o.seed);
         let (_, devices_of) = Keys::new(&payloads)?;
         let devices = distinct(&devices_of);
         let setup = self.setup("idle", &devices).await?;
