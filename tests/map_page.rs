@@ -4,7 +4,9 @@
 //! `?group=`, shows positions XADDed to the stream as markers, moves them, keeps them in place for a late
 //! (older) position, and after its WebSocket is closed reconnects and resumes with `since`, so positions
 //! stored while it was disconnected still arrive. A screenshot is saved to
-//! `<target dir>/artifacts/map_page.png`.
+//! `<target dir>/artifacts/map_page.png`. In `directus` mode the page logs in with email and password
+//! against a real Directus (cross-origin, allowed by Directus's CORS settings), is refused a device the
+//! user has no grant for, and renews its short-lived token with Directus's refresh token.
 
 use std::{
     fs,
@@ -19,7 +21,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{connect_async, tungstenite::Message, MaybeTlsStream, WebSocketStream};
 use trackway_tests::{
-    connect, fresh_database,
+    connect,
+    directus::Directus,
+    fresh_database,
     live::{admin_token, live_flags, LiveRelay},
     relay::{redis, redis_url, unique, xadd_payloads},
 };
@@ -239,6 +243,17 @@ impl Page {
              return !!m && Number(m.dataset.lat) === {lat} && Number(m.dataset.lon) === {lon}; }})()"
         );
         self.wait_for(&format!("the marker of {device} at {lat}, {lon}"), &expression, Duration::from_secs(15)).await;
+    }
+
+    /// Fills the Directus login form and submits it, as a user would.
+    async fn log_in(&mut self, email: &str, password: &str) {
+        let script = format!(
+            "(() => {{ document.getElementById('email').value = {}; document.getElementById('password').value = {}; \
+             document.getElementById('login').requestSubmit(); return true; }})()",
+            Value::from(email),
+            Value::from(password)
+        );
+        assert_eq!(self.eval(&script).await, Some(json!(true)), "submit the login form\n{}", self.diagnostics());
     }
 
     async fn screenshot(&mut self, path: &Path) {
@@ -476,6 +491,102 @@ async fn the_map_page_shows_moves_and_resumes_live_positions_in_headless_chromiu
         .iter()
         .filter(|line| {
             line.starts_with("exception") || line.contains("Content Security Policy") || line.contains("Refused")
+        })
+        .collect();
+    assert!(problems.is_empty(), "the page reported problems: {problems:#?}\n{}", page.diagnostics());
+    drop(page);
+    relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_map_page_logs_in_through_directus_and_renews_its_token() {
+    // The page's origin must be known before Directus starts (CORS), so the live listener is bound first.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind live");
+    let origin = format!("http://{}", listener.local_addr().expect("addr"));
+    // A 30 s access token: the page renews it (at half its life) with the refresh token during the test.
+    let directus = Directus::start_with(&[
+        ("CORS_ENABLED", "true"),
+        ("CORS_ORIGIN", origin.as_str()),
+        ("ACCESS_TOKEN_TTL", "30s"),
+    ])
+    .await;
+    let db = fresh_database("map_page_dx").await;
+    let sql = connect(&db).await;
+    sql.execute("INSERT INTO trackway.live_grants VALUES ($1, 'device', 'dx-1')", &[&directus.user_id])
+        .await
+        .expect("grant");
+    let stream = unique("map_page_dx");
+    let flags = live_flags(&db, &stream, &["--auth", "directus", "--directus-url", &directus.url]);
+    let relay = LiveRelay::start_on(&flags, listener).await;
+
+    let csp = reqwest::get(format!("{origin}/"))
+        .await
+        .expect("GET /")
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+        .expect("CSP");
+    assert!(csp.contains(&format!("connect-src 'self' {}", directus.url)), "the login request is allowed: {csp}");
+
+    let mut page = Page::launch().await;
+    page.call("Page.navigate", json!({"url": format!("{origin}/?device=dx-1&device=dx-2")})).await;
+    page.wait_for(
+        "the Directus login form",
+        "window.trackwayMap && !document.getElementById('login').hidden \
+         && !document.getElementById('login-directus').hidden && document.getElementById('login-token').hidden",
+        Duration::from_secs(20),
+    )
+    .await;
+
+    // A wrong password: Directus's refusal is shown and nothing connects.
+    page.log_in(&directus.user_email, "not-the-password").await;
+    page.wait_for(
+        "the refused login",
+        "trackwayMap.state.conn === 'error' && trackwayMap.state.detail.startsWith('login failed')",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(page.eval("trackwayMap.state.connects").await, Some(json!(0)));
+
+    page.log_in(&directus.user_email, &directus.user_password).await;
+    page.wait_for("the connection to be live", "trackwayMap.state.conn === 'live'", Duration::from_secs(20)).await;
+    let user = page.eval("trackwayMap.state.user").await;
+    assert_eq!(user, Some(json!(directus.user_id)), "logged in as the Directus user");
+    page.wait_for(
+        "dx-1 live and dx-2 refused",
+        "trackwayMap.subscriptions.get('device:dx-1')?.status === 'live' \
+         && trackwayMap.subscriptions.get('device:dx-2')?.error === 'forbidden'",
+        Duration::from_secs(15),
+    )
+    .await;
+
+    let base = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64 - 60_000;
+    let mut redis = redis(&redis_url()).await;
+    let (p1, _) = position("dx-1", base, 0, 54.7001, 25.2601, 30, 90);
+    let (p2, _) = position("dx-2", base, 0, 54.7101, 25.2701, 30, 90);
+    xadd_payloads(&mut redis, &stream, &[p1, p2]).await;
+    page.wait_marker_at("dx-1", 54.7001, 25.2601).await;
+
+    // The token is renewed over the open connection before it expires: a later expiry, the same socket.
+    let first_expiry = page.eval("trackwayMap.state.expiresAt").await.expect("expiresAt");
+    assert!(first_expiry.is_string(), "a Directus token expires: {first_expiry}");
+    page.wait_for(
+        "the token to be renewed",
+        &format!("trackwayMap.state.expiresAt > {first_expiry} && trackwayMap.state.conn === 'live'"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(page.eval("trackwayMap.state.connects").await, Some(json!(1)), "renewed without reconnecting");
+    let (p3, _) = position("dx-1", base, 10, 54.7011, 25.2611, 31, 90);
+    xadd_payloads(&mut redis, &stream, &[p3]).await;
+    page.wait_marker_at("dx-1", 54.7011, 25.2611).await;
+    assert_eq!(page.marker("dx-2").await, None, "no position of a device without a grant reaches the page");
+
+    let problems: Vec<&String> = page
+        .console
+        .iter()
+        .filter(|line| {
+            line.starts_with("exception") || line.contains("Content Security Policy") || line.contains("CORS")
         })
         .collect();
     assert!(problems.is_empty(), "the page reported problems: {problems:#?}\n{}", page.diagnostics());

@@ -93,6 +93,8 @@ pub struct Directus {
     pub database: String,
     /// Working directory (uploads, extensions) and log.
     dir: PathBuf,
+    /// Settings added to its environment by [`Directus::start_with`] (e.g. CORS for a page's origin).
+    extra_env: Vec<(String, String)>,
     /// The node process (also the process group of its watcher); `None` once stopped.
     child: Mutex<Option<Child>>,
 }
@@ -107,6 +109,12 @@ impl Directus {
     /// Starts a new Directus with a fresh database, an admin and a non-admin user. Panics with the tail of
     /// its log when it does not come up.
     pub async fn start() -> Directus {
+        Directus::start_with(&[]).await
+    }
+
+    /// [`Directus::start`] with more settings in its environment, e.g. `CORS_ENABLED`/`CORS_ORIGIN` for a
+    /// page that logs in from another origin, or `ACCESS_TOKEN_TTL`.
+    pub async fn start_with(extra_env: &[(&str, &str)]) -> Directus {
         let home = home();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -142,6 +150,7 @@ impl Directus {
             user_static_token: random(32),
             database,
             dir,
+            extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: Mutex::new(None),
         };
 
@@ -320,6 +329,7 @@ impl Directus {
                 ("STORAGE_LOCAL_ROOT", "./uploads"),
                 ("EXTENSIONS_PATH", "./extensions"),
             ])
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("Directus log file"))
             .stderr(log_file)

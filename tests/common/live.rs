@@ -56,11 +56,16 @@ pub struct LiveRelay {
 impl LiveRelay {
     /// Starts a relay from flags (see [`live_flags`]).
     pub async fn start(args: &[String]) -> LiveRelay {
+        LiveRelay::start_on(args, TcpListener::bind("127.0.0.1:0").await.expect("bind live")).await
+    }
+
+    /// [`LiveRelay::start`] on a live listener bound beforehand, for a test that must know the page's
+    /// origin before the relay starts (e.g. to allow it in Directus's CORS settings).
+    pub async fn start_on(args: &[String], live_listener: TcpListener) -> LiveRelay {
         let mut argv = vec!["trackway-relay".to_owned()];
         argv.extend_from_slice(args);
         let config = Settings::try_parse_from(argv).expect("flags").validate().expect("valid config");
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let live_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind live");
         let (admin, live) = (admin_listener.local_addr().expect("addr"), live_listener.local_addr().expect("addr"));
         let shutdown = Shutdown::new();
         let listeners = trackway_relay::Listeners { admin: admin_listener, live: Some(live_listener) };
