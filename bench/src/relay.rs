@@ -138,6 +138,8 @@ async fn time_relay(
         .env("TRACKWAY_STREAM", stream)
         .env("TRACKWAY_BATCH_SIZE", batch.to_string())
         .env("TRACKWAY_ADMIN_ADDR", "127.0.0.1:0")
+        // The ingest side alone, as measured before the live side existed (which needs an auth setting).
+        .env("TRACKWAY_LIVE_ADDR", "off")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
