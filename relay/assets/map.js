@@ -498,12 +498,23 @@
     return String(value);
   }
 
+  // Teltonika's most telling IO elements come first: ignition, movement, external voltage (mV), GSM signal,
+  // odometer (m); then the rest by number.
+  const KEY_ATTRIBUTES = ["239", "240", "66", "21", "16"];
+  const attributeRank = (k) => (KEY_ATTRIBUTES.includes(k) ? KEY_ATTRIBUTES.indexOf(k) : KEY_ATTRIBUTES.length);
+
+  // All attributes on one line (`limit` 0, for the tooltip), or the first `limit` one per line, long values
+  // shortened (for the list).
   function formatAttributes(attributes, limit) {
     if (!attributes || typeof attributes !== "object") return "";
-    const keys = Object.keys(attributes).sort((a, b) => Number(a) - Number(b) || a.localeCompare(b));
-    const shown = limit ? keys.slice(0, limit) : keys;
-    const text = shown.map((k) => `${k}=${formatValue(attributes[k])}`).join(" ");
-    return limit && keys.length > limit ? `${text} …` : text;
+    const keys = Object.keys(attributes).sort(
+      (a, b) => attributeRank(a) - attributeRank(b) || Number(a) - Number(b) || a.localeCompare(b),
+    );
+    if (!limit) return keys.map((k) => `${k}=${formatValue(attributes[k])}`).join(" ");
+    const short = (text) => (text.length > 12 ? `${text.slice(0, 11)}…` : text);
+    const lines = keys.slice(0, limit).map((k) => `${k}=${short(formatValue(attributes[k]))}`);
+    if (keys.length > limit) lines.push(`+${keys.length - limit} more`);
+    return lines.join("\n");
   }
 
   function formatAge(timestamp) {
@@ -550,7 +561,9 @@
     view.cy = (y0 + y1) / 2;
     const spanX = Math.max(x1 - x0, 1e-9);
     const spanY = Math.max(y1 - y0, 1e-9);
-    const z = Math.log2(Math.min((w * 0.7) / (spanX * 256), (h * 0.7) / (spanY * 256)));
+    // Room for the labels (device ids, up to about 150 px) beside the outermost markers.
+    const usableW = Math.max(w * 0.5, w - 320);
+    const z = Math.log2(Math.min(usableW / (spanX * 256), (h * 0.75) / (spanY * 256)));
     view.z = Math.max(1, Math.min(points.length === 1 ? 15 : 17, z));
   }
 
