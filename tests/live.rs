@@ -550,3 +550,42 @@ async fn a_renewed_token_rechecks_every_subscription() {
     assert!(user.positions(1, QUIET).await.is_empty());
     relay.stop().await.expect("clean stop");
 }
+
+/// The status of a handshake sent with `Origin: origin` (`None`: no Origin header), 101 when it opened.
+async fn handshake_status(relay: &LiveRelay, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = relay.url("").into_client_request().expect("request");
+    if let Some(origin) = origin {
+        request.headers_mut().insert("origin", origin.parse().expect("header value"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((mut socket, response)) => {
+            let _ = socket.close(None).await;
+            response.status().as_u16()
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("handshake with origin {origin:?}: {e}"),
+    }
+}
+
+/// Cross-site WebSocket hijacking: a page of another site must not open `/live` with a visitor's browser.
+/// The relay's own page (same host) and listed origins may; clients that send no Origin are not browsers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_origins_other_than_the_relays_own_and_the_listed_ones_are_refused() {
+    let db = fresh_database("live_origins").await;
+    let relay =
+        LiveRelay::start(&live_flags(&db, &unique("live_origins"), &["--live-origins", "https://maps.example.com"]))
+            .await;
+    let own = format!("http://{}", relay.live);
+    assert_eq!(handshake_status(&relay, Some(&own)).await, 101, "the relay's own page");
+    assert_eq!(handshake_status(&relay, Some("https://maps.example.com")).await, 101, "a listed origin");
+    assert_eq!(handshake_status(&relay, None).await, 101, "no Origin: not a browser");
+    assert_eq!(handshake_status(&relay, Some("https://evil.example")).await, 403);
+    assert_eq!(handshake_status(&relay, Some("null")).await, 403, "sandboxed pages and file:// send null");
+    let text = relay.metrics().await;
+    assert_eq!(metric(&text, "trackway_live_closes_total{reason=\"origin\"}"), 2.0);
+    // Refused before a slot is taken: the relay still serves everyone else.
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.subscribe(json!({"device": "d-origin"})).await;
+    relay.stop().await.expect("clean stop");
+}

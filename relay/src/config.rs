@@ -171,6 +171,13 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_MAP_TILE_URL")]
     pub map_tile_url: Option<String>,
 
+    /// Web origins whose pages may open `/live` besides the relay's own (the map page), comma-separated,
+    /// e.g. `https://maps.example.com,https://ops.example.com`; `*` allows any. A browser sends its page's
+    /// origin with the handshake: one not allowed gets HTTP 403, so another site cannot use a visitor's
+    /// browser to open the endpoint. Clients that send no `Origin` (services, CLI tools) are not affected.
+    #[arg(long, env = "TRACKWAY_LIVE_ORIGINS", default_value = "")]
+    pub live_origins: String,
+
     /// Log format: `json`, `text`, or `auto` (text on a terminal, JSON otherwise). Filter with RUST_LOG.
     #[arg(long, env = "TRACKWAY_LOG_FORMAT", default_value = "auto")]
     pub log_format: LogFormat,
@@ -225,6 +232,56 @@ pub struct LiveConfig {
     pub poll_interval: Duration,
     /// Tile URL template of the map page (`None`: offline grid only).
     pub map_tile_url: Option<TileUrl>,
+    /// Which browser pages may open `/live`.
+    pub origins: Origins,
+}
+
+/// The web origins allowed to open `/live` from a browser, besides the relay's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origins {
+    /// Any origin (`*`).
+    Any,
+    /// The relay's own origin and these (`scheme://host[:port]`, lower case).
+    Listed(Vec<String>),
+}
+
+impl Origins {
+    /// Parses `TRACKWAY_LIVE_ORIGINS`; the error says what is wrong (the caller names the setting).
+    pub fn parse(text: &str) -> Result<Origins, String> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(Origins::Any);
+        }
+        let mut listed = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let origin = item.trim_end_matches('/').to_ascii_lowercase();
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .ok_or_else(|| format!("{item:?} is not an http:// or https:// origin"))?;
+            let host_ok = !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if !host_ok {
+                return Err(format!("{item:?}: an origin is scheme://host[:port], with no path"));
+            }
+            listed.push(origin);
+        }
+        Ok(Origins::Listed(listed))
+    }
+
+    /// Whether a handshake's `Origin` may open `/live`. `host` is the request's `Host` header: a page of
+    /// the relay itself (the map page) always may.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim().to_ascii_lowercase();
+        let own = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+        match self {
+            Origins::Any => true,
+            Origins::Listed(listed) => {
+                listed.contains(&origin)
+                    || (own.is_some() && own == host.map(|h| h.trim().to_ascii_lowercase()).as_deref())
+            }
+        }
+    }
 }
 
 /// A validated tile URL template: http(s), with `{z}`, `{x}` and `{y}`, and an origin without placeholders
@@ -320,6 +377,7 @@ impl fmt::Debug for LiveConfig {
             .field("max_replay", &self.max_replay)
             .field("poll_interval", &self.poll_interval)
             .field("map_tile_url", &self.map_tile_url.as_ref().map(|t| &t.template))
+            .field("origins", &self.origins)
             .finish()
     }
 }
@@ -498,8 +556,10 @@ impl Settings {
             None | Some("") => None,
             Some(text) => Some(TileUrl::parse(text).map_err(|why| bad("TRACKWAY_MAP_TILE_URL", why))?),
         };
+        let origins = Origins::parse(&self.live_origins).map_err(|why| bad("TRACKWAY_LIVE_ORIGINS", why))?;
         Ok(Some(LiveConfig {
             map_tile_url,
+            origins,
             addr,
             auth,
             max_connections: count("TRACKWAY_LIVE_MAX_CONNECTIONS", &self.live_max_connections, 1..=1_000_000)?,
@@ -627,6 +687,26 @@ mod tests {
         assert!(matches!(live.map(|l| l.auth), Some(AuthConfig::Directus { url, .. }) if url == "http://d:8055"));
         let shown = format!("{:?}", parse(&["--jwt-secret", "hunter2"]).expect("jwt"));
         assert!(!shown.contains("hunter2") && shown.contains("jwt (issuer \"directus\")"), "{shown}");
+    }
+
+    #[test]
+    fn live_origins_are_checked_and_the_relays_own_page_is_always_allowed() {
+        let origins = |flags: &[&str]| parse(flags).expect("valid").live.expect("live").origins;
+        let own = origins(&[]);
+        assert_eq!(own, Origins::Listed(vec![]));
+        assert!(own.allows("http://relay.local:8080", Some("relay.local:8080")), "the map page");
+        assert!(!own.allows("https://evil.example", Some("relay.local:8080")));
+        assert!(!own.allows("null", Some("relay.local:8080")));
+        let listed = origins(&["--live-origins", " https://Maps.example.com/ , http://127.0.0.1:3000"]);
+        assert!(listed.allows("https://maps.example.com", Some("relay:8080")));
+        assert!(listed.allows("HTTP://127.0.0.1:3000", None));
+        assert!(!listed.allows("https://maps.example.com.evil.example", Some("relay:8080")));
+        assert!(!listed.allows("http://maps.example.com", Some("relay:8080")), "the scheme is part of it");
+        assert!(origins(&["--live-origins", "*"]).allows("https://anything.example", None));
+        for bad in ["maps.example.com", "https://maps.example.com/app", "ftp://x"] {
+            let err = parse(&["--live-origins", bad]).unwrap_err().to_string();
+            assert!(err.starts_with("TRACKWAY_LIVE_ORIGINS (--live-origins): "), "{err}");
+        }
     }
 
     #[test]

@@ -88,6 +88,17 @@ async fn upgrade(
         return (StatusCode::BAD_REQUEST, [(header::SEC_WEBSOCKET_VERSION, "13")], "WebSocket version 13 only\n")
             .into_response();
     }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin.to_str().is_ok_and(|o| state.shared.config.origins.allows(o, host)) {
+            state.shared.metrics.closes.with_label_values(&["origin"]).inc();
+            return (
+                StatusCode::FORBIDDEN,
+                "this page's origin may not open the live endpoint (TRACKWAY_LIVE_ORIGINS)\n",
+            )
+                .into_response();
+        }
+    }
     let Ok(permit) = state.slots.clone().try_acquire_owned() else {
         state.shared.metrics.closes.with_label_values(&["capacity"]).inc();
         return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "too many live connections\n")
