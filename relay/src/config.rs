@@ -255,13 +255,9 @@ impl Origins {
         let mut listed = Vec::new();
         for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let origin = item.trim_end_matches('/').to_ascii_lowercase();
-            let host = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"))
-                .ok_or_else(|| format!("{item:?} is not an http:// or https:// origin"))?;
-            let host_ok = !host.is_empty()
-                && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-            if !host_ok {
+            let host =
+                after_http_scheme(&origin).ok_or_else(|| format!("{item:?} is not an http:// or https:// origin"))?;
+            if !is_plain_host(host) {
                 return Err(format!("{item:?}: an origin is scheme://host[:port], with no path"));
             }
             listed.push(origin);
@@ -273,7 +269,7 @@ impl Origins {
     /// the relay itself (the map page) always may.
     pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
         let origin = origin.trim().to_ascii_lowercase();
-        let own = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+        let own = after_http_scheme(&origin);
         match self {
             Origins::Any => true,
             Origins::Listed(listed) => {
@@ -298,15 +294,10 @@ impl TileUrl {
     /// Checks a template; the error says what is wrong (the caller names the setting).
     pub fn parse(text: &str) -> Result<TileUrl, String> {
         let template = text.trim();
-        let rest = template
-            .strip_prefix("https://")
-            .or_else(|| template.strip_prefix("http://"))
-            .ok_or_else(|| format!("{template:?} is not an http:// or https:// URL"))?;
+        let rest =
+            after_http_scheme(template).ok_or_else(|| format!("{template:?} is not an http:// or https:// URL"))?;
         let host_end = rest.find('/').ok_or_else(|| format!("{template:?} has no path with {{z}}/{{x}}/{{y}}"))?;
-        let host = &rest[..host_end];
-        let host_ok = !host.is_empty()
-            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-        if !host_ok {
+        if !is_plain_host(&rest[..host_end]) {
             return Err(format!("{template:?}: the host must be a plain host name or address (no placeholders)"));
         }
         for part in ["{z}", "{x}", "{y}"] {
@@ -324,6 +315,17 @@ impl TileUrl {
         let origin = template[..template.len() - rest.len() + host_end].to_owned();
         Ok(TileUrl { template: template.to_owned(), origin })
     }
+}
+
+/// What follows `http://` or `https://` in `url`; `None` for any other scheme.
+fn after_http_scheme(url: &str) -> Option<&str> {
+    url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))
+}
+
+/// A host name or address with an optional port and nothing else (no placeholders, path or user info):
+/// what the tile URL's and the allowed origins' hosts must be.
+fn is_plain_host(host: &str) -> bool {
+    !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
 /// The authentication mode with what it needs.
