@@ -297,13 +297,68 @@ $$;
 COMMENT ON FUNCTION trackway.make_hypertable(interval) IS
     'Makes trackway.positions a TimescaleDB hypertable on ts (idempotent; migrates existing rows).';
 
+-- A hypertable from the start when TimescaleDB is there; not while a dump is restored
+-- (timescaledb_pre_restore() sets timescaledb.restoring): the dump brings TimescaleDB's catalog, where
+-- positions already is a hypertable, and its chunks.
 DO $$
 BEGIN
-    IF EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb') THEN
+    IF EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')
+       AND coalesce(current_setting('timescaledb.restoring', true), 'off') <> 'on' THEN
         PERFORM trackway.make_hypertable();
     END IF;
 END
 $$;
+
+-- After pg_restore into a database where trackway.positions is a TimescaleDB hypertable. The dump holds
+-- the chunks as tables of their own, filled before their triggers exist, so the rows come back with the
+-- cursor columns of the cluster they were dumped from; transaction ids from another cluster may be ahead
+-- of this one's, and rows stored after the restore would then sort before them (readers past them would
+-- miss the new rows). This gives every row this transaction's id and a new sequence, in the rows' old
+-- order, as the row trigger does for a restore into a plain table; keeps latest_positions in step; and
+-- announces the rows with one summary (none with trackway.announce = off). Writers wait meanwhile; readers
+-- go on. It rewrites every row (a full-table UPDATE): run it once, right after timescaledb_post_restore(),
+-- before the relays start. Returns the number of rows.
+CREATE FUNCTION trackway.after_restore() RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, trackway, pg_temp
+AS $$
+DECLARE
+    n bigint;
+    first_seq bigint;
+    plan text;
+BEGIN
+    LOCK TABLE trackway.positions IN EXCLUSIVE MODE;
+    WITH renumbered AS (
+        SELECT o.device_id, o.ts, nextval('trackway.ingest_seq') AS seq
+        FROM (SELECT device_id, ts FROM trackway.positions ORDER BY ingest_xid, ingest_seq) AS o
+    )
+    UPDATE trackway.positions AS p
+    SET ingest_xid = pg_current_xact_id(), ingest_seq = r.seq
+    FROM renumbered AS r
+    WHERE (p.device_id, p.ts) = (r.device_id, r.ts);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE trackway.latest_positions AS l
+    SET ingest_xid = p.ingest_xid, ingest_seq = p.ingest_seq, ingested_at = p.ingested_at
+    FROM trackway.positions AS p
+    WHERE (p.device_id, p.ts) = (l.device_id, l.ts);
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+    plan := trackway._announce_plan(n);
+    IF plan <> 'off' THEN
+        SELECT min(ingest_seq) INTO first_seq FROM trackway.positions WHERE ingest_xid = pg_current_xact_id();
+        PERFORM pg_notify('trackway_positions',
+                          trackway._announce_summary(n, CASE plan WHEN 'queue' THEN 'queue' ELSE 'bulk' END,
+                                                     s.xmax, s.in_progress,
+                                                     pg_current_xact_id()::text::bigint, first_seq))
+        FROM trackway._snapshot() AS s;
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION trackway.after_restore() IS
+    'After pg_restore into a TimescaleDB database: gives every row this database''s cursor columns (see README, "Backup and restore").';
+REVOKE ALL ON FUNCTION trackway.after_restore() FROM PUBLIC;
 
 -- May the holder of a live token with these claims subscribe to a device or a group? The relay asks once
 -- per subscription (and again when the token is refreshed) and caches the answer for the connection.

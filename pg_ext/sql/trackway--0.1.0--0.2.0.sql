@@ -3,7 +3,8 @@
 -- 0.2.0 adds the live side's objects and makes cursor reads an index range:
 -- - trackway.live_grants and trackway.authorize(claims, kind, id): who may watch what on /live;
 -- - trackway._positions_since_text: positions_since with compact wire text, in PL/pgSQL (the 0.1.0 SQL body
---   read the whole table on every call); trackway.positions_since now wraps it (same signature, jit off).
+--   read the whole table on every call); trackway.positions_since now wraps it (same signature, jit off);
+-- - trackway.after_restore(): cursor columns of this database for rows restored into a hypertable.
 -- The shared library is the same for both versions (no Rust function changed), so a database still at
 -- 0.1.0 keeps working with the new library until it is updated.
 -- tests/upgrade.rs checks that an updated database has exactly the objects, definitions and privileges of
@@ -131,3 +132,54 @@ GRANT EXECUTE ON FUNCTION
     trackway._positions_since_text(text, text[], integer),
     trackway.authorize(jsonb, text, text)
 TO trackway_reader;
+
+-- After pg_restore into a database where trackway.positions is a TimescaleDB hypertable. The dump holds
+-- the chunks as tables of their own, filled before their triggers exist, so the rows come back with the
+-- cursor columns of the cluster they were dumped from; transaction ids from another cluster may be ahead
+-- of this one's, and rows stored after the restore would then sort before them (readers past them would
+-- miss the new rows). This gives every row this transaction's id and a new sequence, in the rows' old
+-- order, as the row trigger does for a restore into a plain table; keeps latest_positions in step; and
+-- announces the rows with one summary (none with trackway.announce = off). Writers wait meanwhile; readers
+-- go on. It rewrites every row (a full-table UPDATE): run it once, right after timescaledb_post_restore(),
+-- before the relays start. Returns the number of rows.
+CREATE FUNCTION trackway.after_restore() RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, trackway, pg_temp
+AS $$
+DECLARE
+    n bigint;
+    first_seq bigint;
+    plan text;
+BEGIN
+    LOCK TABLE trackway.positions IN EXCLUSIVE MODE;
+    WITH renumbered AS (
+        SELECT o.device_id, o.ts, nextval('trackway.ingest_seq') AS seq
+        FROM (SELECT device_id, ts FROM trackway.positions ORDER BY ingest_xid, ingest_seq) AS o
+    )
+    UPDATE trackway.positions AS p
+    SET ingest_xid = pg_current_xact_id(), ingest_seq = r.seq
+    FROM renumbered AS r
+    WHERE (p.device_id, p.ts) = (r.device_id, r.ts);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE trackway.latest_positions AS l
+    SET ingest_xid = p.ingest_xid, ingest_seq = p.ingest_seq, ingested_at = p.ingested_at
+    FROM trackway.positions AS p
+    WHERE (p.device_id, p.ts) = (l.device_id, l.ts);
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+    plan := trackway._announce_plan(n);
+    IF plan <> 'off' THEN
+        SELECT min(ingest_seq) INTO first_seq FROM trackway.positions WHERE ingest_xid = pg_current_xact_id();
+        PERFORM pg_notify('trackway_positions',
+                          trackway._announce_summary(n, CASE plan WHEN 'queue' THEN 'queue' ELSE 'bulk' END,
+                                                     s.xmax, s.in_progress,
+                                                     pg_current_xact_id()::text::bigint, first_seq))
+        FROM trackway._snapshot() AS s;
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION trackway.after_restore() IS
+    'After pg_restore into a TimescaleDB database: gives every row this database''s cursor columns (see README, "Backup and restore").';
+REVOKE ALL ON FUNCTION trackway.after_restore() FROM PUBLIC;
