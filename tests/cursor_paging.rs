@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use futures_util::SinkExt;
 use tokio_postgres::Client;
-use trackway_tests::{connect, fresh_database, Listener};
+use trackway_tests::{connect, fresh_database, make_chunk, Listener};
 use trackway_wire::format_timestamp;
 
 const WRITERS: usize = 4;
@@ -76,6 +76,8 @@ struct Schedule {
 impl Schedule {
     async fn new(seed: u64, index: usize) -> Schedule {
         let db = fresh_database(&format!("paging_{index}")).await;
+        // The writers keep transactions open while others write (see make_chunk).
+        make_chunk(&db, &timestamp(0)).await;
         let mut writers = Vec::new();
         for _ in 0..WRITERS {
             writers.push(Writer { client: connect(&db).await, open: None, next_row: 0 });

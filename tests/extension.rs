@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio_postgres::{Client, GenericClient};
-use trackway_tests::{connect, entries_of, fresh_database, invalid_cases, shared_data, Listener};
+use trackway_tests::{connect, entries_of, fresh_database, invalid_cases, make_chunk, shared_data, Listener};
 
 /// How long a listener waits for more notifications before it decides there are none.
 const QUIET: Duration = Duration::from_millis(700);
@@ -254,6 +254,7 @@ async fn a_commit_of_1000_rows_sends_few_notifications_each_under_8000_bytes() {
 #[tokio::test]
 async fn resuming_from_a_cursor_misses_no_row_of_a_transaction_that_committed_later() {
     let db = fresh_database("cursor").await;
+    make_chunk(&db, "2026-11-27T08:00:00Z").await; // writers with open transactions (see make_chunk)
     let early = connect(&db).await;
     let late = connect(&db).await;
     let reader = connect(&db).await;
@@ -338,6 +339,7 @@ async fn a_batch_that_loses_the_race_for_a_key_reports_it_duplicate_not_an_error
     // with ON CONFLICT when a key exists. Here the key is committed by another session *while* the batch
     // waits on it, so the plain INSERT meets unique_violation and the fallback must take over.
     let db = fresh_database("race").await;
+    make_chunk(&db, "2026-11-27T08:00:00Z").await; // writers with open transactions (see make_chunk)
     let mut holder = connect(&db).await;
     let holding = holder.transaction().await.expect("begin");
     let held = ingest_batch(&holding, &[payload("contested", 0)]).await;
@@ -372,6 +374,7 @@ async fn a_batch_that_loses_the_race_for_a_key_reports_it_duplicate_not_an_error
 #[tokio::test]
 async fn an_error_while_a_batch_waits_on_a_key_is_raised_and_leaves_nothing_behind() {
     let db = fresh_database("race_timeout").await;
+    make_chunk(&db, "2026-11-27T08:00:00Z").await; // writers with open transactions (see make_chunk)
     let mut holder = connect(&db).await;
     let holding = holder.transaction().await.expect("begin");
     ingest_batch(&holding, &[payload("contested", 0)]).await;

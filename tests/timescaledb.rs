@@ -2,49 +2,34 @@
 //! TimescaleDB is there at `CREATE EXTENSION` time, `make_hypertable()` when it comes later, and the same
 //! ingest, latest-position and NOTIFY behaviour on the hypertable.
 //!
-//! TimescaleDB is not packaged for Debian 12, so these tests need a TimescaleDB built for PostgreSQL 15 and
-//! installed into it (see README, "TimescaleDB"), or the PostgreSQL 17 of `scripts/pg17` (Debian 13's
-//! TimescaleDB 2.19.3; `TRACKWAY_TEST_PG_BIN`/`TRACKWAY_TEST_PG_ROOT`, see `common/servers.rs`). Where it is
-//! not installed they say so and pass without checking anything; set `TRACKWAY_REQUIRE_TIMESCALEDB=1` to make
-//! its absence a failure.
+//! They run on the binaries of the tested server: the PostgreSQL 17 of `scripts/pg17` with Debian 13's
+//! TimescaleDB 2.19.3 (`TRACKWAY_TEST_PG_BIN`/`TRACKWAY_TEST_PG_ROOT`, see `common/servers.rs`), or a
+//! PostgreSQL 15 where a TimescaleDB happens to be installed. Where TimescaleDB is not installed they fail:
+//! a test that skipped itself would check nothing (`scripts/test` runs this suite only on servers that have
+//! it). Compression needs TimescaleDB's Timescale-licensed part, which Apache-only builds such as Debian's
+//! lack: `scripts/test` runs the compression test only where the build has it and otherwise says, in one
+//! line, that compression was not checked on that server.
 
 use std::time::Duration;
 
 use trackway_tests::{
-    connect_to, entries_of, fresh_database_on,
-    servers::{pg_bin, pg_extension_installed, PgCluster},
-    shared_data, Listener,
+    connect_to, entries_of, fresh_database_with, is_hypertable,
+    servers::{pg_bin, pg_extension_installed, PgCluster, TIMESCALEDB_PRELOAD},
+    shared_data, Listener, Storage,
 };
 
-/// Whether the TimescaleDB extension files are installed for the PostgreSQL the private clusters run.
-fn timescaledb_installed() -> bool {
-    let installed = pg_extension_installed("timescaledb");
-    if !installed {
-        assert!(
-            std::env::var_os("TRACKWAY_REQUIRE_TIMESCALEDB").is_none(),
-            "TimescaleDB is required but not installed"
-        );
-        eprintln!("TimescaleDB is not installed for the PostgreSQL in {}: nothing checked", pg_bin());
-    }
-    installed
-}
-
+/// A private cluster of the tested server's binaries that preloads TimescaleDB; fails where it is missing.
 fn cluster() -> PgCluster {
-    PgCluster::start_with("-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off")
+    assert!(
+        pg_extension_installed("timescaledb"),
+        "TimescaleDB is not installed for the PostgreSQL in {} (these tests need it; see the file's header)",
+        pg_bin()
+    );
+    PgCluster::start_with(TIMESCALEDB_PRELOAD)
 }
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
-}
-
-async fn is_hypertable(client: &tokio_postgres::Client) -> bool {
-    count(
-        client,
-        "SELECT count(*) FROM timescaledb_information.hypertables \
-                   WHERE hypertable_schema = 'trackway' AND hypertable_name = 'positions'",
-    )
-    .await
-        == 1
 }
 
 async fn ingest_samples(client: &tokio_postgres::Client) -> Vec<String> {
@@ -58,9 +43,6 @@ async fn ingest_samples(client: &tokio_postgres::Client) -> Vec<String> {
 
 #[tokio::test]
 async fn positions_is_a_hypertable_and_ingest_notify_and_latest_work_on_it() {
-    if !timescaledb_installed() {
-        return;
-    }
     let pg = cluster();
     let admin = connect_to(&pg.server(), "postgres").await;
     admin.batch_execute("CREATE DATABASE tsdb").await.expect("create database");
@@ -111,11 +93,8 @@ async fn positions_is_a_hypertable_and_ingest_notify_and_latest_work_on_it() {
 
 #[tokio::test]
 async fn make_hypertable_converts_an_existing_table_with_its_rows() {
-    if !timescaledb_installed() {
-        return;
-    }
     let pg = cluster();
-    let db = fresh_database_on(&pg.server(), "later").await;
+    let db = fresh_database_with(&pg.server(), "later", Storage::Plain).await;
     let client = connect_to(&pg.server(), &db).await;
     ingest_samples(&client).await;
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 205);
@@ -134,9 +113,6 @@ async fn make_hypertable_converts_an_existing_table_with_its_rows() {
 /// the chunks), refuses a time too far ahead, and a bulk statement sends one summary.
 #[tokio::test]
 async fn the_row_trigger_and_summaries_work_on_the_hypertable() {
-    if !timescaledb_installed() {
-        return;
-    }
     let pg = cluster();
     let admin = connect_to(&pg.server(), "postgres").await;
     admin.batch_execute("CREATE DATABASE tsdb_rows").await.expect("create database");
@@ -181,11 +157,8 @@ async fn the_row_trigger_and_summaries_work_on_the_hypertable() {
 /// signature would make PostgreSQL prefer) must never run in its place.
 #[tokio::test]
 async fn make_hypertable_refuses_planted_overloads() {
-    if !timescaledb_installed() {
-        return;
-    }
     let pg = cluster();
-    let db = fresh_database_on(&pg.server(), "planted").await;
+    let db = fresh_database_with(&pg.server(), "planted", Storage::Plain).await;
     let client = connect_to(&pg.server(), &db).await;
     client
         .batch_execute(
@@ -236,9 +209,6 @@ async fn make_hypertable_refuses_planted_overloads() {
 /// position of a device whose rows were all dropped stays known.
 #[tokio::test]
 async fn retention_by_drop_chunks_keeps_cursors_and_ingest_working() {
-    if !timescaledb_installed() {
-        return;
-    }
     let pg = cluster();
     let admin = connect_to(&pg.server(), "postgres").await;
     admin.batch_execute("CREATE DATABASE tsretention").await.expect("create database");
@@ -294,21 +264,16 @@ async fn retention_by_drop_chunks_keeps_cursors_and_ingest_working() {
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 2);
 }
 
-/// Whether this TimescaleDB has its compression (the Timescale-licensed part): Debian's and other
-/// Apache-only builds do not. `TRACKWAY_REQUIRE_TIMESCALEDB_COMPRESSION=1` (scripts/test sets it where the
-/// build has it) makes its absence a failure instead of a skip.
-async fn compression_available(client: &tokio_postgres::Client) -> bool {
+/// Fails, naming the build, where this TimescaleDB has no compression (the Timescale-licensed part):
+/// `scripts/test` runs the compression test only where it has.
+async fn require_compression(client: &tokio_postgres::Client) {
     let license: String =
         client.query_one("SELECT current_setting('timescaledb.license')", &[]).await.expect("license").get(0);
-    let available = license == "timescale";
-    if !available {
-        assert!(
-            std::env::var_os("TRACKWAY_REQUIRE_TIMESCALEDB_COMPRESSION").is_none(),
-            "TimescaleDB compression is required, but this build's license is {license:?} (an Apache-only build)"
-        );
-        eprintln!("TimescaleDB here is an Apache-only build ({license:?}): compression not checked");
-    }
-    available
+    assert_eq!(
+        license, "timescale",
+        "TimescaleDB here is an Apache-only build, without compression: skip this test on it \
+         (--skip compression; scripts/test does)"
+    );
 }
 
 /// `n` wire-format payloads of `device`, one per second from `start` (an SQL timestamptz expression), made
@@ -324,17 +289,12 @@ const PAYLOADS_FROM: &str = "SELECT array_agg(json_build_object('deviceId', $1::
 /// cursor columns assigned by the row trigger), and the latest position is kept.
 #[tokio::test]
 async fn compression_keeps_cursors_ingest_and_the_triggers_working() {
-    if !timescaledb_installed() {
-        return;
-    }
     let pg = cluster();
     let admin = connect_to(&pg.server(), "postgres").await;
     admin.batch_execute("CREATE DATABASE tscompress").await.expect("create database");
     let client = connect_to(&pg.server(), "tscompress").await;
     client.batch_execute("CREATE EXTENSION timescaledb; CREATE EXTENSION trackway").await.expect("extensions");
-    if !compression_available(&client).await {
-        return;
-    }
+    require_compression(&client).await;
     let old_start: String =
         client.query_one("SELECT (now() - interval '30 days')::text", &[]).await.expect("time").get(0);
     let new_start: String =

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
-use trackway_tests::{connect, fresh_database, server};
+use trackway_tests::{connect, fresh_database, is_hypertable, server, storage, Storage};
 
 /// The release before this one.
 const PREVIOUS: &str = "0.1.0";
@@ -93,6 +93,9 @@ async fn a_database_at_the_previous_release_updates_to_exactly_a_fresh_install()
         admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
     let old = connect(db).await;
+    if storage() == Storage::Hypertable {
+        old.batch_execute("CREATE EXTENSION timescaledb").await.expect("CREATE EXTENSION timescaledb");
+    }
     old.batch_execute(&format!("CREATE EXTENSION trackway VERSION '{PREVIOUS}'")).await.unwrap_or_else(|e| {
         panic!(
             "CREATE EXTENSION trackway VERSION '{PREVIOUS}' failed ({e:?}): scripts/test copies \
@@ -112,6 +115,7 @@ async fn a_database_at_the_previous_release_updates_to_exactly_a_fresh_install()
         .expect("v")
         .get(0);
     assert_eq!(version, current);
+    assert_eq!(is_hypertable(&updated).await, storage() == Storage::Hypertable);
 
     // Data, latest positions and groups are all there; a cursor taken before the update still works.
     let count: i64 = updated.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);

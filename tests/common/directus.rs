@@ -35,11 +35,11 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs `"$@"` (node) in place of the shell, after leaving a watcher in the background: once the test
-/// process (`$1`) is gone, the watcher kills node, drops its database (`$2`) and removes its working
-/// directory (`$3`, the shell's current directory). The watcher ends by itself when node is gone. The
-/// process group (node's pid) holds both, so `kill -- -pgid` ends them together.
+/// process (`$1`) is gone, the watcher kills node, drops its database (`$2`, on the server at host `$4`,
+/// port `$5`) and removes its working directory (`$3`, the shell's current directory). The watcher ends by
+/// itself when node is gone. The process group (node's pid) holds both, so `kill -- -pgid` ends them together.
 const WRAPPER: &str = r#"
-parent=$1; db=$2; dir=$3; shift 3
+parent=$1; db=$2; dir=$3; pghost=$4; pgport=$5; shift 5
 me=$$
 (
     while kill -0 "$parent" 2>/dev/null; do
@@ -48,7 +48,7 @@ me=$$
     done
     kill -KILL "$me" 2>/dev/null
     sleep 0.5
-    psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
+    psql -h "$pghost" -p "$pgport" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
     rm -rf "$dir"
 ) </dev/null &
 exec "$@"
@@ -300,10 +300,14 @@ impl Directus {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned())
         );
         let port = self.url.rsplit(':').next().unwrap_or_default();
+        // Its own database lives on the tested server.
+        let (pg_host, pg_port) = crate::server_address();
+        let pg_port = pg_port.to_string();
         use std::os::unix::process::CommandExt;
         Command::new("sh")
             .args(["-c", WRAPPER, "sh", &std::process::id().to_string(), &self.database])
             .arg(&self.dir)
+            .args([&pg_host, &pg_port])
             .arg(&node)
             .arg(&run)
             .arg(what)
@@ -313,8 +317,8 @@ impl Directus {
             .env("HOME", &self.dir)
             .envs([
                 ("DB_CLIENT", "pg"),
-                ("DB_HOST", "127.0.0.1"),
-                ("DB_PORT", "5432"),
+                ("DB_HOST", pg_host.as_str()),
+                ("DB_PORT", pg_port.as_str()),
                 ("DB_DATABASE", &self.database),
                 ("DB_USER", "postgres"),
                 ("SECRET", &self.secret),
@@ -402,8 +406,9 @@ async fn drop_stale_databases() {
 
 /// Drops `database` (synchronously: called from `Drop`).
 fn drop_database(database: &str) {
+    let (host, port) = crate::server_address();
     let _ = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-d", "postgres", "-qc"])
+        .args(["-h", &host, "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-qc"])
         .arg(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -1,9 +1,12 @@
 //! Helpers shared by the cross-process tests: a fresh database with the extension, a LISTEN client,
 //! the sample data files.
 //!
-//! The tests talk to the real local PostgreSQL (`TRACKWAY_TEST_PG`, default `host=localhost user=postgres`)
-//! in which `.ci/run` installed the `trackway` extension. Each test gets its own database, so tests can run
-//! in parallel and NOTIFYs of one test never reach another.
+//! The tests talk to a real PostgreSQL in which the `trackway` extension is installed (`TRACKWAY_TEST_PG`,
+//! default `host=localhost user=postgres`; `scripts/test` points it at each tested server in turn, see
+//! `scripts/pg17 env`). Each test gets its own database, so tests can run in parallel and NOTIFYs of one test
+//! never reach another. How `trackway.positions` is stored in those databases is this run's [`Storage`]
+//! (`TRACKWAY_TEST_STORAGE`): a TimescaleDB hypertable or a plain table, so every suite runs on the route
+//! production uses and on the plain one.
 
 use std::time::Duration;
 
@@ -14,6 +17,18 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 /// libpq-style connection string of the server, without a database name.
 pub fn server() -> String {
     std::env::var("TRACKWAY_TEST_PG").unwrap_or_else(|_| "host=localhost user=postgres".to_owned())
+}
+
+/// Host (or socket directory) and port of [`server`], for programs configured with them apart (Directus, psql).
+pub fn server_address() -> (String, u16) {
+    let config: tokio_postgres::Config =
+        server().parse().unwrap_or_else(|e| panic!("TRACKWAY_TEST_PG {:?}: {e}", server()));
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
 }
 
 pub mod directus;
@@ -37,22 +52,112 @@ pub async fn connect_to(server: &str, dbname: &str) -> Client {
     client
 }
 
-/// Creates (or re-creates) database `trackway_test_<name>` with the extension installed, returns its name.
+/// How `trackway.positions` is stored in the fresh databases of a test run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// A plain PostgreSQL table (`CREATE EXTENSION trackway` in a database without TimescaleDB).
+    Plain,
+    /// A TimescaleDB hypertable (`CREATE EXTENSION timescaledb` first, as in production); the server must
+    /// preload `timescaledb`, and every private cluster of the run does ([`servers::PgCluster`]).
+    Hypertable,
+}
+
+/// This run's storage: `TRACKWAY_TEST_STORAGE` = `hypertable` or `plain` (the default).
+pub fn storage() -> Storage {
+    match std::env::var("TRACKWAY_TEST_STORAGE").as_deref() {
+        Ok("hypertable") => Storage::Hypertable,
+        Ok("plain") | Err(std::env::VarError::NotPresent) => Storage::Plain,
+        Ok(other) => panic!("TRACKWAY_TEST_STORAGE must be hypertable or plain, not {other:?}"),
+        Err(e) => panic!("TRACKWAY_TEST_STORAGE: {e}"),
+    }
+}
+
+/// Creates (or re-creates) database `trackway_test_<name>` with the extension installed on this run's
+/// [`storage`], returns its name.
 pub async fn fresh_database(name: &str) -> String {
     fresh_database_on(&server(), name).await
 }
 
 /// [`fresh_database`] on another server (libpq key=value form without dbname).
 pub async fn fresh_database_on(server: &str, name: &str) -> String {
+    fresh_database_with(server, name, storage()).await
+}
+
+/// [`fresh_database_on`] with the given storage, whatever this run's is.
+pub async fn fresh_database_with(server: &str, name: &str, storage: Storage) -> String {
     let dbname = format!("trackway_test_{name}");
     let admin = connect_to(server, "postgres").await;
     trackway_testkit::recreate_database(&admin, &dbname).await.unwrap_or_else(|e| panic!("re-create {dbname}: {e:?}"));
     let client = connect_to(server, &dbname).await;
+    if storage == Storage::Hypertable {
+        client.batch_execute("CREATE EXTENSION timescaledb").await.unwrap_or_else(|e| {
+            panic!("CREATE EXTENSION timescaledb on {server} (the hypertable route needs it preloaded): {e:?}")
+        });
+    }
     // Retries the race of two tests creating the extension's roles; fails at once when it is not installed.
     trackway_testkit::create_extension(&client, None)
         .await
         .unwrap_or_else(|e| panic!("CREATE EXTENSION trackway: {e:?}"));
+    let hypertable = is_hypertable(&client).await;
+    assert_eq!(
+        hypertable,
+        storage == Storage::Hypertable,
+        "{dbname}: trackway.positions must be {}",
+        if storage == Storage::Hypertable { "a hypertable" } else { "a plain table" }
+    );
     dbname
+}
+
+/// On the hypertable route, makes the chunk that holds time `ts` in database `db` now, in a transaction of
+/// its own that leaves no row and announces nothing; on a plain table, nothing.
+///
+/// TimescaleDB's transaction that creates a chunk holds a lock on the hypertable until it ends, and every
+/// other writer that needs that chunk waits for it (the chunk is not visible to them before the commit).
+/// Tests that keep one writer's transaction open while another writes into the same time range make their
+/// chunk first, so that they test what they mean to (a wait for a key, a cursor across open transactions)
+/// and not a wait for the chunk.
+pub async fn make_chunk(db: &str, ts: &str) {
+    if storage() != Storage::Hypertable {
+        return;
+    }
+    let mut client = connect(db).await;
+    let transaction = client.transaction().await.expect("begin");
+    transaction.batch_execute("SET LOCAL trackway.announce = 'off'").await.expect("announce off");
+    transaction
+        .execute(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude) \
+             VALUES ('trackway-test-chunk', $1::text::timestamptz, 0, 0)",
+            &[&ts],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("making the chunk for {ts}: {e:?}"));
+    transaction
+        .batch_execute(
+            "DELETE FROM trackway.positions WHERE device_id = 'trackway-test-chunk'; \
+             DELETE FROM trackway.latest_positions WHERE device_id = 'trackway-test-chunk'",
+        )
+        .await
+        .expect("removing the chunk's row");
+    transaction.commit().await.expect("commit");
+}
+
+/// Whether `trackway.positions` is a TimescaleDB hypertable in the database of `client`.
+pub async fn is_hypertable(client: &Client) -> bool {
+    let timescaledb: bool = client
+        .query_one("SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL", &[])
+        .await
+        .unwrap_or_else(|e| panic!("looking for TimescaleDB: {e:?}"))
+        .get(0);
+    timescaledb
+        && client
+            .query_one(
+                "SELECT count(*) = 1 FROM timescaledb_information.hypertables \
+                 WHERE hypertable_schema = 'trackway' AND hypertable_name = 'positions'",
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("reading timescaledb_information.hypertables: {e:?}"))
+            .get(0)
 }
 
 /// A client that LISTENs on `trackway_positions`; payloads arrive on the returned channel.

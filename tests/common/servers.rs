@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::relay::free_port_addr;
+use crate::{relay::free_port_addr, Storage};
+
+/// Server settings that load TimescaleDB (it must be preloaded to be created in a database).
+pub const TIMESCALEDB_PRELOAD: &str = "-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off";
 
 /// A private Redis that a test may kill and restart; data survives restarts (AOF, fsync always).
 pub struct RedisServer {
@@ -175,9 +178,14 @@ impl PgCluster {
         PgCluster::start_with("")
     }
 
-    /// Creates and starts a new cluster with extra server settings, e.g.
-    /// `-c shared_preload_libraries=timescaledb`.
+    /// Creates and starts a new cluster with extra server settings, e.g. `-c fsync=on`. On the hypertable
+    /// route ([`crate::storage`]) every cluster preloads TimescaleDB, so its fresh databases are made as the
+    /// run's other ones.
     pub fn start_with(settings: &str) -> PgCluster {
+        let settings = match crate::storage() {
+            Storage::Hypertable => format!("{TIMESCALEDB_PRELOAD} {settings}"),
+            Storage::Plain => settings.to_owned(),
+        };
         let port = free_port_addr().port();
         let dir = pg_temp_dir().join(format!("trackway-pg-{port}"));
         let _ = std::fs::remove_dir_all(pg_host_path(&dir));
@@ -186,7 +194,7 @@ impl PgCluster {
             &format!("{}/initdb", pg_bin()),
             &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
         );
-        let cluster = PgCluster { port, dir, settings: settings.to_owned() };
+        let cluster = PgCluster { port, dir, settings };
         cluster.restart();
         cluster
     }
