@@ -1,5 +1,5 @@
 //! `trackway-bench`: how fast positions get into PostgreSQL through `trackway.ingest_batch`, compared with
-//! the two baselines a user would otherwise reach for (DESIGN.md §6).
+//! the two baselines a user would otherwise reach for (docs/architecture.md §6).
 //!
 //! `trackway-bench ingest` creates a throw-away database with the extension, generates deterministic
 //! wire-format payloads with the simulator (`trackway_sim::workload`: its fleet of Teltonika-like trackers

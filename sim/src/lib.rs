@@ -1,4 +1,4 @@
-//! `trackway-sim`: simulated trackers writing wire-format positions (DESIGN.md §1) to a Redis Stream, for
+//! `trackway-sim`: simulated trackers writing wire-format positions (docs/architecture.md §1) to a Redis Stream, for
 //! the demo and the benchmarks. The simulation itself does no I/O; [`cli`] paces it and XADDs its entries.
 //!
 //! - [`geo`]: great-circle geometry (haversine distance, bearing, destination point);

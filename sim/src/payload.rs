@@ -1,4 +1,4 @@
-//! A fix rendered in the wire format (DESIGN.md §1), and the deliberately invalid variants of it.
+//! A fix rendered in the wire format (docs/architecture.md §1), and the deliberately invalid variants of it.
 //!
 //! The JSON text is written by hand, the way a JavaScript producer writes it: fixed fields first, numbers
 //! as JavaScript prints them, integers beyond 2^53 as `{"__bigint":"…"}` and byte strings as

@@ -1,4 +1,4 @@
-//! Wire-format payloads (DESIGN.md §1) and the timestamp text they carry: [`position`], a minimal valid
+//! Wire-format payloads (docs/architecture.md §1) and the timestamp text they carry: [`position`], a minimal valid
 //! position for tests that only need many distinct rows, and the seeded [`Rng`] the simulator
 //! (`trackway-sim`, which makes the realistic fleets of the demo and the benchmarks) draws from.
 

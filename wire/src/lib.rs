@@ -1,4 +1,4 @@
-//! `trackway-wire`: the wire-format codec of Trackway GPS positions (DESIGN.md §1).
+//! `trackway-wire`: the wire-format codec of Trackway GPS positions (docs/architecture.md §1).
 //!
 //! JavaScript producers write one position per JSON document. [`decode`] validates such a payload and turns it
 //! into a typed [`Position`] whose `attributes` are in *storage form* (the JSON text the database keeps in a

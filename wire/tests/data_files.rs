@@ -1,5 +1,5 @@
-//! The shared sample payloads (`testdata/`, copied from `../shared/data`): every valid line decodes and round-trips, every invalid line
-//! fails at the field it names.
+//! The project's sample payloads (`testdata/`, its own copies of the team's shared sample set): every valid line
+//! decodes and round-trips, every invalid line fails at the field it names.
 
 mod common;
 

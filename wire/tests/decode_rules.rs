@@ -1,4 +1,4 @@
-//! Decode rules of the wire format (DESIGN.md §1): every field's checks, error kinds, paths and messages.
+//! Decode rules of the wire format (docs/architecture.md §1): every field's checks, error kinds, paths and messages.
 
 mod common;
 
