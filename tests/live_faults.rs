@@ -34,7 +34,9 @@ async fn a_client_that_never_reads_delays_no_one_and_is_closed() {
             .await
             .expect("group");
     }
-    let flags = live_flags(&db, &unique("live_slow"), &["--live-queue", "1000000", "--live-send-timeout-ms", "1000"]);
+    // The send timeout is what a reading client must never exceed, also on a loaded machine: at 1 s the
+    // reading client below was sometimes closed as too slow itself when the test machine was busy.
+    let flags = live_flags(&db, &unique("live_slow"), &["--live-queue", "1000000", "--live-send-timeout-ms", "5000"]);
     let relay = LiveRelay::start(&flags).await;
     // The never-reading client: a tiny receive buffer, subscribes, then is never polled again.
     let socket = TcpSocket::new_v4().expect("socket");

@@ -35,10 +35,39 @@ pub fn relay_flags(db: &str, stream: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// A name no other test run uses (stream names on the shared Redis).
+/// A name no other test run uses (stream names on the shared Redis): `trackway-test:<name>:<pid>:<nanos>`.
+/// The first call of a test process removes the keys that test processes which are gone left behind.
 pub fn unique(name: &str) -> String {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_keys_of_finished_runs);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("trackway-test:{name}:{}:{nanos}", std::process::id())
+}
+
+/// Unlinks every `trackway-test:*` key (streams, dead letters, attempt counters) of a test process that no
+/// longer runs: tests leave their streams behind (a failed one for inspection), and the shared Redis keeps
+/// no data on disk but would otherwise grow with every run (about 50 MB a run, mostly the crash tests').
+/// Keys of running processes, this one's and a concurrent run's, are left alone.
+fn remove_keys_of_finished_runs() {
+    let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else {
+        return; // the test that needs Redis says so itself
+    };
+    let keys: Vec<String> = match redis::Commands::scan_match::<_, String>(&mut conn, "trackway-test:*") {
+        Ok(iter) => iter.filter_map(Result::ok).collect(),
+        Err(_) => return,
+    };
+    let gone: Vec<&String> = keys
+        .iter()
+        .filter(|key| {
+            key.split(':')
+                .nth(2)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    for chunk in gone.chunks(500) {
+        let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
+    }
 }
 
 /// A connection to the Redis at `url`.
