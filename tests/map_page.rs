@@ -1,5 +1,5 @@
 //! The live map page (`/` on the live address) in headless Chromium (Debian's `chromium` package, installed
-//! by scripts/setup; `TRACKWAY_CHROMIUM` names another binary). The test drives the browser over the
+//! by scripts/setup --tests; `TRACKWAY_CHROMIUM` names another binary). The test drives the browser over the
 //! DevTools protocol itself: the page loads, logs in with `?token=`, subscribes to the group from
 //! `?group=`, shows positions XADDed to the stream as markers, moves them, keeps them in place for a late
 //! (older) position, and after its WebSocket is closed reconnects and resumes with `since`, so positions
@@ -101,7 +101,9 @@ impl Page {
                 .process_group(0)
                 .spawn()
                 .unwrap_or_else(|e| {
-                    panic!("cannot start {binary:?} ({e}): install Debian's chromium package (scripts/setup does)")
+                    panic!(
+                        "cannot start {binary:?} ({e}): install Debian's chromium package (scripts/setup --tests does)"
+                    )
                 })
         };
         let browser = Browser { child, dir };
