@@ -214,7 +214,7 @@ pub fn entries_of(payload: &str) -> Vec<serde_json::Value> {
     v["positions"].as_array().unwrap_or_else(|| panic!("no positions array in {payload}")).clone()
 }
 
-/// Lines of a sample file in `testdata/` (copied from `../shared/data`).
+/// Lines of a sample file of the project's own in `testdata/`.
 pub fn shared_data(file: &str) -> Vec<String> {
     let path = format!("{}/../testdata/{file}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path)
