@@ -257,10 +257,39 @@ impl Drop for Process {
     }
 }
 
-/// A loopback address whose port was free a moment ago.
+/// A loopback address whose port was free a moment ago, for a server a test starts as another process (one
+/// that cannot be handed a bound listener: PostgreSQL, Redis, Directus, the relay under SIGKILL).
+///
+/// The port is chosen outside the kernel's range of local ports for outgoing connections: a port from that
+/// range that was free when checked was sometimes the local end of some client's connection by the time the
+/// server bound it (PostgreSQL: "Address already in use"), once the suites ran side by side. Random, so that
+/// test processes running at the same time rarely pick the same one.
 pub fn free_port_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    let (low, high) = ephemeral_ports();
+    // Below the range if there is room, else above it; the kernel's own choice only if neither.
+    let candidates = if low > 12_000 {
+        10_000..low
+    } else if high < 63_000 {
+        high + 1..u16::MAX
+    } else {
+        0..1
+    };
+    loop {
+        let port = if candidates.start == 0 { 0 } else { fastrand::u16(candidates.clone()) };
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("addr");
+        }
+    }
+}
+
+/// The kernel's range of local ports for outgoing connections (`net.ipv4.ip_local_port_range`).
+fn ephemeral_ports() -> (u16, u16) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = text.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
+    match (bounds.next(), bounds.next()) {
+        (Some(low), Some(high)) => (low, high),
+        _ => (32_768, 60_999),
+    }
 }
 
 /// `GET http://addr/path` → (status, body).

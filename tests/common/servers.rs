@@ -194,9 +194,7 @@ impl PgCluster {
             &format!("{}/initdb", pg_bin()),
             &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
         );
-        let cluster = PgCluster { port, dir, settings };
-        cluster.restart();
-        cluster
+        PgCluster { port, dir, settings }.first_start()
     }
 
     /// Creates and starts a hot standby of `primary` (streaming replication from a base backup).
@@ -210,9 +208,20 @@ impl PgCluster {
             &format!("{}/pg_basebackup", pg_bin()),
             &["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D", &data, "-R", "-X", "stream", "-cfast"],
         );
-        let cluster = PgCluster { port, dir, settings: primary.settings.clone() };
-        cluster.restart();
-        cluster
+        PgCluster { port, dir, settings: primary.settings.clone() }.first_start()
+    }
+
+    /// Starts a new cluster; should its port have been taken since it was chosen (by a test process running
+    /// beside this one), on another free port.
+    fn first_start(mut self) -> PgCluster {
+        for attempt in 1.. {
+            match self.try_start() {
+                Ok(()) => break,
+                Err(log) if attempt < 3 && log.contains("could not bind") => self.port = free_port_addr().port(),
+                Err(log) => panic!("PostgreSQL did not start on port {}; its log ends:\n{log}", self.port),
+            }
+        }
+        self
     }
 
     /// libpq key=value form without dbname.
@@ -220,12 +229,27 @@ impl PgCluster {
         format!("host=127.0.0.1 port={} user=postgres", self.port)
     }
 
-    /// Starts the server and waits until it accepts connections.
+    /// Starts the server (again, on the same port) and waits until it accepts connections.
     pub fn restart(&self) {
+        if let Err(log) = self.try_start() {
+            panic!("PostgreSQL did not start again on port {}; its log ends:\n{log}", self.port);
+        }
+    }
+
+    /// `pg_ctl start -w`; on failure the last lines of the server's log.
+    fn try_start(&self) -> Result<(), String> {
         let data = self.dir.to_string_lossy().into_owned();
         let log = format!("{data}.log");
         let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off {}", self.port, self.settings);
-        as_postgres(&format!("{}/pg_ctl", pg_bin()), &["-D", &data, "-l", &log, "-o", &options, "-w", "start"]);
+        let status =
+            run_as_postgres(&format!("{}/pg_ctl", pg_bin()), &["-D", &data, "-l", &log, "-o", &options, "-w", "start"])
+                .unwrap_or_else(|e| panic!("pg_ctl: {e}"));
+        if status.success() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(pg_host_path(std::path::Path::new(&log))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        Err(lines[lines.len().saturating_sub(10)..].join("\n"))
     }
 
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
