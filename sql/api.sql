@@ -2,7 +2,7 @@
 -- the insert trigger (latest positions + NOTIFY), TimescaleDB hookup, roles and grants.
 -- Runs last during CREATE EXTENSION, after the Rust functions exist.
 
--- The wire document (DESIGN §1) of a stored row: what a live client receives for it.
+-- The wire document (docs/architecture.md §1) of a stored row: what a live client receives for it.
 CREATE FUNCTION trackway.to_wire(p trackway.positions) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, trackway, pg_temp

@@ -9,7 +9,7 @@
 //! ]}
 //! ```
 //!
-//! An entry with `position` carries the row's wire document (DESIGN §1). A row whose document would not fit
+//! An entry with `position` carries the row's wire document (docs/architecture.md §1). A row whose document would not fit
 //! is announced *by reference* (`deviceId` and `timestamp`, no `position`); readers fetch it with
 //! `trackway.positions_since` or by key. Payloads are packed greedily, so a commit of 1,000 rows sends a few
 //! dozen NOTIFYs instead of 1,000. With [`Detail::Reference`] (`trackway.announce = reference`) every row is
