@@ -589,3 +589,189 @@ async fn browser_origins_other_than_the_relays_own_and_the_listed_ones_are_refus
     client.subscribe(json!({"device": "d-origin"})).await;
     relay.stop().await.expect("clean stop");
 }
+
+/// A renewal's re-check that the database cannot answer removes the subscription (fail closed), with the
+/// reason `unavailable` so that the client knows to subscribe again later; it used to keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_whose_recheck_fails_in_the_database_removes_the_subscription() {
+    let db = fresh_database("live_recheck_fails").await;
+    let admin = connect(&db).await;
+    admin.batch_execute("INSERT INTO trackway.live_grants VALUES ('u-8', 'device', 'held')").await.expect("grant");
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_recheck_fails"), &[])).await;
+    let mut user = Client::authenticated(&relay.url(""), &user_token("u-8", "r")).await;
+    user.subscribe(json!({"device": "held"})).await;
+    // The database now fails every authorization (an error injected into the function the relay calls).
+    admin
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION trackway.authorize(claims jsonb, kind text, id text) RETURNS boolean
+             LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected authorization failure'; END $$",
+        )
+        .await
+        .expect("failing authorize");
+    user.send(json!({"type": "auth", "token": user_token("u-8", "r")})).await;
+    user.recv_type("authenticated").await;
+    let gone = user.recv_type("unsubscribed").await;
+    assert_eq!((gone["device"].as_str(), gone["reason"].as_str()), (Some("held"), Some("unavailable")), "{gone}");
+    ingest(&db, &[payload("held", 1)]).await;
+    assert!(user.positions(1, QUIET).await.is_empty(), "nothing after the subscription was removed");
+    relay.stop().await.expect("clean stop");
+}
+
+/// Tokens whose `exp` no clock can hold are refused with a reason; the session used to panic, leaving
+/// the connection counted in the gauge forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exp_past_any_clock_is_refused_and_leaks_nothing() {
+    let db = fresh_database("live_huge_exp").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_huge_exp"), &[])).await;
+    let claims = |exp: u64| json!({"id": "u-exp", "role": "r", "admin_access": true, "exp": exp});
+    let mut huge = Client::connect(&relay.url(""), Some(&token_with(SECRET, claims(1 << 63), 0))).await;
+    let closed = huge.closed(Duration::from_secs(5)).await;
+    assert_eq!(closed.code, 4001, "{closed:?}");
+    assert!(closed.reason.contains("exp"), "the reason names the claim: {closed:?}");
+    // Far, but a time: accepted, and the connection works.
+    let mut far = Client::authenticated(&relay.url(""), &token_with(SECRET, claims(1 << 40), 0)).await;
+    far.subscribe(json!({"device": "d-exp"})).await;
+    far.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = metric(&relay.metrics().await, "trackway_live_connections");
+        if open == 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{open} connections still counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.stop().await.expect("clean stop");
+}
+
+/// A target with U+0000 (which PostgreSQL text cannot hold) is refused by the relay itself; it used to
+/// reach the feed's SQL and break the feed's connection for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_a_nul_character_is_refused_and_the_feed_carries_on() {
+    let db = fresh_database("live_nul_target").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_nul_target"), &["--auth", "none"])).await;
+    let mut watcher = Client::connect(&relay.url(""), None).await;
+    watcher.recv_type("authenticated").await;
+    watcher.subscribe(json!({"device": "d-nul"})).await;
+    let mut hostile = Client::connect(&relay.url(""), None).await;
+    hostile.recv_type("authenticated").await;
+    for target in [json!({"group": "a\u{0}b"}), json!({"device": "\u{0}"})] {
+        let mut request = target.clone();
+        request["type"] = json!("subscribe");
+        hostile.send(request).await;
+        let error = hostile.recv_type("error").await;
+        assert_eq!(error["code"], "bad_target", "{target}: {error}");
+    }
+    ingest(&db, &[payload("d-nul", 1)]).await;
+    assert_eq!(watcher.positions(1, Duration::from_secs(5)).await.len(), 1);
+    relay.stop().await.expect("clean stop");
+}
+
+/// The handshake of a WebSocket with these `Origin` and `Host` headers: its HTTP status.
+async fn handshake_with_host(relay: &LiveRelay, origin: &str, host: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = relay.url("").into_client_request().expect("request");
+    request.headers_mut().insert("origin", origin.parse().expect("origin"));
+    request.headers_mut().insert("host", host.parse().expect("host"));
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((mut socket, response)) => {
+            let _ = socket.close(None).await;
+            response.status().as_u16()
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("handshake from {origin}: {e}"),
+    }
+}
+
+/// DNS rebinding: a page of `rebind.attacker.example`, whose name the attacker points at 127.0.0.1,
+/// sends the relay's own port in `Host` and an origin of the same host. It must not get in, least of all
+/// in `none` mode; the relay's own page by address still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebound_host_name_is_not_the_relays_own_origin() {
+    let db = fresh_database("live_rebind").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_rebind"), &["--auth", "none"])).await;
+    let port = relay.live.port();
+    let rebound = format!("rebind.attacker.example:{port}");
+    assert_eq!(handshake_with_host(&relay, &format!("http://{rebound}"), &rebound).await, 403);
+    let own = format!("127.0.0.1:{port}");
+    assert_eq!(handshake_with_host(&relay, &format!("http://{own}"), &own).await, 101, "the map page by address");
+    let local = format!("localhost:{port}");
+    assert_eq!(handshake_with_host(&relay, &format!("http://{local}"), &local).await, 101, "and as localhost");
+    relay.stop().await.expect("clean stop");
+}
+
+/// `none` mode on an address other hosts can reach is refused at start, naming the setting, unless
+/// explicitly allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_none_refuses_to_serve_other_hosts_unless_told() {
+    let db = fresh_database("live_none_remote").await;
+    let mut flags = live_flags(&db, &unique("live_none_remote"), &["--auth", "none"]);
+    let addr = flags.iter().position(|f| f == "--live-addr").expect("flag") + 1;
+    flags[addr] = "0.0.0.0:0".into();
+    let run = |extra: &[&str]| {
+        let mut args = flags.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--admin-addr".into(), "127.0.0.1:0".into()]);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay-under-test"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("relay");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let exited = child.try_wait().expect("wait");
+        if exited.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr).expect("stderr");
+        (exited, stderr)
+    };
+    let (exited, stderr) = run(&[]);
+    assert!(exited.is_some_and(|s| !s.success()), "refused at start: {exited:?} {stderr}");
+    assert!(stderr.contains("TRACKWAY_LIVE_ADDR") && stderr.contains("TRACKWAY_AUTH=none"), "{stderr}");
+    let (exited, stderr) = run(&["--live-unauthenticated-remote", "true"]);
+    assert!(exited.is_none(), "explicitly allowed, it serves: {exited:?} {stderr}");
+}
+
+/// One connection asking about target after target is paced (a burst, then a steady rate) and cannot
+/// flood the database for everyone; an authorization that hangs fails as `unavailable` within the live
+/// pool's statement timeout instead of holding a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_calls_are_paced_per_connection_and_bounded_in_time() {
+    let db = fresh_database("live_authorize_paced").await;
+    let admin = connect(&db).await;
+    admin.batch_execute("INSERT INTO trackway.live_grants VALUES ('u-honest', 'device', 'h')").await.expect("grant");
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_authorize_paced"), &[])).await;
+    let mut hostile = Client::authenticated(&relay.url(""), &user_token("u-hostile", "r")).await;
+    let started = tokio::time::Instant::now();
+    for n in 0..300 {
+        hostile.send(json!({"type": "subscribe", "device": format!("x-{n}")})).await;
+    }
+    let mut honest = Client::authenticated(&relay.url(""), &user_token("u-honest", "r")).await;
+    honest.subscribe(json!({"device": "h"})).await;
+    tokio::time::sleep_until(started + Duration::from_secs(2)).await;
+    let asked = metric(&relay.metrics().await, "trackway_live_authorize_total{result=\"miss\"}");
+    let elapsed = started.elapsed().as_secs_f64();
+    // 100 at once, then 20 a second (and the honest client's one).
+    assert!(asked >= 100.0, "the burst went through: {asked}");
+    assert!(asked <= 101.0 + 20.0 * elapsed + 10.0, "{asked} calls in {elapsed:.1} s");
+
+    admin
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION trackway.authorize(claims jsonb, kind text, id text) RETURNS boolean
+             LANGUAGE sql AS $$ SELECT pg_sleep(60) IS NULL $$",
+        )
+        .await
+        .expect("hanging authorize");
+    let asked_at = tokio::time::Instant::now();
+    honest.send(json!({"type": "subscribe", "device": "h2", "id": "slow"})).await;
+    let error = honest.recv_type("error").await;
+    assert_eq!((error["code"].as_str(), error["id"].as_str()), (Some("unavailable"), Some("slow")), "{error}");
+    assert!(asked_at.elapsed() < Duration::from_secs(9), "answered after {:?}", asked_at.elapsed());
+    relay.stop().await.expect("clean stop");
+}

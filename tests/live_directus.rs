@@ -110,3 +110,76 @@ async fn directus_mode_asks_directus_and_refuses_while_it_is_down() {
     assert_eq!(metric(&text, "trackway_live_auth_failures_total{reason=\"rejected\"}"), 1.0);
     relay.stop().await.expect("clean stop");
 }
+
+/// In `directus` mode every re-check is a renewal: an administrator demoted in Directus stops being one
+/// on open connections (new claims, subscriptions authorized again), and a grant removed in the database
+/// applies at the next re-check. Both used to last as long as the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directus_rechecks_replace_the_claims_and_authorize_again() {
+    let directus = Directus::shared().await;
+    let db = fresh_database("live_dx_recheck").await;
+    let flags = live_flags(
+        &db,
+        &unique("live_dx_recheck"),
+        &["--auth", "directus", "--directus-url", &directus.url, "--directus-cache-seconds", "1"],
+    );
+    let relay = LiveRelay::start(&flags).await;
+    // An administrator of its own, with a static token (this test changes the user's role).
+    let suffix = unique("x").replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let (email, token) = (format!("admin-{suffix}@example.com"), format!("static-token-{suffix}"));
+    let (status, user) = directus
+        .request(
+            "POST",
+            "/users",
+            Some(&directus.admin_token),
+            Some(json!({"email": email, "password": "not-used-0123", "role": directus.admin_role, "token": token})),
+        )
+        .await;
+    assert_eq!(status, 200, "{user}");
+    let user_id = user["data"]["id"].as_str().expect("user id").to_owned();
+    connect(&db)
+        .await
+        .execute("INSERT INTO trackway.live_grants VALUES ($1, 'device', 'granted')", &[&user_id])
+        .await
+        .expect("grant");
+
+    let mut client = Client::connect(&relay.url(""), Some(&token)).await;
+    assert_eq!(client.recv_type("authenticated").await["admin"], true);
+    client.subscribe(json!({"device": "anything"})).await;
+    client.subscribe(json!({"device": "granted"})).await;
+
+    // Demoted in Directus: within a re-check or two, no longer an administrator on this connection.
+    let (status, answer) = directus
+        .request(
+            "PATCH",
+            &format!("/users/{user_id}"),
+            Some(&directus.admin_token),
+            Some(json!({"role": directus.user_role})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let hello = client.recv_type("authenticated").await;
+    assert_eq!((hello["user"].as_str(), hello["admin"].as_bool()), (Some(user_id.as_str()), Some(false)), "{hello}");
+    let gone = client.recv_type("unsubscribed").await;
+    assert_eq!((gone["device"].as_str(), gone["reason"].as_str()), (Some("anything"), Some("forbidden")), "{gone}");
+    ingest(&db, &[payload("anything", 1), payload("granted", 1)]).await;
+    assert_eq!(keys(&client.positions(1, Duration::from_secs(5)).await)[0].0, "granted");
+
+    // The grant removed in the database: gone at the next re-check, with nothing else changed.
+    connect(&db)
+        .await
+        .execute("DELETE FROM trackway.live_grants WHERE grantee = $1", &[&user_id])
+        .await
+        .expect("revoke");
+    let gone = client.recv_type("unsubscribed").await;
+    assert_eq!((gone["device"].as_str(), gone["reason"].as_str()), (Some("granted"), Some("forbidden")), "{gone}");
+
+    // A token Directus refused is remembered for a while: asked again, the relay does not ask Directus.
+    for (attempt, remembered) in [(1, false), (2, true)] {
+        let mut bogus = Client::connect(&relay.url(""), Some("no-such-token-0123456789")).await;
+        let closed = bogus.closed(Duration::from_secs(5)).await;
+        assert_eq!(closed.code, 4001, "{closed:?}");
+        assert_eq!(closed.reason.contains("(remembered)"), remembered, "attempt {attempt}: {closed:?}");
+    }
+    relay.stop().await.expect("clean stop");
+}

@@ -171,12 +171,21 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_MAP_TILE_URL")]
     pub map_tile_url: Option<String>,
 
-    /// Web origins whose pages may open `/live` besides the relay's own (the map page), comma-separated,
-    /// e.g. `https://maps.example.com,https://ops.example.com`; `*` allows any. A browser sends its page's
+    /// Web origins whose pages may open `/live`, comma-separated, e.g.
+    /// `https://maps.example.com,https://ops.example.com`; `*` allows any. A browser sends its page's
     /// origin with the handshake: one not allowed gets HTTP 403, so another site cannot use a visitor's
-    /// browser to open the endpoint. Clients that send no `Origin` (services, CLI tools) are not affected.
+    /// browser to open the endpoint. The relay's own map page is allowed without being listed when it is
+    /// opened by IP address or as `localhost`; opened by any other host name (behind a proxy, say), list
+    /// that origin here (a name not listed could be an attacker's, pointed at this address by DNS
+    /// rebinding). Clients that send no `Origin` (services, CLI tools) are not affected.
     #[arg(long, env = "TRACKWAY_LIVE_ORIGINS", default_value = "")]
     pub live_origins: String,
+
+    /// `true` lets `TRACKWAY_AUTH=none` serve a live address other than loopback (any page or host that
+    /// reaches it then sees every position without a token). Without it, `none` with an address such as
+    /// 0.0.0.0 is refused at start. For a container whose port is published to the host's loopback only.
+    #[arg(long, env = "TRACKWAY_LIVE_UNAUTHENTICATED_REMOTE", default_value = "false")]
+    pub live_unauthenticated_remote: String,
 
     /// Log format: `json`, `text`, or `auto` (text on a terminal, JSON otherwise). Filter with RUST_LOG.
     #[arg(long, env = "TRACKWAY_LOG_FORMAT", default_value = "auto")]
@@ -266,10 +275,12 @@ impl Origins {
     }
 
     /// Whether a handshake's `Origin` may open `/live`. `host` is the request's `Host` header: a page of
-    /// the relay itself (the map page) always may.
+    /// the relay itself (the map page, same host and port) may when that host is an IP address or
+    /// `localhost`. A page whose host is any other name must be listed: under DNS rebinding, an attacker's
+    /// name resolves to the relay's address, and the attacker's page then has the same host as the relay.
     pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
         let origin = origin.trim().to_ascii_lowercase();
-        let own = after_http_scheme(&origin);
+        let own = after_http_scheme(&origin).filter(|own| is_address_or_localhost(own));
         match self {
             Origins::Any => true,
             Origins::Listed(listed) => {
@@ -320,6 +331,15 @@ impl TileUrl {
 /// What follows `http://` or `https://` in `url`; `None` for any other scheme.
 fn after_http_scheme(url: &str) -> Option<&str> {
     url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))
+}
+
+/// Whether `host[:port]` (lower case) names an IP address or `localhost`: names no DNS answer can move.
+fn is_address_or_localhost(host_port: &str) -> bool {
+    let host = match host_port.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => host_port,
+    };
+    host == "localhost" || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok()
 }
 
 /// A host name or address with an optional port and nothing else (no placeholders, path or user info):
@@ -536,10 +556,20 @@ impl Settings {
             AuthMode::Directus => {
                 let url = self.directus_url.clone().unwrap_or_default();
                 let url = url.trim_end_matches('/').to_owned();
-                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                if url.starts_with("https://") {
+                    // Checked here, at start: the live side would otherwise fail to start on its own
+                    // while ingestion carried on.
                     return Err(bad(
                         "TRACKWAY_DIRECTUS_URL",
-                        "is required when TRACKWAY_AUTH=directus: an http:// or https:// URL".into(),
+                        "https:// is not supported (the relay is built without TLS): reach Directus over \
+                         http:// on the same host or a private network"
+                            .into(),
+                    ));
+                }
+                if !url.starts_with("http://") || url.len() < 10 {
+                    return Err(bad(
+                        "TRACKWAY_DIRECTUS_URL",
+                        "is required when TRACKWAY_AUTH=directus: an http:// URL".into(),
                     ));
                 }
                 AuthConfig::Directus {
@@ -552,7 +582,29 @@ impl Settings {
                     )?),
                 }
             }
-            AuthMode::None => AuthConfig::None,
+            AuthMode::None => {
+                let remote = match self.live_unauthenticated_remote.trim().to_ascii_lowercase().as_str() {
+                    "true" | "yes" | "1" | "on" => true,
+                    "false" | "no" | "0" | "off" | "" => false,
+                    other => {
+                        return Err(bad(
+                            "TRACKWAY_LIVE_UNAUTHENTICATED_REMOTE",
+                            format!("{other:?} is not true or false"),
+                        ))
+                    }
+                };
+                if !remote && !SocketAddr::ip(&addr).is_loopback() {
+                    return Err(bad(
+                        "TRACKWAY_LIVE_ADDR",
+                        format!(
+                            "{addr} is reachable from other hosts, and TRACKWAY_AUTH=none would show them every \
+                             position without a token: bind a loopback address such as 127.0.0.1:8080, use \
+                             TRACKWAY_AUTH=jwt or directus, or set TRACKWAY_LIVE_UNAUTHENTICATED_REMOTE=true"
+                        ),
+                    ));
+                }
+                AuthConfig::None
+            }
         };
         let map_tile_url = match self.map_tile_url.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -687,18 +739,53 @@ mod tests {
         assert!(err.starts_with("TRACKWAY_DIRECTUS_URL (--directus-url): "), "{err}");
         let live = parse(&["--auth", "directus", "--directus-url", "http://d:8055/"]).expect("directus").live;
         assert!(matches!(live.map(|l| l.auth), Some(AuthConfig::Directus { url, .. }) if url == "http://d:8055"));
+        let err = parse(&["--auth", "directus", "--directus-url", "https://d.example"]).unwrap_err().to_string();
+        assert!(err.starts_with("TRACKWAY_DIRECTUS_URL (--directus-url): https:// is not supported"), "{err}");
         let shown = format!("{:?}", parse(&["--jwt-secret", "hunter2"]).expect("jwt"));
         assert!(!shown.contains("hunter2") && shown.contains("jwt (issuer \"directus\")"), "{shown}");
     }
 
     #[test]
-    fn live_origins_are_checked_and_the_relays_own_page_is_always_allowed() {
+    fn auth_none_serves_loopback_unless_told_otherwise() {
+        let none = |flags: &[&str]| parse(&[&["--auth", "none"], flags].concat());
+        for addr in ["127.0.0.1:8080", "[::1]:8080", "127.0.0.2:0"] {
+            assert!(none(&["--live-addr", addr]).is_ok(), "{addr}");
+        }
+        for addr in ["0.0.0.0:8080", "[::]:8080", "192.168.1.20:8080"] {
+            let err = none(&["--live-addr", addr]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("TRACKWAY_LIVE_ADDR (--live-addr): ") && err.contains("TRACKWAY_AUTH=none"),
+                "{err}"
+            );
+            let allowed = none(&["--live-addr", addr, "--live-unauthenticated-remote", "true"]);
+            assert_eq!(
+                allowed.expect("explicitly allowed").live.expect("live").addr.to_string().parse(),
+                Ok(addr.parse::<SocketAddr>().unwrap())
+            );
+        }
+        let err =
+            none(&["--live-addr", "0.0.0.0:1", "--live-unauthenticated-remote", "maybe"]).unwrap_err().to_string();
+        assert!(err.starts_with("TRACKWAY_LIVE_UNAUTHENTICATED_REMOTE"), "{err}");
+        // With a token required, any address is fine.
+        assert!(parse(&["--jwt-secret", "s", "--live-addr", "0.0.0.0:8080"]).is_ok());
+    }
+
+    #[test]
+    fn live_origins_are_checked_and_the_relays_own_page_is_allowed_by_address() {
         let origins = |flags: &[&str]| parse(flags).expect("valid").live.expect("live").origins;
         let own = origins(&[]);
         assert_eq!(own, Origins::Listed(vec![]));
-        assert!(own.allows("http://relay.local:8080", Some("relay.local:8080")), "the map page");
-        assert!(!own.allows("https://evil.example", Some("relay.local:8080")));
-        assert!(!own.allows("null", Some("relay.local:8080")));
+        for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "192.168.1.20:8080", "10.0.0.1", "localhost"] {
+            assert!(own.allows(&format!("http://{host}"), Some(host)), "the map page at {host}");
+            assert!(!own.allows(&format!("http://{host}"), Some("127.0.0.1:9999")), "another port than {host}");
+        }
+        // DNS rebinding: the attacker's name resolves to the relay, so its page has the relay's Host.
+        assert!(!own.allows("http://rebind.attacker.example:8080", Some("rebind.attacker.example:8080")));
+        assert!(!own.allows("http://relay.local:8080", Some("relay.local:8080")), "a name must be listed");
+        let named = origins(&["--live-origins", "http://relay.local:8080"]);
+        assert!(named.allows("http://relay.local:8080", Some("relay.local:8080")), "listed, it may");
+        assert!(!own.allows("https://evil.example", Some("127.0.0.1:8080")));
+        assert!(!own.allows("null", Some("127.0.0.1:8080")));
         let listed = origins(&["--live-origins", " https://Maps.example.com/ , http://127.0.0.1:3000"]);
         assert!(listed.allows("https://maps.example.com", Some("relay:8080")));
         assert!(listed.allows("HTTP://127.0.0.1:3000", None));

@@ -74,6 +74,23 @@ pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
         .map_err(|e| Error::Pool(e.to_string()))
 }
 
+/// The longest one statement of the live side's pool may run (`trackway.authorize`): a slow or locked
+/// authorization fails as `unavailable` instead of holding a connection every other session waits for.
+const LIVE_STATEMENT_TIMEOUT_MS: u32 = 5_000;
+
+/// The live side's pool: [`pool`] with a `statement_timeout` on every connection (added to any `options`
+/// the database URL gives).
+pub fn live_pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
+    let mut config = config.clone();
+    let timeout = format!("-c statement_timeout={LIVE_STATEMENT_TIMEOUT_MS}");
+    let options = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {timeout}"),
+        _ => timeout,
+    };
+    config.options(&options);
+    pool(&config)
+}
+
 /// A pooled connection for [`ingest_batch`]. An error here means nothing was sent (server down, login
 /// refused, pool exhausted).
 pub async fn connection(pool: &Pool) -> Result<Object, IngestError> {

@@ -31,7 +31,7 @@ pub struct Identity {
     pub admin: bool,
     /// When the token stops being valid; the connection is closed then unless renewed.
     pub expires_at: Option<SystemTime>,
-    /// When to ask Directus again about a token that does not expire.
+    /// When to ask Directus again about the token (`directus` mode): its answer replaces these claims.
     pub recheck_at: Option<Instant>,
 }
 
@@ -138,8 +138,9 @@ impl Authenticator {
             }
             Authenticator::Directus { auth, cache_ttl } => match auth.verify(token).await {
                 Ok(verified) => {
-                    let recheck = verified.expires_at.is_none().then(|| Instant::now() + *cache_ttl);
-                    let mut id = identity(verified.claims, recheck)?;
+                    // Directus is asked again every cache lifetime whether or not the token expires: the
+                    // claims (admin, role) and the user's grants may change long before `exp`.
+                    let mut id = identity(verified.claims, Some(Instant::now() + *cache_ttl))?;
                     id.expires_at = verified.expires_at;
                     Ok(id)
                 }
@@ -158,7 +159,12 @@ fn identity(claims: Value, recheck_at: Option<Instant>) -> Result<Identity, Refu
         return Err(Refused::new("claims", "the token has no user id (claim \"id\")"));
     };
     let admin = claims.get("admin_access").and_then(Value::as_bool).unwrap_or(false);
-    let expires_at = claims.get("exp").and_then(Value::as_u64).map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+    let expires_at = match claims.get("exp").and_then(Value::as_u64) {
+        None => None,
+        Some(exp) => Some(UNIX_EPOCH.checked_add(Duration::from_secs(exp)).ok_or_else(|| {
+            Refused::new("claims", "the token's \"exp\" claim is too far in the future to be a time")
+        })?),
+    };
     Ok(Identity { claims, user: Some(user), admin, expires_at, recheck_at })
 }
 

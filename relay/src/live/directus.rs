@@ -6,8 +6,12 @@
 //! `jwt` mode (claims read from a verified JWT) and this one.
 //!
 //! Answers are cached for a short time, keyed by a SHA-256 of the token: the raw token is never stored
-//! nor logged. Anything but a clear yes or a clear no from Directus (connection refused, timeout, 5xx,
-//! a reply that does not parse) is [`DirectusError::Unavailable`]: never let in.
+//! nor logged. A clear no is cached too (for [`REJECTION_TTL`] at most), and at most
+//! [`MAX_CONCURRENT_CHECKS`] tokens are being checked with Directus at any time, so that a client trying
+//! random tokens cannot make the relay hammer Directus until Directus's rate limiter refuses the relay for
+//! everyone. Anything but a clear yes or a clear no from Directus (connection refused, timeout, 5xx,
+//! a reply that does not parse, no free check slot within the timeout) is [`DirectusError::Unavailable`]:
+//! never let in.
 //!
 //! Known limitation: plain `http://` only (reqwest is built without TLS); Directus is expected on the
 //! same host or a private network.
@@ -24,14 +28,28 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+/// The longest a token Directus refused is refused again without asking (a static token an administrator
+/// has just created works at most this long after a client tried it too early).
+pub const REJECTION_TTL: Duration = Duration::from_secs(10);
+
+/// The most tokens checked with Directus at the same time; more wait for a slot (at most the timeout).
+pub const MAX_CONCURRENT_CHECKS: usize = 16;
+
 /// A client of one Directus server that verifies tokens and caches the answers.
 pub struct DirectusAuth {
     /// `http://host:port` without a trailing slash.
     base: String,
     /// HTTP client whose every request is bounded by the `timeout` given to [`DirectusAuth::new`].
     http: reqwest::Client,
-    /// Tokens Directus accepted, by SHA-256 of the token.
-    cache: Mutex<Cache>,
+    /// The longest a check waits for a free slot among [`MAX_CONCURRENT_CHECKS`].
+    timeout: Duration,
+    /// Slots for checks in progress with Directus.
+    checks: tokio::sync::Semaphore,
+    /// Tokens Directus accepted (their claims and expiry), by SHA-256 of the token.
+    accepted: Mutex<Cache<(Value, Option<SystemTime>)>>,
+    /// Tokens Directus refused (what it said), by SHA-256 of the token; apart from `accepted`, so that
+    /// many refused tokens never push an accepted one out.
+    rejected: Mutex<Cache<String>>,
 }
 
 /// A token Directus accepted.
@@ -96,7 +114,10 @@ impl DirectusAuth {
         Ok(DirectusAuth {
             base: url.as_str().trim_end_matches('/').to_owned(),
             http,
-            cache: Mutex::new(Cache::new(cache_ttl, cache_capacity)),
+            timeout,
+            checks: tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS),
+            accepted: Mutex::new(Cache::new(cache_ttl, cache_capacity)),
+            rejected: Mutex::new(Cache::new(cache_ttl.min(REJECTION_TTL), cache_capacity)),
         })
     }
 
@@ -110,14 +131,30 @@ impl DirectusAuth {
             ));
         }
         let key = cache_key(token);
-        if let Some(hit) = self.lock_cache().get(&key, Instant::now()) {
-            return Ok(hit);
+        if let Some(answer) = self.cached(&key) {
+            return answer;
+        }
+        let Ok(_slot) = tokio::time::timeout(self.timeout, self.checks.acquire()).await else {
+            return Err(DirectusError::Unavailable(format!(
+                "{MAX_CONCURRENT_CHECKS} tokens were already being checked with Directus for the whole timeout"
+            )));
+        };
+        // Another session may have asked about the same token while this one waited.
+        if let Some(answer) = self.cached(&key) {
+            return answer;
         }
         let (me, globals) = tokio::join!(
             self.get::<Me>(token, "/users/me?fields=id,role"),
             self.get::<Globals>(token, "/policies/me/globals")
         );
-        let (me, globals) = (me?, globals?);
+        let (me, globals) = match (me, globals) {
+            (Ok(me), Ok(globals)) => (me, globals),
+            (Err(DirectusError::Rejected(why)), _) | (_, Err(DirectusError::Rejected(why))) => {
+                lock(&self.rejected).insert(key, why.clone(), None, Instant::now(), SystemTime::now());
+                return Err(DirectusError::Rejected(why));
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
         let claims = json!({
             "id": me.id,
             "role": me.role,
@@ -126,8 +163,17 @@ impl DirectusAuth {
             "iss": "directus",
         });
         let expires_at = jwt_expiry(token);
-        self.lock_cache().insert(key, &claims, expires_at, Instant::now(), SystemTime::now());
+        lock(&self.accepted).insert(key, (claims.clone(), expires_at), expires_at, Instant::now(), SystemTime::now());
         Ok(Verified { claims, expires_at, cached: false })
+    }
+
+    /// The cached answer about a token, if any is still valid.
+    fn cached(&self, key: &[u8; 32]) -> Option<Result<Verified, DirectusError>> {
+        let now = Instant::now();
+        if let Some((claims, expires_at)) = lock(&self.accepted).get(key, now) {
+            return Some(Ok(Verified { claims, expires_at, cached: true }));
+        }
+        lock(&self.rejected).get(key, now).map(|why| Err(DirectusError::Rejected(format!("(remembered) {why}"))))
     }
 
     /// One GET to Directus with `token`, its `data` member parsed as `T`.
@@ -153,11 +199,11 @@ impl DirectusAuth {
             .map(|d| d.data)
             .map_err(|e| unavailable(format!("reply does not parse ({e})")))
     }
+}
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
-        // A panic while holding the lock cannot leave the map inconsistent for our use: carry on.
-        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+/// Locks a cache. A panic while holding the lock cannot leave the map inconsistent for our use: carry on.
+fn lock<V>(cache: &Mutex<Cache<V>>) -> std::sync::MutexGuard<'_, Cache<V>> {
+    cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Directus's reply envelope: `{"data": ...}`.
@@ -222,8 +268,9 @@ fn cache_key(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The `exp` claim of a JWT, read without checking the signature (Directus checked it), or `None` when
-/// `token` is not a JWT with a numeric `exp` (a static token).
+/// The `exp` claim of an access token Directus issued (a JWT with `"iss": "directus"`), read without
+/// checking the signature (Directus checked it), or `None` for any other token: a static token is free
+/// text that may look like a JWT, and its made-up `exp` must not be taken for an expiry.
 pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
     let mut parts = token.split('.');
     let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
@@ -232,6 +279,9 @@ pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
     }
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    if claims["iss"] != "directus" {
+        return None;
+    }
     let exp = &claims["exp"];
     let seconds = match exp.as_u64() {
         Some(s) => Duration::from_secs(s),
@@ -240,53 +290,44 @@ pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(seconds)
 }
 
-/// The accepted tokens, bounded in count and in age. Times are passed in so tests need no sleeping.
-struct Cache {
+/// Answers about tokens, bounded in count and in age. Times are passed in so tests need no sleeping.
+struct Cache<V> {
     /// The longest an entry is served.
     ttl: Duration,
     /// The most entries held; 0: nothing is cached.
     capacity: usize,
     /// By SHA-256 of the token.
-    entries: HashMap<[u8; 32], Entry>,
+    entries: HashMap<[u8; 32], Entry<V>>,
 }
 
-/// One accepted token.
-struct Entry {
-    /// What [`Verified::claims`] gives.
-    claims: Value,
-    /// What [`Verified::expires_at`] gives.
-    expires_at: Option<SystemTime>,
+/// One answer.
+struct Entry<V> {
+    /// What Directus answered.
+    value: V,
     /// When it was stored: the oldest goes first when the cache is full.
     stored: Instant,
     /// After this it is not served: min(stored + ttl, the token's expiry).
     valid_until: Instant,
 }
 
-impl Cache {
-    fn new(ttl: Duration, capacity: usize) -> Cache {
+impl<V: Clone> Cache<V> {
+    fn new(ttl: Duration, capacity: usize) -> Cache<V> {
         Cache { ttl, capacity, entries: HashMap::new() }
     }
 
     /// The entry for `key` when still valid at `now`; an expired one is dropped.
-    fn get(&mut self, key: &[u8; 32], now: Instant) -> Option<Verified> {
+    fn get(&mut self, key: &[u8; 32], now: Instant) -> Option<V> {
         let entry = self.entries.get(key)?;
         if now >= entry.valid_until {
             self.entries.remove(key);
             return None;
         }
-        Some(Verified { claims: entry.claims.clone(), expires_at: entry.expires_at, cached: true })
+        Some(entry.value.clone())
     }
 
-    /// Stores an accepted token, unless it would not be valid for any time. When full, expired entries go
-    /// first, then the oldest.
-    fn insert(
-        &mut self,
-        key: [u8; 32],
-        claims: &Value,
-        expires_at: Option<SystemTime>,
-        now: Instant,
-        now_wall: SystemTime,
-    ) {
+    /// Stores an answer about a token that expires at `expires_at` (if it does), unless it would not be
+    /// valid for any time. When full, expired entries go first, then the oldest.
+    fn insert(&mut self, key: [u8; 32], value: V, expires_at: Option<SystemTime>, now: Instant, now_wall: SystemTime) {
         let mut lifetime = self.ttl;
         if let Some(exp) = expires_at {
             lifetime = lifetime.min(exp.duration_since(now_wall).unwrap_or(Duration::ZERO));
@@ -304,7 +345,7 @@ impl Cache {
                 self.entries.remove(&oldest);
             }
         }
-        self.entries.insert(key, Entry { claims: claims.clone(), expires_at, stored: now, valid_until });
+        self.entries.insert(key, Entry { value, stored: now, valid_until });
     }
 
     #[cfg(test)]
@@ -327,6 +368,10 @@ mod tests {
         json!({ "id": format!("user-{n}"), "role": null, "app_access": true, "admin_access": false })
     }
 
+    fn accepted(n: u32, expires_at: Option<SystemTime>) -> (Value, Option<SystemTime>) {
+        (claims(n), expires_at)
+    }
+
     #[test]
     fn jwt_expiry_reads_exp() {
         let token = jwt(&json!({ "id": "u", "exp": 1_796_123_506u64, "iss": "directus" }));
@@ -335,9 +380,10 @@ mod tests {
 
     #[test]
     fn jwt_expiry_accepts_fractional_and_padded() {
-        let token = jwt(&json!({ "exp": 10.5 }));
+        let token = jwt(&json!({ "exp": 10.5, "iss": "directus" }));
         assert_eq!(jwt_expiry(&token), Some(UNIX_EPOCH + Duration::from_millis(10_500)));
-        let mut parts: Vec<String> = jwt(&json!({ "exp": 7 })).split('.').map(str::to_owned).collect();
+        let mut parts: Vec<String> =
+            jwt(&json!({ "exp": 7, "iss": "directus" })).split('.').map(str::to_owned).collect();
         while !parts[1].len().is_multiple_of(4) {
             parts[1].push('=');
         }
@@ -352,7 +398,12 @@ mod tests {
         assert_eq!(jwt_expiry("x.!!!.y"), None);
         assert_eq!(jwt_expiry(&jwt(&json!({ "id": "no exp" }))), None);
         assert_eq!(jwt_expiry(&jwt(&json!({ "exp": "tomorrow" }))), None);
-        assert_eq!(jwt_expiry(&jwt(&json!({ "exp": -5 }))), None);
+        assert_eq!(jwt_expiry(&jwt(&json!({ "exp": -5, "iss": "directus" }))), None);
+        // A static token shaped like a JWT: its `exp` was not issued by Directus.
+        assert_eq!(jwt_expiry(&jwt(&json!({ "exp": 4_000_000_000u64 }))), None);
+        assert_eq!(jwt_expiry(&jwt(&json!({ "exp": 4_000_000_000u64, "iss": "someone" }))), None);
+        // Past what a clock can hold: no expiry rather than a panic.
+        assert_eq!(jwt_expiry(&jwt(&json!({ "exp": u64::MAX, "iss": "directus" }))), None);
         assert_eq!(jwt_expiry(&format!("e30.{}.s", URL_SAFE_NO_PAD.encode("not json"))), None);
     }
 
@@ -368,11 +419,9 @@ mod tests {
     fn cache_serves_until_ttl() {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut cache = Cache::new(Duration::from_secs(30), 10);
-        cache.insert(cache_key("t"), &claims(1), None, now, wall);
+        cache.insert(cache_key("t"), accepted(1, None), None, now, wall);
         let hit = cache.get(&cache_key("t"), now + Duration::from_secs(29)).unwrap();
-        assert!(hit.cached);
-        assert_eq!(hit.claims, claims(1));
-        assert_eq!(hit.expires_at, None);
+        assert_eq!(hit, accepted(1, None));
         assert!(cache.get(&cache_key("other"), now).is_none());
         assert!(cache.get(&cache_key("t"), now + Duration::from_secs(30)).is_none());
         assert_eq!(cache.len(), 0, "an expired entry is dropped when looked up");
@@ -383,9 +432,9 @@ mod tests {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut cache = Cache::new(Duration::from_secs(300), 10);
         let exp = wall + Duration::from_secs(5);
-        cache.insert(cache_key("jwt"), &claims(1), Some(exp), now, wall);
+        cache.insert(cache_key("jwt"), accepted(1, Some(exp)), Some(exp), now, wall);
         let hit = cache.get(&cache_key("jwt"), now + Duration::from_secs(4)).unwrap();
-        assert_eq!(hit.expires_at, Some(exp));
+        assert_eq!(hit.1, Some(exp));
         assert!(cache.get(&cache_key("jwt"), now + Duration::from_secs(5)).is_none());
     }
 
@@ -393,13 +442,14 @@ mod tests {
     fn cache_skips_expired_tokens_and_zero_capacity_or_ttl() {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut cache = Cache::new(Duration::from_secs(300), 10);
-        cache.insert(cache_key("old"), &claims(1), Some(wall - Duration::from_secs(1)), now, wall);
+        let past = Some(wall - Duration::from_secs(1));
+        cache.insert(cache_key("old"), accepted(1, past), past, now, wall);
         assert_eq!(cache.len(), 0);
         let mut off = Cache::new(Duration::from_secs(300), 0);
-        off.insert(cache_key("t"), &claims(1), None, now, wall);
+        off.insert(cache_key("t"), accepted(1, None), None, now, wall);
         assert_eq!(off.len(), 0);
         let mut no_ttl = Cache::new(Duration::ZERO, 10);
-        no_ttl.insert(cache_key("t"), &claims(1), None, now, wall);
+        no_ttl.insert(cache_key("t"), accepted(1, None), None, now, wall);
         assert_eq!(no_ttl.len(), 0);
     }
 
@@ -409,13 +459,14 @@ mod tests {
         let s = Duration::from_secs;
         let mut cache = Cache::new(s(100), 3);
         // "short" expires at now+10 through its token expiry, though it is the newest of the three.
-        cache.insert(cache_key("a"), &claims(1), None, now, wall);
-        cache.insert(cache_key("b"), &claims(2), None, now + s(1), wall);
-        cache.insert(cache_key("short"), &claims(3), Some(wall + s(12)), now + s(2), wall + s(2));
+        cache.insert(cache_key("a"), accepted(1, None), None, now, wall);
+        cache.insert(cache_key("b"), accepted(2, None), None, now + s(1), wall);
+        let soon = Some(wall + s(12));
+        cache.insert(cache_key("short"), accepted(3, soon), soon, now + s(2), wall + s(2));
         assert_eq!(cache.len(), 3);
 
         // Full at now+20: "short" has expired and goes, the older "a" and "b" stay.
-        cache.insert(cache_key("d"), &claims(4), None, now + s(20), wall + s(20));
+        cache.insert(cache_key("d"), accepted(4, None), None, now + s(20), wall + s(20));
         assert_eq!(cache.len(), 3);
         let at = now + s(21);
         assert!(cache.get(&cache_key("short"), at).is_none());
@@ -423,7 +474,7 @@ mod tests {
         assert!(cache.get(&cache_key("b"), at).is_some());
 
         // Full again, nothing expired: the oldest ("a") goes.
-        cache.insert(cache_key("e"), &claims(5), None, now + s(22), wall + s(22));
+        cache.insert(cache_key("e"), accepted(5, None), None, now + s(22), wall + s(22));
         assert_eq!(cache.len(), 3);
         let at = now + s(23);
         assert!(cache.get(&cache_key("a"), at).is_none());
@@ -436,12 +487,53 @@ mod tests {
     fn cache_replacing_a_key_does_not_evict() {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut cache = Cache::new(Duration::from_secs(100), 2);
-        cache.insert(cache_key("a"), &claims(1), None, now, wall);
-        cache.insert(cache_key("b"), &claims(2), None, now, wall);
-        cache.insert(cache_key("a"), &claims(3), None, now, wall);
+        cache.insert(cache_key("a"), accepted(1, None), None, now, wall);
+        cache.insert(cache_key("b"), accepted(2, None), None, now, wall);
+        cache.insert(cache_key("a"), accepted(3, None), None, now, wall);
         assert_eq!(cache.len(), 2);
-        assert_eq!(cache.get(&cache_key("a"), now).unwrap().claims, claims(3));
+        assert_eq!(cache.get(&cache_key("a"), now).unwrap().0, claims(3));
         assert!(cache.get(&cache_key("b"), now).is_some());
+    }
+
+    /// A Directus that accepts connections and never answers: the relay must not open more than
+    /// [`MAX_CONCURRENT_CHECKS`] checks (two requests each) at a time, however many tokens are tried. A
+    /// check holds its slot until its requests time out (400 ms), so every connection opened in the
+    /// first 300 ms belongs to the first wave.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checks_in_progress_are_capped() {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let start = Instant::now();
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let seen = accepted.clone();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                seen.lock().unwrap().push(start.elapsed());
+                open.push(socket); // held, never answered
+            }
+        });
+        let auth = Arc::new(DirectusAuth::new(&url, Duration::from_millis(400), Duration::from_secs(60), 10).unwrap());
+        let tries = (0..3 * MAX_CONCURRENT_CHECKS).map(|n| {
+            let auth = auth.clone();
+            tokio::spawn(async move { auth.verify(&format!("token-{n}")).await })
+        });
+        for answer in futures_util::future::join_all(tries).await {
+            assert!(matches!(answer.expect("task"), Err(DirectusError::Unavailable(_))));
+        }
+        let first_wave = accepted.lock().unwrap().iter().filter(|at| **at < Duration::from_millis(300)).count();
+        assert!(first_wave <= 2 * MAX_CONCURRENT_CHECKS, "{first_wave} connections to Directus at once");
+        assert!(first_wave >= MAX_CONCURRENT_CHECKS, "{first_wave}: the checks did run side by side");
+    }
+
+    #[test]
+    fn refusals_are_cached_briefly_and_apart_from_acceptances() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut rejected = Cache::new(Duration::from_secs(60).min(REJECTION_TTL), 2);
+        rejected.insert(cache_key("bad"), "401".to_owned(), None, now, wall);
+        assert_eq!(rejected.get(&cache_key("bad"), now + REJECTION_TTL / 2).as_deref(), Some("401"));
+        assert_eq!(rejected.get(&cache_key("bad"), now + REJECTION_TTL), None);
     }
 
     #[test]

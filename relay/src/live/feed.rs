@@ -78,7 +78,8 @@ pub enum Command {
         target: Target,
         /// The request's id, echoed.
         id: Option<Value>,
-        /// `requested`, or `forbidden` when a renewed token no longer allows it.
+        /// `requested`; `forbidden` when a renewed or re-checked token no longer allows it; `unavailable`
+        /// when the database could not check it again.
         reason: &'static str,
     },
     /// The connection ended.

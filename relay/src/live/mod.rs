@@ -53,7 +53,7 @@ pub async fn run(
     if !authenticator.required() {
         tracing::warn!("TRACKWAY_AUTH=none: live clients are NOT authenticated and may watch every device (demo only)");
     }
-    let pool = database::pool(&database)?;
+    let pool = database::live_pool(&database)?;
     let wake = Arc::new(listen::Wake::default());
     let (commands, requests) = mpsc::channel(COMMAND_QUEUE);
     let feed_settings = feed::FeedSettings {

@@ -198,11 +198,13 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
     Ok(Request { message, id })
 }
 
-/// Exactly one of `device` and `group`, a non-empty string of at most [`MAX_ID_BYTES`] bytes.
+/// Exactly one of `device` and `group`, a non-empty string of at most [`MAX_ID_BYTES`] bytes without
+/// U+0000 (which PostgreSQL's text cannot hold: the query would fail on the server instead of here).
 fn target(fields: &mut Map<String, Value>) -> Result<Target, String> {
     let id = |name: &str, value: Value| match value {
         Value::String(s) if s.is_empty() => Err(format!("{name} must not be empty")),
         Value::String(s) if s.len() > MAX_ID_BYTES => Err(format!("{name} is longer than {MAX_ID_BYTES} bytes")),
+        Value::String(s) if s.contains('\0') => Err(format!("{name} must not contain the character U+0000")),
         Value::String(s) => Ok(s),
         _ => Err(format!("{name} must be a string")),
     };
@@ -415,6 +417,8 @@ mod tests {
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"subscribe"}"#), ErrorCode::BadTarget);
         assert_eq!(code(r#"{"type":"subscribe","device":""}"#), ErrorCode::BadTarget);
+        assert_eq!(code(r#"{"type":"subscribe","group":"a\u0000b"}"#), ErrorCode::BadTarget);
+        assert_eq!(code(r#"{"type":"unsubscribe","device":"\u0000"}"#), ErrorCode::BadTarget);
         assert_eq!(code(r#"{"type":"subscribe","device":"a","group":"b"}"#), ErrorCode::BadTarget);
         assert_eq!(code(r#"{"type":"unsubscribe","group":7}"#), ErrorCode::BadTarget);
         let long = format!(r#"{{"type":"subscribe","device":"{}"}}"#, "x".repeat(MAX_ID_BYTES + 1));

@@ -15,7 +15,10 @@ use axum::{
     Router,
 };
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::WebSocketConfig},
     WebSocketStream,
@@ -129,10 +132,8 @@ async fn upgrade(
             Some(config),
         )
         .await;
-        shared.metrics.connections.inc();
+        let _open = OpenConnection::new(&shared, permit);
         session::run(socket, shared.clone(), token, shutdown).await;
-        shared.metrics.connections.dec();
-        drop(permit);
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -158,4 +159,26 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+/// An upgraded connection: counted in `trackway_live_connections` and holding its slot until dropped, even
+/// when its session ends in a panic (a bug, but one that must not leak a slot or skew the gauge).
+struct OpenConnection<'a> {
+    /// Where the gauge is.
+    shared: &'a Shared,
+    /// The connection's slot among `TRACKWAY_LIVE_MAX_CONNECTIONS`.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> OpenConnection<'a> {
+    fn new(shared: &'a Shared, permit: OwnedSemaphorePermit) -> OpenConnection<'a> {
+        shared.metrics.connections.inc();
+        OpenConnection { shared, _permit: permit }
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.shared.metrics.connections.dec();
+    }
 }

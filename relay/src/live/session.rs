@@ -35,6 +35,46 @@ use super::{
 };
 use crate::config::LiveConfig;
 
+/// `trackway.authorize` calls a connection may make at once before being paced...
+const AUTHORIZE_BURST: u32 = 100;
+/// ...and per second after that: an honest map subscribes to its targets at once (at most
+/// `TRACKWAY_LIVE_MAX_SUBSCRIPTIONS`, 100 by default), a client trying target after target waits.
+const AUTHORIZE_PER_SECOND: u32 = 20;
+/// Most answers a connection remembers; more, and it starts again from none.
+const MAX_ALLOWED: usize = 1024;
+
+/// A token bucket: `burst` calls at once, then `per_second`. Times are passed in, so tests need no sleeping.
+#[derive(Debug)]
+struct Bucket {
+    /// Calls that may go at once.
+    burst: f64,
+    /// Calls earned per second.
+    per_second: f64,
+    /// Calls available at `at` (negative: owed).
+    tokens: f64,
+    /// When `tokens` was counted.
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(burst: u32, per_second: u32) -> Bucket {
+        let burst = f64::from(burst);
+        Bucket { burst, per_second: f64::from(per_second), tokens: burst, at: tokio::time::Instant::now() }
+    }
+
+    /// Takes one call made at `now`; the instant it may go (`now` when within the burst).
+    fn take(&mut self, now: tokio::time::Instant) -> tokio::time::Instant {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + earned).min(self.burst) - 1.0;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64(-self.tokens / self.per_second)
+        }
+    }
+}
+
 /// What every session shares.
 pub struct Shared {
     /// Limits and timeouts.
@@ -69,6 +109,7 @@ where
         identity: None,
         targets: HashSet::new(),
         allowed: HashMap::new(),
+        asks: Bucket::new(AUTHORIZE_BURST, AUTHORIZE_PER_SECOND),
         token: None,
     };
     tokio::join!(reader.run(stream, token, &shutdown, &done), write(sink, &shared, &outbox, &heard, &done));
@@ -107,8 +148,11 @@ struct Reader<'a> {
     identity: Option<Identity>,
     /// Subscriptions held.
     targets: HashSet<Target>,
-    /// `trackway.authorize` answers for this connection (cleared when the token is renewed).
+    /// `trackway.authorize` answers for this connection (cleared when the token is renewed, and when it
+    /// holds [`MAX_ALLOWED`] answers).
     allowed: HashMap<Target, bool>,
+    /// Paces this connection's `trackway.authorize` calls.
+    asks: Bucket,
     /// The token in force (asked about again when it does not expire).
     token: Option<String>,
 }
@@ -275,31 +319,58 @@ impl Reader<'_> {
             let message = "the new token belongs to another user; open a new connection for them".to_owned();
             return self.refuse(ErrorCode::AuthMismatch, message, id).await;
         }
-        self.allowed.clear();
         self.token = Some(token.to_owned());
         self.accept(identity).await;
+        self.reauthorize().await;
+    }
+
+    /// Every subscription held is checked again with the claims now in force (after a renewal or a
+    /// re-check), the per-connection answers forgotten first. A "no" removes it as `forbidden`; a database
+    /// that cannot answer removes it as `unavailable` (fail closed: the client may subscribe again later,
+    /// resuming with `since`).
+    async fn reauthorize(&mut self) {
+        self.allowed.clear();
         let held: Vec<Target> = self.targets.iter().cloned().collect();
         for target in held {
-            // Only a "no" takes a subscription away; a database that cannot answer now changes nothing.
-            if matches!(self.authorized(&target).await, Ok(false)) {
-                self.targets.remove(&target);
-                let (client, outbox) = (self.client, self.outbox.clone());
-                self.send(Command::Unsubscribe { client, outbox, target, id: None, reason: "forbidden" }).await;
-            }
+            let reason = match self.authorized(&target).await {
+                Ok(true) => continue,
+                Ok(false) => "forbidden",
+                Err(why) => {
+                    tracing::warn!(error = %why, "trackway.authorize failed on a re-check: subscription removed");
+                    "unavailable"
+                }
+            };
+            self.targets.remove(&target);
+            let (client, outbox) = (self.client, self.outbox.clone());
+            self.send(Command::Unsubscribe { client, outbox, target, id: None, reason }).await;
         }
     }
 
-    /// Directus is asked again about a token that does not expire; `false` when it no longer accepts it.
-    /// An unreachable Directus does not end sessions it let in: it is asked again later.
+    /// Directus is asked again about the token in force (every cache lifetime); `false` when it no longer
+    /// accepts it, or now says it belongs to another user. Its answer is a renewal: the fresh claims
+    /// replace the old ones (an administrator demoted in Directus is one no longer) and every subscription
+    /// is authorized again. An unreachable Directus does not end sessions it let in: it is asked again later.
     async fn recheck(&mut self) -> bool {
         let later = Instant::now() + recheck_interval(&self.shared.config);
         let Some(token) = self.token.clone() else { return true };
         let answer = self.shared.auth.authenticate(&token).await;
         let Some(identity) = self.identity.as_mut() else { return true };
         match answer {
-            Ok(fresh) => {
-                identity.recheck_at = fresh.recheck_at.or(Some(later));
+            Ok(fresh) if fresh.user == identity.user => {
+                let changed = fresh.claims != identity.claims || fresh.expires_at != identity.expires_at;
+                let fresh = Identity { recheck_at: fresh.recheck_at.or(Some(later)), ..fresh };
+                if changed {
+                    self.accept(fresh).await;
+                } else {
+                    *identity = fresh;
+                }
+                // Grants may have changed without the claims: every re-check is a renewal.
+                self.reauthorize().await;
                 true
+            }
+            Ok(_) => {
+                self.shared.metrics.auth_failures.with_label_values(&["mismatch"]).inc();
+                false
             }
             Err(refused) if refused.reason == "unavailable" => {
                 identity.recheck_at = Some(later);
@@ -352,6 +423,11 @@ impl Reader<'_> {
             return Ok(answer);
         }
         metrics.authorize.with_label_values(&["miss"]).inc();
+        // A client asking about target after target waits its turn; the others are not slowed down.
+        tokio::time::sleep_until(self.asks.take(tokio::time::Instant::now())).await;
+        if self.allowed.len() >= MAX_ALLOWED {
+            self.allowed.clear();
+        }
         let claims = self.identity.as_ref().map(|i| i.claims.to_string()).unwrap_or_else(|| "{}".into());
         let client = self.shared.pool.get().await.map_err(|e| e.to_string())?;
         let row = client
@@ -393,9 +469,11 @@ fn refusal_text(refused: &Refused) -> String {
     format!("{}: {}", refused.reason, refused.message)
 }
 
-/// The monotonic instant of a wall-clock time (now, if it is past).
+/// The monotonic instant of a wall-clock time (now, if it is past; about a century from now at most, as
+/// no clock can hold every time a token may name).
 fn instant_of(at: SystemTime) -> tokio::time::Instant {
-    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let left = at.duration_since(SystemTime::now()).unwrap_or_default().min(CENTURY);
     tokio::time::Instant::now() + left
 }
 
@@ -493,4 +571,29 @@ where
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), done.cancelled()).await;
     }
     done.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_lets_a_burst_through_then_paces() {
+        let start = tokio::time::Instant::now();
+        let mut bucket = Bucket::new(3, 10);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(start), start, "within the burst");
+        }
+        assert_eq!(bucket.take(start), start + Duration::from_millis(100));
+        assert_eq!(bucket.take(start), start + Duration::from_millis(200), "owed calls queue up");
+        // A second later, 10 calls earned, 2 owed: the next goes at once.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(bucket.take(later), later);
+        // Never more than the burst saved up.
+        let much_later = start + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(much_later), much_later);
+        }
+        assert!(bucket.take(much_later) > much_later);
+    }
 }
