@@ -5,7 +5,10 @@ use std::{collections::HashSet, process::Command, time::Duration};
 
 use serde_json::{json, Value};
 use tokio::net::TcpSocket;
-use tokio_tungstenite::{client_async, tungstenite::Message};
+use tokio_tungstenite::{
+    client_async,
+    tungstenite::{client::IntoClientRequest, Message},
+};
 use trackway_tests::{
     connect, connect_to, fresh_database, fresh_database_on,
     live::{admin_token, key_set, live_flags, payload, Client, LiveRelay},
@@ -246,4 +249,122 @@ async fn a_peer_that_answers_no_ping_is_dropped_as_silent() {
     assert_eq!(metric(&relay.metrics().await, "trackway_live_closes_total{reason=\"silent\"}"), 1.0);
     drop(silent);
     relay.stop().await.expect("clean stop");
+}
+
+/// Reads from `socket` until the server closes it; `true` when it did within `timeout`.
+async fn closed_by_server(socket: &mut tokio::net::TcpStream, timeout: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {} // an error page, then the close
+        }
+    }
+}
+
+/// Slowloris: a client that starts its request and never finishes the head is disconnected after the
+/// header timeout (it used to stay open as long as it liked, holding a descriptor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_never_ends_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let db = fresh_database("live_slowloris").await;
+    let flags = live_flags(&db, &unique("live_slowloris"), &["--live-header-timeout-ms", "500"]);
+    let relay = LiveRelay::start(&flags).await;
+    let mut partial = tokio::net::TcpStream::connect(relay.live).await.expect("connect");
+    partial.write_all(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n").await.expect("write");
+    let started = tokio::time::Instant::now();
+    assert!(closed_by_server(&mut partial, Duration::from_secs(5)).await, "still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(400), "closed before the timeout: {:?}", started.elapsed());
+    // Whole requests are served as before.
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.subscribe(json!({"device": "d-slowloris"})).await;
+    relay.stop().await.expect("clean stop");
+}
+
+/// Connections nobody has vouched for yet are capped apart from the rest: idle TCP connections and
+/// unauthenticated WebSockets fill their places, authenticated clients carry on, and a place is free again
+/// when one of them goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_not_yet_authenticated_are_capped_apart() {
+    let db = fresh_database("live_unauth_cap").await;
+    let flags = live_flags(&db, &unique("live_unauth_cap"), &["--live-max-unauthenticated", "3"]);
+    let relay = LiveRelay::start(&flags).await;
+    let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
+    watcher.subscribe(json!({"device": "d-cap"})).await;
+    // Two idle TCP connections and one WebSocket that never authenticates take the three places.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(relay.live).await.expect("connect"));
+    }
+    let _waiting = Client::connect(&relay.url(""), None).await;
+    let mut refused = tokio::net::TcpStream::connect(relay.live).await.expect("connect");
+    assert!(closed_by_server(&mut refused, Duration::from_secs(5)).await, "a fourth is closed at once");
+    let text = relay.metrics().await;
+    assert!(metric(&text, "trackway_live_closes_total{reason=\"unauthenticated\"}") >= 1.0, "counted");
+    // The authenticated client is not affected.
+    ingest_on(&connect(&db).await, &[payload("d-cap", 1)]).await;
+    assert_eq!(watcher.positions(1, Duration::from_secs(5)).await.len(), 1);
+    // One goes; a new client gets its place and, once authenticated, gives it up again.
+    drop(idle.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut request = relay.url("").into_client_request().expect("request");
+    let bearer = format!("Bearer {}", admin_token());
+    request.headers_mut().insert("authorization", bearer.parse().expect("header"));
+    while tokio_tungstenite::connect_async(request.clone()).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "no place came free");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+        client.subscribe(json!({"device": "d-cap"})).await;
+    }
+    relay.stop().await.expect("clean stop");
+}
+
+/// One user (one `id` claim) may hold at most TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER connections; the
+/// next is closed with 4010, other users are not affected, and a closed connection gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_holds_at_most_its_connections() {
+    use trackway_tests::live::user_token;
+    let db = fresh_database("live_user_cap").await;
+    let flags = live_flags(&db, &unique("live_user_cap"), &["--live-max-connections-per-user", "2"]);
+    let relay = LiveRelay::start(&flags).await;
+    let token = user_token("u-cap", "r");
+    let first = Client::authenticated(&relay.url(""), &token).await;
+    let _second = Client::authenticated(&relay.url(""), &token).await;
+    let mut third = Client::connect(&relay.url(""), Some(&token)).await;
+    let closed = third.closed(Duration::from_secs(5)).await;
+    assert_eq!(closed.code, 4010, "{closed:?}");
+    let _other_user = Client::authenticated(&relay.url(""), &user_token("u-other", "r")).await;
+    first.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = Client::connect(&relay.url(""), Some(&token)).await;
+        match again.recv_within(Duration::from_secs(2)).await {
+            Some(frame) if frame["type"] == "authenticated" => break,
+            other => assert!(tokio::time::Instant::now() < deadline, "the place never came back: {other:?}"),
+        }
+    }
+    relay.stop().await.expect("clean stop");
+}
+
+/// The relay raises its soft limit on open files to the hard limit at start (every client is a
+/// descriptor; when they run out, its own reconnects to PostgreSQL and Redis fail too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    use trackway_tests::relay::{relay_flags, Process};
+    let db = fresh_database("live_nofile").await;
+    let flags = relay_flags(&db, &unique("live_nofile"), &[]);
+    let mut args = vec!["--nofile=256:4096", env!("CARGO_BIN_EXE_relay-under-test")];
+    args.extend(flags.iter().map(String::as_str));
+    let relay = Process::spawn("prlimit", &args, "trackway-test-relay-nofile");
+    relay.wait_healthy().await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", relay.id())).expect("limits");
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files line");
+    let numbers: Vec<&str> = open_files.split_whitespace().filter(|w| w.parse::<u64>().is_ok()).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+    relay.kill();
 }

@@ -18,6 +18,7 @@ pub fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -48,6 +49,20 @@ pub fn main() -> ExitCode {
             tracing::error!(error = %e, "relay failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, and logs both: every live client is a file
+/// descriptor, and when descriptors run out the relay's own reconnects to PostgreSQL and Redis fail too.
+fn raise_open_files_limit() {
+    use rlimit::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(soft = hard, hard, was = soft, "open-files limit raised to its hard limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit"),
+        },
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
     }
 }
 

@@ -128,6 +128,21 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_LIVE_MAX_CONNECTIONS", default_value = "20000")]
     pub live_max_connections: String,
 
+    /// Most connections to the live address not yet authenticated (1–1000000): from the TCP accept until
+    /// their session has a valid token (at most TRACKWAY_LIVE_AUTH_TIMEOUT_MS after the upgrade). More are
+    /// closed at once, so anonymous connections cannot take the slots and descriptors of authenticated ones.
+    #[arg(long, env = "TRACKWAY_LIVE_MAX_UNAUTHENTICATED", default_value = "1000")]
+    pub live_max_unauthenticated: String,
+
+    /// Most open live connections of one user (one `id` claim), 1–1000000; more are closed with 4010.
+    #[arg(long, env = "TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER", default_value = "100")]
+    pub live_max_connections_per_user: String,
+
+    /// Longest wait for a request's head (method, path, headers) on the live address, in milliseconds
+    /// (100–600000); a client slower than that is disconnected.
+    #[arg(long, env = "TRACKWAY_LIVE_HEADER_TIMEOUT_MS", default_value = "10000")]
+    pub live_header_timeout_ms: String,
+
     /// Most subscriptions one connection may hold (1–100000).
     #[arg(long, env = "TRACKWAY_LIVE_MAX_SUBSCRIPTIONS", default_value = "100")]
     pub live_max_subscriptions: String,
@@ -223,6 +238,12 @@ pub struct LiveConfig {
     pub auth: AuthConfig,
     /// Open connections allowed.
     pub max_connections: usize,
+    /// Connections allowed that are not authenticated yet (before and after the upgrade).
+    pub max_unauthenticated: usize,
+    /// Open connections allowed per user.
+    pub max_connections_per_user: usize,
+    /// Longest wait for an HTTP request head.
+    pub header_timeout: Duration,
     /// Subscriptions allowed per connection.
     pub max_subscriptions: usize,
     /// Largest client message.
@@ -390,6 +411,9 @@ impl fmt::Debug for LiveConfig {
             .field("addr", &self.addr)
             .field("auth", &self.auth)
             .field("max_connections", &self.max_connections)
+            .field("max_unauthenticated", &self.max_unauthenticated)
+            .field("max_connections_per_user", &self.max_connections_per_user)
+            .field("header_timeout", &self.header_timeout)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("auth_timeout", &self.auth_timeout)
@@ -617,6 +641,17 @@ impl Settings {
             addr,
             auth,
             max_connections: count("TRACKWAY_LIVE_MAX_CONNECTIONS", &self.live_max_connections, 1..=1_000_000)?,
+            max_unauthenticated: count(
+                "TRACKWAY_LIVE_MAX_UNAUTHENTICATED",
+                &self.live_max_unauthenticated,
+                1..=1_000_000,
+            )?,
+            max_connections_per_user: count(
+                "TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER",
+                &self.live_max_connections_per_user,
+                1..=1_000_000,
+            )?,
+            header_timeout: ms("TRACKWAY_LIVE_HEADER_TIMEOUT_MS", &self.live_header_timeout_ms, 100..=600_000)?,
             max_subscriptions: count("TRACKWAY_LIVE_MAX_SUBSCRIPTIONS", &self.live_max_subscriptions, 1..=100_000)?,
             max_message_bytes: count("TRACKWAY_LIVE_MAX_MESSAGE_BYTES", &self.live_max_message_bytes, 256..=1 << 24)?,
             auth_timeout: ms("TRACKWAY_LIVE_AUTH_TIMEOUT_MS", &self.live_auth_timeout_ms, 100..=600_000)?,

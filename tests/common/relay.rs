@@ -229,6 +229,11 @@ impl Process {
         }
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, and reap it.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -64,6 +64,7 @@ pub async fn run(
     let feed = feed::Feed::new(feed_settings, requests, wake.clone(), health.clone(), metrics.clone());
     let feed_task = tokio::spawn(feed.run(shutdown.clone()));
     let listen_task = tokio::spawn(listen::run(database, wake, health, metrics.clone(), shutdown.clone()));
+    let config_limit_per_user = config.max_connections_per_user;
     let shared = Arc::new(session::Shared {
         config,
         auth: authenticator,
@@ -71,6 +72,7 @@ pub async fn run(
         commands,
         metrics,
         next_client: Default::default(),
+        users: session::Users::new(config_limit_per_user),
     });
     let served = server::serve(listener, shared, shutdown.clone(), SHUTDOWN_GRACE).await;
     shutdown.cancel();

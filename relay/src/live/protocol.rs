@@ -343,6 +343,8 @@ pub enum CloseCode {
     TooSlow,
     /// 4009: nothing heard from the client (not even a pong) for two ping intervals.
     Silent,
+    /// 4010: the token's user already has `TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER` connections open.
+    TooManyConnections,
 }
 
 impl CloseCode {
@@ -359,6 +361,7 @@ impl CloseCode {
             CloseCode::AuthUnavailable => 4004,
             CloseCode::TooSlow => 4008,
             CloseCode::Silent => 4009,
+            CloseCode::TooManyConnections => 4010,
         }
     }
 
@@ -375,6 +378,7 @@ impl CloseCode {
             CloseCode::AuthUnavailable => "auth_unavailable",
             CloseCode::TooSlow => "too_slow",
             CloseCode::Silent => "silent",
+            CloseCode::TooManyConnections => "too_many_connections",
         }
     }
 }

@@ -1,20 +1,33 @@
 //! The live HTTP server: `/live` upgrades to a WebSocket (RFC 6455 handshake answered here, the socket
 //! then driven by tokio-tungstenite); `/`, `/map.js`, `/map.css` and `/config.json` are the live map page
-//! ([`super::page`]); everything else is 404. The connection cap is enforced before
-//! upgrading (HTTP 503), and the token may come in the handshake: `Authorization: Bearer …` or, for
-//! browsers that cannot set headers, the `access_token` query parameter.
+//! ([`super::page`]); everything else is 404. The token may come in the handshake: `Authorization: Bearer
+//! …` or, for browsers that cannot set headers, the `access_token` query parameter.
+//!
+//! What a connection costs before anyone knows who it is, is bounded: the accept loop is hyper's own
+//! HTTP/1 server (axum's `serve` cannot set these), with a deadline for the request head
+//! (`TRACKWAY_LIVE_HEADER_TIMEOUT_MS`); every accepted connection holds one of
+//! `TRACKWAY_LIVE_MAX_UNAUTHENTICATED` places until its session authenticates (beyond them new
+//! connections are closed at once); an upgraded one also holds one of `TRACKWAY_LIVE_MAX_CONNECTIONS` slots
+//! (HTTP 503 past it).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
     extract::{Query, Request, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
-    serve::ListenerExt,
-    Router,
+    Extension, Router,
 };
-use hyper_util::rt::TokioIo;
+use hyper::service::Service as _;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use tokio::{
     net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -38,41 +51,104 @@ struct ServerState {
     shutdown: CancellationToken,
 }
 
+/// The place a connection holds among `TRACKWAY_LIVE_MAX_UNAUTHENTICATED` until its session authenticates,
+/// shared by the HTTP connection and (after the upgrade) the session, which takes it.
+#[derive(Clone)]
+pub struct Unauthenticated(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Unauthenticated {
+    /// The place, taken out (by the session, at the upgrade); `None` once taken.
+    fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+}
+
+/// How long a failed `accept` (out of file descriptors, say) waits before the next.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// Serves `/live` until shutdown; returns once every session has closed (or after `grace`).
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    grace: std::time::Duration,
+    grace: Duration,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, path = "/live", "live endpoint listening");
     let sessions = TaskTracker::new();
+    let unauthenticated = Arc::new(Semaphore::new(shared.config.max_unauthenticated));
     let state = ServerState {
         slots: Arc::new(Semaphore::new(shared.config.max_connections)),
-        shared,
+        shared: shared.clone(),
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
     };
     let page = super::page::routes(&state.shared.config);
     let app = Router::new().route("/live", get(upgrade)).with_state(state).merge(page);
-    // Positions are small frames that should leave at once: no Nagle delay waiting for the client's ACK.
-    let listener = listener.tap_io(|tcp| {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(shared.config.header_timeout);
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "live endpoint: accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(place) = unauthenticated.clone().try_acquire_owned() else {
+            // Full of connections nobody has vouched for yet: this one is closed unread.
+            shared.metrics.closes.with_label_values(&["unauthenticated"]).inc();
+            continue;
+        };
+        // Positions are small frames that should leave at once: no Nagle delay waiting for the client's ACK.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-    });
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let place = Unauthenticated(Arc::new(Mutex::new(Some(place))));
+        let app = TowerToHyperService::new(app.clone());
+        // Every request of the connection can see its place; the upgrade hands it to the session.
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(place.clone());
+            app.call(request)
+        });
+        let connection = http.serve_connection(TokioIo::new(tcp), service);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let connection = connection.with_upgrades();
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "live HTTP connection ended");
+            }
+        });
+    }
+    connections.close();
     sessions.close();
-    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+    let drained = async {
+        connections.wait().await;
+        sessions.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("live sessions still open after the shutdown grace period");
     }
-    served
+    Ok(())
 }
 
 /// Answers the WebSocket handshake and starts the session.
 async fn upgrade(
     State(state): State<ServerState>,
+    Extension(place): Extension<Unauthenticated>,
     Query(query): Query<HashMap<String, String>>,
     mut request: Request,
 ) -> Response {
@@ -113,6 +189,7 @@ async fn upgrade(
         .or_else(|| query.get("access_token").cloned().filter(|t| !t.is_empty()));
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ServerState { shared, sessions, shutdown, .. } = state;
+    let place = place.take();
     sessions.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -133,7 +210,7 @@ async fn upgrade(
         )
         .await;
         let _open = OpenConnection::new(&shared, permit);
-        session::run(socket, shared.clone(), token, shutdown).await;
+        session::run(socket, shared.clone(), token, place, shutdown).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -17,7 +17,7 @@ use std::{
 
 use deadpool_postgres::Pool;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::{
     self,
     protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame},
@@ -89,11 +89,66 @@ pub struct Shared {
     pub metrics: LiveMetrics,
     /// Next connection id.
     pub next_client: AtomicU64,
+    /// Open authenticated connections per user, against `TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER`.
+    pub users: Users,
 }
 
-/// Runs a connection until it closes. `token` came with the handshake (header or query), if any.
-pub async fn run<S>(socket: S, shared: Arc<Shared>, token: Option<String>, shutdown: CancellationToken)
-where
+/// Open connections per user, so that one token (one user) cannot take every connection slot.
+pub struct Users {
+    /// The most connections one user may hold.
+    limit: usize,
+    /// Open connections by user id (users with none are not kept).
+    open: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl Users {
+    /// Counts for users with at most `limit` connections each.
+    pub fn new(limit: usize) -> Users {
+        Users { limit, open: Default::default() }
+    }
+
+    /// One more connection for `user`, held until the returned guard drops; `None` when the user has
+    /// `limit` already.
+    fn enter(&self, user: &str) -> Option<UserConnection<'_>> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(user.to_owned()).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(UserConnection { users: self, user: user.to_owned() })
+    }
+}
+
+/// One of a user's connections; leaves the count when dropped.
+struct UserConnection<'a> {
+    /// Whose count.
+    users: &'a Users,
+    /// The user.
+    user: String,
+}
+
+impl Drop for UserConnection<'_> {
+    fn drop(&mut self) {
+        let mut open = self.users.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Runs a connection until it closes. `token` came with the handshake (header or query), if any; `place`
+/// is the connection's place among those not yet authenticated, given up once it authenticates.
+pub async fn run<S>(
+    socket: S,
+    shared: Arc<Shared>,
+    token: Option<String>,
+    place: Option<OwnedSemaphorePermit>,
+    shutdown: CancellationToken,
+) where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     let client = shared.next_client.fetch_add(1, Ordering::Relaxed);
@@ -111,6 +166,8 @@ where
         allowed: HashMap::new(),
         asks: Bucket::new(AUTHORIZE_BURST, AUTHORIZE_PER_SECOND),
         token: None,
+        place,
+        user_connection: None,
     };
     tokio::join!(reader.run(stream, token, &shutdown, &done), write(sink, &shared, &outbox, &heard, &done));
     let _ = shared.commands.send(Command::Leave { client }).await;
@@ -155,6 +212,10 @@ struct Reader<'a> {
     asks: Bucket,
     /// The token in force (asked about again when it does not expire).
     token: Option<String>,
+    /// The connection's place among those not yet authenticated (`None` once authenticated).
+    place: Option<OwnedSemaphorePermit>,
+    /// The connection counted for its user, once authenticated as one.
+    user_connection: Option<UserConnection<'a>>,
 }
 
 impl Reader<'_> {
@@ -279,6 +340,16 @@ impl Reader<'_> {
     async fn first_auth(&mut self, token: &str) -> bool {
         match self.shared.auth.authenticate(token).await {
             Ok(identity) => {
+                if let Some(user) = identity.user.as_deref() {
+                    let Some(counted) = self.shared.users.enter(user) else {
+                        self.shared.metrics.auth_failures.with_label_values(&["user_limit"]).inc();
+                        let limit = self.shared.users.limit;
+                        let reason = format!("this user already has {limit} connections open");
+                        self.outbox.close_with_reason(CloseCode::TooManyConnections, reason);
+                        return false;
+                    };
+                    self.user_connection = Some(counted);
+                }
                 self.token = Some(token.to_owned());
                 self.accept(identity).await;
                 true
@@ -298,6 +369,7 @@ impl Reader<'_> {
         let frame =
             protocol::authenticated_frame(identity.user.as_deref(), identity.admin, identity.expires_text().as_deref());
         self.identity = Some(identity);
+        self.place = None;
         self.answer("authenticated", frame).await;
     }
 
