@@ -368,3 +368,65 @@ async fn the_open_files_limit_is_raised_to_the_hard_limit() {
     assert_eq!(numbers, ["4096", "4096"], "{open_files}");
     relay.kill();
 }
+
+/// While the feed cannot answer a `subscribe` (its snapshot read waits behind a lock), the waiting client
+/// is still heard (pongs count: no 4009), is answered `unavailable` after
+/// TRACKWAY_LIVE_SUBSCRIBE_TIMEOUT_MS, and its next request is answered after that, in order. It used to
+/// read nothing while waiting, and was closed as silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_the_feed_cannot_answer_times_out_and_the_client_stays_heard() {
+    let db = fresh_database("live_stalled_subscribe").await;
+    let flags = live_flags(
+        &db,
+        &unique("live_stalled_subscribe"),
+        &["--live-ping-ms", "700", "--live-subscribe-timeout-ms", "3500"],
+    );
+    let relay = LiveRelay::start(&flags).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    let locker = connect(&db).await;
+    locker.batch_execute("BEGIN; LOCK TABLE trackway.latest_positions IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+    let asked = tokio::time::Instant::now();
+    client.send(json!({"type": "subscribe", "device": "d-stall", "id": "s1"})).await;
+    client.send(json!({"type": "ping", "id": "p1"})).await;
+    // Reading answers the relay's pings meanwhile (the client library pongs as it reads).
+    let first = client.recv_within(Duration::from_secs(10)).await.expect("an answer");
+    assert_eq!(
+        (first["type"].as_str(), first["code"].as_str(), first["id"].as_str()),
+        (Some("error"), Some("unavailable"), Some("s1")),
+        "{first}"
+    );
+    assert!(asked.elapsed() >= Duration::from_millis(3_000), "answered after {:?}", asked.elapsed());
+    let second = client.recv_within(Duration::from_secs(5)).await.expect("the pong");
+    assert_eq!((second["type"].as_str(), second["id"].as_str()), (Some("pong"), Some("p1")), "{second}");
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+    client.subscribe(json!({"device": "d-stall"})).await;
+    let text = relay.metrics().await;
+    assert_eq!(
+        trackway_tests::relay::metric_opt(&text, "trackway_live_closes_total{reason=\"silent\"}").unwrap_or(0.0),
+        0.0
+    );
+    relay.stop().await.expect("clean stop");
+}
+
+/// Answers keep the order of requests, an `unsubscribe` included: with the feed held up (its read waits
+/// behind a lock), a `ping` sent after an `unsubscribe` is answered after it. The `pong` used to come
+/// first (the session answered pings itself at once, while the feed answered the unsubscribe later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_is_answered_before_the_requests_after_it() {
+    let db = fresh_database("live_unsub_order").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_unsub_order"), &[])).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.subscribe(json!({"device": "d-order"})).await;
+    let locker = connect(&db).await;
+    locker.batch_execute("BEGIN; LOCK TABLE trackway.positions IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+    tokio::time::sleep(Duration::from_millis(800)).await; // the feed's next read (every 200 ms) now waits
+    client.send(json!({"type": "unsubscribe", "device": "d-order", "id": "u1"})).await;
+    client.send(json!({"type": "ping", "id": "p1"})).await;
+    assert_eq!(client.recv_within(Duration::from_secs(1)).await, None, "nothing before the unsubscribe's answer");
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+    let first = client.recv_within(Duration::from_secs(10)).await.expect("an answer");
+    assert_eq!((first["type"].as_str(), first["id"].as_str()), (Some("unsubscribed"), Some("u1")), "{first}");
+    let second = client.recv_within(Duration::from_secs(5)).await.expect("the pong");
+    assert_eq!((second["type"].as_str(), second["id"].as_str()), (Some("pong"), Some("p1")), "{second}");
+    relay.stop().await.expect("clean stop");
+}

@@ -138,6 +138,11 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER", default_value = "100")]
     pub live_max_connections_per_user: String,
 
+    /// Longest a `subscribe` waits for its snapshot or replay, in milliseconds (100–600000); then it is
+    /// answered `unavailable` (the client may ask again) while the connection carries on.
+    #[arg(long, env = "TRACKWAY_LIVE_SUBSCRIBE_TIMEOUT_MS", default_value = "10000")]
+    pub live_subscribe_timeout_ms: String,
+
     /// Longest wait for a request's head (method, path, headers) on the live address, in milliseconds
     /// (100–600000); a client slower than that is disconnected.
     #[arg(long, env = "TRACKWAY_LIVE_HEADER_TIMEOUT_MS", default_value = "10000")]
@@ -244,6 +249,8 @@ pub struct LiveConfig {
     pub max_connections_per_user: usize,
     /// Longest wait for an HTTP request head.
     pub header_timeout: Duration,
+    /// Longest a `subscribe` waits for the feed's answer.
+    pub subscribe_timeout: Duration,
     /// Subscriptions allowed per connection.
     pub max_subscriptions: usize,
     /// Largest client message.
@@ -414,6 +421,7 @@ impl fmt::Debug for LiveConfig {
             .field("max_unauthenticated", &self.max_unauthenticated)
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("header_timeout", &self.header_timeout)
+            .field("subscribe_timeout", &self.subscribe_timeout)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("auth_timeout", &self.auth_timeout)
@@ -652,6 +660,11 @@ impl Settings {
                 1..=1_000_000,
             )?,
             header_timeout: ms("TRACKWAY_LIVE_HEADER_TIMEOUT_MS", &self.live_header_timeout_ms, 100..=600_000)?,
+            subscribe_timeout: ms(
+                "TRACKWAY_LIVE_SUBSCRIBE_TIMEOUT_MS",
+                &self.live_subscribe_timeout_ms,
+                100..=600_000,
+            )?,
             max_subscriptions: count("TRACKWAY_LIVE_MAX_SUBSCRIPTIONS", &self.live_max_subscriptions, 1..=100_000)?,
             max_message_bytes: count("TRACKWAY_LIVE_MAX_MESSAGE_BYTES", &self.live_max_message_bytes, 256..=1 << 24)?,
             auth_timeout: ms("TRACKWAY_LIVE_AUTH_TIMEOUT_MS", &self.live_auth_timeout_ms, 100..=600_000)?,

@@ -81,6 +81,9 @@ pub enum Command {
         /// `requested`; `forbidden` when a renewed or re-checked token no longer allows it; `unavailable`
         /// when the database could not check it again.
         reason: &'static str,
+        /// Told once the answer is queued (a client's own `unsubscribe` waits for it, so that answers keep
+        /// the order of requests).
+        reply: Option<oneshot::Sender<bool>>,
     },
     /// The connection ended.
     Leave {
@@ -103,6 +106,17 @@ pub struct Subscribe {
     pub id: Option<Value>,
     /// `true` once subscribed, `false` when refused (the refusal is in the outbox).
     pub reply: oneshot::Sender<bool>,
+    /// Set by whichever decides first: the feed, just before it queues its answer ([`Subscribe::claim`]),
+    /// or the session, when it gives up waiting (then the feed drops the request, unanswered).
+    pub decided: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Subscribe {
+    /// `true` when the feed may answer (and the session will wait for it); `false` when the session has
+    /// given up and answered the client itself.
+    fn claim(&self) -> bool {
+        !self.decided.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
 }
 
 /// A `Subscribe` waiting for the next cycle.
@@ -240,7 +254,7 @@ impl Feed {
     fn apply(&mut self, command: Command) {
         match command {
             Command::Subscribe(request) => self.pending.push(request),
-            Command::Unsubscribe { client, outbox, target, id, reason } => {
+            Command::Unsubscribe { client, outbox, target, id, reason, reply } => {
                 let (kind, answer) = if self.router.unsubscribe(client, &target) {
                     ("unsubscribed", protocol::unsubscribed_frame(&target, id.as_ref(), reason))
                 } else {
@@ -249,6 +263,9 @@ impl Feed {
                 };
                 outbox.push_answer_and_replay(kind, answer, Vec::new());
                 self.metrics.subscriptions.set(self.router.subscriptions() as i64);
+                if let Some(reply) = reply {
+                    let _ = reply.send(true);
+                }
             }
             Command::Leave { client } => {
                 self.router.leave(client);
@@ -282,7 +299,7 @@ impl Feed {
     /// The database failed: refuse the waiting subscriptions (they may ask again) and record the outage.
     fn fail(&mut self, why: &str) {
         self.health.failed(&format_args!("live feed: {why}"));
-        for p in self.pending.drain(..) {
+        for p in self.pending.drain(..).filter(Subscribe::claim) {
             let refusal = Refusal {
                 code: ErrorCode::Unavailable,
                 message: "the database is unavailable; subscribe again later".into(),
@@ -430,7 +447,7 @@ impl Feed {
                 docs.entry(Target::Group(row.try_get(0)?)).or_default().push(row.try_get(1)?);
             }
         }
-        for p in waiting.drain(..) {
+        for p in waiting.drain(..).filter(Subscribe::claim) {
             let snapshot = docs.get(&p.target).map(Vec::as_slice).unwrap_or_default();
             let frame = protocol::subscribed_snapshot_frame(&p.target, p.id.as_ref(), cursor, snapshot);
             p.outbox.push_answer_and_replay("subscribed", frame, Vec::new());
@@ -453,6 +470,9 @@ impl Feed {
             Err(e) => return Err((p, e)),
         };
         if rows.len() > self.settings.max_replay {
+            if !p.claim() {
+                return Ok(()); // the session gave up waiting and answered the client itself
+            }
             let refusal = Refusal {
                 code: ErrorCode::ResumeTooFar,
                 message: format!(
@@ -481,6 +501,9 @@ impl Feed {
             }
             let item = protocol::position_item(&cursor, &position);
             replay.push(Arc::new(Delivery { device: device.into(), item, ts, noticed }));
+        }
+        if !p.claim() {
+            return Ok(()); // the session gave up waiting and answered the client itself
         }
         self.metrics.replayed.with_label_values(&["resume"]).inc_by(replay.len() as u64);
         let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &since, replay.len());

@@ -1,8 +1,11 @@
 //! One WebSocket connection: authentication (handshake token or first message, renewal, expiry), the
 //! client's requests, and writing its outbox. Two futures share the connection in one task:
 //!
-//! - the *reader* handles client messages in order (a `subscribe` waits for its answer to be queued
-//!   before the next message is read, so answers keep the order of requests);
+//! - the *reader* handles client messages in order: while a `subscribe` waits for the feed to answer it,
+//!   it keeps reading (pings, pongs and closes count at once; requests wait in a small backlog, handled
+//!   once the answer is queued, so answers keep the order of requests), and a `subscribe` the feed has not
+//!   answered within `TRACKWAY_LIVE_SUBSCRIBE_TIMEOUT_MS` is answered `unavailable` (the feed then drops
+//!   it);
 //! - the *writer* takes frames from the outbox, pings, and writes; a socket that accepts nothing for
 //!   the send timeout is dropped, so a client that never reads holds nobody else up.
 
@@ -168,9 +171,38 @@ pub async fn run<S>(
         token: None,
         place,
         user_connection: None,
+        waiting: None,
+        backlog: Default::default(),
     };
     tokio::join!(reader.run(stream, token, &shutdown, &done), write(sink, &shared, &outbox, &heard, &done));
-    let _ = shared.commands.send(Command::Leave { client }).await;
+    // Leaving never holds the connection open: when the feed's queue is full, the leave waits in a task
+    // of its own (one per closed connection, after the commands this session queued, so in order).
+    let commands = shared.commands.clone();
+    if let Err(mpsc::error::TrySendError::Full(leave)) = commands.try_send(Command::Leave { client }) {
+        tokio::spawn(async move {
+            let _ = commands.send(leave).await;
+        });
+    }
+}
+
+/// Requests read while a `subscribe` waits for the feed, handled after its answer; more stop the reading
+/// (the writer then does not count the client's silence against it).
+const BACKLOG: usize = 64;
+
+/// A `subscribe` sent to the feed and not answered yet.
+struct Waiting {
+    /// What it asked for.
+    target: Target,
+    /// The request's id, for an `unavailable` answer.
+    id: Option<serde_json::Value>,
+    /// `true` once subscribed, `false` when the feed refused it (its answer is queued either way).
+    reply: oneshot::Receiver<bool>,
+    /// Set by whichever decides first: the feed answering, or this session giving up.
+    decided: Arc<std::sync::atomic::AtomicBool>,
+    /// When to stop waiting and answer `unavailable` (`None`: the feed always answers; an unsubscribe).
+    deadline: Option<tokio::time::Instant>,
+    /// A `subscribe` (its target is held once answered `true`), else an `unsubscribe`.
+    subscribing: bool,
 }
 
 /// When the client last sent anything, shared by the two halves.
@@ -178,19 +210,33 @@ struct Heard {
     start: Instant,
     /// Milliseconds after `start`.
     at: AtomicU64,
+    /// The reader is not reading (its backlog is full): the client's silence is not its own doing.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Heard {
     fn new() -> Heard {
-        Heard { start: Instant::now(), at: AtomicU64::new(0) }
+        Heard { start: Instant::now(), at: AtomicU64::new(0), paused: Default::default() }
     }
 
     fn now(&self) {
         self.at.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// How long the client has been silent while the reader was reading.
     fn silence(&self) -> Duration {
+        if self.paused.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
         self.start.elapsed().saturating_sub(Duration::from_millis(self.at.load(Ordering::Relaxed)))
+    }
+
+    /// The reader stops (`true`) or starts again reading; silence counts from the restart.
+    fn pause(&self, paused: bool) {
+        if !paused {
+            self.now();
+        }
+        self.paused.store(paused, Ordering::Relaxed);
     }
 }
 
@@ -216,6 +262,10 @@ struct Reader<'a> {
     place: Option<OwnedSemaphorePermit>,
     /// The connection counted for its user, once authenticated as one.
     user_connection: Option<UserConnection<'a>>,
+    /// The `subscribe` waiting for the feed's answer, if any.
+    waiting: Option<Waiting>,
+    /// Requests read while `waiting`, in order.
+    backlog: std::collections::VecDeque<String>,
 }
 
 impl Reader<'_> {
@@ -251,15 +301,35 @@ impl Reader<'_> {
                 () = sleep_until_opt(expiry), if expiry.is_some() => {
                     return self.outbox.close(CloseCode::TokenExpired);
                 }
-                () = sleep_until_opt(recheck), if recheck.is_some() => {
+                () = sleep_until_opt(recheck), if recheck.is_some() && self.waiting.is_none() => {
                     if !self.recheck().await {
                         return self.outbox.close(CloseCode::TokenExpired);
                     }
                 }
-                message = stream.next() => {
+                answered = wait_for(&mut self.waiting), if self.waiting.is_some() => {
+                    match answered {
+                        Some(Answered::Feed(target, true)) => {
+                            self.targets.insert(target);
+                        }
+                        Some(Answered::TimedOut(id)) => {
+                            let message = "the relay could not answer this subscription in time; try again later";
+                            self.refuse(ErrorCode::Unavailable, message.to_owned(), id).await;
+                        }
+                        Some(Answered::Feed(_, false)) | None => {}
+                    }
+                    if let Err(code) = self.handle_backlog().await {
+                        return self.outbox.close(code);
+                    }
+                }
+                message = stream.next(), if self.backlog.len() < BACKLOG => {
                     self.heard.now();
                     let close = match message {
                         None => None,
+                        Some(Ok(Message::Text(text))) if self.waiting.is_some() => {
+                            self.backlog.push_back(text.as_str().to_owned());
+                            self.heard.pause(self.backlog.len() >= BACKLOG);
+                            continue;
+                        }
                         Some(Ok(Message::Text(text))) => match self.handle(text.as_str()).await {
                             Ok(()) => continue,
                             Err(code) => Some(code),
@@ -288,6 +358,16 @@ impl Reader<'_> {
                 }
             }
         }
+    }
+
+    /// Handles the requests read while a `subscribe` waited, until one waits again.
+    async fn handle_backlog(&mut self) -> Result<(), CloseCode> {
+        while self.waiting.is_none() {
+            let Some(text) = self.backlog.pop_front() else { break };
+            self.handle(&text).await?;
+        }
+        self.heard.pause(false);
+        Ok(())
     }
 
     /// Handles one text message; `Err` closes the connection with that code.
@@ -319,14 +399,28 @@ impl Reader<'_> {
             ClientMessage::Subscribe { target, since } => self.subscribe(target, since, id).await,
             ClientMessage::Unsubscribe { target } => {
                 if self.targets.remove(&target) {
-                    self.send(Command::Unsubscribe {
-                        client: self.client,
-                        outbox: self.outbox.clone(),
+                    // Waited for like a subscribe (reading on meanwhile), without a deadline: the feed
+                    // applies unsubscribes as they come, outage or not.
+                    let (reply, answered) = oneshot::channel();
+                    let (client, outbox) = (self.client, self.outbox.clone());
+                    let reason = "requested";
+                    let command = Command::Unsubscribe {
+                        client,
+                        outbox,
+                        target: target.clone(),
+                        id: id.clone(),
+                        reason,
+                        reply: Some(reply),
+                    };
+                    self.send(command).await;
+                    self.waiting = Some(Waiting {
                         target,
                         id,
-                        reason: "requested",
-                    })
-                    .await;
+                        reply: answered,
+                        decided: Default::default(),
+                        deadline: None,
+                        subscribing: false,
+                    });
                 } else {
                     let message = format!("not subscribed to {} {:?}", target.kind(), target.id());
                     self.refuse(ErrorCode::NotSubscribed, message, id).await;
@@ -414,7 +508,7 @@ impl Reader<'_> {
             };
             self.targets.remove(&target);
             let (client, outbox) = (self.client, self.outbox.clone());
-            self.send(Command::Unsubscribe { client, outbox, target, id: None, reason }).await;
+            self.send(Command::Unsubscribe { client, outbox, target, id: None, reason, reply: None }).await;
         }
     }
 
@@ -478,10 +572,23 @@ impl Reader<'_> {
         }
         let (reply, subscribed) = oneshot::channel();
         let (client, outbox) = (self.client, self.outbox.clone());
-        self.send(Command::Subscribe(Subscribe { client, outbox, target: target.clone(), since, id, reply })).await;
-        if subscribed.await.unwrap_or(false) {
-            self.targets.insert(target);
+        let decided = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let request = Subscribe {
+            client,
+            outbox,
+            target: target.clone(),
+            since,
+            id: id.clone(),
+            reply,
+            decided: decided.clone(),
+        };
+        if self.shared.commands.try_send(Command::Subscribe(request)).is_err() {
+            let message = "the relay is too busy to take this subscription now; try again later".to_owned();
+            return self.refuse(ErrorCode::Unavailable, message, id).await;
         }
+        let deadline = tokio::time::Instant::now() + self.shared.config.subscribe_timeout;
+        self.waiting =
+            Some(Waiting { target, id, reply: subscribed, decided, deadline: Some(deadline), subscribing: true });
     }
 
     /// `trackway.authorize(claims, kind, id)`, asked once per target and connection.
@@ -526,6 +633,36 @@ impl Reader<'_> {
     async fn refuse(&self, code: ErrorCode, message: String, id: Option<serde_json::Value>) {
         self.answer("error", protocol::error_frame(&Refusal { code, message, id })).await;
     }
+}
+
+/// How a `subscribe` sent to the feed ended.
+enum Answered {
+    /// The feed answered (the answer is queued): `true` when the target is now held.
+    Feed(Target, bool),
+    /// The feed did not answer in time; it will not (its answer channel is closed): the client is to be
+    /// answered `unavailable`, with the request's id.
+    TimedOut(Option<serde_json::Value>),
+}
+
+/// Waits for the feed's answer to the `subscribe` in `waiting` and takes it out.
+async fn wait_for(waiting: &mut Option<Waiting>) -> Option<Answered> {
+    let w = waiting.as_mut()?;
+    let Some(deadline) = w.deadline else {
+        let _ = (&mut w.reply).await;
+        return waiting.take().map(|w| Answered::Feed(w.target, false));
+    };
+    let held = match tokio::time::timeout_at(deadline, &mut w.reply).await {
+        Ok(answer) => Some(answer.unwrap_or(false)),
+        // Past the deadline, whoever decides first wins: this session (the feed will drop the request)...
+        Err(_) if !w.decided.swap(true, Ordering::AcqRel) => None,
+        // ...or the feed, which is queuing its answer right now.
+        Err(_) => Some((&mut w.reply).await.unwrap_or(false)),
+    };
+    let Waiting { target, id, subscribing, .. } = waiting.take()?;
+    Some(match held {
+        Some(held) => Answered::Feed(target, held && subscribing),
+        None => Answered::TimedOut(id),
+    })
 }
 
 /// How often a token without expiry is checked again (Directus's cache lifetime).
