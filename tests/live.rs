@@ -775,3 +775,37 @@ async fn authorization_calls_are_paced_per_connection_and_bounded_in_time() {
     assert!(asked_at.elapsed() < Duration::from_secs(9), "answered after {:?}", asked_at.elapsed());
     relay.stop().await.expect("clean stop");
 }
+
+/// A `since` that lists thousands of transactions (forged: an honest one lists a few) is widened to a
+/// range before the replay: every replayed position's cursor stays as short as with an honest `since`.
+/// The list used to be copied into the cursor of every replayed row of a listed transaction (a 48 KB
+/// cursor made 1,000 rows into 48 MB of frames).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_since_costs_no_more_bytes_per_position_than_an_honest_one() {
+    let db = fresh_database("live_forged_since").await;
+    let admin = connect(&db).await;
+    let honest: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    ingest(&db, &(1..=200).map(|n| payload("d-forged", n)).collect::<Vec<_>>()).await;
+    let row = admin.query_one("SELECT min(ingest_xid)::text FROM trackway.positions", &[]).await.expect("xid");
+    let xid: u64 = row.get::<_, String>(0).parse().expect("xid number");
+    // A cursor past the rows that lists their transaction and 7,999 more: each replayed row's cursor
+    // would keep the transactions listed after its own.
+    let listed: Vec<String> = (xid..xid + 8_000).map(|x| x.to_string()).collect();
+    let forged = format!("{}:0:{}", xid + 8_000, listed.join(","));
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_forged_since"), &[])).await;
+    let mut cursor_bytes = Vec::new();
+    for since in [&honest, &forged] {
+        let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+        client.subscribe(json!({"device": "d-forged", "since": since})).await;
+        let replayed = client.positions(200, Duration::from_secs(10)).await;
+        assert_eq!(key_set(&replayed).len(), 200, "every position replayed once or more");
+        let bytes: usize = replayed.iter().map(|p| p["cursor"].as_str().expect("cursor").len()).sum();
+        cursor_bytes.push(bytes / replayed.len());
+    }
+    let (honest_bytes, forged_bytes) = (cursor_bytes[0], cursor_bytes[1]);
+    assert!(
+        forged_bytes <= 2 * honest_bytes + 32,
+        "cursor bytes per position: honest {honest_bytes}, forged {forged_bytes}"
+    );
+    relay.stop().await.expect("clean stop");
+}

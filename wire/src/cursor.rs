@@ -153,6 +153,22 @@ impl Cursor {
         Cursor { xid, seq, behind, range }
     }
 
+    /// This cursor listing at most `max_items` transactions: a longer list becomes a range from its first
+    /// entry, which lets through every row the list did (and maybe a few more, read again: never fewer).
+    /// For a cursor a client hands back, whose list would otherwise be carried into the cursor of every
+    /// row replayed to it.
+    pub fn widened(&self, max_items: usize) -> Cursor {
+        match self.behind.first() {
+            Some(first) if self.behind.len() > max_items => Cursor {
+                xid: self.xid,
+                seq: self.seq,
+                behind: Vec::new(),
+                range: Some(Range { xid: first.xid, seq: first.after }),
+            },
+            _ => self.clone(),
+        }
+    }
+
     /// Parses the text form; errors name the `cursor` and say what is wrong.
     pub fn parse(text: &str) -> Result<Cursor, DecodeError> {
         let mut parts = text.splitn(3, ':');
@@ -267,6 +283,15 @@ mod tests {
         for text in ["812:3", "812:3:799", "812:3:700@5,799", "812:3:700-", "812:3:600,650@2,700@9-"] {
             assert_eq!(c(text).to_string(), text);
         }
+    }
+
+    #[test]
+    fn a_long_list_widens_to_a_range_from_its_first_entry() {
+        assert_eq!(c("900:3:700@5,799,850@2").widened(3).to_string(), "900:3:700@5,799,850@2");
+        assert_eq!(c("900:3:700@5,799,850@2").widened(2).to_string(), "900:3:700@5-");
+        assert_eq!(c("900:3:700,799,850@2,860-").widened(1).to_string(), "900:3:700-");
+        assert_eq!(c("900:3:860@4-").widened(0).to_string(), "900:3:860@4-", "a range alone stays");
+        assert_eq!(c("900:3").widened(0).to_string(), "900:3");
     }
 
     #[test]

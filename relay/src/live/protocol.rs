@@ -175,8 +175,11 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             let target = target(&mut fields).map_err(|m| refuse(ErrorCode::BadTarget, m))?;
             let since = match fields.remove("since") {
                 None | Some(Value::Null) => None,
+                // Parsed once here; a long list of transactions is widened to a range (which reads a
+                // few rows again, never fewer), so that no client can make every replayed row's cursor
+                // carry thousands of items.
                 Some(Value::String(c)) => match Cursor::parse(&c) {
-                    Ok(_) => Some(c),
+                    Ok(cursor) => Some(cursor.widened(trackway_wire::cursor::MAX_LISTED_UNCERTAIN).to_string()),
                     Err(e) => return Err(refuse(ErrorCode::BadCursor, format!("since: {e}"))),
                 },
                 Some(_) => return Err(refuse(ErrorCode::BadCursor, "since must be a cursor string".into())),
