@@ -92,9 +92,14 @@ CREATE FUNCTION trackway._positions_since_text(
 -- PL/pgSQL, not SQL, so the cursor's parts are plain values when the query is planned: the row comparisons
 -- then become ranges of positions_cursor_idx (a SQL body joined them from a CTE and read the whole table on
 -- every call), and the plan is cached for the session. jit off: these are short index scans.
+-- No sequential or parallel scans, whatever the statistics say: the live feed calls this on every wake-up,
+-- and on a table never analyzed (a fresh restore, a bulk load, a new chunk) the planner chose a parallel
+-- sequential scan of the whole table each time. The cursor's bounds are always ranges of an index.
 LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, trackway, pg_temp
 SET jit = off
+SET enable_seqscan = off
+SET max_parallel_workers_per_gather = 0
 AS $$
 #variable_conflict use_column
 DECLARE

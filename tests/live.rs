@@ -809,3 +809,51 @@ async fn a_forged_since_costs_no_more_bytes_per_position_than_an_honest_one() {
     );
     relay.stop().await.expect("clean stop");
 }
+
+/// Sequential-scan reads of the positions table (and its chunks): what the feed must not do per wake-up.
+async fn rows_read_by_scans(admin: &tokio_postgres::Client) -> i64 {
+    let sql = "SELECT coalesce(sum(seq_tup_read), 0)::bigint FROM pg_stat_user_tables
+               WHERE relid = 'trackway.positions'::regclass
+                  OR relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'trackway.positions'::regclass)";
+    admin.query_one(sql, &[]).await.expect("scan counters").get(0)
+}
+
+/// The live path's reads stay index-driven on a table the planner knows nothing about (never analyzed:
+/// a fresh restore, a bulk load, a new chunk): with 300,000 rows and the feed waking five times a second,
+/// no wake-up reads the table through. It used to be a parallel sequential scan of the whole table on
+/// every wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_reads_by_index_on_a_table_never_analyzed() {
+    let db = fresh_database("live_unanalyzed").await;
+    let admin = connect(&db).await;
+    admin
+        .batch_execute("ALTER TABLE trackway.positions SET (autovacuum_enabled = false)")
+        .await
+        .expect("no autovacuum on the table");
+    for chunk in 0..30u32 {
+        let payloads: Vec<String> =
+            (0..10_000u32).map(|i| payload(&format!("d-{}", i % 1000), chunk * 10 + i / 1000 + 1)).collect();
+        admin.query("SELECT trackway.ingest_batch($1::text[])", &[&payloads]).await.expect("ingest_batch");
+    }
+    let never_analyzed = "SELECT bool_and(c.reltuples < 0) FROM pg_class c
+                          WHERE c.oid = 'trackway.positions'::regclass
+                             OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'trackway.positions'::regclass)";
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_unanalyzed"), &[])).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.subscribe(json!({"device": "d-7"})).await;
+    // Server statistics reach the counters within about ten seconds of the reads.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before = rows_read_by_scans(&admin).await;
+    for n in 0..20u32 {
+        ingest(&db, &[payload("d-7", 400 + n)]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(client.positions(20, Duration::from_secs(5)).await.len(), 20, "the live positions came");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let read = rows_read_by_scans(&admin).await - before;
+    let untouched: bool = admin.query_one(never_analyzed, &[]).await.expect("reltuples").get(0);
+    assert!(untouched, "the table was analyzed meanwhile: the test proves nothing");
+    // About 100 wake-ups: one whole read of the table would be 300,000 rows.
+    assert!(read < 30_000, "{read} rows read by sequential scans over about 100 wake-ups");
+    relay.stop().await.expect("clean stop");
+}
