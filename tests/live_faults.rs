@@ -436,3 +436,54 @@ async fn an_unsubscribe_is_answered_before_the_requests_after_it() {
     assert_eq!((second["type"].as_str(), second["id"].as_str()), (Some("pong"), Some("p1")), "{second}");
     relay.stop().await.expect("clean stop");
 }
+
+/// A client that never reads while it subscribes to and unsubscribes from a 1,000-device group again and
+/// again is closed as too slow once its unread answers pass TRACKWAY_LIVE_MAX_QUEUED_BYTES; the others
+/// are served meanwhile. Its snapshots used to pile up without a limit (three such clients took a relay
+/// from 114 to 836 MiB in 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_snapshots_past_the_byte_budget_close_the_client() {
+    use futures_util::SinkExt;
+    let db = fresh_database("live_byte_budget").await;
+    let admin = connect(&db).await;
+    let devices: Vec<String> = (0..1000).map(|i| format!("d-{i}")).collect();
+    admin
+        .execute("INSERT INTO trackway.device_groups SELECT 'big', unnest($1::text[])", &[&devices])
+        .await
+        .expect("group");
+    ingest_on(&admin, &devices.iter().map(|d| payload(d, 1)).collect::<Vec<_>>()).await;
+    let flags = live_flags(
+        &db,
+        &unique("live_byte_budget"),
+        &["--live-max-queued-bytes", "2000000", "--live-send-timeout-ms", "60000"],
+    );
+    let relay = LiveRelay::start(&flags).await;
+    let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
+    watcher.subscribe(json!({"device": "d-watched"})).await;
+
+    let mut request = relay.url("").into_client_request().expect("request");
+    request.headers_mut().insert("authorization", format!("Bearer {}", admin_token()).parse().expect("header"));
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("handshake");
+    let (mut sink, _never_read) = futures_util::StreamExt::split(socket);
+    for _ in 0..200 {
+        for kind in ["subscribe", "unsubscribe"] {
+            let text = json!({"type": kind, "group": "big"}).to_string();
+            if sink.send(Message::text(text)).await.is_err() {
+                break;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = relay.metrics().await;
+        let closed = trackway_tests::relay::metric_opt(&text, "trackway_live_closes_total{reason=\"too_slow\"}");
+        if closed.unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the client that never reads is still open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ingest_on(&admin, &[payload("d-watched", 1)]).await;
+    assert_eq!(watcher.positions(1, Duration::from_secs(5)).await.len(), 1, "the others are served");
+    relay.stop().await.expect("clean stop");
+}

@@ -138,6 +138,12 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER", default_value = "100")]
     pub live_max_connections_per_user: String,
 
+    /// Most bytes of answers (snapshots included) and replayed positions queued unread for one connection
+    /// (65536–1073741824); past it the connection is closed as too slow (4008). At least twice the
+    /// largest replay (`TRACKWAY_LIVE_MAX_REPLAY` positions) or snapshot a client may ask for.
+    #[arg(long, env = "TRACKWAY_LIVE_MAX_QUEUED_BYTES", default_value = "16777216")]
+    pub live_max_queued_bytes: String,
+
     /// Longest a `subscribe` waits for its snapshot or replay, in milliseconds (100–600000); then it is
     /// answered `unavailable` (the client may ask again) while the connection carries on.
     #[arg(long, env = "TRACKWAY_LIVE_SUBSCRIBE_TIMEOUT_MS", default_value = "10000")]
@@ -251,6 +257,8 @@ pub struct LiveConfig {
     pub header_timeout: Duration,
     /// Longest a `subscribe` waits for the feed's answer.
     pub subscribe_timeout: Duration,
+    /// Bytes of answers and replays a connection may have queued unread.
+    pub max_queued_bytes: usize,
     /// Subscriptions allowed per connection.
     pub max_subscriptions: usize,
     /// Largest client message.
@@ -422,6 +430,7 @@ impl fmt::Debug for LiveConfig {
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("header_timeout", &self.header_timeout)
             .field("subscribe_timeout", &self.subscribe_timeout)
+            .field("max_queued_bytes", &self.max_queued_bytes)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("auth_timeout", &self.auth_timeout)
@@ -660,6 +669,7 @@ impl Settings {
                 1..=1_000_000,
             )?,
             header_timeout: ms("TRACKWAY_LIVE_HEADER_TIMEOUT_MS", &self.live_header_timeout_ms, 100..=600_000)?,
+            max_queued_bytes: count("TRACKWAY_LIVE_MAX_QUEUED_BYTES", &self.live_max_queued_bytes, 65_536..=1 << 30)?,
             subscribe_timeout: ms(
                 "TRACKWAY_LIVE_SUBSCRIBE_TIMEOUT_MS",
                 &self.live_subscribe_timeout_ms,

@@ -9,6 +9,9 @@
 //!   [`CloseCode::TooSlow`] and its positions are dropped.
 //! - Replayed positions (a `subscribe` with `since`) are every position the client asked for: they are
 //!   queued whatever the capacity (at most `TRACKWAY_LIVE_MAX_REPLAY` per request) and never coalesced.
+//! - Answers and replayed positions together are bounded in bytes (`TRACKWAY_LIVE_MAX_QUEUED_BYTES`): a
+//!   push past the budget closes the outbox with [`CloseCode::TooSlow`] (a client that does not read while
+//!   asking for snapshot after snapshot would otherwise hold them all). Live positions are bounded by count.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -17,6 +20,7 @@ use std::{
 };
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, CloseCode};
 
@@ -75,6 +79,8 @@ struct State {
     live: usize,
     /// Answers among `slots`.
     answers: usize,
+    /// Bytes of the answers and replayed positions among `slots`.
+    bytes: usize,
     /// Set once: the connection is to be closed with this code.
     closed: Option<CloseCode>,
     /// Text of the close frame, when the closer gave one.
@@ -86,10 +92,14 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Live positions allowed before coalescing.
     capacity: usize,
+    /// Bytes of answers and replayed positions allowed queued.
+    max_bytes: usize,
     /// Wakes the writer: something to send, or closed.
     ready: Notify,
     /// Wakes a request handler waiting for answers to drain.
     drained: Notify,
+    /// Cancelled when the outbox closes, for a writer blocked on a socket.
+    shut: CancellationToken,
 }
 
 /// What a push of live positions did.
@@ -104,14 +114,48 @@ pub struct Pushed {
 }
 
 impl Outbox {
-    /// An empty outbox holding up to `capacity` live positions before coalescing.
+    /// An empty outbox holding up to `capacity` live positions before coalescing, and answers and replays
+    /// of any size.
     pub fn new(capacity: usize) -> Outbox {
+        Outbox::with_byte_budget(capacity, usize::MAX)
+    }
+
+    /// [`Outbox::new`] closing as too slow once more than `max_bytes` of answers and replayed positions
+    /// would be queued.
+    pub fn with_byte_budget(capacity: usize, max_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
+            max_bytes,
             ready: Notify::new(),
             drained: Notify::new(),
+            shut: CancellationToken::new(),
         }
+    }
+
+    /// Closes with `code` (the first code wins) and tells a blocked writer.
+    fn shut(&self, state: &mut State, code: CloseCode) {
+        close_locked(state, code);
+        self.shut.cancel();
+    }
+
+    /// Resolves once the outbox has closed as too slow: a writer blocked on the socket then gives up at
+    /// once (the client is not reading; a close frame would not get through either).
+    pub async fn abandoned(&self) {
+        self.shut.cancelled().await;
+        if self.closed() != Some(CloseCode::TooSlow) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Counts `bytes` more against the budget; past it the outbox closes as too slow (`false`).
+    fn spend(&self, state: &mut State, bytes: usize) -> bool {
+        if state.bytes.saturating_add(bytes) > self.max_bytes {
+            self.shut(state, CloseCode::TooSlow);
+            return false;
+        }
+        state.bytes += bytes;
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -140,7 +184,7 @@ impl Outbox {
                 }
                 if state.live >= self.capacity {
                     pushed.dropped += (state.live + deliveries.len()) as u64 - pushed.queued;
-                    close_locked(&mut state, CloseCode::TooSlow);
+                    self.shut(&mut state, CloseCode::TooSlow);
                     drop(state);
                     self.ready.notify_one();
                     return pushed;
@@ -163,6 +207,12 @@ impl Outbox {
         if state.closed.is_some() {
             return;
         }
+        let bytes = answer.len() + replay.iter().map(|d| d.item.len() + 1).sum::<usize>();
+        if !self.spend(&mut state, bytes) {
+            drop(state);
+            self.ready.notify_one();
+            return;
+        }
         state.slots.push_back(Slot::Answer(answer, kind));
         state.answers += 1;
         state.slots.extend(replay.into_iter().map(Slot::Replay));
@@ -181,6 +231,11 @@ impl Outbox {
                     return false;
                 }
                 if state.answers < MAX_PENDING_ANSWERS {
+                    if !self.spend(&mut state, frame.len()) {
+                        drop(state);
+                        self.ready.notify_one();
+                        return false;
+                    }
                     state.slots.push_back(Slot::Answer(frame, kind));
                     state.answers += 1;
                     drop(state);
@@ -195,7 +250,7 @@ impl Outbox {
     /// Asks for the connection to be closed with `code` (the first request wins). Queued frames are dropped.
     pub fn close(&self, code: CloseCode) {
         let mut state = self.lock();
-        close_locked(&mut state, code);
+        self.shut(&mut state, code);
         drop(state);
         self.ready.notify_one();
         self.drained.notify_waiters();
@@ -207,7 +262,7 @@ impl Outbox {
         if state.closed.is_none() {
             state.reason = Some(reason);
         }
-        close_locked(&mut state, code);
+        self.shut(&mut state, code);
         drop(state);
         self.ready.notify_one();
         self.drained.notify_waiters();
@@ -265,6 +320,7 @@ impl Outbox {
             }
         }
         state.live = 0;
+        state.bytes = 0;
         flush(&mut items, &mut frames, &mut bytes);
         drop(state);
         if had_answers {
@@ -313,12 +369,25 @@ fn close_locked(state: &mut State, code: CloseCode) {
         state.slots.clear();
         state.live = 0;
         state.answers = 0;
+        state.bytes = 0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_and_replays_past_the_byte_budget_close_as_too_slow() {
+        let outbox = Outbox::with_byte_budget(10, 100);
+        outbox.push_answer_and_replay("subscribed", "x".repeat(60), vec![delivery("d", 1)]);
+        assert_eq!(outbox.closed(), None);
+        let mut taken = Taken::default();
+        assert_eq!(outbox.take(&mut taken).len(), 2, "taken: the budget is free again");
+        outbox.push_answer_and_replay("subscribed", "x".repeat(60), Vec::new());
+        outbox.push_answer_and_replay("subscribed", "x".repeat(60), Vec::new());
+        assert_eq!(outbox.closed(), Some(CloseCode::TooSlow), "120 bytes unread against 100");
+    }
 
     fn delivery(device: &str, n: u32) -> Arc<Delivery> {
         // Times follow the numbers, so a smaller number is an older position.

@@ -155,7 +155,7 @@ pub async fn run<S>(
     S: Stream<Item = Result<Message, tungstenite::Error>> + Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     let client = shared.next_client.fetch_add(1, Ordering::Relaxed);
-    let outbox = Arc::new(Outbox::new(shared.config.queue));
+    let outbox = Arc::new(Outbox::with_byte_budget(shared.config.queue, shared.config.max_queued_bytes));
     let (sink, stream) = socket.split();
     let done = CancellationToken::new();
     let heard = Heard::new();
@@ -709,7 +709,14 @@ where
                 for frame in outbox.take(&mut taken) {
                     match frame {
                         Frame::Text(text, kind) => {
-                            if !send(&mut sink, Message::text(text), config.send_timeout, metrics).await {
+                            let sent = tokio::select! {
+                                sent = send(&mut sink, Message::text(text), config.send_timeout, metrics) => sent,
+                                () = outbox.abandoned() => {
+                                    metrics.closes.with_label_values(&[CloseCode::TooSlow.label()]).inc();
+                                    false
+                                }
+                            };
+                            if !sent {
                                 done.cancel();
                                 return;
                             }
