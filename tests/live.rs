@@ -551,12 +551,12 @@ async fn a_renewed_token_rechecks_every_subscription() {
     relay.stop().await.expect("clean stop");
 }
 
-/// The status of a handshake sent with `Origin: origin` (`None`: no Origin header), 101 when it opened.
-async fn handshake_status(relay: &LiveRelay, origin: Option<&str>) -> u16 {
+/// The status of a handshake sent with these extra headers (`origin`, `host`), 101 when it opened.
+async fn handshake_status(relay: &LiveRelay, headers: &[(&'static str, &str)]) -> u16 {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = relay.url("").into_client_request().expect("request");
-    if let Some(origin) = origin {
-        request.headers_mut().insert("origin", origin.parse().expect("header value"));
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().expect("header value"));
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok((mut socket, response)) => {
@@ -564,7 +564,7 @@ async fn handshake_status(relay: &LiveRelay, origin: Option<&str>) -> u16 {
             response.status().as_u16()
         }
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(e) => panic!("handshake with origin {origin:?}: {e}"),
+        Err(e) => panic!("handshake with {headers:?}: {e}"),
     }
 }
 
@@ -577,11 +577,11 @@ async fn browser_origins_other_than_the_relays_own_and_the_listed_ones_are_refus
         LiveRelay::start(&live_flags(&db, &unique("live_origins"), &["--live-origins", "https://maps.example.com"]))
             .await;
     let own = format!("http://{}", relay.live);
-    assert_eq!(handshake_status(&relay, Some(&own)).await, 101, "the relay's own page");
-    assert_eq!(handshake_status(&relay, Some("https://maps.example.com")).await, 101, "a listed origin");
-    assert_eq!(handshake_status(&relay, None).await, 101, "no Origin: not a browser");
-    assert_eq!(handshake_status(&relay, Some("https://evil.example")).await, 403);
-    assert_eq!(handshake_status(&relay, Some("null")).await, 403, "sandboxed pages and file:// send null");
+    assert_eq!(handshake_status(&relay, &[("origin", &own)]).await, 101, "the relay's own page");
+    assert_eq!(handshake_status(&relay, &[("origin", "https://maps.example.com")]).await, 101, "a listed origin");
+    assert_eq!(handshake_status(&relay, &[]).await, 101, "no Origin: not a browser");
+    assert_eq!(handshake_status(&relay, &[("origin", "https://evil.example")]).await, 403);
+    assert_eq!(handshake_status(&relay, &[("origin", "null")]).await, 403, "sandboxed pages and file:// send null");
     let text = relay.metrics().await;
     assert_eq!(metric(&text, "trackway_live_closes_total{reason=\"origin\"}"), 2.0);
     // Refused before a slot is taken: the relay still serves everyone else.
@@ -667,20 +667,10 @@ async fn a_target_with_a_nul_character_is_refused_and_the_feed_carries_on() {
     relay.stop().await.expect("clean stop");
 }
 
-/// The handshake of a WebSocket with these `Origin` and `Host` headers: its HTTP status.
-async fn handshake_with_host(relay: &LiveRelay, origin: &str, host: &str) -> u16 {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = relay.url("").into_client_request().expect("request");
-    request.headers_mut().insert("origin", origin.parse().expect("origin"));
-    request.headers_mut().insert("host", host.parse().expect("host"));
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((mut socket, response)) => {
-            let _ = socket.close(None).await;
-            response.status().as_u16()
-        }
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(e) => panic!("handshake from {origin}: {e}"),
-    }
+/// The status of a handshake from a page of `host`: its origin and the `Host` header both name it.
+async fn page_handshake(relay: &LiveRelay, host: &str) -> u16 {
+    let origin = format!("http://{host}");
+    handshake_status(relay, &[("origin", &origin), ("host", host)]).await
 }
 
 /// DNS rebinding: a page of `rebind.attacker.example`, whose name the attacker points at 127.0.0.1,
@@ -692,11 +682,11 @@ async fn a_rebound_host_name_is_not_the_relays_own_origin() {
     let relay = LiveRelay::start(&live_flags(&db, &unique("live_rebind"), &["--auth", "none"])).await;
     let port = relay.live.port();
     let rebound = format!("rebind.attacker.example:{port}");
-    assert_eq!(handshake_with_host(&relay, &format!("http://{rebound}"), &rebound).await, 403);
+    assert_eq!(page_handshake(&relay, &rebound).await, 403);
     let own = format!("127.0.0.1:{port}");
-    assert_eq!(handshake_with_host(&relay, &format!("http://{own}"), &own).await, 101, "the map page by address");
+    assert_eq!(page_handshake(&relay, &own).await, 101, "the map page by address");
     let local = format!("localhost:{port}");
-    assert_eq!(handshake_with_host(&relay, &format!("http://{local}"), &local).await, 101, "and as localhost");
+    assert_eq!(page_handshake(&relay, &local).await, 101, "and as localhost");
     relay.stop().await.expect("clean stop");
 }
 

@@ -5,10 +5,7 @@ use std::{collections::HashSet, process::Command, time::Duration};
 
 use serde_json::{json, Value};
 use tokio::net::TcpSocket;
-use tokio_tungstenite::{
-    client_async,
-    tungstenite::{client::IntoClientRequest, Message},
-};
+use tokio_tungstenite::{client_async, tungstenite::Message};
 use trackway_tests::{
     connect, connect_to, fresh_database, fresh_database_on,
     live::{admin_token, key_set, live_flags, payload, Client, LiveRelay},
@@ -310,9 +307,7 @@ async fn connections_not_yet_authenticated_are_capped_apart() {
     // One goes; a new client gets its place and, once authenticated, gives it up again.
     drop(idle.pop());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut request = relay.url("").into_client_request().expect("request");
-    let bearer = format!("Bearer {}", admin_token());
-    request.headers_mut().insert("authorization", bearer.parse().expect("header"));
+    let request = trackway_tests::live::request(&relay.url(""), Some(&admin_token()));
     while tokio_tungstenite::connect_async(request.clone()).await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "no place came free");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -343,8 +338,7 @@ async fn one_user_holds_at_most_its_connections() {
     // The closed connection's place comes back once the relay has seen it go: until then a new one is
     // closed with 4010 too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut request = relay.url("").into_client_request().expect("request");
-    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    let request = trackway_tests::live::request(&relay.url(""), Some(&token));
     loop {
         let (mut socket, _) = tokio_tungstenite::connect_async(request.clone()).await.expect("handshake");
         let first = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut socket)).await;
@@ -461,8 +455,7 @@ async fn unread_snapshots_past_the_byte_budget_close_the_client() {
     let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
     watcher.subscribe(json!({"device": "d-watched"})).await;
 
-    let mut request = relay.url("").into_client_request().expect("request");
-    request.headers_mut().insert("authorization", format!("Bearer {}", admin_token()).parse().expect("header"));
+    let request = trackway_tests::live::request(&relay.url(""), Some(&admin_token()));
     let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("handshake");
     let (mut sink, _never_read) = futures_util::StreamExt::split(socket);
     for _ in 0..200 {

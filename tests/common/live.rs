@@ -152,16 +152,22 @@ pub struct Closed {
     pub reason: String,
 }
 
+/// A handshake request for `url`, with an `Authorization: Bearer` header when `bearer` is given (for tests
+/// that drive the socket themselves, a handshake that may fail included).
+pub fn request(url: &str, bearer: Option<&str>) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().expect("request");
+    if let Some(token) = bearer {
+        request
+            .headers_mut()
+            .insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).expect("header"));
+    }
+    request
+}
+
 impl Client {
     /// Connects to `url`, with an `Authorization: Bearer` header when `bearer` is given.
     pub async fn connect(url: &str, bearer: Option<&str>) -> Client {
-        let mut request = url.into_client_request().expect("request");
-        if let Some(token) = bearer {
-            request
-                .headers_mut()
-                .insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).expect("header"));
-        }
-        let (socket, _) = connect_async(request).await.expect("WebSocket handshake");
+        let (socket, _) = connect_async(request(url, bearer)).await.expect("WebSocket handshake");
         Client { socket, backlog: Vec::new() }
     }
 

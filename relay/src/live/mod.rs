@@ -8,6 +8,7 @@
 //! - [`page`] — the live map page (`/`), a browser client of `/live`.
 //! - [`protocol`] — message parsing and frames (docs/live-protocol.md).
 //! - [`auth`], [`directus`] — tokens (`jwt`, `directus`, `none`).
+//! - [`limits`] — what one connection or one user may cost: authorize pacing, connections per user.
 //! - [`metrics`] — `trackway_live_*`.
 //!
 //! Independent of the ingest side: the two share only the configuration, the metrics registry and the
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod directus;
 pub mod feed;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod outbox;
@@ -72,7 +74,7 @@ pub async fn run(
         commands,
         metrics,
         next_client: Default::default(),
-        users: session::Users::new(config_limit_per_user),
+        users: limits::Users::new(config_limit_per_user),
     });
     let served = server::serve(listener, shared, shutdown.clone(), SHUTDOWN_GRACE).await;
     shutdown.cancel();
