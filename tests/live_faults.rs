@@ -480,3 +480,63 @@ async fn unread_snapshots_past_the_byte_budget_close_the_client() {
     assert_eq!(watcher.positions(1, Duration::from_secs(5)).await.len(), 1, "the others are served");
     relay.stop().await.expect("clean stop");
 }
+
+/// A failover to a replica that had not received the last transactions: the new primary hands out
+/// transaction ids below the feed's cursor again. The feed notices on reconnecting that the last rows it
+/// read are gone, moves its cursor back to the newest row the new primary holds, and the live client gets
+/// the new primary's rows. They used to sort before the cursor and never reach anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_to_a_replica_behind_the_feed_new_rows_still_arrive() {
+    let primary = PgCluster::start();
+    let db = fresh_database_on(&primary.server(), "live_failover").await;
+    let writer = connect_to(&primary.server(), &db).await;
+    ingest_on(&writer, &[payload("d-fo", 1)]).await;
+    let standby = PgCluster::standby_of(&primary);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let replica = connect_to(&standby.server(), &db).await;
+        let rows: i64 = replica.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);
+        if rows == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replication did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The relay follows whichever of the two accepts writes.
+    let both = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname={db} target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let mut flags = live_flags(&db, &unique("live_failover"), &["--auth", "none"]);
+    let url = flags.iter().position(|f| f == "--database-url").expect("flag") + 1;
+    flags[url] = both;
+    let relay = LiveRelay::start(&flags).await;
+    let mut client = Client::connect(&relay.url(""), None).await;
+    client.recv_type("authenticated").await;
+    client.subscribe(json!({"device": "d-fo"})).await;
+
+    // The standby stops receiving; the primary moves a few hundred transactions on and the client gets a
+    // row the standby will never have.
+    standby.stop();
+    for _ in 0..300 {
+        writer.query("SELECT pg_current_xact_id()", &[]).await.expect("a transaction id");
+    }
+    ingest_on(&writer, &[payload("d-fo", 2)]).await;
+    assert_eq!(
+        key_set(&client.positions(1, Duration::from_secs(10)).await),
+        HashSet::from([key_of(&payload("d-fo", 2))])
+    );
+
+    // Failover: the primary is gone, the standby (without row 2) becomes the primary.
+    primary.stop();
+    standby.restart();
+    standby.promote();
+    let new_primary = connect_to(&standby.server(), &db).await;
+    let after = [payload("d-fo", 3), payload("d-fo", 4)];
+    ingest_on(&new_primary, &after).await;
+    let got = key_set(&client.positions(2, Duration::from_secs(30)).await);
+    assert_eq!(got, after.iter().map(|p| key_of(p)).collect::<HashSet<_>>(), "the new primary's rows");
+    let text = relay.metrics().await;
+    assert_eq!(metric(&text, "trackway_live_history_rewinds_total"), 1.0);
+    relay.stop().await.expect("clean stop");
+}

@@ -252,6 +252,12 @@ impl PgCluster {
         Err(lines[lines.len().saturating_sub(10)..].join("\n"))
     }
 
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) {
+        let data = self.dir.to_string_lossy().into_owned();
+        as_postgres(&format!("{}/pg_ctl", pg_bin()), &["-D", &data, "-w", "promote"]);
+    }
+
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
     pub fn stop(&self) {
         let data = self.dir.to_string_lossy().into_owned();

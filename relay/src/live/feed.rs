@@ -64,6 +64,18 @@ const REPLAY: &str = "\
            $4) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
     ORDER BY s.n";
 
+/// A row by its key (device, time in µs since 1970), if the table holds it.
+const ROW_BY_KEY: &str = "\
+    SELECT 1 FROM trackway.positions p \
+    WHERE p.device_id = $1::text AND p.ts = 'epoch'::timestamptz + $2::bigint * interval '1 microsecond'";
+/// Of rows given by key in reading order, the last one the table holds: its place in the order (from 1).
+const NEWEST_HELD: &str = "\
+    SELECT k.n \
+    FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(device_id, us, n) \
+    JOIN trackway.positions p \
+      ON p.device_id = k.device_id AND p.ts = 'epoch'::timestamptz + k.us * interval '1 microsecond' \
+    ORDER BY k.n DESC LIMIT 1";
+
 /// What sessions ask of the feed. The channel is bounded; senders wait when it is full.
 pub enum Command {
     /// Answer with a snapshot (or a replay after `since`) and add the subscription.
@@ -146,8 +158,19 @@ pub struct Feed {
     pending: Vec<Pending>,
     /// Rows routed lately, `(device, ts in µs)`, to drop repeats.
     recent: HashSet<(Arc<str>, i64)>,
-    /// The same rows, oldest first, to forget them in order.
-    recent_order: VecDeque<(Arc<str>, i64)>,
+    /// The same rows, oldest first (to forget them in order), each with the feed's cursor from just
+    /// before it (to read again from there when a failover lost it: [`Feed::check_history`]).
+    recent_order: VecDeque<Read>,
+}
+
+/// A row the feed read: its key and the cursor the feed stood at before it.
+struct Read {
+    /// `device_id`.
+    device: Arc<str>,
+    /// `ts`, µs since 1970.
+    ts: i64,
+    /// The feed's cursor before this row.
+    before: Arc<str>,
 }
 
 /// The feed's database connection and its prepared statements.
@@ -286,6 +309,8 @@ impl Feed {
         if self.cursor.is_none() {
             let row = client.query_one("SELECT trackway.current_cursor()", &[]).await?;
             self.cursor = Some(row.try_get(0)?);
+        } else {
+            self.check_history(&client).await?;
         }
         Ok(Connection {
             feed: client.prepare(FEED).await?,
@@ -294,6 +319,37 @@ impl Feed {
             replay: client.prepare(REPLAY).await?,
             client,
         })
+    }
+
+    /// After a reconnect: does the database still hold the last row the feed read? Not after a failover to
+    /// a replica that had not received it, or a restore. Then transaction ids below the feed's cursor are
+    /// handed out again there, and their rows would never be read: the feed reads again from where it
+    /// stood just after the newest row it read that the database does hold (found by its key,
+    /// `(device_id, ts)`), or, when it holds none of them, from before the oldest row it remembers. Every
+    /// row after that point there is one the feed never read (or is dropped as a repeat).
+    async fn check_history(&mut self, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+        let (Some(cursor), Some(newest)) = (self.cursor.clone(), self.recent_order.back()) else {
+            return Ok(());
+        };
+        if client.query_opt(ROW_BY_KEY, &[&newest.device.as_ref(), &newest.ts]).await?.is_some() {
+            return Ok(());
+        }
+        let devices: Vec<&str> = self.recent_order.iter().map(|r| r.device.as_ref()).collect();
+        let times: Vec<i64> = self.recent_order.iter().map(|r| r.ts).collect();
+        let held: Option<i64> = client.query_opt(NEWEST_HELD, &[&devices, &times]).await?.map(|row| row.get(0));
+        // Ordinality counts from 1: the row after the newest held one is at that index (from 0).
+        let next = held.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let Some(from) = self.recent_order.get(next).map(|r| r.before.to_string()) else { return Ok(()) };
+        tracing::warn!(
+            from = %cursor,
+            to = %from,
+            rows_lost = self.recent_order.len() - next,
+            "the database no longer holds the last rows the live feed read (failover or restore): the feed \
+             reads again from just after the newest row it still holds"
+        );
+        self.metrics.history_rewinds.inc();
+        self.cursor = Some(from);
+        Ok(())
     }
 
     /// The database failed: refuse the waiting subscriptions (they may ask again) and record the outage.
@@ -350,6 +406,7 @@ impl Feed {
             let Some(cursor) = self.cursor.clone() else { return Ok(total) };
             let rows = client.query(statement, &[&cursor, &PAGE]).await?;
             let mut routed = Vec::with_capacity(rows.len());
+            let mut before: Arc<str> = cursor.into();
             for row in &rows {
                 let cursor: String = row.try_get(0)?;
                 let device: String = row.try_get(1)?;
@@ -358,7 +415,9 @@ impl Feed {
                 let ts: i64 = row.try_get(4)?;
                 self.cursor = Some(cursor.clone());
                 let device: Arc<str> = device.into();
-                if !self.remember(&device, ts) {
+                let new = self.remember(&device, ts, &before);
+                before = cursor.as_str().into();
+                if !new {
                     self.metrics.repeats_skipped.inc();
                     continue;
                 }
@@ -378,16 +437,15 @@ impl Feed {
         }
     }
 
-    /// `true` when the row is new; remembers it.
-    fn remember(&mut self, device: &Arc<str>, ts: i64) -> bool {
-        let key = (device.clone(), ts);
-        if !self.recent.insert(key.clone()) {
+    /// `true` when the row is new; remembers it, and the cursor from `before` it.
+    fn remember(&mut self, device: &Arc<str>, ts: i64, before: &Arc<str>) -> bool {
+        if !self.recent.insert((device.clone(), ts)) {
             return false;
         }
-        self.recent_order.push_back(key);
+        self.recent_order.push_back(Read { device: device.clone(), ts, before: before.clone() });
         if self.recent_order.len() > RECENT {
             if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
+                self.recent.remove(&(old.device, old.ts));
             }
         }
         true

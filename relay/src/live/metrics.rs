@@ -31,6 +31,9 @@ pub struct LiveMetrics {
     pub authorize: IntCounterVec,
     /// Times the LISTEN connection was re-established after a loss.
     pub listen_reconnects: IntCounter,
+    /// Times the feed found, on reconnecting, that the database no longer holds the last rows it read (a
+    /// failover to a replica that had not received them, a restore) and moved its cursor back.
+    pub history_rewinds: IntCounter,
     /// Positions read again for clients, by `why`: `resume` (a `subscribe` with `since`) and `reconnect`
     /// (the first read after the LISTEN connection came back: what was committed while it was away).
     pub replayed: IntCounterVec,
@@ -104,6 +107,10 @@ impl LiveMetrics {
             listen_reconnects: counter(
                 "trackway_live_listen_reconnects_total",
                 "LISTEN connection re-established after a loss.",
+            ),
+            history_rewinds: counter(
+                "trackway_live_history_rewinds_total",
+                "Feed cursor moved back on reconnecting: the database no longer held the last rows read (failover, restore).",
             ),
             replayed: counter_vec(
                 "trackway_live_replayed_positions_total",
