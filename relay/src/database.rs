@@ -17,6 +17,11 @@ const POOL_SIZE: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP keepalive idle time, so dead peers are noticed in well under the kernel's default two hours.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between unanswered keepalive probes, and how many make the connection dead: a path that stops
+/// answering without closing (no RST) is given up about a minute after it went silent.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_INTERVAL`].
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// What `trackway.ingest_batch` said about one payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,8 +59,10 @@ pub enum IngestError {
         message: String,
     },
 }
-/// Builds the pool; connections open lazily, so an unreachable server is not an error here.
-pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
+/// The database settings every connection of the relay uses (the pools', the live feed's and the LISTEN
+/// connection's): its application name unless the URL gives one, a connect timeout unless the URL gives
+/// one, and TCP keepalives that notice a silent peer within about a minute.
+pub fn tuned(config: &tokio_postgres::Config) -> tokio_postgres::Config {
     let mut config = config.clone();
     if config.get_application_name().is_none() {
         config.application_name("trackway-relay");
@@ -63,7 +70,17 @@ pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
+    config
+}
+
+/// Builds the pool; connections open lazily, so an unreachable server is not an error here.
+pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
+    let config = tuned(config);
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(POOL_SIZE)
@@ -214,6 +231,23 @@ fn is_environment_error(code: &SqlState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_connection_gets_a_connect_timeout_and_keepalives_unless_the_url_says_otherwise() {
+        let plain: tokio_postgres::Config = "host=db user=relay".parse().expect("config");
+        let ours = tuned(&plain);
+        assert_eq!(ours.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert!(ours.get_keepalives());
+        assert_eq!(ours.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(ours.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(ours.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+        assert_eq!(ours.get_application_name(), Some("trackway-relay"));
+        let given: tokio_postgres::Config =
+            "host=db user=relay connect_timeout=2 application_name=mine".parse().expect("config");
+        let theirs = tuned(&given);
+        assert_eq!(theirs.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert_eq!(theirs.get_application_name(), Some("mine"));
+    }
 
     #[test]
     fn only_environment_errors_skip_the_split() {
