@@ -778,6 +778,19 @@ async fn a_forged_since_costs_no_more_bytes_per_position_than_an_honest_one() {
     ingest(&db, &(1..=200).map(|n| payload("d-forged", n)).collect::<Vec<_>>()).await;
     let row = admin.query_one("SELECT min(ingest_xid)::text FROM trackway.positions", &[]).await.expect("xid");
     let xid: u64 = row.get::<_, String>(0).parse().expect("xid number");
+    // 8,000 transaction ids handed out (subtransactions that write), so that a cursor may name them.
+    admin
+        .batch_execute(
+            "CREATE TEMP TABLE burn (n int);
+             DO $$ BEGIN FOR i IN 1..8000 LOOP
+                 BEGIN INSERT INTO burn VALUES (i); EXCEPTION WHEN OTHERS THEN NULL; END;
+             END LOOP; END $$",
+        )
+        .await
+        .expect("transaction ids");
+    let row = admin.query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[]).await.expect("xmax");
+    let xmax: u64 = row.get::<_, String>(0).parse().expect("xmax number");
+    assert!(xmax > xid + 8_000, "ids handed out: {xid} .. {xmax}");
     // A cursor past the rows that lists their transaction and 7,999 more: each replayed row's cursor
     // would keep the transactions listed after its own.
     let listed: Vec<String> = (xid..xid + 8_000).map(|x| x.to_string()).collect();
@@ -845,5 +858,28 @@ async fn the_feed_reads_by_index_on_a_table_never_analyzed() {
     assert!(untouched, "the table was analyzed meanwhile: the test proves nothing");
     // About 25 wake-ups: one whole read of the table would be 300,000 rows.
     assert!(read < 30_000, "{read} rows read by sequential scans over about 25 wake-ups");
+    relay.stop().await.expect("clean stop");
+}
+
+/// A `since` naming a transaction id the database has not handed out yet (a cursor from before a
+/// failover or a restore, or made up) is refused with `resume_too_far`: resuming from it would skip every
+/// row of the transactions below it still to come. It used to be answered with an empty replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_since_ahead_of_the_database_is_refused() {
+    let db = fresh_database("live_since_ahead").await;
+    let admin = connect(&db).await;
+    let row = admin.query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[]).await.expect("xmax");
+    let xmax: u64 = row.get::<_, String>(0).parse().expect("xmax number");
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_since_ahead"), &[])).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    let ahead = format!("{}:1", xmax + 1_000_000);
+    client.send(json!({"type": "subscribe", "device": "d-ahead", "since": ahead, "id": "a"})).await;
+    let error = client.recv_type("error").await;
+    assert_eq!((error["code"].as_str(), error["id"].as_str()), (Some("resume_too_far"), Some("a")), "{error}");
+    // An honest cursor still resumes.
+    let honest: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    ingest(&db, &[payload("d-ahead", 1)]).await;
+    client.subscribe(json!({"device": "d-ahead", "since": honest})).await;
+    assert_eq!(client.positions(1, Duration::from_secs(5)).await.len(), 1);
     relay.stop().await.expect("clean stop");
 }

@@ -64,6 +64,14 @@ const REPLAY: &str = "\
            $4) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
     ORDER BY s.n";
 
+/// The first transaction id not yet handed out, as the statement's snapshot sees it.
+const XMAX: &str = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
+
+/// Whether a `since` names a transaction id the database has not handed out yet (`xmax`).
+fn ahead_of(since: Option<&str>, xmax: u64) -> bool {
+    since.and_then(|c| trackway_wire::Cursor::parse(c).ok()).is_some_and(|c| c.xid > xmax)
+}
+
 /// A row by its key (device, time in µs since 1970), if the table holds it.
 const ROW_BY_KEY: &str = "\
     SELECT 1 FROM trackway.positions p \
@@ -466,13 +474,43 @@ impl Feed {
             snapshots.extend(replays);
             return Err((snapshots, e));
         }
+        // Where the database's transaction ids stand: a `since` past it was not made on this database's
+        // history (a cursor from before a failover or a restore, or made up).
+        let xmax = match replays.is_empty() {
+            true => 0,
+            false => match client.query_one(XMAX, &[]).await.and_then(|row| row.try_get::<_, String>(0)) {
+                Ok(text) => text.parse().unwrap_or(u64::MAX),
+                Err(e) => return Err((replays, e)),
+            },
+        };
         let mut replays = replays.into_iter();
         while let Some(p) = replays.next() {
+            if ahead_of(p.since.as_deref(), xmax) {
+                self.refuse_ahead(p);
+                continue;
+            }
             if let Err((p, e)) = self.serve_replay(client, conn, p).await {
                 return Err((std::iter::once(p).chain(replays).collect(), e));
             }
         }
         Ok(())
+    }
+
+    /// Answers a `since` the database has not reached with `resume_too_far`: resuming from it would skip
+    /// the rows of the transactions still to come below it.
+    fn refuse_ahead(&mut self, p: Pending) {
+        if !p.claim() {
+            return; // the session gave up waiting and answered the client itself
+        }
+        let refusal = Refusal {
+            code: ErrorCode::ResumeTooFar,
+            message: "this cursor is ahead of the database (made before a failover or a restore?): subscribe \
+                      without since to start from a snapshot"
+                .into(),
+            id: p.id.clone(),
+        };
+        p.outbox.push_answer_and_replay("error", protocol::error_frame(&refusal), Vec::new());
+        let _ = p.reply.send(false);
     }
 
     /// Snapshots for every waiting subscription without `since`, two queries for all of them.
@@ -575,5 +613,19 @@ impl Feed {
         self.router.subscribe(p.client, &p.outbox, p.target);
         self.metrics.subscriptions.set(self.router.subscriptions() as i64);
         let _ = p.reply.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ahead_of;
+
+    #[test]
+    fn a_since_past_the_databases_transaction_ids_is_ahead() {
+        assert!(ahead_of(Some("901:3"), 900));
+        assert!(!ahead_of(Some("900:3"), 900), "a cursor at xmax was made from a snapshot: honest");
+        assert!(!ahead_of(Some("12:3:7"), 900));
+        assert!(!ahead_of(None, 0));
+        assert!(!ahead_of(Some("not a cursor"), 0), "checked when parsed");
     }
 }
