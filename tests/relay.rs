@@ -301,7 +301,8 @@ async fn an_entry_whose_dead_letter_cannot_be_written_stays_pending_until_it_can
     assert_eq!(dead.len(), 1, "{dead:#?}");
     assert_eq!(dead[0].1["trackway.source_id"], id);
     assert_eq!(dead[0].1["trackway.reason"], "invalid");
-    let text = http_get(relay.admin, "/metrics").await.1;
+    // Counted once Redis has answered the settle call (see claim_sweeps_are_bounded_by_bytes), and once.
+    let text = wait_metric(&relay, "trackway_relay_dead_letters_total{reason=\"invalid\"}", 1.0).await;
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"invalid\"}"), 1.0, "{text}");
     relay.stop().await.expect("clean stop");
 }
@@ -541,7 +542,8 @@ async fn reads_are_bounded_by_bytes_and_oversized_payloads_never_reach_the_datab
     let relay = start(&db, &stream, &["--batch-bytes", &budget.to_string()]).await;
     wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
 
-    let text = http_get(relay.admin, "/metrics").await.1;
+    // Counted once Redis has answered the settle call (see claim_sweeps_are_bounded_by_bytes).
+    let text = wait_metric(&relay, "trackway_relay_dead_letters_total{reason=\"invalid\"}", 1.0).await;
     let batches = metric(&text, "trackway_relay_batch_size_count");
     assert!(batches >= 5.0, "{text}");
     assert_eq!(metric(&text, "trackway_relay_batch_size_bucket{le=\"8\"}"), batches, "a batch above 8 entries: {text}");
@@ -649,7 +651,9 @@ async fn claim_sweeps_are_bounded_by_bytes() {
     )
     .await;
     wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
-    let text = http_get(relay.admin, "/metrics").await.1;
+    // The relay counts a dead letter once Redis has answered the settle call that also acknowledged it:
+    // a drained stream may be seen a moment before the counter moves.
+    let text = wait_metric(&relay, "trackway_relay_dead_letters_total{reason=\"invalid\"}", 8.0).await;
     assert_eq!(metric(&text, "trackway_relay_entries_read_total{source=\"claimed\"}"), 8.0, "{text}");
     let entry = (huge.len() + "payload".len()) as f64;
     assert!(metric(&text, "trackway_relay_batch_bytes_peak") <= budget as f64 + entry, "{text}");
