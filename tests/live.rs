@@ -883,3 +883,95 @@ async fn a_since_ahead_of_the_database_is_refused() {
     assert_eq!(client.positions(1, Duration::from_secs(5)).await.len(), 1);
     relay.stop().await.expect("clean stop");
 }
+
+/// Replays run beside the feed, never in its way: while eight clients resume a device each from a cursor
+/// 20,000 of its positions back, a watcher of another device gets its new position before the first
+/// replay is even answered. The feed used to run every replay itself, one after the other, between two
+/// reads: the watcher's position waited for all eight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_never_hold_back_the_live_positions_of_others() {
+    let db = fresh_database("live_replays_aside").await;
+    let admin = connect(&db).await;
+    let since: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    for chunk in 0..16u32 {
+        let payloads: Vec<String> =
+            (0..10_000u32).map(|i| payload(&format!("busy-{}", i % 8), chunk * 1250 + i / 8 + 1)).collect();
+        admin.query("SELECT trackway.ingest_batch($1::text[])", &[&payloads]).await.expect("ingest_batch");
+    }
+    let flags = live_flags(&db, &unique("live_replays_aside"), &["--live-max-replay", "30000"]);
+    let relay = LiveRelay::start(&flags).await;
+    let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
+    watcher.subscribe(json!({"device": "watched"})).await;
+    let mut resumers = Vec::new();
+    for _ in 0..8 {
+        resumers.push(Client::authenticated(&relay.url(""), &admin_token()).await);
+    }
+    let asked = tokio::time::Instant::now();
+    for (i, resumer) in resumers.iter_mut().enumerate() {
+        resumer.send(json!({"type": "subscribe", "device": format!("busy-{i}"), "since": since})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ingest(&db, &[payload("watched", 1)]).await;
+    let answered: Vec<_> = resumers
+        .into_iter()
+        .map(|mut resumer| {
+            tokio::spawn(async move {
+                let frame = resumer.recv_type("subscribed").await;
+                assert_eq!(frame["replay"], 20_000, "{frame}");
+                tokio::time::Instant::now()
+            })
+        })
+        .collect();
+    let live = watcher.positions(1, Duration::from_secs(30)).await;
+    let seen = tokio::time::Instant::now();
+    assert_eq!(live.len(), 1, "the watched device's position came");
+    let mut first_answer = None;
+    for answer in answered {
+        let at = answer.await.expect("a resumer");
+        first_answer = Some(first_answer.map_or(at, |first: tokio::time::Instant| first.min(at)));
+    }
+    let first_answer = first_answer.expect("eight answers") - asked;
+    eprintln!("live position {:?} after the subscribes, first replay answered after {first_answer:?}", seen - asked);
+    assert!(
+        seen - asked < first_answer,
+        "the live position came {:?} after the subscribes, after the first replay's answer ({first_answer:?})",
+        seen - asked
+    );
+    assert!(
+        first_answer >= Duration::from_millis(150),
+        "the first replay took {first_answer:?}: too little to show anything (more rows are needed)"
+    );
+    relay.stop().await.expect("clean stop");
+}
+
+/// A snapshot of 1,300 devices comes in bounded frames: the `subscribed` frame with the first 512 documents
+/// and `remaining`, then `snapshot` frames with the rest, before anything else; live positions follow.
+/// It used to be one frame of any size (a 10,000-device group made one of several megabytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_snapshot_comes_in_bounded_frames() {
+    let db = fresh_database("live_snapshot_frames").await;
+    let admin = connect(&db).await;
+    let devices: Vec<String> = (0..1300).map(|i| format!("d-{i:04}")).collect();
+    admin
+        .execute("INSERT INTO trackway.device_groups SELECT 'big', unnest($1::text[])", &[&devices])
+        .await
+        .expect("group");
+    ingest(&db, &devices.iter().map(|d| payload(d, 1)).collect::<Vec<_>>()).await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_snapshot_frames"), &[])).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.send(json!({"type": "subscribe", "group": "big", "id": 1})).await;
+    let mut sizes = Vec::new();
+    let first = client.recv().await;
+    sizes.push(first.to_string().len());
+    assert_eq!((first["type"].as_str(), first["remaining"].as_u64()), (Some("subscribed"), Some(788)), "{first}");
+    let whole = client.rest_of_snapshot(first).await;
+    assert_eq!(whole["frames"], 3);
+    let ids: Vec<&str> =
+        whole["snapshot"].as_array().expect("snapshot").iter().map(|d| d["deviceId"].as_str().expect("id")).collect();
+    assert_eq!(ids, devices.iter().map(String::as_str).collect::<Vec<_>>(), "every device once, in order");
+    ingest(&db, &[payload("d-0007", 2)]).await;
+    let live = client.positions(1, Duration::from_secs(5)).await;
+    assert_eq!(live[0]["position"]["deviceId"], "d-0007");
+    assert!(sizes.iter().all(|&s| s < 300 * 1024), "frame sizes {sizes:?}");
+    relay.stop().await.expect("clean stop");
+}

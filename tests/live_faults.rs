@@ -432,9 +432,10 @@ async fn an_unsubscribe_is_answered_before_the_requests_after_it() {
 }
 
 /// A client that never reads while it subscribes to and unsubscribes from a 1,000-device group again and
-/// again is closed as too slow once its unread answers pass TRACKWAY_LIVE_MAX_QUEUED_BYTES; the others
-/// are served meanwhile. Its snapshots used to pile up without a limit (three such clients took a relay
-/// from 114 to 836 MiB in 10 s).
+/// again is closed as too slow once its unread answers pass TRACKWAY_LIVE_MAX_QUEUED_BYTES (set here
+/// below the 1 MiB at which the relay stops reading a client's requests); the others are served
+/// meanwhile. Its snapshots used to pile up without a limit (three such clients took a relay from 114 to
+/// 836 MiB in 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_snapshots_past_the_byte_budget_close_the_client() {
     use futures_util::SinkExt;
@@ -449,7 +450,7 @@ async fn unread_snapshots_past_the_byte_budget_close_the_client() {
     let flags = live_flags(
         &db,
         &unique("live_byte_budget"),
-        &["--live-max-queued-bytes", "2000000", "--live-send-timeout-ms", "60000"],
+        &["--live-max-queued-bytes", "500000", "--live-send-timeout-ms", "60000"],
     );
     let relay = LiveRelay::start(&flags).await;
     let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
@@ -476,6 +477,69 @@ async fn unread_snapshots_past_the_byte_budget_close_the_client() {
         assert!(tokio::time::Instant::now() < deadline, "the client that never reads is still open");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    ingest_on(&admin, &[payload("d-watched", 1)]).await;
+    assert_eq!(watcher.positions(1, Duration::from_secs(5)).await.len(), 1, "the others are served");
+    relay.stop().await.expect("clean stop");
+}
+
+/// A client that never reads while it loops subscribe/unsubscribe of a 1,000-device group (a 291 KiB
+/// snapshot each time) is no longer read once about 1 MiB of its answers wait unread: the relay holds that
+/// much for it (`trackway_live_queued_bytes`), not its whole byte budget (16 MiB by default; thirty such
+/// clients would hold 480 MB), and drops it once its socket has taken nothing for the send timeout. It
+/// used to be read on until the budget closed it, holding 16 MiB by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_answers_is_not_read_either() {
+    use futures_util::SinkExt;
+    let db = fresh_database("live_answer_watermark").await;
+    let admin = connect(&db).await;
+    let devices: Vec<String> = (0..1000).map(|i| format!("d-{i}")).collect();
+    admin
+        .execute("INSERT INTO trackway.device_groups SELECT 'big', unnest($1::text[])", &[&devices])
+        .await
+        .expect("group");
+    ingest_on(&admin, &devices.iter().map(|d| payload(d, 1)).collect::<Vec<_>>()).await;
+    let flags = live_flags(&db, &unique("live_answer_watermark"), &["--live-send-timeout-ms", "4000"]);
+    let relay = LiveRelay::start(&flags).await;
+    let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
+    watcher.subscribe(json!({"device": "d-watched"})).await;
+    let request = trackway_tests::live::request(&relay.url(""), Some(&admin_token()));
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("handshake");
+    let (mut sink, _never_read) = futures_util::StreamExt::split(socket);
+    let sender = tokio::spawn(async move {
+        for _ in 0..200 {
+            for kind in ["subscribe", "unsubscribe"] {
+                let text = json!({"type": kind, "group": "big"}).to_string();
+                if sink.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // What the relay holds for it, sampled while it floods: at most 1 MiB and the answer that crossed it
+    // (the kernel's socket buffers and the writer's frame in flight take a few snapshots more).
+    let mut most: f64 = 0.0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let text = relay.metrics().await;
+        most = most.max(metric(&text, "trackway_live_queued_bytes"));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let read = metric(&relay.metrics().await, "trackway_live_frames_in_total{type=\"subscribe\"}") - 1.0;
+    eprintln!("{read} subscribes read, at most {most} bytes queued");
+    assert!(most > 0.0, "nothing was ever queued: the test proves nothing");
+    assert!(most <= (1024 * 1024 + 400 * 1024) as f64, "{most} bytes queued for a client that never reads");
+    assert!(read < 200.0, "every request was read ({read}): the client was never stopped");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = relay.metrics().await;
+        let closed = trackway_tests::relay::metric_opt(&text, "trackway_live_closes_total{reason=\"too_slow\"}");
+        if closed.unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the client that never reads is still open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sender.abort();
     ingest_on(&admin, &[payload("d-watched", 1)]).await;
     assert_eq!(watcher.positions(1, Duration::from_secs(5)).await.len(), 1, "the others are served");
     relay.stop().await.expect("clean stop");

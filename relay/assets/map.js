@@ -199,6 +199,12 @@
         renderSubs();
         break;
       }
+      case "snapshot": {
+        // The rest of a big snapshot: right after its subscribed frame (§4, `snapshot`).
+        const sub = subscriptions.get(msg.group !== undefined ? `group:${msg.group}` : `device:${msg.device}`);
+        if (sub) msg.snapshot.forEach((doc) => show(doc, sub));
+        break;
+      }
       case "positions":
         for (const item of msg.positions) {
           if (replay && replay.left > 0) {

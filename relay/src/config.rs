@@ -185,6 +185,11 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_LIVE_MAX_REPLAY", default_value = "10000")]
     pub live_max_replay: String,
 
+    /// Database connections that answer `subscribe` (snapshots and replays) beside the live feed, each
+    /// running one batch at a time (1–64); subscriptions wait for a free one.
+    #[arg(long, env = "TRACKWAY_LIVE_ANSWER_CONNECTIONS", default_value = "4")]
+    pub live_answer_connections: String,
+
     /// The relay reads new positions at least this often, in milliseconds (10–60000), even when no
     /// notification woke it (with `trackway.announce = off` this is the live latency).
     #[arg(long, env = "TRACKWAY_LIVE_POLL_MS", default_value = "1000")]
@@ -273,6 +278,8 @@ pub struct LiveConfig {
     pub send_timeout: Duration,
     /// Most positions replayed for `since`.
     pub max_replay: usize,
+    /// Most connections answering subscriptions at once.
+    pub answer_connections: usize,
     /// Longest time between two reads of new positions.
     pub poll_interval: Duration,
     /// Tile URL template of the map page (`None`: offline grid only).
@@ -438,6 +445,7 @@ impl fmt::Debug for LiveConfig {
             .field("queue", &self.queue)
             .field("send_timeout", &self.send_timeout)
             .field("max_replay", &self.max_replay)
+            .field("answer_connections", &self.answer_connections)
             .field("poll_interval", &self.poll_interval)
             .field("map_tile_url", &self.map_tile_url.as_ref().map(|t| &t.template))
             .field("origins", &self.origins)
@@ -682,6 +690,7 @@ impl Settings {
             queue: count("TRACKWAY_LIVE_QUEUE", &self.live_queue, 1..=1_000_000)?,
             send_timeout: ms("TRACKWAY_LIVE_SEND_TIMEOUT_MS", &self.live_send_timeout_ms, 100..=600_000)?,
             max_replay: count("TRACKWAY_LIVE_MAX_REPLAY", &self.live_max_replay, 1..=1_000_000)?,
+            answer_connections: count("TRACKWAY_LIVE_ANSWER_CONNECTIONS", &self.live_answer_connections, 1..=64)?,
             poll_interval: ms("TRACKWAY_LIVE_POLL_MS", &self.live_poll_ms, 10..=60_000)?,
         }))
     }

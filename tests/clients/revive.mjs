@@ -39,7 +39,7 @@ socket.onmessage = (event) => {
   const frame = JSON.parse(event.data, revive);
   if (frame.type === "authenticated") socket.send(JSON.stringify({ type: "subscribe", device }));
   if (frame.type === "error") { console.log(JSON.stringify({ error: frame })); process.exit(4); }
-  if (frame.type === "subscribed") {
+  if (frame.type === "subscribed" || frame.type === "snapshot") {
     for (const doc of frame.snapshot) { result.snapshot.push(toWire(doc)); types(doc, "snapshot", result.types); }
   }
   if (frame.type === "positions") {

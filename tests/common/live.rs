@@ -237,7 +237,9 @@ impl Client {
         }
     }
 
-    /// Subscribes and returns the `subscribed` frame (panics on an error frame).
+    /// Subscribes and returns the `subscribed` frame (panics on an error frame). A snapshot that came in
+    /// several frames is returned whole: the documents of the `snapshot` frames after it are appended to
+    /// its `snapshot`, and `frames` says how many frames there were.
     pub async fn subscribe(&mut self, target: Value) -> Value {
         let mut message = target;
         message["type"] = json!("subscribe");
@@ -245,11 +247,29 @@ impl Client {
         loop {
             let frame = self.recv().await;
             match frame["type"].as_str() {
-                Some("subscribed") => return frame,
+                Some("subscribed") => return self.rest_of_snapshot(frame).await,
                 Some("error") => panic!("subscribe refused: {frame}"),
                 _ => self.backlog.push(frame),
             }
         }
+    }
+
+    /// The `snapshot` frames that follow a `subscribed` frame with `remaining`, appended to its snapshot.
+    pub async fn rest_of_snapshot(&mut self, mut subscribed: Value) -> Value {
+        let mut remaining = subscribed["remaining"].as_u64().unwrap_or(0);
+        let mut frames = 1;
+        while remaining > 0 {
+            let more = self.recv().await;
+            assert_eq!(more["type"], "snapshot", "the rest of the snapshot comes next: {more}");
+            assert_eq!((&more["device"], &more["group"]), (&subscribed["device"], &subscribed["group"]));
+            let docs = more["snapshot"].as_array().expect("documents").clone();
+            assert!(!docs.is_empty() && docs.len() as u64 <= remaining, "{} of {remaining}", docs.len());
+            remaining -= docs.len() as u64;
+            subscribed["snapshot"].as_array_mut().expect("snapshot").extend(docs);
+            frames += 1;
+        }
+        subscribed["frames"] = json!(frames);
+        subscribed
     }
 
     /// Collects positions (`{cursor, position}`) until `count` arrived or `timeout` passed since the last one.

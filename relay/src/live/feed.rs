@@ -1,16 +1,17 @@
 //! The feed: reads every new row of `trackway.positions` after the relay's own cursor
 //! (`trackway.positions_since`) when woken (a notification, a poll tick, a new subscription) and routes it
-//! to the subscribers; serves `subscribe` requests with their snapshot or replay.
+//! to the subscribers; hands `subscribe` requests to the answer connections (`answers`).
 //!
 //! Live clients only ever receive rows read from `trackway.positions`, never a notification's payload.
 //!
-//! **No gap, nothing twice.** A cycle that has subscriptions to serve runs in one REPEATABLE READ
-//! transaction: it first reads every row after the feed's cursor that its snapshot S sees and routes
-//! them to the *existing* subscribers, then answers the new ones from the same S — the latest positions
-//! (`subscribed` with a `snapshot`), or every row of the target after `since` (a replay) — and only then
-//! adds them to the router. From then on they get the rows of later reads, which are exactly the rows S
-//! does not see (the feed's cursor stands at S). So the snapshot or replay and the live rows meet without a
-//! gap, and no row the snapshot already covers comes again as new.
+//! **No gap, nothing twice.** A cycle that has subscriptions to answer runs in one REPEATABLE READ
+//! transaction: it reads every row after the feed's cursor that its snapshot S sees and routes them to the
+//! subscriptions in force, exports S, starts the answer connections' transactions on S, and holds the new
+//! subscriptions in the router. The answers (the latest positions, or every row of the target after
+//! `since`) are read from S beside the feed; the rows of the feed's later reads — exactly the rows S does not
+//! see (its cursor stands at S) — wait in the holds and follow each answer once it is queued. So the
+//! snapshot or replay and the live rows meet without a gap, no row the snapshot already covers comes again
+//! as new, and no answer, however long, holds back the live rows of anyone else.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -24,6 +25,7 @@ use tokio_postgres::{GenericClient, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    answers::{Answers, Batch, Job},
     listen::Wake,
     metrics::LiveMetrics,
     outbox::{Delivery, Outbox},
@@ -44,34 +46,6 @@ const FEED: &str = "\
            (extract(epoch FROM s.ts) * 1000000)::bigint \
     FROM trackway._positions_since_text($1, NULL, $2) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
     ORDER BY s.n";
-/// Latest positions of some devices.
-const SNAPSHOT_DEVICES: &str = "\
-    SELECT l.device_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle, \
-           l.speed, l.satellites, l.priority, l.attributes::text) \
-    FROM trackway.latest_positions l WHERE l.device_id = ANY($1::text[])";
-/// Latest positions of the devices of some groups.
-const SNAPSHOT_GROUPS: &str = "\
-    SELECT g.group_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle, \
-           l.speed, l.satellites, l.priority, l.attributes::text) \
-    FROM trackway.device_groups g JOIN trackway.latest_positions l ON l.device_id = g.device_id \
-    WHERE g.group_id = ANY($1::text[]) ORDER BY g.group_id, l.device_id";
-/// Rows of one target after a cursor (a group as its membership stands now).
-const REPLAY: &str = "\
-    SELECT s.cursor, s.device_id, s.position, (extract(epoch FROM s.ts) * 1000000)::bigint \
-    FROM trackway._positions_since_text($1, \
-           CASE WHEN $2::text = 'device' THEN ARRAY[$3::text] \
-                ELSE ARRAY(SELECT d.device_id FROM trackway.device_groups d WHERE d.group_id = $3::text) END, \
-           $4) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
-    ORDER BY s.n";
-
-/// The first transaction id not yet handed out, as the statement's snapshot sees it.
-const XMAX: &str = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
-
-/// Whether a `since` names a transaction id the database has not handed out yet (`xmax`).
-fn ahead_of(since: Option<&str>, xmax: u64) -> bool {
-    since.and_then(|c| trackway_wire::Cursor::parse(c).ok()).is_some_and(|c| c.xid > xmax)
-}
-
 /// A row by its key (device, time in µs since 1970), if the table holds it.
 const ROW_BY_KEY: &str = "\
     SELECT 1 FROM trackway.positions p \
@@ -110,6 +84,18 @@ pub enum Command {
         /// The connection.
         client: ClientId,
     },
+    /// An answer connection has queued the answer to a held subscription (`subscribed`), or refused or
+    /// dropped it: the rows held for it follow the answer, or are dropped.
+    Answered {
+        /// The connection.
+        client: ClientId,
+        /// The subscription's target.
+        target: Target,
+        /// The hold's ticket ([`Router::hold`]).
+        ticket: u64,
+        /// Whether the subscription is now in force.
+        subscribed: bool,
+    },
 }
 
 /// A subscription request; it waits in the feed for the next cycle.
@@ -134,8 +120,13 @@ pub struct Subscribe {
 impl Subscribe {
     /// `true` when the feed may answer (and the session will wait for it); `false` when the session has
     /// given up and answered the client itself.
-    fn claim(&self) -> bool {
+    pub fn claim(&self) -> bool {
         !self.decided.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// `true` when nobody waits for the answer any more: the session gave up, or the connection closed.
+    pub fn abandoned(&self) -> bool {
+        self.decided.load(std::sync::atomic::Ordering::Acquire) || self.outbox.closed().is_some()
     }
 }
 
@@ -150,12 +141,20 @@ pub struct FeedSettings {
     pub poll_interval: Duration,
     /// Most rows a replay may hold.
     pub max_replay: usize,
+    /// Most answer connections (batches of subscriptions answered at once beside the feed).
+    pub answer_connections: usize,
 }
 
 /// The feed task's state.
 pub struct Feed {
     settings: FeedSettings,
     commands: mpsc::Receiver<Command>,
+    /// The same queue's sending end, for the answer batches' word back.
+    to_self: mpsc::Sender<Command>,
+    /// The connections answering subscriptions beside the feed.
+    answers: Answers,
+    /// The next hold's ticket.
+    next_ticket: u64,
     wake: Arc<Wake>,
     health: BackendState,
     metrics: LiveMetrics,
@@ -181,27 +180,27 @@ struct Read {
     before: Arc<str>,
 }
 
-/// The feed's database connection and its prepared statements.
+/// The feed's database connection and its prepared statement.
 struct Connection {
     client: tokio_postgres::Client,
     feed: Statement,
-    snapshot_devices: Statement,
-    snapshot_groups: Statement,
-    replay: Statement,
 }
 
 impl Feed {
     /// A feed reading with `settings`, taking commands from `commands`.
     pub fn new(
         settings: FeedSettings,
-        commands: mpsc::Receiver<Command>,
+        (to_self, commands): (mpsc::Sender<Command>, mpsc::Receiver<Command>),
         wake: Arc<Wake>,
         health: BackendState,
         metrics: LiveMetrics,
     ) -> Feed {
         Feed {
+            answers: Answers::new(&settings.database, settings.answer_connections, metrics.clone()),
             settings,
             commands,
+            to_self,
+            next_ticket: 0,
             wake,
             health,
             metrics,
@@ -275,6 +274,12 @@ impl Feed {
                         self.fail("still unavailable");
                     }
                 }
+                () = self.answers.finished() => {
+                    // A connection is free again: the subscriptions waiting for one are answered now.
+                    if !self.pending.is_empty() && !down {
+                        return true;
+                    }
+                }
                 () = self.wake.rung(), if !down => return true,
                 () = &mut until => return true,
             }
@@ -302,6 +307,12 @@ impl Feed {
                 self.router.leave(client);
                 self.metrics.subscriptions.set(self.router.subscriptions() as i64);
             }
+            Command::Answered { client, target, ticket, subscribed } => {
+                let pushed = self.router.release(client, &target, ticket, subscribed);
+                self.metrics.coalesced.inc_by(pushed.coalesced);
+                self.metrics.dropped.inc_by(pushed.dropped);
+                self.metrics.subscriptions.set(self.router.subscriptions() as i64);
+            }
         }
     }
 
@@ -320,13 +331,7 @@ impl Feed {
         } else {
             self.check_history(&client).await?;
         }
-        Ok(Connection {
-            feed: client.prepare(FEED).await?,
-            snapshot_devices: client.prepare(SNAPSHOT_DEVICES).await?,
-            snapshot_groups: client.prepare(SNAPSHOT_GROUPS).await?,
-            replay: client.prepare(REPLAY).await?,
-            client,
-        })
+        Ok(Connection { feed: client.prepare(FEED).await?, client })
     }
 
     /// After a reconnect: does the database still hold the last row the feed read? Not after a failover to
@@ -363,6 +368,69 @@ impl Feed {
     /// The database failed: refuse the waiting subscriptions (they may ask again) and record the outage.
     fn fail(&mut self, why: &str) {
         self.health.failed(&format_args!("live feed: {why}"));
+        self.refuse_pending();
+    }
+
+    /// One read to the end; the waiting subscriptions, when an answer connection is free, handed to the
+    /// answer connections on the same snapshot (see the module header).
+    async fn cycle(&mut self, conn: &Connection) -> Result<(), tokio_postgres::Error> {
+        let noticed = self.wake.take_first().unwrap_or_else(Instant::now);
+        let reconnected = self.wake.take_reconnected();
+        self.pending.retain(|p| !p.abandoned());
+        if self.pending.is_empty() || self.answers.free() == 0 {
+            let read = self.read_to_end(&conn.client, &conn.feed, noticed).await?;
+            self.count_replayed(reconnected, read);
+            return Ok(());
+        }
+        // Read only: no transaction id.
+        conn.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let read = self.read_to_end(&conn.client, &conn.feed, noticed).await?;
+        self.count_replayed(reconnected, read);
+        let snapshot: String = conn.client.query_one("SELECT pg_export_snapshot()", &[]).await?.try_get(0)?;
+        // Each replay may take a connection of its own; the snapshots are two queries for all of them.
+        let replays = self.pending.iter().filter(|p| p.since.is_some()).count();
+        let answerers = match self.answers.begin(replays.clamp(1, self.answers.free()), &snapshot).await {
+            Ok(answerers) => answerers,
+            Err(e) => {
+                conn.client.batch_execute("COMMIT").await?;
+                tracing::warn!(error = %e, "cannot open an answer connection: subscriptions answered `unavailable`");
+                self.refuse_pending();
+                return Ok(());
+            }
+        };
+        // The answer connections hold the snapshot now; the feed's own transaction may end.
+        conn.client.batch_execute("COMMIT").await?;
+        let cursor = self.cursor.clone().unwrap_or_default();
+        let mut batches: Vec<Vec<Job>> = answerers.iter().map(|_| Vec::new()).collect();
+        let mut next_replay = 0;
+        for request in std::mem::take(&mut self.pending) {
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
+            self.router.hold(request.client, &request.outbox, request.target.clone(), ticket);
+            let slot = match request.since {
+                Some(_) => {
+                    next_replay += 1;
+                    (next_replay - 1) % batches.len()
+                }
+                None => 0,
+            };
+            batches[slot].push(Job { request, ticket });
+        }
+        for (answerer, jobs) in answerers.into_iter().zip(batches) {
+            self.answers.spawn(Batch {
+                answerer,
+                cursor: cursor.clone(),
+                jobs,
+                max_replay: self.settings.max_replay,
+                commands: self.to_self.clone(),
+                metrics: self.metrics.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Answers the waiting subscriptions `unavailable` (they may ask again), the feed itself being fine.
+    fn refuse_pending(&mut self) {
         for p in self.pending.drain(..).filter(Subscribe::claim) {
             let refusal = Refusal {
                 code: ErrorCode::Unavailable,
@@ -372,28 +440,6 @@ impl Feed {
             p.outbox.push_answer_and_replay("error", protocol::error_frame(&refusal), Vec::new());
             let _ = p.reply.send(false);
         }
-    }
-
-    /// One read to the end, and the waiting subscriptions answered from the same snapshot.
-    async fn cycle(&mut self, conn: &Connection) -> Result<(), tokio_postgres::Error> {
-        let noticed = self.wake.take_first().unwrap_or_else(Instant::now);
-        let reconnected = self.wake.take_reconnected();
-        if self.pending.is_empty() {
-            let read = self.read_to_end(&conn.client, &conn.feed, noticed).await?;
-            self.count_replayed(reconnected, read);
-            return Ok(());
-        }
-        // One snapshot for the read and the answers (see the module header). Read only: no transaction id.
-        conn.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        let read = self.read_to_end(&conn.client, &conn.feed, noticed).await?;
-        self.count_replayed(reconnected, read);
-        let pending = std::mem::take(&mut self.pending);
-        if let Err((unanswered, error)) = self.serve(&conn.client, conn, pending).await {
-            // The connection is dropped after an error; the unanswered are refused by `fail`.
-            self.pending = unanswered;
-            return Err(error);
-        }
-        conn.client.batch_execute("COMMIT").await
     }
 
     fn count_replayed(&self, reconnected: bool, rows: u64) {
@@ -457,175 +503,5 @@ impl Feed {
             }
         }
         true
-    }
-
-    /// Answers the waiting subscriptions from the transaction's snapshot, then adds them to the router.
-    /// On a database error the unanswered ones are handed back.
-    async fn serve(
-        &mut self,
-        client: &impl GenericClient,
-        conn: &Connection,
-        pending: Vec<Pending>,
-    ) -> Result<(), (Vec<Pending>, tokio_postgres::Error)> {
-        let cursor = self.cursor.clone().unwrap_or_default();
-        let (mut snapshots, replays): (Vec<Pending>, Vec<Pending>) =
-            pending.into_iter().filter(|p| p.outbox.closed().is_none()).partition(|p| p.since.is_none());
-        if let Err(e) = self.serve_snapshots(client, conn, &cursor, &mut snapshots).await {
-            snapshots.extend(replays);
-            return Err((snapshots, e));
-        }
-        // Where the database's transaction ids stand: a `since` past it was not made on this database's
-        // history (a cursor from before a failover or a restore, or made up).
-        let xmax = match replays.is_empty() {
-            true => 0,
-            false => match client.query_one(XMAX, &[]).await.and_then(|row| row.try_get::<_, String>(0)) {
-                Ok(text) => text.parse().unwrap_or(u64::MAX),
-                Err(e) => return Err((replays, e)),
-            },
-        };
-        let mut replays = replays.into_iter();
-        while let Some(p) = replays.next() {
-            if ahead_of(p.since.as_deref(), xmax) {
-                self.refuse_ahead(p);
-                continue;
-            }
-            if let Err((p, e)) = self.serve_replay(client, conn, p).await {
-                return Err((std::iter::once(p).chain(replays).collect(), e));
-            }
-        }
-        Ok(())
-    }
-
-    /// Answers a `since` the database has not reached with `resume_too_far`: resuming from it would skip
-    /// the rows of the transactions still to come below it.
-    fn refuse_ahead(&mut self, p: Pending) {
-        if !p.claim() {
-            return; // the session gave up waiting and answered the client itself
-        }
-        let refusal = Refusal {
-            code: ErrorCode::ResumeTooFar,
-            message: "this cursor is ahead of the database (made before a failover or a restore?): subscribe \
-                      without since to start from a snapshot"
-                .into(),
-            id: p.id.clone(),
-        };
-        p.outbox.push_answer_and_replay("error", protocol::error_frame(&refusal), Vec::new());
-        let _ = p.reply.send(false);
-    }
-
-    /// Snapshots for every waiting subscription without `since`, two queries for all of them.
-    async fn serve_snapshots(
-        &mut self,
-        client: &impl GenericClient,
-        conn: &Connection,
-        cursor: &str,
-        waiting: &mut Vec<Pending>,
-    ) -> Result<(), tokio_postgres::Error> {
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let ids = |kind: &str| -> Vec<&str> {
-            let mut ids: Vec<&str> =
-                waiting.iter().filter(|p| p.target.kind() == kind).map(|p| p.target.id()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        };
-        let (devices, groups) = (ids("device"), ids("group"));
-        let mut docs: std::collections::HashMap<Target, Vec<String>> = std::collections::HashMap::new();
-        if !devices.is_empty() {
-            for row in client.query(&conn.snapshot_devices, &[&devices]).await? {
-                docs.entry(Target::Device(row.try_get(0)?)).or_default().push(row.try_get(1)?);
-            }
-        }
-        if !groups.is_empty() {
-            for row in client.query(&conn.snapshot_groups, &[&groups]).await? {
-                docs.entry(Target::Group(row.try_get(0)?)).or_default().push(row.try_get(1)?);
-            }
-        }
-        for p in waiting.drain(..).filter(Subscribe::claim) {
-            let snapshot = docs.get(&p.target).map(Vec::as_slice).unwrap_or_default();
-            let frame = protocol::subscribed_snapshot_frame(&p.target, p.id.as_ref(), cursor, snapshot);
-            p.outbox.push_answer_and_replay("subscribed", frame, Vec::new());
-            self.add(p);
-        }
-        Ok(())
-    }
-
-    /// Every row of the target after `since`, or `resume_too_far` past the replay limit.
-    async fn serve_replay(
-        &mut self,
-        client: &impl GenericClient,
-        conn: &Connection,
-        p: Pending,
-    ) -> Result<(), (Pending, tokio_postgres::Error)> {
-        let since = p.since.clone().unwrap_or_default();
-        let limit = i32::try_from(self.settings.max_replay.saturating_add(1)).unwrap_or(i32::MAX);
-        let rows = match client.query(&conn.replay, &[&since, &p.target.kind(), &p.target.id(), &limit]).await {
-            Ok(rows) => rows,
-            Err(e) => return Err((p, e)),
-        };
-        if rows.len() > self.settings.max_replay {
-            if !p.claim() {
-                return Ok(()); // the session gave up waiting and answered the client itself
-            }
-            let refusal = Refusal {
-                code: ErrorCode::ResumeTooFar,
-                message: format!(
-                    "more than {} positions after this cursor: subscribe without since to start from a snapshot",
-                    self.settings.max_replay
-                ),
-                id: p.id.clone(),
-            };
-            p.outbox.push_answer_and_replay("error", protocol::error_frame(&refusal), Vec::new());
-            let _ = p.reply.send(false);
-            return Ok(());
-        }
-        let noticed = Instant::now();
-        let mut replay = Vec::with_capacity(rows.len());
-        // positions_since may return a row twice; a replay sends each once.
-        let mut seen = HashSet::with_capacity(rows.len());
-        for row in &rows {
-            let parts = (row.try_get::<_, String>(0), row.try_get::<_, String>(1), row.try_get::<_, String>(2));
-            let (cursor, device, position, ts) = match (parts, row.try_get::<_, i64>(3)) {
-                ((Ok(c), Ok(d), Ok(p)), Ok(ts)) => (c, d, p, ts),
-                ((Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)), _) | (_, Err(e)) => return Err((p, e)),
-            };
-            if !seen.insert((device.clone(), ts)) {
-                self.metrics.repeats_skipped.inc();
-                continue;
-            }
-            let item = protocol::position_item(&cursor, &position);
-            replay.push(Arc::new(Delivery { device: device.into(), item, ts, noticed }));
-        }
-        if !p.claim() {
-            return Ok(()); // the session gave up waiting and answered the client itself
-        }
-        self.metrics.replayed.with_label_values(&["resume"]).inc_by(replay.len() as u64);
-        let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &since, replay.len());
-        p.outbox.push_answer_and_replay("subscribed", frame, replay);
-        self.add(p);
-        Ok(())
-    }
-
-    /// Adds an answered subscription to the router.
-    fn add(&mut self, p: Pending) {
-        self.router.subscribe(p.client, &p.outbox, p.target);
-        self.metrics.subscriptions.set(self.router.subscriptions() as i64);
-        let _ = p.reply.send(true);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ahead_of;
-
-    #[test]
-    fn a_since_past_the_databases_transaction_ids_is_ahead() {
-        assert!(ahead_of(Some("901:3"), 900));
-        assert!(!ahead_of(Some("900:3"), 900), "a cursor at xmax was made from a snapshot: honest");
-        assert!(!ahead_of(Some("12:3:7"), 900));
-        assert!(!ahead_of(None, 0));
-        assert!(!ahead_of(Some("not a cursor"), 0), "checked when parsed");
     }
 }

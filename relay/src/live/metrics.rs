@@ -42,6 +42,13 @@ pub struct LiveMetrics {
     /// From the notification of a commit (or the read that found it) to the frame carrying the position
     /// being written to the client's socket, seconds.
     pub notify_to_send: Histogram,
+    /// Bytes of answers and replayed positions queued for clients, unread (every connection).
+    pub queued_bytes: IntGauge,
+    /// Answer connections running a batch of subscriptions (snapshots and replays), out of
+    /// `TRACKWAY_LIVE_ANSWER_CONNECTIONS`.
+    pub answer_connections_busy: IntGauge,
+    /// Time one answer connection took for a batch of subscriptions, seconds.
+    pub answer_seconds: Histogram,
     /// `pg_notification_queue_usage()` of the database, sampled (0–1; announcements degrade from 0.5).
     pub notification_queue_usage: Gauge,
 }
@@ -79,6 +86,15 @@ impl LiveMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(usage.clone())).expect("unique metric");
+        let answer_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "trackway_live_answer_seconds",
+                "Time one answer connection took for a batch of subscriptions (snapshots, replays), seconds.",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(answer_seconds.clone())).expect("unique metric");
         LiveMetrics {
             connections: gauge("trackway_live_connections", "Open live WebSocket connections."),
             subscriptions: gauge("trackway_live_subscriptions", "Live subscriptions held."),
@@ -122,6 +138,15 @@ impl LiveMetrics {
                 "Rows read a second time by the feed and not sent again.",
             ),
             notify_to_send,
+            answer_connections_busy: gauge(
+                "trackway_live_answer_connections_busy",
+                "Answer connections running a batch of subscriptions (of TRACKWAY_LIVE_ANSWER_CONNECTIONS).",
+            ),
+            answer_seconds,
+            queued_bytes: gauge(
+                "trackway_live_queued_bytes",
+                "Bytes of answers and replayed positions queued for clients and not yet taken by their socket.",
+            ),
             notification_queue_usage: usage,
         }
     }

@@ -1,7 +1,9 @@
 //! The live side: positions committed to `trackway.positions` go out to WebSocket subscribers.
 //!
 //! - [`listen`] — the LISTEN connection; notifications are wake-ups only.
-//! - [`feed`] — reads new rows after the relay's cursor, answers subscriptions from the same snapshot.
+//! - [`feed`] — reads new rows after the relay's cursor; hands subscriptions to [`answers`] on the same
+//!   snapshot.
+//! - [`answers`] — snapshots and replays, read on connections of their own beside the feed.
 //! - [`router`] — who watches which device or group.
 //! - [`outbox`] — each client's bounded queue (coalescing, too-slow detection).
 //! - [`server`], [`session`] — `/live` and one connection's protocol.
@@ -14,6 +16,7 @@
 //! Independent of the ingest side: the two share only the configuration, the metrics registry and the
 //! shutdown signal.
 
+pub mod answers;
 pub mod auth;
 pub mod directus;
 pub mod feed;
@@ -64,8 +67,10 @@ pub async fn run(
         database: database.clone(),
         poll_interval: config.poll_interval,
         max_replay: config.max_replay,
+        answer_connections: config.answer_connections,
     };
-    let feed = feed::Feed::new(feed_settings, requests, wake.clone(), health.clone(), metrics.clone());
+    let channel = (commands.clone(), requests);
+    let feed = feed::Feed::new(feed_settings, channel, wake.clone(), health.clone(), metrics.clone());
     let feed_task = tokio::spawn(feed.run(shutdown.clone()));
     let listen_task = tokio::spawn(listen::run(database, wake, health, metrics.clone(), shutdown.clone()));
     let config_limit_per_user = config.max_connections_per_user;

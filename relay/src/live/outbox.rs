@@ -19,17 +19,18 @@ use std::{
     time::Instant,
 };
 
+use prometheus::IntGauge;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, CloseCode};
+use super::protocol::{self, CloseCode, Text, MAX_FRAME_BYTES, MAX_FRAME_ITEMS};
 
 /// Most answers waiting unread before the client's requests stop being read.
 pub const MAX_PENDING_ANSWERS: usize = 64;
-/// Most positions in one `positions` frame.
-const MAX_FRAME_ITEMS: usize = 512;
-/// Rough byte budget of one `positions` frame (the frame that crosses it is sent as it is).
-const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// Bytes of answers and replayed positions waiting unread past which the client's requests stop being
+/// read (a client that asks for snapshot after snapshot without reading them holds about this much, not
+/// its whole byte budget).
+pub const MAX_PENDING_ANSWER_BYTES: usize = 1024 * 1024;
 
 /// One position on its way to clients; shared by every outbox it goes to.
 #[derive(Debug)]
@@ -49,7 +50,7 @@ pub struct Delivery {
 /// What the writer of a connection takes out in one go.
 pub enum Frame {
     /// A finished text frame and its `type` (for metrics).
-    Text(String, &'static str),
+    Text(Text, &'static str),
     /// Close with this code; nothing follows.
     Close(CloseCode),
 }
@@ -65,7 +66,7 @@ pub struct Taken {
 
 enum Slot {
     /// An answer frame and its type.
-    Answer(String, &'static str),
+    Answer(Text, &'static str),
     /// A live position (may be coalesced).
     Live(Arc<Delivery>),
     /// A replayed position (never coalesced).
@@ -100,6 +101,8 @@ pub struct Outbox {
     drained: Notify,
     /// Cancelled when the outbox closes, for a writer blocked on a socket.
     shut: CancellationToken,
+    /// The bytes of answers and replays queued in every outbox (`trackway_live_queued_bytes`), when counted.
+    gauge: Option<IntGauge>,
 }
 
 /// What a push of live positions did.
@@ -130,11 +133,34 @@ impl Outbox {
             ready: Notify::new(),
             drained: Notify::new(),
             shut: CancellationToken::new(),
+            gauge: None,
         }
+    }
+
+    /// This outbox, its queued answer and replay bytes counted in `gauge` (shared by every outbox).
+    pub fn counted_in(mut self, gauge: IntGauge) -> Outbox {
+        self.gauge = Some(gauge);
+        self
+    }
+
+    /// Forgets the queued bytes (taken, or dropped with the queue).
+    fn release(&self, state: &mut State) {
+        if let Some(gauge) = &self.gauge {
+            gauge.sub(i64::try_from(state.bytes).unwrap_or(i64::MAX));
+        }
+        state.bytes = 0;
+    }
+
+    /// Live positions allowed before coalescing (`TRACKWAY_LIVE_QUEUE`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Closes with `code` (the first code wins) and tells a blocked writer.
     fn shut(&self, state: &mut State, code: CloseCode) {
+        if state.closed.is_none() {
+            self.release(state);
+        }
         close_locked(state, code);
         self.shut.cancel();
     }
@@ -155,6 +181,9 @@ impl Outbox {
             return false;
         }
         state.bytes += bytes;
+        if let Some(gauge) = &self.gauge {
+            gauge.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         true
     }
 
@@ -203,21 +232,49 @@ impl Outbox {
 
     /// Queues an answer followed by replayed positions (a `subscribed` and its replay); never waits.
     pub fn push_answer_and_replay(&self, kind: &'static str, answer: String, replay: Vec<Arc<Delivery>>) {
+        self.push_answers(kind, vec![Text::Own(answer)], replay);
+    }
+
+    /// Queues the frames of one answer (a `subscribed` and its `snapshot` frames), then replayed
+    /// positions; never waits.
+    pub fn push_answers(&self, kind: &'static str, frames: Vec<Text>, replay: Vec<Arc<Delivery>>) {
         let mut state = self.lock();
         if state.closed.is_some() {
             return;
         }
-        let bytes = answer.len() + replay.iter().map(|d| d.item.len() + 1).sum::<usize>();
+        let bytes =
+            frames.iter().map(Text::len).sum::<usize>() + replay.iter().map(|d| d.item.len() + 1).sum::<usize>();
         if !self.spend(&mut state, bytes) {
             drop(state);
             self.ready.notify_one();
             return;
         }
-        state.slots.push_back(Slot::Answer(answer, kind));
-        state.answers += 1;
+        for (i, frame) in frames.into_iter().enumerate() {
+            state.slots.push_back(Slot::Answer(frame, if i == 0 { kind } else { "snapshot" }));
+            state.answers += 1;
+        }
         state.slots.extend(replay.into_iter().map(Slot::Replay));
         drop(state);
         self.ready.notify_one();
+    }
+
+    /// Waits while the client has [`MAX_PENDING_ANSWERS`] answers or [`MAX_PENDING_ANSWER_BYTES`] of
+    /// answers and replays unread (only the client's own request handler calls this, before a request
+    /// whose answer the feed queues). Returns `false` once the outbox is closed.
+    pub async fn room(&self) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            {
+                let state = self.lock();
+                if state.closed.is_some() {
+                    return false;
+                }
+                if state.answers < MAX_PENDING_ANSWERS && state.bytes < MAX_PENDING_ANSWER_BYTES {
+                    return true;
+                }
+            }
+            drained.await;
+        }
     }
 
     /// Queues an answer, waiting first while [`MAX_PENDING_ANSWERS`] are unread (only the client's own
@@ -230,13 +287,13 @@ impl Outbox {
                 if state.closed.is_some() {
                     return false;
                 }
-                if state.answers < MAX_PENDING_ANSWERS {
+                if state.answers < MAX_PENDING_ANSWERS && state.bytes < MAX_PENDING_ANSWER_BYTES {
                     if !self.spend(&mut state, frame.len()) {
                         drop(state);
                         self.ready.notify_one();
                         return false;
                     }
-                    state.slots.push_back(Slot::Answer(frame, kind));
+                    state.slots.push_back(Slot::Answer(Text::Own(frame), kind));
                     state.answers += 1;
                     drop(state);
                     self.ready.notify_one();
@@ -295,12 +352,12 @@ impl Outbox {
         let flush = |items: &mut Vec<Arc<Delivery>>, frames: &mut Vec<Frame>, bytes: &mut usize| {
             if !items.is_empty() {
                 let frame = protocol::positions_frame(items.iter().map(|d| d.item.as_str()), *bytes);
-                frames.push(Frame::Text(frame, "positions"));
+                frames.push(Frame::Text(Text::Own(frame), "positions"));
                 items.clear();
                 *bytes = 0;
             }
         };
-        let had_answers = state.answers > 0;
+        let had_answers = state.answers > 0 || state.bytes > 0;
         while let Some(slot) = state.slots.pop_front() {
             match slot {
                 Slot::Answer(text, kind) => {
@@ -320,7 +377,7 @@ impl Outbox {
             }
         }
         state.live = 0;
-        state.bytes = 0;
+        self.release(&mut state);
         flush(&mut items, &mut frames, &mut bytes);
         drop(state);
         if had_answers {
@@ -361,6 +418,15 @@ fn coalesce(state: &mut State, incoming: &Delivery) -> (u64, bool) {
     let removed = before - state.slots.len();
     state.live -= removed;
     (removed as u64 + u64::from(!queue_incoming), queue_incoming)
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut state = self.lock();
+        let mut taken = std::mem::take(&mut *state);
+        drop(state);
+        self.release(&mut taken);
+    }
 }
 
 fn close_locked(state: &mut State, code: CloseCode) {
@@ -404,7 +470,7 @@ mod tests {
             .take(&mut Taken::default())
             .into_iter()
             .map(|f| match f {
-                Frame::Text(t, _) => t,
+                Frame::Text(t, _) => String::from_utf8(t.into_bytes().to_vec()).expect("UTF-8"),
                 Frame::Close(c) => format!("close {}", c.code()),
             })
             .collect()
@@ -471,6 +537,21 @@ mod tests {
         let frames = outbox.take(&mut taken);
         assert_eq!(taken.delivered, 6);
         assert_eq!(frames.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_room_while_a_megabyte_of_answers_is_unread() {
+        let outbox = Arc::new(Outbox::new(4));
+        assert!(outbox.room().await);
+        outbox.push_answers("subscribed", vec![Text::Own("x".repeat(MAX_PENDING_ANSWER_BYTES))], Vec::new());
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.room().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "1 MiB unread: no room");
+        assert_eq!(texts(&outbox).len(), 1);
+        assert!(waiting.await.expect("joined"), "read: room again");
     }
 
     #[tokio::test]

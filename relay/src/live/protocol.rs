@@ -6,6 +6,7 @@
 //! type (`bad_message`, `bad_target`, `bad_cursor`). Server frames are built as text: positions arrive
 //! from the database as finished JSON and are spliced in without being parsed again.
 
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use trackway_wire::Cursor;
 
@@ -236,28 +237,155 @@ pub fn authenticated_frame(user: Option<&str>, admin: bool, expires_at: Option<&
     json!({"type": "authenticated", "user": user, "admin": admin, "expiresAt": expires_at}).to_string()
 }
 
-/// `{"type":"subscribed",…,"cursor":…,"snapshot":[…]}`: `snapshot` holds finished wire documents.
-pub fn subscribed_snapshot_frame(target: &Target, id: Option<&Value>, cursor: &str, snapshot: &[String]) -> String {
-    let mut head = Map::new();
-    head.insert("type".into(), "subscribed".into());
-    target.put(&mut head);
-    if let Some(id) = id {
-        head.insert("id".into(), id.clone());
-    }
-    head.insert("cursor".into(), cursor.into());
-    let head = Value::Object(head).to_string();
-    // `head` ends with '}': reopen it to append the snapshot array.
-    let mut frame = String::with_capacity(head.len() + 16 + snapshot.iter().map(|s| s.len() + 1).sum::<usize>());
-    frame.push_str(&head[..head.len() - 1]);
-    frame.push_str(",\"snapshot\":[");
-    for (i, doc) in snapshot.iter().enumerate() {
-        if i > 0 {
-            frame.push(',');
+/// Most items (positions, snapshot documents) in one frame.
+pub const MAX_FRAME_ITEMS: usize = 512;
+/// Rough byte budget of one frame of positions or snapshot documents (the item that crosses it is the
+/// frame's last).
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
+/// A frame's text. Snapshot documents are shared by every client answered from the same snapshot: a
+/// frame holding them is the client's own head around the shared bytes, joined only when it is written.
+#[derive(Debug, Clone)]
+pub enum Text {
+    /// A frame of one client's own.
+    Own(String),
+    /// A client's own head, bytes shared with other clients, and the closing.
+    Around {
+        /// The client's part (`{"cursor":…,"id":…,…,"snapshot":[`).
+        head: String,
+        /// Shared.
+        shared: Bytes,
+        /// `]}`.
+        tail: &'static str,
+    },
+    /// A frame shared whole.
+    Shared(Bytes),
+}
+
+impl Text {
+    /// Bytes the frame takes on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Text::Own(text) => text.len(),
+            Text::Around { head, shared, tail } => head.len() + shared.len() + tail.len(),
+            Text::Shared(bytes) => bytes.len(),
         }
-        frame.push_str(doc);
     }
-    frame.push_str("]}");
-    frame
+
+    /// Whether the frame is empty (never, for a real frame).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's UTF-8 bytes, in one piece (a copy only for [`Text::Around`]).
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Text::Own(text) => Bytes::from(text),
+            Text::Around { head, shared, tail } => {
+                let mut joined = Vec::with_capacity(head.len() + shared.len() + tail.len());
+                joined.extend_from_slice(head.as_bytes());
+                joined.extend_from_slice(&shared);
+                joined.extend_from_slice(tail.as_bytes());
+                Bytes::from(joined)
+            }
+            Text::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Text {
+        Text::Own(text)
+    }
+}
+
+/// A target's snapshot, cut into frame-sized parts once and shared by every subscriber answered from it.
+/// The first part goes in the `subscribed` frame (with the count of documents still to come,
+/// `remaining`); each further part is a `snapshot` frame of its own, the same bytes for everyone.
+pub struct Snapshot {
+    /// Documents in each part, and the part (`doc,doc,…`).
+    parts: Vec<(usize, Bytes)>,
+    /// The `snapshot` frames of the parts after the first.
+    more: Vec<Bytes>,
+}
+
+impl Snapshot {
+    /// The snapshot of `target` with these finished wire documents, in order.
+    pub fn new(target: &Target, documents: &[String]) -> Snapshot {
+        let mut parts = Vec::new();
+        let mut part = String::new();
+        let mut count = 0;
+        for doc in documents {
+            if count > 0 {
+                part.push(',');
+            }
+            part.push_str(doc);
+            count += 1;
+            if count >= MAX_FRAME_ITEMS || part.len() >= MAX_FRAME_BYTES {
+                parts.push((count, Bytes::from(std::mem::take(&mut part))));
+                count = 0;
+            }
+        }
+        if count > 0 || parts.is_empty() {
+            parts.push((count, Bytes::from(part)));
+        }
+        let mut head = Map::new();
+        head.insert("type".into(), "snapshot".into());
+        target.put(&mut head);
+        let head = reopened(&Value::Object(head).to_string(), "snapshot");
+        let more = parts[1..]
+            .iter()
+            .map(|(_, part)| {
+                let mut frame = Vec::with_capacity(head.len() + part.len() + 2);
+                frame.extend_from_slice(head.as_bytes());
+                frame.extend_from_slice(part);
+                frame.extend_from_slice(b"]}");
+                Bytes::from(frame)
+            })
+            .collect();
+        Snapshot { parts, more }
+    }
+
+    /// The frames answering one subscriber: `{"type":"subscribed",…,"cursor":…,"snapshot":[…]}` with the
+    /// first part (and `remaining` when more follow), then the `snapshot` frames of the others.
+    pub fn frames(&self, target: &Target, id: Option<&Value>, cursor: &str) -> Vec<Text> {
+        let mut head = Map::new();
+        head.insert("type".into(), "subscribed".into());
+        target.put(&mut head);
+        if let Some(id) = id {
+            head.insert("id".into(), id.clone());
+        }
+        head.insert("cursor".into(), cursor.into());
+        let remaining: usize = self.parts[1..].iter().map(|(count, _)| count).sum();
+        if remaining > 0 {
+            head.insert("remaining".into(), remaining.into());
+        }
+        let head = reopened(&Value::Object(head).to_string(), "snapshot");
+        let mut frames = Vec::with_capacity(self.parts.len());
+        frames.push(Text::Around { head, shared: self.parts[0].1.clone(), tail: "]}" });
+        frames.extend(self.more.iter().cloned().map(Text::Shared));
+        frames
+    }
+
+    /// Bytes the parts hold (once, however many subscribers share them).
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|(_, part)| part.len()).sum()
+    }
+
+    /// Whether the snapshot holds no document.
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|(count, _)| *count == 0)
+    }
+}
+
+/// An object's text (ending with `}`) reopened to append `"<field>":[`.
+fn reopened(object: &str, field: &str) -> String {
+    let mut text = String::with_capacity(object.len() + field.len() + 6);
+    text.push_str(&object[..object.len() - 1]);
+    text.push_str(",\"");
+    text.push_str(field);
+    text.push_str("\":[");
+    text
 }
 
 /// `{"type":"subscribed",…,"since":…,"replay":n}`: the `n` replayed positions follow in `positions` frames.
@@ -441,6 +569,38 @@ mod tests {
         assert_eq!(frame["id"], "q1");
     }
 
+    fn parsed(text: &Text) -> Value {
+        serde_json::from_slice(&text.clone().into_bytes()).expect("a JSON frame")
+    }
+
+    #[test]
+    fn a_big_snapshot_comes_in_bounded_frames_shared_by_its_subscribers() {
+        let target = Target::Device("d".into());
+        let docs: Vec<String> = (0..1300).map(|n| format!("{{\"n\":{n}}}")).collect();
+        let snapshot = Snapshot::new(&target, &docs);
+        let (a, b) = (snapshot.frames(&target, Some(&json!("a")), "9:0"), snapshot.frames(&target, None, "9:0"));
+        assert_eq!(a.len(), 3, "512 + 512 + 276 documents");
+        let first = parsed(&a[0]);
+        assert_eq!((first["type"].as_str(), first["id"].as_str()), (Some("subscribed"), Some("a")));
+        assert_eq!((first["snapshot"].as_array().map(Vec::len), first["remaining"].as_u64()), (Some(512), Some(788)));
+        let mut all: Vec<Value> = first["snapshot"].as_array().expect("array").clone();
+        for more in &a[1..] {
+            let frame = parsed(more);
+            assert_eq!((frame["type"].as_str(), frame["device"].as_str()), (Some("snapshot"), Some("d")));
+            all.extend(frame["snapshot"].as_array().expect("array").iter().cloned());
+        }
+        assert_eq!(all, docs.iter().map(|d| serde_json::from_str::<Value>(d).expect("doc")).collect::<Vec<_>>());
+        match (&a[0], &b[0], &a[1], &b[1]) {
+            (Text::Around { shared: x, .. }, Text::Around { shared: y, .. }, Text::Shared(p), Text::Shared(q)) => {
+                assert_eq!((x.as_ptr(), p.as_ptr()), (y.as_ptr(), q.as_ptr()), "the same bytes, not copies");
+            }
+            other => panic!("unexpected frames {other:?}"),
+        }
+        let large: Vec<String> = (0..3).map(|_| format!("{{\"x\":\"{}\"}}", "y".repeat(200_000))).collect();
+        let frames = Snapshot::new(&target, &large).frames(&target, None, "9:0");
+        assert_eq!(frames.len(), 2, "a frame closes once past 256 KiB (the document that crosses it is its last)");
+    }
+
     #[test]
     fn frames_are_json_and_carry_positions_verbatim() {
         let doc = r#"{"deviceId":"d","attributes":{"11":{"__bigint":"18446744073709551615"}}}"#;
@@ -450,14 +610,14 @@ mod tests {
         assert_eq!(frame["positions"][1]["cursor"], "5:1");
         assert_eq!(frame["positions"][0]["position"]["attributes"]["11"]["__bigint"], "18446744073709551615");
         let target = Target::Group("g".into());
-        let frame: Value =
-            serde_json::from_str(&subscribed_snapshot_frame(&target, Some(&json!(3)), "9:0", &[doc.to_owned()]))
-                .expect("json");
+        let frames = Snapshot::new(&target, &[doc.to_owned()]).frames(&target, Some(&json!(3)), "9:0");
+        assert_eq!(frames.len(), 1);
+        let frame = parsed(&frames[0]);
         assert_eq!((frame["group"].as_str(), frame["id"].as_i64()), (Some("g"), Some(3)));
         assert_eq!(frame["snapshot"][0]["deviceId"], "d");
-        let empty: Value =
-            serde_json::from_str(&subscribed_snapshot_frame(&target, None, "9:0", &[])).expect("empty snapshot");
-        assert_eq!(empty["snapshot"], json!([]));
+        assert_eq!(frame.get("remaining"), None, "all of it is here");
+        let empty = Snapshot::new(&target, &[]).frames(&target, None, "9:0");
+        assert_eq!(parsed(&empty[0])["snapshot"], json!([]));
         let replay: Value =
             serde_json::from_str(&subscribed_replay_frame(&target, None, "1:1", 4)).expect("replay frame");
         assert_eq!((replay["since"].as_str(), replay["replay"].as_u64()), (Some("1:1"), Some(4)));

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::{
     self,
     protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame},
-    Message,
+    Message, Utf8Bytes,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,7 @@ use super::{
     limits::{Bucket, UserConnection, Users, AUTHORIZE_BURST, AUTHORIZE_PER_SECOND, MAX_ALLOWED},
     metrics::LiveMetrics,
     outbox::{Frame, Outbox, Taken},
-    protocol::{self, ClientMessage, CloseCode, ErrorCode, Refusal, Request, Target},
+    protocol::{self, ClientMessage, CloseCode, ErrorCode, Refusal, Request, Target, Text},
     router::ClientId,
 };
 use crate::config::LiveConfig;
@@ -69,7 +69,10 @@ pub async fn run<S>(
     S: Stream<Item = Result<Message, tungstenite::Error>> + Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     let client = shared.next_client.fetch_add(1, Ordering::Relaxed);
-    let outbox = Arc::new(Outbox::with_byte_budget(shared.config.queue, shared.config.max_queued_bytes));
+    let outbox = Arc::new(
+        Outbox::with_byte_budget(shared.config.queue, shared.config.max_queued_bytes)
+            .counted_in(shared.metrics.queued_bytes.clone()),
+    );
     let (sink, stream) = socket.split();
     let done = CancellationToken::new();
     let heard = Heard::new();
@@ -313,6 +316,7 @@ impl Reader<'_> {
             ClientMessage::Subscribe { target, since } => self.subscribe(target, since, id).await,
             ClientMessage::Unsubscribe { target } => {
                 if self.targets.remove(&target) {
+                    self.room().await;
                     // Waited for like a subscribe (reading on meanwhile), without a deadline: the feed
                     // applies unsubscribes as they come, outage or not.
                     let (reply, answered) = oneshot::channel();
@@ -484,6 +488,7 @@ impl Reader<'_> {
                 return self.refuse(ErrorCode::Unavailable, message, id).await;
             }
         }
+        self.room().await;
         let (reply, subscribed) = oneshot::channel();
         let (client, outbox) = (self.client, self.outbox.clone());
         let decided = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -533,6 +538,14 @@ impl Reader<'_> {
         let answer = row.try_get::<_, Option<bool>>(0).map_err(|e| e.to_string())?.unwrap_or(false);
         self.allowed.insert(target.clone(), answer);
         Ok(answer)
+    }
+
+    /// Waits, not reading the client, while its unread answers are too many or too big: the feed queues
+    /// answers without waiting, so a request for one waits here instead. Silence is not counted meanwhile.
+    async fn room(&self) {
+        self.heard.pause(true);
+        self.outbox.room().await;
+        self.heard.pause(false);
     }
 
     async fn send(&self, command: Command) {
@@ -624,7 +637,7 @@ where
                     match frame {
                         Frame::Text(text, kind) => {
                             let sent = tokio::select! {
-                                sent = send(&mut sink, Message::text(text), config.send_timeout, metrics) => sent,
+                                sent = send(&mut sink, message(text), config.send_timeout, metrics) => sent,
                                 () = outbox.abandoned() => {
                                     metrics.closes.with_label_values(&[CloseCode::TooSlow.label()]).inc();
                                     false
@@ -661,6 +674,16 @@ where
                 }
             }
         }
+    }
+}
+
+/// A text frame as a WebSocket message (shared bytes stay shared).
+fn message(text: Text) -> Message {
+    let bytes = text.into_bytes();
+    match Utf8Bytes::try_from(bytes.clone()) {
+        Ok(text) => Message::Text(text),
+        // Frames are built from Rust strings: never reached.
+        Err(_) => Message::text(String::from_utf8_lossy(&bytes).into_owned()),
     }
 }
 

@@ -1,0 +1,404 @@
+//! Answers to `subscribe` — snapshots and replays — served beside the feed, on database connections of
+//! their own, so that no replay however long, and no storm of resuming clients, holds back anyone's live
+//! positions.
+//!
+//! **The hand-over (no gap, nothing twice).** The feed reads new rows in a REPEATABLE READ transaction and
+//! exports its snapshot S (`pg_export_snapshot`). Before it commits, every answer connection it hands a
+//! batch of subscriptions to starts a transaction on that same snapshot (`SET TRANSACTION SNAPSHOT`), and
+//! the feed holds those subscriptions in the router: the rows of its later reads, which are exactly the
+//! rows S does not see, wait in each subscription's hold. The answer — the latest positions as S sees them,
+//! or every row of the target after `since` that S sees — is read on the answer connection, however long
+//! that takes, while the feed goes on. Once the answer is queued the feed is told ([`Command::Answered`]),
+//! and the held rows follow it.
+//!
+//! **Bounded.** At most `TRACKWAY_LIVE_ANSWER_CONNECTIONS` batches run at once; every statement runs under
+//! `statement_timeout`; a replay holds at most `TRACKWAY_LIVE_MAX_REPLAY` rows. Subscriptions that find
+//! every connection busy wait in the feed for the next free one, and the session's subscribe timeout bounds
+//! that wait.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_postgres::{NoTls, Statement};
+
+use super::{
+    feed::{Command, Subscribe},
+    metrics::LiveMetrics,
+    outbox::Delivery,
+    protocol::{self, ErrorCode, Refusal, Snapshot, Target, Text},
+};
+
+/// Latest positions of some devices.
+const SNAPSHOT_DEVICES: &str = "\
+    SELECT l.device_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle, \
+           l.speed, l.satellites, l.priority, l.attributes::text) \
+    FROM trackway.latest_positions l WHERE l.device_id = ANY($1::text[])";
+/// Latest positions of the devices of some groups.
+const SNAPSHOT_GROUPS: &str = "\
+    SELECT g.group_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle, \
+           l.speed, l.satellites, l.priority, l.attributes::text) \
+    FROM trackway.device_groups g JOIN trackway.latest_positions l ON l.device_id = g.device_id \
+    WHERE g.group_id = ANY($1::text[]) ORDER BY g.group_id, l.device_id";
+/// Rows of one target after a cursor (a group as its membership stands now).
+const REPLAY: &str = "\
+    SELECT s.cursor, s.device_id, s.position, (extract(epoch FROM s.ts) * 1000000)::bigint \
+    FROM trackway._positions_since_text($1, \
+           CASE WHEN $2::text = 'device' THEN ARRAY[$3::text] \
+                ELSE ARRAY(SELECT d.device_id FROM trackway.device_groups d WHERE d.group_id = $3::text) END, \
+           $4) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
+    ORDER BY s.n";
+/// The first transaction id not yet handed out, as the snapshot sees it.
+const XMAX: &str = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
+
+/// The longest one statement of an answer may run: a replay or snapshot that takes longer is answered
+/// `unavailable` rather than holding a connection other subscriptions wait for.
+pub const STATEMENT_TIMEOUT_MS: u32 = 5_000;
+/// How long an answer connection may sit in a transaction without a statement: a relay that stopped
+/// mid-batch must not hold back vacuum for long.
+const IDLE_IN_TRANSACTION_MS: u32 = 60_000;
+
+/// Whether a `since` names a transaction id the database has not handed out yet (`xmax`).
+fn ahead_of(since: Option<&str>, xmax: u64) -> bool {
+    since.and_then(|c| trackway_wire::Cursor::parse(c).ok()).is_some_and(|c| c.xid > xmax)
+}
+
+/// Whether `id` looks like what `pg_export_snapshot()` returns (hex digits and dashes), so that it can be
+/// written into `SET TRANSACTION SNAPSHOT`, which takes no parameters. It comes from the server, never from
+/// a client; this is the belt to that braces.
+fn is_snapshot_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// One answer connection and its prepared statements.
+pub struct Answerer {
+    client: tokio_postgres::Client,
+    snapshot_devices: Statement,
+    snapshot_groups: Statement,
+    replay: Statement,
+    xmax: Statement,
+}
+
+/// The answer connections, owned by the feed: the idle ones, and the batches running on the others.
+pub struct Answers {
+    /// Where to connect (with the statement and idle-transaction timeouts).
+    database: tokio_postgres::Config,
+    /// Most batches at once (`TRACKWAY_LIVE_ANSWER_CONNECTIONS`).
+    limit: usize,
+    /// Connections open and free.
+    idle: Vec<Answerer>,
+    /// Batches running; each gives its connection back when it ends (none when it broke).
+    running: JoinSet<Option<Answerer>>,
+    /// For the busy-connections gauge.
+    metrics: LiveMetrics,
+}
+
+impl Answers {
+    /// Up to `limit` connections to `database`, opened when first needed.
+    pub fn new(database: &tokio_postgres::Config, limit: usize, metrics: LiveMetrics) -> Answers {
+        let mut database = database.clone();
+        let timeouts =
+            format!("-c statement_timeout={STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}");
+        let options = match database.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {timeouts}"),
+            _ => timeouts,
+        };
+        database.options(&options);
+        Answers { database, limit: limit.max(1), idle: Vec::new(), running: JoinSet::new(), metrics }
+    }
+
+    /// Connections not running a batch (open or still to open).
+    pub fn free(&self) -> usize {
+        self.limit.saturating_sub(self.running.len())
+    }
+
+    /// Starts `n` (at most [`Answers::free`]) transactions on the exported snapshot `snapshot`, opening
+    /// connections as needed. Must be called while the exporting transaction is open.
+    pub async fn begin(&mut self, n: usize, snapshot: &str) -> Result<Vec<Answerer>, tokio_postgres::Error> {
+        let begin = if is_snapshot_id(snapshot) {
+            format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'")
+        } else {
+            // Never happens with a real server; refused by the server itself with a clear error.
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT 'not-a-snapshot-id'".into()
+        };
+        let mut taken = Vec::with_capacity(n);
+        for _ in 0..n.min(self.free()) {
+            let answerer = match self.idle.pop().filter(|a| !a.client.is_closed()) {
+                Some(answerer) => answerer,
+                None => self.connect().await?,
+            };
+            // On an error the connections taken so far are dropped (closed, their transactions with them).
+            answerer.client.batch_execute(&begin).await?;
+            taken.push(answerer);
+        }
+        Ok(taken)
+    }
+
+    async fn connect(&self) -> Result<Answerer, tokio_postgres::Error> {
+        let (client, connection) = self.database.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "answer connection ended");
+            }
+        });
+        Ok(Answerer {
+            snapshot_devices: client.prepare(SNAPSHOT_DEVICES).await?,
+            snapshot_groups: client.prepare(SNAPSHOT_GROUPS).await?,
+            replay: client.prepare(REPLAY).await?,
+            xmax: client.prepare(XMAX).await?,
+            client,
+        })
+    }
+
+    /// Runs `batch` on its connection, beside the feed.
+    pub fn spawn(&mut self, batch: Batch) {
+        self.running.spawn(batch.run());
+        self.metrics.answer_connections_busy.set(self.running.len() as i64);
+    }
+
+    /// Waits for a running batch to end and keeps its connection for the next one. Never resolves while
+    /// none runs (for the feed's `select!`; cancel-safe).
+    pub async fn finished(&mut self) {
+        match self.running.join_next().await {
+            Some(Ok(Some(answerer))) => self.idle.push(answerer),
+            Some(Ok(None)) => {}
+            Some(Err(e)) => tracing::error!(error = %e, "an answer batch ended abnormally; its connection is dropped"),
+            None => std::future::pending::<()>().await,
+        }
+        self.metrics.answer_connections_busy.set(self.running.len() as i64);
+    }
+}
+
+/// What a subscription is answered with.
+struct Answer {
+    /// The first frame's `type` (`subscribed`, `error`).
+    kind: &'static str,
+    /// The frames (a `subscribed` and its `snapshot` frames, or an `error`).
+    frames: Vec<Text>,
+    /// Replayed positions, after the frames.
+    replay: Vec<Arc<Delivery>>,
+}
+
+impl Answer {
+    fn refusal(refusal: &Refusal) -> Answer {
+        Answer { kind: "error", frames: vec![Text::Own(protocol::error_frame(refusal))], replay: Vec::new() }
+    }
+}
+
+/// A subscription handed to an answer connection, with the ticket of its hold in the router.
+pub struct Job {
+    /// The request.
+    pub request: Subscribe,
+    /// Names the hold, so that a late word about an abandoned request never releases a newer one.
+    pub ticket: u64,
+}
+
+/// Subscriptions answered on one connection from the feed's snapshot.
+pub struct Batch {
+    /// The connection, in a transaction on the feed's snapshot.
+    pub answerer: Answerer,
+    /// The feed's cursor at that snapshot: a snapshot's resume point.
+    pub cursor: String,
+    /// What to answer.
+    pub jobs: Vec<Job>,
+    /// `TRACKWAY_LIVE_MAX_REPLAY`.
+    pub max_replay: usize,
+    /// To tell the feed each answer is queued (so the held rows follow it).
+    pub commands: mpsc::Sender<Command>,
+    /// Live metrics.
+    pub metrics: LiveMetrics,
+}
+
+impl Batch {
+    /// Answers every job; gives the connection back (none when the database failed: the jobs not answered
+    /// yet are answered `unavailable`, and may be asked again).
+    async fn run(mut self) -> Option<Answerer> {
+        let started = Instant::now();
+        let mut wanted = Vec::with_capacity(self.jobs.len());
+        for job in std::mem::take(&mut self.jobs) {
+            if job.request.abandoned() {
+                self.conclude(job, None, false).await;
+            } else {
+                wanted.push(job);
+            }
+        }
+        let (mut snapshots, replays): (Vec<Job>, Vec<Job>) =
+            wanted.into_iter().partition(|j| j.request.since.is_none());
+        let mut left = replays.into_iter();
+        let served = match self.serve_snapshots(&mut snapshots).await {
+            Err(e) => Err(e),
+            Ok(()) => self.serve_replays(&mut left).await,
+        };
+        let connection = match served {
+            Ok(()) => self.answerer.client.batch_execute("COMMIT").await,
+            Err(e) => Err(e),
+        };
+        self.metrics.answer_seconds.observe(started.elapsed().as_secs_f64());
+        match connection {
+            Ok(()) => Some(self.answerer),
+            Err(e) => {
+                tracing::warn!(error = %e, "answering subscriptions failed; they are answered `unavailable`");
+                for job in snapshots.into_iter().chain(left) {
+                    let refusal = Refusal {
+                        code: ErrorCode::Unavailable,
+                        message: "the database is unavailable; subscribe again later".into(),
+                        id: job.request.id.clone(),
+                    };
+                    self.conclude(job, Some(Answer::refusal(&refusal)), false).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Snapshots for every job without `since`: two queries for all of them. Served jobs leave `waiting`.
+    async fn serve_snapshots(&self, waiting: &mut Vec<Job>) -> Result<(), tokio_postgres::Error> {
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let ids = |kind: &str| -> Vec<&str> {
+            let mut ids: Vec<&str> =
+                waiting.iter().map(|j| &j.request.target).filter(|t| t.kind() == kind).map(Target::id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let (devices, groups) = (ids("device"), ids("group"));
+        let a = &self.answerer;
+        let mut docs: HashMap<Target, Vec<String>> = HashMap::new();
+        if !devices.is_empty() {
+            for row in a.client.query(&a.snapshot_devices, &[&devices]).await? {
+                docs.entry(Target::Device(row.try_get(0)?)).or_default().push(row.try_get(1)?);
+            }
+        }
+        if !groups.is_empty() {
+            for row in a.client.query(&a.snapshot_groups, &[&groups]).await? {
+                docs.entry(Target::Group(row.try_get(0)?)).or_default().push(row.try_get(1)?);
+            }
+        }
+        // Each target's documents are cut into frames once, shared by all its subscribers here.
+        let mut snapshots: HashMap<Target, Snapshot> = HashMap::new();
+        for job in std::mem::take(waiting) {
+            let p = &job.request;
+            let snapshot = snapshots.entry(p.target.clone()).or_insert_with(|| {
+                Snapshot::new(&p.target, docs.get(&p.target).map(Vec::as_slice).unwrap_or_default())
+            });
+            let frames = snapshot.frames(&p.target, p.id.as_ref(), &self.cursor);
+            self.conclude(job, Some(Answer { kind: "subscribed", frames, replay: Vec::new() }), true).await;
+        }
+        Ok(())
+    }
+
+    /// Replays, one after the other; on an error the ones not answered stay in `left`.
+    async fn serve_replays(&self, left: &mut std::vec::IntoIter<Job>) -> Result<(), tokio_postgres::Error> {
+        if left.as_slice().is_empty() {
+            return Ok(());
+        }
+        // Where the database's transaction ids stand: a `since` past it was not made on this database's
+        // history (a cursor from before a failover or a restore, or made up).
+        let a = &self.answerer;
+        let xmax: String = a.client.query_one(&a.xmax, &[]).await?.try_get(0)?;
+        let xmax = xmax.parse().unwrap_or(u64::MAX);
+        while let Some(job) = left.as_slice().first() {
+            if job.request.abandoned() {
+                let job = left.next().expect("looked at");
+                self.conclude(job, None, false).await;
+                continue;
+            }
+            if ahead_of(job.request.since.as_deref(), xmax) {
+                let job = left.next().expect("looked at");
+                let refusal = Refusal {
+                    code: ErrorCode::ResumeTooFar,
+                    message: "this cursor is ahead of the database (made before a failover or a restore?): \
+                              subscribe without since to start from a snapshot"
+                        .into(),
+                    id: job.request.id.clone(),
+                };
+                self.conclude(job, Some(Answer::refusal(&refusal)), false).await;
+                continue;
+            }
+            let answer = self.replay(&job.request).await?;
+            let job = left.next().expect("looked at");
+            let subscribed = answer.kind == "subscribed";
+            self.conclude(job, Some(answer), subscribed).await;
+        }
+        Ok(())
+    }
+
+    /// Every row of the target after `since`, or `resume_too_far` past the replay limit.
+    async fn replay(&self, p: &Subscribe) -> Result<Answer, tokio_postgres::Error> {
+        let since = p.since.clone().unwrap_or_default();
+        let limit = i32::try_from(self.max_replay.saturating_add(1)).unwrap_or(i32::MAX);
+        let a = &self.answerer;
+        let rows = a.client.query(&a.replay, &[&since, &p.target.kind(), &p.target.id(), &limit]).await?;
+        if rows.len() > self.max_replay {
+            let refusal = Refusal {
+                code: ErrorCode::ResumeTooFar,
+                message: format!(
+                    "more than {} positions after this cursor: subscribe without since to start from a snapshot",
+                    self.max_replay
+                ),
+                id: p.id.clone(),
+            };
+            return Ok(Answer::refusal(&refusal));
+        }
+        let noticed = Instant::now();
+        let mut replay = Vec::with_capacity(rows.len());
+        // positions_since may return a row twice; a replay sends each once.
+        let mut seen = HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let (cursor, device, position, ts): (String, String, String, i64) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+            if !seen.insert((device.clone(), ts)) {
+                self.metrics.repeats_skipped.inc();
+                continue;
+            }
+            let item = protocol::position_item(&cursor, &position);
+            replay.push(Arc::new(Delivery { device: device.into(), item, ts, noticed }));
+        }
+        self.metrics.replayed.with_label_values(&["resume"]).inc_by(replay.len() as u64);
+        let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &since, replay.len());
+        Ok(Answer { kind: "subscribed", frames: vec![Text::Own(frame)], replay })
+    }
+
+    /// Queues the answer (unless the session gave up waiting and answered the client itself), tells the
+    /// feed (which releases or drops the hold), then the session. In that order: the session's next
+    /// request about this target reaches the feed after the feed has heard of the answer.
+    async fn conclude(&self, job: Job, answer: Option<Answer>, subscribed: bool) {
+        let Job { request: p, ticket } = job;
+        let claimed = answer.is_some() && p.claim();
+        if let (true, Some(answer)) = (claimed, answer) {
+            p.outbox.push_answers(answer.kind, answer.frames, answer.replay);
+        }
+        let subscribed = subscribed && claimed;
+        let (client, target) = (p.client, p.target);
+        // The feed only stops at shutdown, when nobody waits for this any more.
+        let _ = self.commands.send(Command::Answered { client, target, ticket, subscribed }).await;
+        let _ = p.reply.send(subscribed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ahead_of, is_snapshot_id};
+
+    #[test]
+    fn a_since_past_the_databases_transaction_ids_is_ahead() {
+        assert!(ahead_of(Some("901:3"), 900));
+        assert!(!ahead_of(Some("900:3"), 900), "a cursor at xmax was made from a snapshot: honest");
+        assert!(!ahead_of(Some("12:3:7"), 900));
+        assert!(!ahead_of(None, 0));
+        assert!(!ahead_of(Some("not a cursor"), 0), "checked when parsed");
+    }
+
+    #[test]
+    fn only_exported_snapshot_ids_are_written_into_sql() {
+        assert!(is_snapshot_id("00000003-0000001B-1"));
+        assert!(!is_snapshot_id(""));
+        assert!(!is_snapshot_id("1'; DROP TABLE x; --"));
+        assert!(!is_snapshot_id(&"a".repeat(65)));
+    }
+}
