@@ -13,12 +13,13 @@
 //! - its receipt time at every client.
 //!
 //! Scenarios: `notify` (no clients: XADD→NOTIFY alone), `routed`, `broadcast`, `idle` (connections held
-//! open, memory only). CPU is utime+stime from /proc over the load window, in % of one core.
+//! open, memory only), `storm` (clients reconnecting at once to resume, `storm.rs`). CPU is utime+stime from /proc over the load window, in % of one core.
 
 mod client;
 mod procfs;
 mod relay;
 mod stats;
+mod storm;
 
 use std::{
     path::PathBuf,
@@ -64,6 +65,7 @@ pub enum Scenario {
     Routed,
     Broadcast,
     Idle,
+    Storm,
 }
 
 /// Options of `trackway-bench live`.
@@ -105,6 +107,9 @@ pub struct Options {
     /// Notify: seconds of load at --routed-rate without clients (XADD→NOTIFY alone).
     #[arg(long, default_value_t = 10.0)]
     pub notify_seconds: f64,
+    /// The storm scenario's settings.
+    #[command(flatten)]
+    pub storm: storm::StormOptions,
     /// Extra flag for the relay, repeatable (e.g. --relay-arg=--batch-size=200).
     #[arg(long = "relay-arg", allow_hyphen_values = true)]
     pub relay_args: Vec<String>,
@@ -166,6 +171,9 @@ pub async fn run(options: &Options) -> Result<()> {
     }
     if all || options.scenario == Scenario::Idle {
         goals.extend(bench.idle().await?);
+    }
+    if all || options.scenario == Scenario::Storm {
+        goals.extend(bench.storm().await?);
     }
     if !goals.is_empty() {
         println!("\n== goals ==");
@@ -614,33 +622,46 @@ impl Bench<'_> {
 
     /// XADDs `payloads` at `rate` per second: every 5 ms, what is due, in one pipeline.
     async fn generate(&self, setup: &mut Setup, payloads: &[String], rate: u32, times: &Times) -> Result<Generated> {
-        let total = payloads.len();
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let started = Instant::now();
-        let mut sent = 0;
-        let mut round_trips = Vec::new();
-        while sent < total {
-            tick.tick().await;
-            let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1).min(total);
-            if due <= sent {
-                continue;
-            }
-            let mut pipe = redis::pipe();
-            for p in &payloads[sent..due] {
-                pipe.cmd("XADD").arg(&setup.stream).arg("*").arg("payload").arg(p).ignore();
-            }
-            let at = client::micros_since(self.t0);
-            for slot in &times.xadd[sent..due] {
-                slot.store(at, Ordering::Relaxed);
-            }
-            let _: () = pipe.query_async(&mut setup.redis).await.context("XADD")?;
-            round_trips.push(client::micros_since(self.t0).saturating_sub(at));
-            sent = due;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        Ok(Generated { rate: total as f64 / elapsed, round_trips })
+        generate_on(&mut setup.redis, &setup.stream, payloads, rate, times, self.t0).await
     }
+}
+
+/// XADDs `payloads` to `stream` at `rate` per second (every 5 ms, what is due, in one pipeline), recording
+/// each one's XADD time in `times` (µs after `t0`).
+async fn generate_on(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    payloads: &[String],
+    rate: u32,
+    times: &Times,
+    t0: Instant,
+) -> Result<Generated> {
+    let total = payloads.len();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut round_trips = Vec::new();
+    while sent < total {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1).min(total);
+        if due <= sent {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for p in &payloads[sent..due] {
+            pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(p).ignore();
+        }
+        let at = client::micros_since(t0);
+        for slot in &times.xadd[sent..due] {
+            slot.store(at, Ordering::Relaxed);
+        }
+        let _: () = pipe.query_async(redis).await.context("XADD")?;
+        round_trips.push(client::micros_since(t0).saturating_sub(at));
+        sent = due;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Generated { rate: total as f64 / elapsed, round_trips })
 }
 
 /// What the load generator did.

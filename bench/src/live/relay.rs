@@ -42,6 +42,8 @@ impl Relay {
             .env("TRACKWAY_LOG_FORMAT", "text")
             .args(["--auth", "jwt", "--jwt-secret", launch.jwt_secret])
             .args(["--live-addr", &live.to_string(), "--admin-addr", &admin.to_string()])
+            // Every benchmark client signs in with the same token: one user standing for thousands.
+            .args(["--live-max-connections-per-user", "1000000"])
             .args(launch.extra)
             .stdout(Stdio::null())
             .spawn()

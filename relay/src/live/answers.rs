@@ -302,6 +302,7 @@ impl Batch {
         let a = &self.answerer;
         let xmax: String = a.client.query_one(&a.xmax, &[]).await?.try_get(0)?;
         let xmax = xmax.parse().unwrap_or(u64::MAX);
+        let mut read: HashMap<(Target, String), Option<Vec<Arc<Delivery>>>> = HashMap::new();
         while let Some(job) = left.as_slice().first() {
             if job.request.abandoned() {
                 let job = left.next().expect("looked at");
@@ -320,30 +321,44 @@ impl Batch {
                 self.conclude(job, Some(Answer::refusal(&refusal)), false).await;
                 continue;
             }
-            let answer = self.replay(&job.request).await?;
+            // Clients that watched the same target resume from the same cursor after a restart (the
+            // last live position's): their replay is read once and its positions shared.
+            let key = (job.request.target.clone(), job.request.since.clone().unwrap_or_default());
+            if !read.contains_key(&key) {
+                let rows = self.replay(&key.0, &key.1).await?;
+                read.insert(key.clone(), rows);
+            }
             let job = left.next().expect("looked at");
+            let answer = match read.get(&key).and_then(Option::as_ref) {
+                Some(rows) => {
+                    let p = &job.request;
+                    self.metrics.replayed.with_label_values(&["resume"]).inc_by(rows.len() as u64);
+                    let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &key.1, rows.len());
+                    Answer { kind: "subscribed", frames: vec![Text::Own(frame)], replay: rows.clone() }
+                }
+                None => Answer::refusal(&Refusal {
+                    code: ErrorCode::ResumeTooFar,
+                    message: format!(
+                        "more than {} positions after this cursor: subscribe without since to start from a \
+                         snapshot",
+                        self.max_replay
+                    ),
+                    id: job.request.id.clone(),
+                }),
+            };
             let subscribed = answer.kind == "subscribed";
             self.conclude(job, Some(answer), subscribed).await;
         }
         Ok(())
     }
 
-    /// Every row of the target after `since`, or `resume_too_far` past the replay limit.
-    async fn replay(&self, p: &Subscribe) -> Result<Answer, tokio_postgres::Error> {
-        let since = p.since.clone().unwrap_or_default();
+    /// Every row of `target` after `since`, each once; `None` past the replay limit.
+    async fn replay(&self, target: &Target, since: &str) -> Result<Option<Vec<Arc<Delivery>>>, tokio_postgres::Error> {
         let limit = i32::try_from(self.max_replay.saturating_add(1)).unwrap_or(i32::MAX);
         let a = &self.answerer;
-        let rows = a.client.query(&a.replay, &[&since, &p.target.kind(), &p.target.id(), &limit]).await?;
+        let rows = a.client.query(&a.replay, &[&since, &target.kind(), &target.id(), &limit]).await?;
         if rows.len() > self.max_replay {
-            let refusal = Refusal {
-                code: ErrorCode::ResumeTooFar,
-                message: format!(
-                    "more than {} positions after this cursor: subscribe without since to start from a snapshot",
-                    self.max_replay
-                ),
-                id: p.id.clone(),
-            };
-            return Ok(Answer::refusal(&refusal));
+            return Ok(None);
         }
         let noticed = Instant::now();
         let mut replay = Vec::with_capacity(rows.len());
@@ -359,9 +374,7 @@ impl Batch {
             let item = protocol::position_item(&cursor, &position);
             replay.push(Arc::new(Delivery { device: device.into(), item, ts, noticed }));
         }
-        self.metrics.replayed.with_label_values(&["resume"]).inc_by(replay.len() as u64);
-        let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &since, replay.len());
-        Ok(Answer { kind: "subscribed", frames: vec![Text::Own(frame)], replay })
+        Ok(Some(replay))
     }
 
     /// Queues the answer (unless the session gave up waiting and answered the client itself), tells the

@@ -387,8 +387,10 @@ impl Feed {
         let read = self.read_to_end(&conn.client, &conn.feed, noticed).await?;
         self.count_replayed(reconnected, read);
         let snapshot: String = conn.client.query_one("SELECT pg_export_snapshot()", &[]).await?.try_get(0)?;
-        // Each replay may take a connection of its own; the snapshots are two queries for all of them.
-        let replays = self.pending.iter().filter(|p| p.since.is_some()).count();
+        // Each replay (of a distinct target and cursor) may take a connection of its own; the snapshots
+        // are two queries for all of them.
+        let replays =
+            self.pending.iter().filter_map(|p| Some((&p.target, p.since.as_deref()?))).collect::<HashSet<_>>().len();
         let answerers = match self.answers.begin(replays.clamp(1, self.answers.free()), &snapshot).await {
             Ok(answerers) => answerers,
             Err(e) => {
@@ -402,15 +404,16 @@ impl Feed {
         conn.client.batch_execute("COMMIT").await?;
         let cursor = self.cursor.clone().unwrap_or_default();
         let mut batches: Vec<Vec<Job>> = answerers.iter().map(|_| Vec::new()).collect();
-        let mut next_replay = 0;
+        // Replays of the same target from the same cursor go to the same connection (read once there).
+        let mut replay_slots: std::collections::HashMap<(Target, String), usize> = Default::default();
         for request in std::mem::take(&mut self.pending) {
             let ticket = self.next_ticket;
             self.next_ticket += 1;
             self.router.hold(request.client, &request.outbox, request.target.clone(), ticket);
-            let slot = match request.since {
-                Some(_) => {
-                    next_replay += 1;
-                    (next_replay - 1) % batches.len()
+            let slot = match &request.since {
+                Some(since) => {
+                    let next = replay_slots.len() % batches.len();
+                    *replay_slots.entry((request.target.clone(), since.clone())).or_insert(next)
                 }
                 None => 0,
             };
