@@ -431,15 +431,10 @@ async fn an_unsubscribe_is_answered_before_the_requests_after_it() {
     relay.stop().await.expect("clean stop");
 }
 
-/// A client that never reads while it subscribes to and unsubscribes from a 1,000-device group again and
-/// again is closed as too slow once its unread answers pass TRACKWAY_LIVE_MAX_QUEUED_BYTES (set here
-/// below the 1 MiB at which the relay stops reading a client's requests); the others are served
-/// meanwhile. Its snapshots used to pile up without a limit (three such clients took a relay from 114 to
-/// 836 MiB in 10 s).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unread_snapshots_past_the_byte_budget_close_the_client() {
-    use futures_util::SinkExt;
-    let db = fresh_database("live_byte_budget").await;
+/// A fresh database with group `big` of 1,000 devices that each have a position (a 291 KiB snapshot), a
+/// relay started with `flags`, and a client watching device `d-watched`.
+async fn big_group_and_a_watcher(name: &str, flags: &[&str]) -> (tokio_postgres::Client, LiveRelay, Client) {
+    let db = fresh_database(name).await;
     let admin = connect(&db).await;
     let devices: Vec<String> = (0..1000).map(|i| format!("d-{i}")).collect();
     admin
@@ -447,36 +442,59 @@ async fn unread_snapshots_past_the_byte_budget_close_the_client() {
         .await
         .expect("group");
     ingest_on(&admin, &devices.iter().map(|d| payload(d, 1)).collect::<Vec<_>>()).await;
-    let flags = live_flags(
-        &db,
-        &unique("live_byte_budget"),
-        &["--live-max-queued-bytes", "500000", "--live-send-timeout-ms", "60000"],
-    );
-    let relay = LiveRelay::start(&flags).await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique(name), flags)).await;
     let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
     watcher.subscribe(json!({"device": "d-watched"})).await;
+    (admin, relay, watcher)
+}
 
+/// A client that never reads, sending subscribe and unsubscribe of group `big` 200 times each (until the
+/// relay drops it), then holding its connection open until the task is aborted.
+async fn never_reading_flood(relay: &LiveRelay) -> tokio::task::JoinHandle<()> {
+    use futures_util::SinkExt;
     let request = trackway_tests::live::request(&relay.url(""), Some(&admin_token()));
     let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("handshake");
     let (mut sink, _never_read) = futures_util::StreamExt::split(socket);
-    for _ in 0..200 {
-        for kind in ["subscribe", "unsubscribe"] {
-            let text = json!({"type": kind, "group": "big"}).to_string();
-            if sink.send(Message::text(text)).await.is_err() {
-                break;
+    tokio::spawn(async move {
+        let _never_read = _never_read; // held: the connection stays open
+        for _ in 0..200 {
+            for kind in ["subscribe", "unsubscribe"] {
+                let text = json!({"type": kind, "group": "big"}).to_string();
+                if sink.send(Message::text(text)).await.is_err() {
+                    return;
+                }
             }
         }
-    }
+        std::future::pending::<()>().await;
+    })
+}
+
+/// Waits (20 s at most) until the relay has closed a client as too slow.
+async fn closed_as_too_slow(relay: &LiveRelay) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let text = relay.metrics().await;
         let closed = trackway_tests::relay::metric_opt(&text, "trackway_live_closes_total{reason=\"too_slow\"}");
         if closed.unwrap_or(0.0) >= 1.0 {
-            break;
+            return;
         }
         assert!(tokio::time::Instant::now() < deadline, "the client that never reads is still open");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A client that never reads while it subscribes to and unsubscribes from a 1,000-device group again and
+/// again is closed as too slow once its unread answers pass TRACKWAY_LIVE_MAX_QUEUED_BYTES (set here
+/// below the 1 MiB at which the relay stops reading a client's requests); the others are served
+/// meanwhile. Its snapshots used to pile up without a limit (three such clients took a relay from 114 to
+/// 836 MiB in 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_snapshots_past_the_byte_budget_close_the_client() {
+    let flags = ["--live-max-queued-bytes", "500000", "--live-send-timeout-ms", "60000"];
+    let (admin, relay, mut watcher) = big_group_and_a_watcher("live_byte_budget", &flags).await;
+    let flood = never_reading_flood(&relay).await;
+    closed_as_too_slow(&relay).await;
+    flood.abort();
     ingest_on(&admin, &[payload("d-watched", 1)]).await;
     assert_eq!(watcher.positions(1, Duration::from_secs(5)).await.len(), 1, "the others are served");
     relay.stop().await.expect("clean stop");
@@ -489,32 +507,9 @@ async fn unread_snapshots_past_the_byte_budget_close_the_client() {
 /// used to be read on until the budget closed it, holding 16 MiB by then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_its_answers_is_not_read_either() {
-    use futures_util::SinkExt;
-    let db = fresh_database("live_answer_watermark").await;
-    let admin = connect(&db).await;
-    let devices: Vec<String> = (0..1000).map(|i| format!("d-{i}")).collect();
-    admin
-        .execute("INSERT INTO trackway.device_groups SELECT 'big', unnest($1::text[])", &[&devices])
-        .await
-        .expect("group");
-    ingest_on(&admin, &devices.iter().map(|d| payload(d, 1)).collect::<Vec<_>>()).await;
-    let flags = live_flags(&db, &unique("live_answer_watermark"), &["--live-send-timeout-ms", "4000"]);
-    let relay = LiveRelay::start(&flags).await;
-    let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
-    watcher.subscribe(json!({"device": "d-watched"})).await;
-    let request = trackway_tests::live::request(&relay.url(""), Some(&admin_token()));
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("handshake");
-    let (mut sink, _never_read) = futures_util::StreamExt::split(socket);
-    let sender = tokio::spawn(async move {
-        for _ in 0..200 {
-            for kind in ["subscribe", "unsubscribe"] {
-                let text = json!({"type": kind, "group": "big"}).to_string();
-                if sink.send(Message::text(text)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let flags = ["--live-send-timeout-ms", "4000"];
+    let (admin, relay, mut watcher) = big_group_and_a_watcher("live_answer_watermark", &flags).await;
+    let flood = never_reading_flood(&relay).await;
     // What the relay holds for it, sampled while it floods: at most 1 MiB and the answer that crossed it
     // (the kernel's socket buffers and the writer's frame in flight take a few snapshots more).
     let mut most: f64 = 0.0;
@@ -529,17 +524,8 @@ async fn a_client_that_does_not_read_its_answers_is_not_read_either() {
     assert!(most > 0.0, "nothing was ever queued: the test proves nothing");
     assert!(most <= (1024 * 1024 + 400 * 1024) as f64, "{most} bytes queued for a client that never reads");
     assert!(read < 200.0, "every request was read ({read}): the client was never stopped");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = relay.metrics().await;
-        let closed = trackway_tests::relay::metric_opt(&text, "trackway_live_closes_total{reason=\"too_slow\"}");
-        if closed.unwrap_or(0.0) >= 1.0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the client that never reads is still open");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    sender.abort();
+    closed_as_too_slow(&relay).await;
+    flood.abort();
     ingest_on(&admin, &[payload("d-watched", 1)]).await;
     assert_eq!(watcher.positions(1, Duration::from_secs(5)).await.len(), 1, "the others are served");
     relay.stop().await.expect("clean stop");

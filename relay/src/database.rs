@@ -98,14 +98,18 @@ const LIVE_STATEMENT_TIMEOUT_MS: u32 = 5_000;
 /// The live side's pool: [`pool`] with a `statement_timeout` on every connection (added to any `options`
 /// the database URL gives).
 pub fn live_pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
+    pool(&with_settings(config, &format!("-c statement_timeout={LIVE_STATEMENT_TIMEOUT_MS}")))
+}
+
+/// `config` with server settings (`-c name=value …`) added to any `options` the database URL gives.
+pub fn with_settings(config: &tokio_postgres::Config, settings: &str) -> tokio_postgres::Config {
     let mut config = config.clone();
-    let timeout = format!("-c statement_timeout={LIVE_STATEMENT_TIMEOUT_MS}");
     let options = match config.get_options() {
-        Some(given) if !given.trim().is_empty() => format!("{given} {timeout}"),
-        _ => timeout,
+        Some(given) if !given.trim().is_empty() => format!("{given} {settings}"),
+        _ => settings.to_owned(),
     };
     config.options(&options);
-    pool(&config)
+    config
 }
 
 /// A pooled connection for [`ingest_batch`]. An error here means nothing was sent (server down, login

@@ -90,17 +90,13 @@ impl Bench<'_> {
         let keys = Arc::new(keys);
         let devices = distinct(&devices_of);
         let setup = self.setup("storm", &devices).await?;
-        let group_of = |device: &str| -> String {
-            let i = devices.iter().position(|d| d == device).unwrap_or(0);
-            format!("g-{}", i % groups)
-        };
+        // Device i is in group g-(i mod groups).
+        let group_ids: Vec<String> = (0..devices.len()).map(|i| format!("g-{}", i % groups)).collect();
         let admin = db::connect(&setup.config).await?;
-        let members: Vec<(String, String)> = devices.iter().map(|d| (group_of(d), d.clone())).collect();
-        let (group_ids, device_ids): (Vec<String>, Vec<String>) = members.into_iter().unzip();
         admin
             .execute(
                 "INSERT INTO trackway.device_groups SELECT * FROM unnest($1::text[], $2::text[])",
-                &[&group_ids, &device_ids],
+                &[&group_ids, &devices],
             )
             .await
             .context("groups")?;
@@ -143,8 +139,14 @@ impl Bench<'_> {
             })
             .collect();
         let generated = generating.await.context("load task")??;
-        let expected: u64 =
-            observed.iter().map(|(_, g)| devices_of.iter().filter(|d| group_of(d) == *g).count() as u64).sum();
+        // Each observer gets every position of its group.
+        let group_index: std::collections::HashMap<&str, &str> =
+            devices.iter().map(String::as_str).zip(group_ids.iter().map(String::as_str)).collect();
+        let mut per_group: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for device in &devices_of {
+            *per_group.entry(group_index[device.as_str()]).or_default() += 1;
+        }
+        let expected: u64 = observed.iter().map(|(_, g)| per_group.get(g.as_str()).copied().unwrap_or(0)).sum();
         let complete = wait_for(|| delivered.load(Ordering::Relaxed) >= expected, DRAIN).await;
         let window = started.elapsed();
         let (relay_after, own_after) = (CpuSample::read(Some(setup.relay.pid)), CpuSample::read(None));

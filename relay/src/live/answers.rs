@@ -99,14 +99,9 @@ pub struct Answers {
 impl Answers {
     /// Up to `limit` connections to `database`, opened when first needed.
     pub fn new(database: &tokio_postgres::Config, limit: usize, metrics: LiveMetrics) -> Answers {
-        let mut database = database.clone();
         let timeouts =
             format!("-c statement_timeout={STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}");
-        let options = match database.get_options() {
-            Some(given) if !given.trim().is_empty() => format!("{given} {timeouts}"),
-            _ => timeouts,
-        };
-        database.options(&options);
+        let database = crate::database::with_settings(database, &timeouts);
         Answers { database, limit: limit.max(1), idle: Vec::new(), running: JoinSet::new(), metrics }
     }
 
@@ -242,11 +237,7 @@ impl Batch {
             Err(e) => {
                 tracing::warn!(error = %e, "answering subscriptions failed; they are answered `unavailable`");
                 for job in snapshots.into_iter().chain(left) {
-                    let refusal = Refusal {
-                        code: ErrorCode::Unavailable,
-                        message: "the database is unavailable; subscribe again later".into(),
-                        id: job.request.id.clone(),
-                    };
+                    let refusal = Refusal::database_unavailable(job.request.id.clone());
                     self.conclude(job, Some(Answer::refusal(&refusal)), false).await;
                 }
                 None

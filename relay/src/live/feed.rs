@@ -435,11 +435,7 @@ impl Feed {
     /// Answers the waiting subscriptions `unavailable` (they may ask again), the feed itself being fine.
     fn refuse_pending(&mut self) {
         for p in self.pending.drain(..).filter(Subscribe::claim) {
-            let refusal = Refusal {
-                code: ErrorCode::Unavailable,
-                message: "the database is unavailable; subscribe again later".into(),
-                id: p.id,
-            };
+            let refusal = Refusal::database_unavailable(p.id);
             p.outbox.push_answer_and_replay("error", protocol::error_frame(&refusal), Vec::new());
             let _ = p.reply.send(false);
         }

@@ -269,7 +269,7 @@ impl Outbox {
                 if state.closed.is_some() {
                     return false;
                 }
-                if state.answers < MAX_PENDING_ANSWERS && state.bytes < MAX_PENDING_ANSWER_BYTES {
+                if state.has_room() {
                     return true;
                 }
             }
@@ -287,7 +287,7 @@ impl Outbox {
                 if state.closed.is_some() {
                     return false;
                 }
-                if state.answers < MAX_PENDING_ANSWERS && state.bytes < MAX_PENDING_ANSWER_BYTES {
+                if state.has_room() {
                     if !self.spend(&mut state, frame.len()) {
                         drop(state);
                         self.ready.notify_one();
@@ -426,6 +426,13 @@ impl Drop for Outbox {
         let mut taken = std::mem::take(&mut *state);
         drop(state);
         self.release(&mut taken);
+    }
+}
+
+impl State {
+    /// Fewer than [`MAX_PENDING_ANSWERS`] answers and [`MAX_PENDING_ANSWER_BYTES`] bytes wait unread.
+    fn has_room(&self) -> bool {
+        self.answers < MAX_PENDING_ANSWERS && self.bytes < MAX_PENDING_ANSWER_BYTES
     }
 }
 

@@ -147,6 +147,11 @@ impl Refusal {
     fn new(code: ErrorCode, message: impl Into<String>, id: Option<Value>) -> Refusal {
         Refusal { code, message: message.into(), id }
     }
+
+    /// `unavailable`: the database could not answer a `subscribe` now.
+    pub fn database_unavailable(id: Option<Value>) -> Refusal {
+        Refusal::new(ErrorCode::Unavailable, "the database is unavailable; subscribe again later", id)
+    }
 }
 
 /// Parses one text frame from a client.
@@ -365,16 +370,6 @@ impl Snapshot {
         frames.push(Text::Around { head, shared: self.parts[0].1.clone(), tail: "]}" });
         frames.extend(self.more.iter().cloned().map(Text::Shared));
         frames
-    }
-
-    /// Bytes the parts hold (once, however many subscribers share them).
-    pub fn len(&self) -> usize {
-        self.parts.iter().map(|(_, part)| part.len()).sum()
-    }
-
-    /// Whether the snapshot holds no document.
-    pub fn is_empty(&self) -> bool {
-        self.parts.iter().all(|(count, _)| *count == 0)
     }
 }
 
