@@ -2,7 +2,10 @@
 # Live-path benchmark: positions XADDed at a fixed rate go through trackway-relay into a fresh database, and
 # out of the relay's /live WebSocket to clients in the benchmark process. Prints XADD->commit, commit->receipt
 # and XADD->receipt latency p50/p95/p99, delivered vs expected, the relay's RSS and CPU and the benchmark's
-# own CPU for the scenarios notify (XADD->NOTIFY alone), routed, broadcast and idle, and the goals.
+# own CPU for the scenarios notify (XADD->NOTIFY alone), routed, broadcast and idle; then storm (clients
+# reconnecting at once to resume), unread (clients that never read) and forged (an honest and a forged
+# `since`); and the goals. `--scenario anchor --anchor-binary PATH` compares with pg_eventserv (not built by
+# this project; NOTES.md says how it was built here).
 # Extra arguments go to `trackway-bench live`, e.g.:
 #   bench/live.sh --scenario routed --routed-seconds 10 --relay-arg=--batch-size=200
 set -euo pipefail

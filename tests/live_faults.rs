@@ -531,6 +531,27 @@ async fn a_client_that_does_not_read_its_answers_is_not_read_either() {
     relay.stop().await.expect("clean stop");
 }
 
+/// Shutdown does not wait for a client that never reads while the relay waits for it to read (its
+/// requests are no longer read, its socket takes nothing): the relay stops within its 5 s grace and the
+/// second it gives a close frame. It used to wait for the whole grace and leave the session behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
+    let (_admin, relay, _watcher) =
+        big_group_and_a_watcher("live_unread_shutdown", &["--live-send-timeout-ms", "60000"]).await;
+    let flood = never_reading_flood(&relay).await;
+    // Until the relay has stopped reading it: its answers fill 1 MiB.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&relay.metrics().await, "trackway_live_queued_bytes") < 1024.0 * 1024.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the client's answers never reached 1 MiB");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopping = tokio::time::Instant::now();
+    relay.stop().await.expect("clean stop");
+    let took = stopping.elapsed();
+    flood.abort();
+    assert!(took < Duration::from_millis(3_500), "shutdown took {took:?} (grace 5 s)");
+}
+
 /// A failover to a replica that had not received the last transactions: the new primary hands out
 /// transaction ids below the feed's cursor again. The feed notices on reconnecting that the last rows it
 /// read are gone, moves its cursor back to the newest row the new primary holds, and the live client gets

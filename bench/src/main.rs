@@ -53,7 +53,7 @@ enum Command {
     Relay(RelayArgs),
     /// The live path: Redis Stream -> relay -> PostgreSQL -> NOTIFY -> /live WebSocket clients (latency,
     /// delivery, CPU, memory).
-    Live(live::Options),
+    Live(Box<live::Options>),
 }
 
 #[derive(clap::Args)]

@@ -116,6 +116,17 @@ pub async fn connect(url: &str, token: &str, read_buffer: usize) -> Result<Socke
     Ok(socket)
 }
 
+/// Opens a WebSocket that needs no authentication (pg_eventserv's).
+pub async fn connect_plain(url: &str, read_buffer: usize) -> Result<Socket> {
+    let config = WebSocketConfig::default().read_buffer_size(read_buffer).write_buffer_size(0);
+    let (socket, _) =
+        tokio::time::timeout(ANSWER_TIMEOUT, tokio_tungstenite::connect_async_with_config(url, Some(config), true))
+            .await
+            .context("handshake timed out")?
+            .context("WebSocket handshake")?;
+    Ok(socket)
+}
+
 /// Subscribes to `kind` (`device` or `group`) `id` and waits for `subscribed`.
 pub async fn subscribe(socket: &mut Socket, kind: &str, id: &str) -> Result<()> {
     let request = serde_json::json!({"type": "subscribe", kind: id, "id": 1}).to_string();
@@ -156,11 +167,33 @@ pub struct Received {
 /// Reads until `stop` turns true (or the connection ends), recording each position's arrival; adds
 /// the count of items received to `total` as they come.
 pub async fn receive(
+    socket: Socket,
+    keys: Arc<Keys>,
+    t0: Instant,
+    stop: watch::Receiver<bool>,
+    total: Arc<AtomicU64>,
+) -> Received {
+    receive_frames(socket, keys, t0, stop, total, true).await
+}
+
+/// [`receive`] from a server whose every text frame is a position (pg_eventserv forwards NOTIFY payloads).
+pub async fn receive_payloads(
+    socket: Socket,
+    keys: Arc<Keys>,
+    t0: Instant,
+    stop: watch::Receiver<bool>,
+    total: Arc<AtomicU64>,
+) -> Received {
+    receive_frames(socket, keys, t0, stop, total, false).await
+}
+
+async fn receive_frames(
     mut socket: Socket,
     keys: Arc<Keys>,
     t0: Instant,
     mut stop: watch::Receiver<bool>,
     total: Arc<AtomicU64>,
+    positions_frames_only: bool,
 ) -> Received {
     let mut received = Received::default();
     loop {
@@ -173,7 +206,7 @@ pub async fn receive(
         match message {
             Some(Ok(Message::Text(text))) => {
                 let text = text.as_bytes();
-                if !text.starts_with(b"{\"type\":\"positions\"") {
+                if positions_frames_only && !text.starts_with(b"{\"type\":\"positions\"") {
                     continue;
                 }
                 let before = received.deliveries.len();

@@ -13,13 +13,19 @@
 //! - its receipt time at every client.
 //!
 //! Scenarios: `notify` (no clients: XADD→NOTIFY alone), `routed`, `broadcast`, `idle` (connections held
-//! open, memory only), `storm` (clients reconnecting at once to resume, `storm.rs`). CPU is utime+stime from /proc over the load window, in % of one core.
+//! open, memory only), `storm` (clients reconnecting at once to resume, `storm.rs`), `unread` (clients
+//! that never read while asking for snapshot after snapshot, `unread.rs`), `forged` (an honest and a forged
+//! `since` side by side, `forged.rs`); and, only when asked for, `anchor` (Trackway against pg_eventserv,
+//! `anchor.rs`). CPU is utime+stime from /proc over the load window, in % of one core.
 
+mod anchor;
 mod client;
+mod forged;
 mod procfs;
 mod relay;
 mod stats;
 mod storm;
+mod unread;
 
 use std::{
     path::PathBuf,
@@ -66,6 +72,10 @@ pub enum Scenario {
     Broadcast,
     Idle,
     Storm,
+    Unread,
+    Forged,
+    /// Trackway against pg_eventserv (not part of `all`: give --anchor-binary).
+    Anchor,
 }
 
 /// Options of `trackway-bench live`.
@@ -110,6 +120,15 @@ pub struct Options {
     /// The storm scenario's settings.
     #[command(flatten)]
     pub storm: storm::StormOptions,
+    /// The unread scenario's settings.
+    #[command(flatten)]
+    pub unread: unread::UnreadOptions,
+    /// The forged scenario's settings.
+    #[command(flatten)]
+    pub forged: forged::ForgedOptions,
+    /// The anchor scenario's settings.
+    #[command(flatten)]
+    pub anchor: anchor::AnchorOptions,
     /// Extra flag for the relay, repeatable (e.g. --relay-arg=--batch-size=200).
     #[arg(long = "relay-arg", allow_hyphen_values = true)]
     pub relay_args: Vec<String>,
@@ -174,6 +193,15 @@ pub async fn run(options: &Options) -> Result<()> {
     }
     if all || options.scenario == Scenario::Storm {
         goals.extend(bench.storm().await?);
+    }
+    if all || options.scenario == Scenario::Unread {
+        goals.extend(bench.unread().await?);
+    }
+    if all || options.scenario == Scenario::Forged {
+        goals.extend(bench.forged().await?);
+    }
+    if options.scenario == Scenario::Anchor {
+        goals.extend(bench.anchor().await?);
     }
     if !goals.is_empty() {
         println!("\n== goals ==");

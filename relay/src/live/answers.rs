@@ -18,17 +18,17 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
     time::Instant,
 };
 
+use bytes::Bytes;
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_postgres::{NoTls, Statement};
 
 use super::{
     feed::{Command, Subscribe},
     metrics::LiveMetrics,
-    outbox::Delivery,
+    outbox::AnswerFrame,
     protocol::{self, ErrorCode, Refusal, Snapshot, Target, Text},
 };
 
@@ -167,20 +167,31 @@ impl Answers {
     }
 }
 
-/// What a subscription is answered with.
+/// What a subscription is answered with: a `subscribed` and its `snapshot` or `positions` frames, or an
+/// `error`.
 struct Answer {
-    /// The first frame's `type` (`subscribed`, `error`).
-    kind: &'static str,
-    /// The frames (a `subscribed` and its `snapshot` frames, or an `error`).
-    frames: Vec<Text>,
-    /// Replayed positions, after the frames.
-    replay: Vec<Arc<Delivery>>,
+    frames: Vec<AnswerFrame>,
 }
 
 impl Answer {
     fn refusal(refusal: &Refusal) -> Answer {
-        Answer { kind: "error", frames: vec![Text::Own(protocol::error_frame(refusal))], replay: Vec::new() }
+        Answer { frames: vec![AnswerFrame::own("error", protocol::error_frame(refusal))] }
     }
+
+    /// A `subscribed` frame of this client's own followed by shared frames of `kind`.
+    fn subscribed(first: Text, kind: &'static str, rest: impl IntoIterator<Item = (Text, u64)>) -> Answer {
+        let mut frames = vec![AnswerFrame { text: first, kind: "subscribed", positions: 0 }];
+        frames.extend(rest.into_iter().map(|(text, positions)| AnswerFrame { text, kind, positions }));
+        Answer { frames }
+    }
+}
+
+/// A replay read once and framed once, for every client resuming the same target from the same cursor.
+struct Replay {
+    /// Positions in it.
+    count: usize,
+    /// Its `positions` frames and the positions in each.
+    frames: Vec<(Bytes, u64)>,
 }
 
 /// A subscription handed to an answer connection, with the ticket of its hold in the router.
@@ -277,8 +288,10 @@ impl Batch {
             let snapshot = snapshots.entry(p.target.clone()).or_insert_with(|| {
                 Snapshot::new(&p.target, docs.get(&p.target).map(Vec::as_slice).unwrap_or_default())
             });
-            let frames = snapshot.frames(&p.target, p.id.as_ref(), &self.cursor);
-            self.conclude(job, Some(Answer { kind: "subscribed", frames, replay: Vec::new() }), true).await;
+            let mut frames = snapshot.frames(&p.target, p.id.as_ref(), &self.cursor).into_iter();
+            let first = frames.next().expect("a snapshot has its subscribed frame");
+            let answer = Answer::subscribed(first, "snapshot", frames.map(|f| (f, 0)));
+            self.conclude(job, Some(answer), true).await;
         }
         Ok(())
     }
@@ -293,7 +306,7 @@ impl Batch {
         let a = &self.answerer;
         let xmax: String = a.client.query_one(&a.xmax, &[]).await?.try_get(0)?;
         let xmax = xmax.parse().unwrap_or(u64::MAX);
-        let mut read: HashMap<(Target, String), Option<Vec<Arc<Delivery>>>> = HashMap::new();
+        let mut read: HashMap<(Target, String), Option<Replay>> = HashMap::new();
         while let Some(job) = left.as_slice().first() {
             if job.request.abandoned() {
                 let job = left.next().expect("looked at");
@@ -321,11 +334,12 @@ impl Batch {
             }
             let job = left.next().expect("looked at");
             let answer = match read.get(&key).and_then(Option::as_ref) {
-                Some(rows) => {
+                Some(replay) => {
                     let p = &job.request;
-                    self.metrics.replayed.with_label_values(&["resume"]).inc_by(rows.len() as u64);
-                    let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &key.1, rows.len());
-                    Answer { kind: "subscribed", frames: vec![Text::Own(frame)], replay: rows.clone() }
+                    self.metrics.replayed.with_label_values(&["resume"]).inc_by(replay.count as u64);
+                    let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &key.1, replay.count);
+                    let positions = replay.frames.iter().map(|(bytes, n)| (Text::Shared(bytes.clone()), *n));
+                    Answer::subscribed(Text::Own(frame), "positions", positions)
                 }
                 None => Answer::refusal(&Refusal {
                     code: ErrorCode::ResumeTooFar,
@@ -337,35 +351,37 @@ impl Batch {
                     id: job.request.id.clone(),
                 }),
             };
-            let subscribed = answer.kind == "subscribed";
+            let subscribed = answer.frames[0].kind == "subscribed";
             self.conclude(job, Some(answer), subscribed).await;
         }
         Ok(())
     }
 
-    /// Every row of `target` after `since`, each once; `None` past the replay limit.
-    async fn replay(&self, target: &Target, since: &str) -> Result<Option<Vec<Arc<Delivery>>>, tokio_postgres::Error> {
+    /// Every row of `target` after `since`, each once, in `positions` frames; `None` past the replay limit.
+    async fn replay(&self, target: &Target, since: &str) -> Result<Option<Replay>, tokio_postgres::Error> {
         let limit = i32::try_from(self.max_replay.saturating_add(1)).unwrap_or(i32::MAX);
         let a = &self.answerer;
         let rows = a.client.query(&a.replay, &[&since, &target.kind(), &target.id(), &limit]).await?;
         if rows.len() > self.max_replay {
             return Ok(None);
         }
-        let noticed = Instant::now();
-        let mut replay = Vec::with_capacity(rows.len());
+        let mut items = Vec::with_capacity(rows.len());
         // positions_since may return a row twice; a replay sends each once.
         let mut seen = HashSet::with_capacity(rows.len());
         for row in &rows {
             let (cursor, device, position, ts): (String, String, String, i64) =
                 (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-            if !seen.insert((device.clone(), ts)) {
+            if !seen.insert((device, ts)) {
                 self.metrics.repeats_skipped.inc();
                 continue;
             }
-            let item = protocol::position_item(&cursor, &position);
-            replay.push(Arc::new(Delivery { device: device.into(), item, ts, noticed }));
+            items.push(protocol::position_item(&cursor, &position));
         }
-        Ok(Some(replay))
+        let frames = protocol::positions_frames(items.iter().map(String::as_str))
+            .into_iter()
+            .map(|(frame, n)| (Bytes::from(frame), n as u64))
+            .collect();
+        Ok(Some(Replay { count: items.len(), frames }))
     }
 
     /// Queues the answer (unless the session gave up waiting and answered the client itself), tells the
@@ -375,7 +391,7 @@ impl Batch {
         let Job { request: p, ticket } = job;
         let claimed = answer.is_some() && p.claim();
         if let (true, Some(answer)) = (claimed, answer) {
-            p.outbox.push_answers(answer.kind, answer.frames, answer.replay);
+            p.outbox.push_answers(answer.frames);
         }
         let subscribed = subscribed && claimed;
         let (client, target) = (p.client, p.target);

@@ -297,7 +297,7 @@ impl Feed {
                     let message = format!("not subscribed to {} {:?}", target.kind(), target.id());
                     ("error", protocol::error_frame(&Refusal { code: ErrorCode::NotSubscribed, message, id }))
                 };
-                outbox.push_answer_and_replay(kind, answer, Vec::new());
+                outbox.push_answer(kind, answer);
                 self.metrics.subscriptions.set(self.router.subscriptions() as i64);
                 if let Some(reply) = reply {
                     let _ = reply.send(true);
@@ -436,7 +436,7 @@ impl Feed {
     fn refuse_pending(&mut self) {
         for p in self.pending.drain(..).filter(Subscribe::claim) {
             let refusal = Refusal::database_unavailable(p.id);
-            p.outbox.push_answer_and_replay("error", protocol::error_frame(&refusal), Vec::new());
+            p.outbox.push_answer("error", protocol::error_frame(&refusal));
             let _ = p.reply.send(false);
         }
     }

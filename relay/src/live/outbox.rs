@@ -7,8 +7,10 @@
 //!   are coalesced to the newest per device (a map wants the latest, not the backlog); if that frees
 //!   nothing — the client is behind on more distinct devices than `capacity` — the outbox closes with
 //!   [`CloseCode::TooSlow`] and its positions are dropped.
-//! - Replayed positions (a `subscribe` with `since`) are every position the client asked for: they are
-//!   queued whatever the capacity (at most `TRACKWAY_LIVE_MAX_REPLAY` per request) and never coalesced.
+//! - Replayed positions (a `subscribe` with `since`) are every position the client asked for: they come
+//!   as answer frames (`positions` frames built once per replay, shared by every client resuming the same
+//!   target from the same cursor), queued whatever the capacity (at most `TRACKWAY_LIVE_MAX_REPLAY` per
+//!   request) and never coalesced.
 //! - Answers and replayed positions together are bounded in bytes (`TRACKWAY_LIVE_MAX_QUEUED_BYTES`): a
 //!   push past the budget closes the outbox with [`CloseCode::TooSlow`] (a client that does not read while
 //!   asking for snapshot after snapshot would otherwise hold them all). Live positions are bounded by count.
@@ -23,7 +25,7 @@ use prometheus::IntGauge;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, CloseCode, Text, MAX_FRAME_BYTES, MAX_FRAME_ITEMS};
+use super::protocol::{self, CloseCode, Text};
 
 /// Most answers waiting unread before the client's requests stop being read.
 pub const MAX_PENDING_ANSWERS: usize = 64;
@@ -64,13 +66,29 @@ pub struct Taken {
     pub noticed: Vec<Instant>,
 }
 
+/// A frame of an answer: a `subscribed` and its `snapshot` frames, an `error`, or the `positions` frames of
+/// a replay (built once, shared by every client resuming the same target from the same cursor).
+pub struct AnswerFrame {
+    /// The frame.
+    pub text: Text,
+    /// Its `type` (for metrics).
+    pub kind: &'static str,
+    /// Positions it carries (replayed positions), for `trackway_live_positions_delivered_total`.
+    pub positions: u64,
+}
+
+impl AnswerFrame {
+    /// A frame of this client's own, carrying no positions.
+    pub fn own(kind: &'static str, text: String) -> AnswerFrame {
+        AnswerFrame { text: Text::Own(text), kind, positions: 0 }
+    }
+}
+
 enum Slot {
-    /// An answer frame and its type.
-    Answer(Text, &'static str),
+    /// An answer frame (never dropped or coalesced).
+    Answer(AnswerFrame),
     /// A live position (may be coalesced).
     Live(Arc<Delivery>),
-    /// A replayed position (never coalesced).
-    Replay(Arc<Delivery>),
 }
 
 #[derive(Default)]
@@ -165,11 +183,11 @@ impl Outbox {
         self.shut.cancel();
     }
 
-    /// Resolves once the outbox has closed as too slow: a writer blocked on the socket then gives up at
-    /// once (the client is not reading; a close frame would not get through either).
+    /// Resolves once the outbox has closed as too slow, or for a shutdown: a writer blocked on the socket
+    /// then gives up at once (the client is not reading; a close frame would not get through either).
     pub async fn abandoned(&self) {
         self.shut.cancelled().await;
-        if self.closed() != Some(CloseCode::TooSlow) {
+        if !matches!(self.closed(), Some(CloseCode::TooSlow | CloseCode::GoingAway)) {
             std::future::pending::<()>().await;
         }
     }
@@ -230,30 +248,25 @@ impl Outbox {
         pushed
     }
 
-    /// Queues an answer followed by replayed positions (a `subscribed` and its replay); never waits.
-    pub fn push_answer_and_replay(&self, kind: &'static str, answer: String, replay: Vec<Arc<Delivery>>) {
-        self.push_answers(kind, vec![Text::Own(answer)], replay);
+    /// Queues a one-frame answer of this client's own; never waits.
+    pub fn push_answer(&self, kind: &'static str, answer: String) {
+        self.push_answers(vec![AnswerFrame::own(kind, answer)]);
     }
 
-    /// Queues the frames of one answer (a `subscribed` and its `snapshot` frames), then replayed
-    /// positions; never waits.
-    pub fn push_answers(&self, kind: &'static str, frames: Vec<Text>, replay: Vec<Arc<Delivery>>) {
+    /// Queues the frames of one answer, in order (a `subscribed` and its `snapshot` frames, or its
+    /// replay's `positions` frames); never waits.
+    pub fn push_answers(&self, frames: Vec<AnswerFrame>) {
         let mut state = self.lock();
         if state.closed.is_some() {
             return;
         }
-        let bytes =
-            frames.iter().map(Text::len).sum::<usize>() + replay.iter().map(|d| d.item.len() + 1).sum::<usize>();
-        if !self.spend(&mut state, bytes) {
+        if !self.spend(&mut state, frames.iter().map(|f| f.text.len()).sum()) {
             drop(state);
             self.ready.notify_one();
             return;
         }
-        for (i, frame) in frames.into_iter().enumerate() {
-            state.slots.push_back(Slot::Answer(frame, if i == 0 { kind } else { "snapshot" }));
-            state.answers += 1;
-        }
-        state.slots.extend(replay.into_iter().map(Slot::Replay));
+        state.answers += frames.len();
+        state.slots.extend(frames.into_iter().map(Slot::Answer));
         drop(state);
         self.ready.notify_one();
     }
@@ -293,7 +306,7 @@ impl Outbox {
                         self.ready.notify_one();
                         return false;
                     }
-                    state.slots.push_back(Slot::Answer(Text::Own(frame), kind));
+                    state.slots.push_back(Slot::Answer(AnswerFrame::own(kind, frame)));
                     state.answers += 1;
                     drop(state);
                     self.ready.notify_one();
@@ -360,17 +373,18 @@ impl Outbox {
         let had_answers = state.answers > 0 || state.bytes > 0;
         while let Some(slot) = state.slots.pop_front() {
             match slot {
-                Slot::Answer(text, kind) => {
+                Slot::Answer(answer) => {
                     state.answers -= 1;
+                    taken.delivered += answer.positions;
                     flush(&mut items, &mut frames, &mut bytes);
-                    frames.push(Frame::Text(text, kind));
+                    frames.push(Frame::Text(answer.text, answer.kind));
                 }
-                Slot::Live(d) | Slot::Replay(d) => {
+                Slot::Live(d) => {
                     taken.delivered += 1;
                     taken.noticed.push(d.noticed);
                     bytes += d.item.len() + 1;
                     items.push(d);
-                    if items.len() >= MAX_FRAME_ITEMS || bytes >= MAX_FRAME_BYTES {
+                    if protocol::frame_is_full(items.len(), bytes) {
                         flush(&mut items, &mut frames, &mut bytes);
                     }
                 }
@@ -452,14 +466,22 @@ mod tests {
 
     #[test]
     fn answers_and_replays_past_the_byte_budget_close_as_too_slow() {
-        let outbox = Outbox::with_byte_budget(10, 100);
-        outbox.push_answer_and_replay("subscribed", "x".repeat(60), vec![delivery("d", 1)]);
+        let outbox = Outbox::with_byte_budget(10, 110);
+        // 60 bytes and a 44-byte frame.
+        outbox.push_answers(vec![AnswerFrame::own("subscribed", "x".repeat(60)), replayed(&[1])]);
         assert_eq!(outbox.closed(), None);
         let mut taken = Taken::default();
         assert_eq!(outbox.take(&mut taken).len(), 2, "taken: the budget is free again");
-        outbox.push_answer_and_replay("subscribed", "x".repeat(60), Vec::new());
-        outbox.push_answer_and_replay("subscribed", "x".repeat(60), Vec::new());
-        assert_eq!(outbox.closed(), Some(CloseCode::TooSlow), "120 bytes unread against 100");
+        outbox.push_answer("subscribed", "x".repeat(60));
+        outbox.push_answer("subscribed", "x".repeat(60));
+        assert_eq!(outbox.closed(), Some(CloseCode::TooSlow), "120 bytes unread against 110");
+    }
+
+    /// A replay's `positions` frame of items `{"n":…}`, shared as replays are.
+    fn replayed(ns: &[u32]) -> AnswerFrame {
+        let items: Vec<String> = ns.iter().map(|n| format!("{{\"n\":{n}}}")).collect();
+        let (frame, count) = protocol::positions_frames(items.iter().map(String::as_str)).remove(0);
+        AnswerFrame { text: Text::Shared(bytes::Bytes::from(frame)), kind: "positions", positions: count as u64 }
     }
 
     fn delivery(device: &str, n: u32) -> Arc<Delivery> {
@@ -487,14 +509,15 @@ mod tests {
     fn positions_share_a_frame_and_answers_keep_their_place() {
         let outbox = Outbox::new(10);
         outbox.push_live(&[delivery("a", 1), delivery("b", 2)]);
-        outbox.push_answer_and_replay("subscribed", "{\"type\":\"subscribed\"}".into(), vec![delivery("c", 3)]);
+        outbox.push_answers(vec![AnswerFrame::own("subscribed", "{\"type\":\"subscribed\"}".into()), replayed(&[3])]);
         outbox.push_live(&[delivery("a", 4)]);
         assert_eq!(
             texts(&outbox),
             vec![
                 r#"{"type":"positions","positions":[{"n":1},{"n":2}]}"#.to_owned(),
                 r#"{"type":"subscribed"}"#.to_owned(),
-                r#"{"type":"positions","positions":[{"n":3},{"n":4}]}"#.to_owned(),
+                r#"{"type":"positions","positions":[{"n":3}]}"#.to_owned(),
+                r#"{"type":"positions","positions":[{"n":4}]}"#.to_owned(),
             ]
         );
         assert!(texts(&outbox).is_empty());
@@ -535,22 +558,21 @@ mod tests {
     #[test]
     fn replayed_positions_are_never_coalesced_or_counted_against_the_capacity() {
         let outbox = Outbox::new(1);
-        let replay: Vec<_> = (0..5).map(|n| delivery("a", n)).collect();
-        outbox.push_answer_and_replay("subscribed", "{}".into(), replay);
+        outbox.push_answers(vec![AnswerFrame::own("subscribed", "{}".into()), replayed(&[0, 1, 2, 3, 4])]);
         outbox.push_live(&[delivery("a", 10)]);
         let pushed = outbox.push_live(&[delivery("a", 11)]);
         assert_eq!(pushed, Pushed { queued: 1, coalesced: 1, dropped: 0 });
         let mut taken = Taken::default();
         let frames = outbox.take(&mut taken);
         assert_eq!(taken.delivered, 6);
-        assert_eq!(frames.len(), 2);
+        assert_eq!(frames.len(), 3, "subscribed, the replay's frame, the live position's");
     }
 
     #[tokio::test]
     async fn a_request_waits_for_room_while_a_megabyte_of_answers_is_unread() {
         let outbox = Arc::new(Outbox::new(4));
         assert!(outbox.room().await);
-        outbox.push_answers("subscribed", vec![Text::Own("x".repeat(MAX_PENDING_ANSWER_BYTES))], Vec::new());
+        outbox.push_answer("subscribed", "x".repeat(MAX_PENDING_ANSWER_BYTES));
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
             async move { outbox.room().await }

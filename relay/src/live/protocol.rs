@@ -248,6 +248,34 @@ pub const MAX_FRAME_ITEMS: usize = 512;
 /// frame's last).
 pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 
+/// Whether a frame of `items` items and about `bytes` bytes is full (the item that made it so is its last).
+pub fn frame_is_full(items: usize, bytes: usize) -> bool {
+    items >= MAX_FRAME_ITEMS || bytes >= MAX_FRAME_BYTES
+}
+
+/// Items (`{cursor, position}`) cut into `positions` frames by [`frame_is_full`], each with its count.
+pub fn positions_frames<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<(String, usize)> {
+    let mut frames = Vec::new();
+    let mut part: Vec<&str> = Vec::new();
+    let mut bytes = 0;
+    let mut close = |part: &mut Vec<&str>, bytes: &mut usize| {
+        let count = part.len();
+        frames.push((positions_frame(part.drain(..), *bytes), count));
+        *bytes = 0;
+    };
+    for item in items {
+        bytes += item.len() + 1;
+        part.push(item);
+        if frame_is_full(part.len(), bytes) {
+            close(&mut part, &mut bytes);
+        }
+    }
+    if !part.is_empty() {
+        close(&mut part, &mut bytes);
+    }
+    frames
+}
+
 /// A frame's text. Snapshot documents are shared by every client answered from the same snapshot: a
 /// frame holding them is the client's own head around the shared bytes, joined only when it is written.
 #[derive(Debug, Clone)]
@@ -326,7 +354,7 @@ impl Snapshot {
             }
             part.push_str(doc);
             count += 1;
-            if count >= MAX_FRAME_ITEMS || part.len() >= MAX_FRAME_BYTES {
+            if frame_is_full(count, part.len()) {
                 parts.push((count, Bytes::from(std::mem::take(&mut part))));
                 count = 0;
             }

@@ -339,7 +339,7 @@ mod tests {
         router.route(&[row("d1", &["fleet"], 1), row("d2", &["fleet"], 2)]);
         assert_eq!(received(&a), "[1]}", "d1 comes through the device subscription, d2 waits");
         assert_eq!(router.subscriptions(), 1, "a held subscription is not in force yet");
-        a.push_answer_and_replay("subscribed", "S".into(), Vec::new());
+        a.push_answer("subscribed", "S".into());
         assert_eq!(router.release(1, &Target::Group("fleet".into()), 6, true), Pushed::default(), "an old ticket");
         let pushed = router.release(1, &Target::Group("fleet".into()), 7, true);
         assert_eq!(pushed.queued, 1);

@@ -91,7 +91,19 @@ pub async fn run<S>(
         waiting: None,
         backlog: Default::default(),
     };
-    tokio::join!(reader.run(stream, token, &shutdown, &done), write(sink, &shared, &outbox, &heard, &done));
+    let session = async {
+        tokio::join!(reader.run(stream, token, &shutdown, &done), write(sink, &shared, &outbox, &heard, &done));
+        done.cancel();
+    };
+    // At shutdown the outbox closes even while the reader waits inside a request (for room, say, from a
+    // client that reads nothing): the waits end, and the writer sends the close.
+    let closer = async {
+        tokio::select! {
+            () = shutdown.cancelled() => outbox.close(CloseCode::GoingAway),
+            () = done.cancelled() => {}
+        }
+    };
+    tokio::join!(session, closer);
     // Leaving never holds the connection open: when the feed's queue is full, the leave waits in a task
     // of its own (one per closed connection, after the commands this session queued, so in order).
     let commands = shared.commands.clone();
@@ -639,7 +651,8 @@ where
                             let sent = tokio::select! {
                                 sent = send(&mut sink, message(text), config.send_timeout, metrics) => sent,
                                 () = outbox.abandoned() => {
-                                    metrics.closes.with_label_values(&[CloseCode::TooSlow.label()]).inc();
+                                    let code = outbox.closed().unwrap_or(CloseCode::TooSlow);
+                                    metrics.closes.with_label_values(&[code.label()]).inc();
                                     false
                                 }
                             };

@@ -1,0 +1,237 @@
+//! Against the anchor (issue 16, point 13): Trackway and pg_eventserv side by side, in the same run, on the
+//! same database. pg_eventserv forwards NOTIFY payloads to WebSocket clients without storing or reading
+//! anything; Trackway stores every position (`trackway.ingest`, one per transaction), reads it back and
+//! sends it. For each load (clients × positions per second, every client receiving every position) the
+//! publisher sends each position in a transaction of its own and the time from sending it to each client's
+//! receipt is measured.
+//!
+//! pg_eventserv is not part of this project and is not built by it: give its binary with
+//! `--anchor-binary` (how it was built here is in NOTES.md). Without it only Trackway's side runs.
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use futures_util::future::join_all;
+use tokio::sync::watch;
+use tokio_postgres::Config;
+
+use super::{
+    client::{self, Keys, Received},
+    distinct,
+    stats::{latency_header, latency_row, Goal, Percentiles},
+    wait_for, Bench, DRAIN, FLEET, UNSET,
+};
+use crate::db;
+
+/// The NOTIFY channel pg_eventserv forwards.
+const CHANNEL: &str = "trackway_anchor";
+/// Publishing connections (a transaction each takes about a millisecond).
+const PUBLISHERS: usize = 4;
+
+/// Options of the scenario.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AnchorOptions {
+    /// Anchor: the pg_eventserv binary to compare with (not built by this project).
+    #[arg(long)]
+    pub anchor_binary: Option<PathBuf>,
+    /// Anchor: loads as CLIENTSxRATE (every client gets every position), repeatable.
+    #[arg(long = "anchor-load", default_values_t = ["200x500".to_owned(), "1000x100".to_owned(), "200x1000".to_owned()])]
+    pub anchor_loads: Vec<String>,
+    /// Anchor: seconds of load per load and server.
+    #[arg(long, default_value_t = 10.0)]
+    pub anchor_seconds: f64,
+    /// Anchor: devices sending.
+    #[arg(long, default_value_t = 100)]
+    pub anchor_devices: usize,
+}
+
+/// The issue's goals for Trackway's p99 on this machine, by load.
+fn fixed_goal_ms(clients: usize, rate: u32) -> Option<f64> {
+    match (clients, rate) {
+        (200, 500) => Some(12.0),
+        (1000, 100) => Some(60.0),
+        _ => None,
+    }
+}
+
+impl Bench<'_> {
+    /// Every load, Trackway then the anchor.
+    pub(super) async fn anchor(&self) -> Result<Vec<Goal>> {
+        let o = &self.options.anchor;
+        let mut goals = Vec::new();
+        for load in &o.anchor_loads {
+            let Some((clients, rate)) = load.split_once('x') else {
+                bail!("--anchor-load {load}: expected CLIENTSxRATE")
+            };
+            let (clients, rate): (usize, u32) = (clients.parse()?, rate.parse()?);
+            println!(
+                "\n== anchor: {clients} clients each receiving {rate} positions/s for {} s, publisher send -> \
+                 receipt ==",
+                o.anchor_seconds
+            );
+            println!("{}", latency_header());
+            let trackway = self.side(false, clients, rate).await?;
+            println!("{}", latency_row("trackway (ingest, store, read, send)", trackway));
+            let p99 = |p: Option<Percentiles>| p.map_or(f64::NAN, |p| p.p99);
+            if let Some(goal) = fixed_goal_ms(clients, rate) {
+                goals.push(Goal::at_most(format!("anchor {load}: trackway p99"), p99(trackway), goal, "ms"));
+            }
+            if o.anchor_binary.is_some() {
+                let anchor = self.side(true, clients, rate).await?;
+                println!("{}", latency_row("pg_eventserv (NOTIFY forwarded)", anchor));
+                goals.push(Goal::at_most(
+                    format!("anchor {load}: trackway p99 vs pg_eventserv's"),
+                    p99(trackway),
+                    p99(anchor),
+                    "ms",
+                ));
+            } else {
+                println!("  (pg_eventserv not measured: no --anchor-binary)");
+            }
+        }
+        Ok(goals)
+    }
+
+    /// One server under one load: send → receipt percentiles.
+    async fn side(&self, anchor: bool, clients: usize, rate: u32) -> Result<Option<Percentiles>> {
+        let o = &self.options.anchor;
+        let total = (f64::from(rate) * o.anchor_seconds).round() as usize;
+        let payloads = trackway_sim::workload(total, o.anchor_devices, self.options.seed);
+        let (keys, devices_of) = Keys::new(&payloads)?;
+        let keys = Arc::new(keys);
+        let setup = self.setup(if anchor { "anchor" } else { "trackway" }, &distinct(&devices_of)).await?;
+        let mut eventserv = None;
+        let sockets = if anchor {
+            let (child, url) = start_eventserv(o.anchor_binary.as_ref().expect("checked"), &setup.config).await?;
+            eventserv = Some(child);
+            let opened: Vec<Result<client::Socket>> =
+                join_all((0..clients).map(|_| client::connect_plain(&url, 128 * 1024))).await;
+            opened.into_iter().collect::<Result<Vec<_>>>()?
+        } else {
+            let subscriptions: Vec<(&str, String)> = (0..clients).map(|_| ("group", FLEET.to_owned())).collect();
+            self.open(&setup, &subscriptions, 128 * 1024).await?
+        };
+        let (stop, stopped) = watch::channel(false);
+        let delivered = Arc::new(AtomicU64::new(0));
+        let receivers: Vec<_> = sockets
+            .into_iter()
+            .map(|s| {
+                let (keys, stopped, delivered) = (keys.clone(), stopped.clone(), delivered.clone());
+                if anchor {
+                    tokio::spawn(client::receive_payloads(s, keys, self.t0, stopped, delivered))
+                } else {
+                    tokio::spawn(client::receive(s, keys, self.t0, stopped, delivered))
+                }
+            })
+            .collect();
+        // pg_eventserv LISTENs when its first client arrives: a moment for that.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sent: Arc<Vec<AtomicU32>> = Arc::new((0..total).map(|_| AtomicU32::new(UNSET)).collect());
+        let statement = if anchor { "SELECT pg_notify($2, $1::text)" } else { "SELECT trackway.ingest($1::text)" };
+        publish(&setup.config, &payloads, rate, statement, sent.clone(), self.t0).await?;
+        let expected = (total * clients) as u64;
+        let complete = wait_for(|| delivered.load(Ordering::Relaxed) >= expected, DRAIN).await;
+        stop.send_replace(true);
+        let mut received: Vec<Received> = Vec::new();
+        for task in receivers {
+            received.push(task.await.context("a client")?);
+        }
+        if let Some(mut child) = eventserv {
+            let _ = child.kill().await;
+        }
+        self.teardown(setup).await?;
+        let mut lags = Vec::with_capacity(total * clients);
+        for r in &received {
+            for &(i, at) in &r.deliveries {
+                let at_sent = sent[i as usize].load(Ordering::Relaxed);
+                if at_sent != UNSET {
+                    lags.push(at.saturating_sub(at_sent));
+                }
+            }
+        }
+        if !complete {
+            println!("  ({} of {expected} deliveries within the drain time)", lags.len());
+        }
+        Ok(Percentiles::of_micros(&mut lags))
+    }
+}
+
+/// Starts pg_eventserv on a free port against `config`'s database; its `/listen/` URL for [`CHANNEL`].
+async fn start_eventserv(binary: &PathBuf, config: &Config) -> Result<(tokio::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = tokio::process::Command::new(binary)
+        .env("DATABASE_URL", crate::db::database_url(config))
+        .env("ES_HTTPHOST", "127.0.0.1")
+        .env("ES_HTTPPORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("pg_eventserv did not listen on port {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((child, format!("ws://127.0.0.1:{port}/listen/{CHANNEL}")))
+}
+
+/// Sends every payload with `statement` (`$1` the payload, `$2` the channel), one transaction each, at
+/// `rate` per second over [`PUBLISHERS`] connections, recording each one's send time in `sent`.
+async fn publish(
+    config: &Config,
+    payloads: &[String],
+    rate: u32,
+    statement: &str,
+    sent: Arc<Vec<AtomicU32>>,
+    t0: Instant,
+) -> Result<()> {
+    let mut connections = Vec::with_capacity(PUBLISHERS);
+    for _ in 0..PUBLISHERS {
+        let client = db::connect(config).await?;
+        let prepared = client.prepare(statement).await.context("preparing the publisher's statement")?;
+        connections.push((client, prepared));
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < payloads.len() {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1).min(payloads.len());
+        let batch: Vec<usize> = (done..due).collect();
+        let work = connections.iter().enumerate().map(|(c, (client, prepared))| {
+            let mine: Vec<usize> = batch.iter().copied().filter(|i| i % PUBLISHERS == c).collect();
+            let sent = sent.clone();
+            async move {
+                for i in mine {
+                    sent[i].store(client::micros_since(t0), Ordering::Relaxed);
+                    let payload = payloads[i].as_str();
+                    let channel = CHANNEL;
+                    let result = if prepared.params().len() == 2 {
+                        client.query_one(prepared, &[&payload, &channel]).await
+                    } else {
+                        client.query_one(prepared, &[&payload]).await
+                    };
+                    result.context("publishing")?;
+                }
+                Ok::<(), anyhow::Error>(())
+            }
+        });
+        for result in join_all(work).await {
+            result?;
+        }
+        done = due;
+    }
+    Ok(())
+}
