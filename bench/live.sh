@@ -4,8 +4,8 @@
 # and XADD->receipt latency p50/p95/p99, delivered vs expected, the relay's RSS and CPU and the benchmark's
 # own CPU for the scenarios notify (XADD->NOTIFY alone), routed, broadcast and idle; then storm (clients
 # reconnecting at once to resume), unread (clients that never read) and forged (an honest and a forged
-# `since`); and the goals. `--scenario anchor --anchor-binary PATH` compares with pg_eventserv (not built by
-# this project; NOTES.md says how it was built here).
+# `since`); and the goals. `--scenario anchor --anchor-binary PATH` compares with pg_eventserv (a binary
+# you bring: this project neither builds nor installs it).
 # Extra arguments go to `trackway-bench live`, e.g.:
 #   bench/live.sh --scenario routed --routed-seconds 10 --relay-arg=--batch-size=200
 set -euo pipefail

@@ -503,8 +503,8 @@ async fn unread_snapshots_past_the_byte_budget_close_the_client() {
 /// A client that never reads while it loops subscribe/unsubscribe of a 1,000-device group (a 291 KiB
 /// snapshot each time) is no longer read once about 1 MiB of its answers wait unread: the relay holds that
 /// much for it (`trackway_live_queued_bytes`), not its whole byte budget (16 MiB by default; thirty such
-/// clients would hold 480 MB), and drops it once its socket has taken nothing for the send timeout. It
-/// used to be read on until the budget closed it, holding 16 MiB by then.
+/// clients would hold 480 MB), and drops it once its socket has taken nothing for the send timeout, its
+/// session with it. It used to be read on until the budget closed it, holding 16 MiB by then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_its_answers_is_not_read_either() {
     let flags = ["--live-send-timeout-ms", "4000"];
@@ -525,6 +525,12 @@ async fn a_client_that_does_not_read_its_answers_is_not_read_either() {
     assert!(most <= (1024 * 1024 + 400 * 1024) as f64, "{most} bytes queued for a client that never reads");
     assert!(read < 200.0, "every request was read ({read}): the client was never stopped");
     closed_as_too_slow(&relay).await;
+    // Its session ends with it, though its reader was waiting for room.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metric(&relay.metrics().await, "trackway_live_connections") > 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the dropped client's session is still open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     flood.abort();
     ingest_on(&admin, &[payload("d-watched", 1)]).await;
     assert_eq!(watcher.positions(1, Duration::from_secs(5)).await.len(), 1, "the others are served");

@@ -5,8 +5,8 @@
 //! publisher sends each position in a transaction of its own and the time from sending it to each client's
 //! receipt is measured.
 //!
-//! pg_eventserv is not part of this project and is not built by it: give its binary with
-//! `--anchor-binary` (how it was built here is in NOTES.md). Without it only Trackway's side runs.
+//! pg_eventserv is not part of this project, which neither builds nor installs it: give a binary of it
+//! with `--anchor-binary`. Without it only Trackway's side runs.
 
 use std::{
     path::PathBuf,

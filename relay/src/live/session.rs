@@ -95,13 +95,16 @@ pub async fn run<S>(
         tokio::join!(reader.run(stream, token, &shutdown, &done), write(sink, &shared, &outbox, &heard, &done));
         done.cancel();
     };
-    // At shutdown the outbox closes even while the reader waits inside a request (for room, say, from a
-    // client that reads nothing): the waits end, and the writer sends the close.
+    // At shutdown, or once the writer has given up (a socket that took nothing for the send timeout), the
+    // outbox closes even while the reader waits inside a request (for room, say, from a client that reads
+    // nothing): the waits end and the session with them. (The first close code wins: a close already
+    // asked for keeps its own.)
     let closer = async {
         tokio::select! {
-            () = shutdown.cancelled() => outbox.close(CloseCode::GoingAway),
+            () = shutdown.cancelled() => {}
             () = done.cancelled() => {}
         }
+        outbox.close(CloseCode::GoingAway);
     };
     tokio::join!(session, closer);
     // Leaving never holds the connection open: when the feed's queue is full, the leave waits in a task
