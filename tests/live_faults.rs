@@ -537,6 +537,38 @@ async fn a_client_that_does_not_read_its_answers_is_not_read_either() {
     relay.stop().await.expect("clean stop");
 }
 
+/// Big frames (snapshots, replays, a backlog) are written a few at a time (8), so that a thousand clients
+/// resuming at once do not stand, runnable, between everyone's live positions and the CPU; a client that
+/// does not read keeps such a place 50 ms at most. Eight clients that never read, their writers stuck on
+/// big frames until the 60 s send timeout, do not keep another client from its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_do_not_keep_others_from_their_snapshots() {
+    let flags = ["--live-send-timeout-ms", "60000"];
+    let (_admin, relay, _watcher) = big_group_and_a_watcher("live_bulk_places", &flags).await;
+    let mut floods = Vec::new();
+    for _ in 0..8 {
+        floods.push(never_reading_flood(&relay).await);
+    }
+    // Until every one is stuck: about 1 MiB of answers unread each, their sockets full.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while metric(&relay.metrics().await, "trackway_live_queued_bytes") < 8.0 * 900.0 * 1024.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the clients that never read never filled their queues");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = tokio::time::Instant::now();
+    let mut reader = Client::authenticated(&relay.url(""), &admin_token()).await;
+    let subscribed = tokio::time::timeout(Duration::from_secs(10), reader.subscribe(json!({"group": "big"})))
+        .await
+        .expect("a reading client's snapshot waited behind clients that never read");
+    let took = started.elapsed();
+    assert_eq!(subscribed["snapshot"].as_array().map(Vec::len), Some(1000));
+    assert!(took < Duration::from_secs(5), "the snapshot took {took:?}");
+    for flood in floods {
+        flood.abort();
+    }
+    relay.stop().await.expect("clean stop");
+}
+
 /// Shutdown does not wait for a client that never reads while the relay waits for it to read (its
 /// requests are no longer read, its socket takes nothing): the relay stops within its 5 s grace and the
 /// second it gives a close frame. It used to wait for the whole grace and leave the session behind.

@@ -35,6 +35,11 @@ use crate::db;
 const CHANNEL: &str = "trackway_anchor";
 /// Publishing connections (a transaction each takes about a millisecond).
 const PUBLISHERS: usize = 4;
+/// The clients' read buffer. Frames here are a few positions; tungstenite zero-fills its read buffer's
+/// size before every read, and at the default 128 KiB that filling took 13 % of the machine's CPU in a
+/// profile of this scenario (the clients stand for other machines: their cost must not weigh on the
+/// servers measured).
+const READ_BUFFER: usize = 16 * 1024;
 
 /// Options of the scenario.
 #[derive(clap::Args, Clone, Debug)]
@@ -78,15 +83,19 @@ impl Bench<'_> {
                 o.anchor_seconds
             );
             println!("{}", latency_header());
-            let trackway = self.side(false, clients, rate).await?;
+            let (trackway, parts) = self.side(false, clients, rate).await?;
             println!("{}", latency_row("trackway (ingest, store, read, send)", trackway));
+            println!("{}", latency_row("  of which send -> committed", parts.0));
+            println!("{}", latency_row("  of which committed -> receipt", parts.1));
             let p99 = |p: Option<Percentiles>| p.map_or(f64::NAN, |p| p.p99);
             if let Some(goal) = fixed_goal_ms(clients, rate) {
                 goals.push(Goal::at_most(format!("anchor {load}: trackway p99"), p99(trackway), goal, "ms"));
             }
             if o.anchor_binary.is_some() {
-                let anchor = self.side(true, clients, rate).await?;
+                let (anchor, parts) = self.side(true, clients, rate).await?;
                 println!("{}", latency_row("pg_eventserv (NOTIFY forwarded)", anchor));
+                println!("{}", latency_row("  of which send -> committed", parts.0));
+                println!("{}", latency_row("  of which committed -> receipt", parts.1));
                 goals.push(Goal::at_most(
                     format!("anchor {load}: trackway p99 vs pg_eventserv's"),
                     p99(trackway),
@@ -100,8 +109,15 @@ impl Bench<'_> {
         Ok(goals)
     }
 
-    /// One server under one load: send → receipt percentiles.
-    async fn side(&self, anchor: bool, clients: usize, rate: u32) -> Result<Option<Percentiles>> {
+    /// One server under one load: send → receipt percentiles, and the two parts of that time: send → the
+    /// publisher's commit answered (storing, for Trackway: the commit waits for the WAL flush; a NOTIFY
+    /// alone writes nothing to wait for), and that answer → receipt (reading and sending).
+    async fn side(
+        &self,
+        anchor: bool,
+        clients: usize,
+        rate: u32,
+    ) -> Result<(Option<Percentiles>, (Option<Percentiles>, Option<Percentiles>))> {
         let o = &self.options.anchor;
         let total = (f64::from(rate) * o.anchor_seconds).round() as usize;
         let payloads = trackway_sim::workload(total, o.anchor_devices, self.options.seed);
@@ -113,11 +129,11 @@ impl Bench<'_> {
             let (child, url) = start_eventserv(o.anchor_binary.as_ref().expect("checked"), &setup.config).await?;
             eventserv = Some(child);
             let opened: Vec<Result<client::Socket>> =
-                join_all((0..clients).map(|_| client::connect_plain(&url, 128 * 1024))).await;
+                join_all((0..clients).map(|_| client::connect_plain(&url, READ_BUFFER))).await;
             opened.into_iter().collect::<Result<Vec<_>>>()?
         } else {
             let subscriptions: Vec<(&str, String)> = (0..clients).map(|_| ("group", FLEET.to_owned())).collect();
-            self.open(&setup, &subscriptions, 128 * 1024).await?
+            self.open(&setup, &subscriptions, READ_BUFFER).await?
         };
         let (stop, stopped) = watch::channel(false);
         let delivered = Arc::new(AtomicU64::new(0));
@@ -134,9 +150,11 @@ impl Bench<'_> {
             .collect();
         // pg_eventserv LISTENs when its first client arrives: a moment for that.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let sent: Arc<Vec<AtomicU32>> = Arc::new((0..total).map(|_| AtomicU32::new(UNSET)).collect());
+        let unset = || Arc::new((0..total).map(|_| AtomicU32::new(UNSET)).collect::<Vec<_>>());
+        let (sent, committed) = (unset(), unset());
         let statement = if anchor { "SELECT pg_notify($2, $1::text)" } else { "SELECT trackway.ingest($1::text)" };
-        publish(&setup.config, &payloads, rate, statement, sent.clone(), self.t0).await?;
+        let times = Published { sent: sent.clone(), committed: committed.clone() };
+        publish(&setup.config, &payloads, rate, statement, &times, self.t0).await?;
         let expected = (total * clients) as u64;
         let complete = wait_for(|| delivered.load(Ordering::Relaxed) >= expected, DRAIN).await;
         stop.send_replace(true);
@@ -148,19 +166,27 @@ impl Bench<'_> {
             let _ = child.kill().await;
         }
         self.teardown(setup).await?;
-        let mut lags = Vec::with_capacity(total * clients);
+        let at = |times: &[AtomicU32], i: u32| Some(times[i as usize].load(Ordering::Relaxed)).filter(|&t| t != UNSET);
+        let (mut lags, mut after_commit) = (Vec::with_capacity(total * clients), Vec::with_capacity(total * clients));
         for r in &received {
-            for &(i, at) in &r.deliveries {
-                let at_sent = sent[i as usize].load(Ordering::Relaxed);
-                if at_sent != UNSET {
-                    lags.push(at.saturating_sub(at_sent));
+            for &(i, received_at) in &r.deliveries {
+                if let Some(sent_at) = at(&sent, i) {
+                    lags.push(received_at.saturating_sub(sent_at));
+                }
+                if let Some(committed_at) = at(&committed, i) {
+                    after_commit.push(received_at.saturating_sub(committed_at));
                 }
             }
         }
+        let mut storing: Vec<u32> =
+            (0..total as u32).filter_map(|i| Some(at(&committed, i)?.saturating_sub(at(&sent, i)?))).collect();
         if !complete {
             println!("  ({} of {expected} deliveries within the drain time)", lags.len());
         }
-        Ok(Percentiles::of_micros(&mut lags))
+        Ok((
+            Percentiles::of_micros(&mut lags),
+            (Percentiles::of_micros(&mut storing), Percentiles::of_micros(&mut after_commit)),
+        ))
     }
 }
 
@@ -186,14 +212,20 @@ async fn start_eventserv(binary: &PathBuf, config: &Config) -> Result<(tokio::pr
     Ok((child, format!("ws://127.0.0.1:{port}/listen/{CHANNEL}")))
 }
 
+/// When each payload was sent, and when its commit was answered (µs after `t0`).
+struct Published {
+    sent: Arc<Vec<AtomicU32>>,
+    committed: Arc<Vec<AtomicU32>>,
+}
+
 /// Sends every payload with `statement` (`$1` the payload, `$2` the channel), one transaction each, at
-/// `rate` per second over [`PUBLISHERS`] connections, recording each one's send time in `sent`.
+/// `rate` per second over [`PUBLISHERS`] connections, recording each one's send and commit time.
 async fn publish(
     config: &Config,
     payloads: &[String],
     rate: u32,
     statement: &str,
-    sent: Arc<Vec<AtomicU32>>,
+    times: &Published,
     t0: Instant,
 ) -> Result<()> {
     let mut connections = Vec::with_capacity(PUBLISHERS);
@@ -212,10 +244,9 @@ async fn publish(
         let batch: Vec<usize> = (done..due).collect();
         let work = connections.iter().enumerate().map(|(c, (client, prepared))| {
             let mine: Vec<usize> = batch.iter().copied().filter(|i| i % PUBLISHERS == c).collect();
-            let sent = sent.clone();
             async move {
                 for i in mine {
-                    sent[i].store(client::micros_since(t0), Ordering::Relaxed);
+                    times.sent[i].store(client::micros_since(t0), Ordering::Relaxed);
                     let payload = payloads[i].as_str();
                     let channel = CHANNEL;
                     let result = if prepared.params().len() == 2 {
@@ -224,6 +255,7 @@ async fn publish(
                         client.query_one(prepared, &[&payload]).await
                     };
                     result.context("publishing")?;
+                    times.committed[i].store(client::micros_since(t0), Ordering::Relaxed);
                 }
                 Ok::<(), anyhow::Error>(())
             }

@@ -21,9 +21,9 @@ use std::{
     time::Instant,
 };
 
-use bytes::Bytes;
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_postgres::{NoTls, Statement};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{
     feed::{Command, Subscribe},
@@ -191,7 +191,7 @@ struct Replay {
     /// Positions in it.
     count: usize,
     /// Its `positions` frames and the positions in each.
-    frames: Vec<(Bytes, u64)>,
+    frames: Vec<(Utf8Bytes, u64)>,
 }
 
 /// A subscription handed to an answer connection, with the ticket of its hold in the router.
@@ -379,7 +379,7 @@ impl Batch {
         }
         let frames = protocol::positions_frames(items.iter().map(String::as_str))
             .into_iter()
-            .map(|(frame, n)| (Bytes::from(frame), n as u64))
+            .map(|(frame, n)| (Utf8Bytes::from(frame), n as u64))
             .collect();
         Ok(Some(Replay { count: items.len(), frames }))
     }

@@ -82,6 +82,7 @@ pub async fn run(
         metrics,
         next_client: Default::default(),
         users: limits::Users::new(config_limit_per_user),
+        bulk: tokio::sync::Semaphore::new(session::BULK_WRITERS),
     });
     let served = server::serve(listener, shared, shutdown.clone(), SHUTDOWN_GRACE).await;
     shutdown.cancel();

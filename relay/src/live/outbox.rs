@@ -3,7 +3,11 @@
 //!
 //! - Answers (`subscribed`, `error`, …) are never dropped; the request handler waits while too many are
 //!   unread (the client stops being read: TCP pushes back on it, nobody else).
-//! - Live positions are queued up to `capacity`. When a push finds the queue full, queued live positions
+//! - Live positions are queued up to `capacity`. The positions of one read that go alike to several
+//!   clients come as one shared [`Batch`]: a client that takes it alone (it is keeping up) writes the
+//!   batch's frames, built once by the first writer and shared (a broadcast to 1,000 clients is framed
+//!   once, not 1,000 times); a client that is behind gets its queued positions framed together as before.
+//!   When a push finds the queue full, queued live positions
 //!   are coalesced to the newest per device (a map wants the latest, not the backlog); if that frees
 //!   nothing — the client is behind on more distinct devices than `capacity` — the outbox closes with
 //!   [`CloseCode::TooSlow`] and its positions are dropped.
@@ -17,12 +21,13 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::Instant,
 };
 
 use prometheus::IntGauge;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, CloseCode, Text};
@@ -47,6 +52,32 @@ pub struct Delivery {
     /// When the relay learnt of the commit that made it (the notification, or the read when none came):
     /// the start of the commit→send lag.
     pub noticed: Instant,
+}
+
+/// Live positions of one read going alike to one or more clients, in order; their `positions` frames are
+/// built once, when a writer first takes the batch whole, and shared by every client that does.
+pub struct Batch {
+    /// The positions.
+    deliveries: Vec<Arc<Delivery>>,
+    /// The frames, once built.
+    frames: OnceLock<Vec<Utf8Bytes>>,
+}
+
+impl Batch {
+    /// A batch of these positions (not empty).
+    pub fn new(deliveries: Vec<Arc<Delivery>>) -> Arc<Batch> {
+        Arc::new(Batch { deliveries, frames: OnceLock::new() })
+    }
+
+    /// The batch's `positions` frames (cut by [`protocol::frame_is_full`]), built by the first caller.
+    fn frames(&self) -> &[Utf8Bytes] {
+        self.frames.get_or_init(|| {
+            protocol::positions_frames(self.deliveries.iter().map(|d| d.item.as_str()))
+                .into_iter()
+                .map(|(frame, _)| Utf8Bytes::from(frame))
+                .collect()
+        })
+    }
 }
 
 /// What the writer of a connection takes out in one go.
@@ -89,6 +120,8 @@ enum Slot {
     Answer(AnswerFrame),
     /// A live position (may be coalesced).
     Live(Arc<Delivery>),
+    /// Live positions queued together and shared (taken apart into `Live` slots to be coalesced).
+    Batch(Arc<Batch>),
 }
 
 #[derive(Default)]
@@ -213,8 +246,40 @@ impl Outbox {
 
     /// Queues live positions; never waits.
     pub fn push_live(&self, deliveries: &[Arc<Delivery>]) -> Pushed {
-        let mut pushed = Pushed::default();
         let mut state = self.lock();
+        let pushed = self.push_locked(&mut state, deliveries);
+        drop(state);
+        if pushed.queued > 0 || pushed.dropped > 0 {
+            self.ready.notify_one();
+        }
+        pushed
+    }
+
+    /// Queues a batch of live positions shared with other clients, whole when it fits (a client keeping up
+    /// then writes its shared frames); never waits.
+    pub fn push_batch(&self, batch: &Arc<Batch>) -> Pushed {
+        let mut state = self.lock();
+        let count = batch.deliveries.len();
+        let pushed = if state.closed.is_some() {
+            Pushed::default()
+        } else if state.live == 0 || state.live + count <= self.capacity {
+            // The same rule as `push_live`'s: nothing to coalesce.
+            state.slots.push_back(Slot::Batch(batch.clone()));
+            state.live += count;
+            Pushed { queued: count as u64, ..Pushed::default() }
+        } else {
+            self.push_locked(&mut state, &batch.deliveries)
+        };
+        drop(state);
+        if pushed.queued > 0 || pushed.dropped > 0 {
+            self.ready.notify_one();
+        }
+        pushed
+    }
+
+    /// [`Outbox::push_live`] under the lock.
+    fn push_locked(&self, state: &mut State, deliveries: &[Arc<Delivery>]) -> Pushed {
+        let mut pushed = Pushed::default();
         if state.closed.is_some() {
             return pushed;
         }
@@ -224,26 +289,20 @@ impl Outbox {
         let keeping_up = state.live == 0;
         for delivery in deliveries {
             if state.live >= self.capacity && !keeping_up {
-                let (coalesced, queue_it) = coalesce(&mut state, delivery);
+                let (coalesced, queue_it) = coalesce(state, delivery);
                 pushed.coalesced += coalesced;
                 if !queue_it {
                     continue;
                 }
                 if state.live >= self.capacity {
                     pushed.dropped += (state.live + deliveries.len()) as u64 - pushed.queued;
-                    self.shut(&mut state, CloseCode::TooSlow);
-                    drop(state);
-                    self.ready.notify_one();
+                    self.shut(state, CloseCode::TooSlow);
                     return pushed;
                 }
             }
             state.slots.push_back(Slot::Live(delivery.clone()));
             state.live += 1;
             pushed.queued += 1;
-        }
-        drop(state);
-        if pushed.queued > 0 {
-            self.ready.notify_one();
         }
         pushed
     }
@@ -388,6 +447,25 @@ impl Outbox {
                         flush(&mut items, &mut frames, &mut bytes);
                     }
                 }
+                Slot::Batch(batch) => {
+                    taken.delivered += batch.deliveries.len() as u64;
+                    taken.noticed.extend(batch.deliveries.iter().map(|d| d.noticed));
+                    let alone =
+                        items.is_empty() && !matches!(state.slots.front(), Some(Slot::Live(_) | Slot::Batch(_)));
+                    if alone {
+                        // The client is keeping up: the frames every such client writes.
+                        frames.extend(batch.frames().iter().map(|f| Frame::Text(Text::Shared(f.clone()), "positions")));
+                        continue;
+                    }
+                    // Behind: its queued positions share frames of its own, as few as fit.
+                    for d in &batch.deliveries {
+                        bytes += d.item.len() + 1;
+                        items.push(d.clone());
+                        if protocol::frame_is_full(items.len(), bytes) {
+                            flush(&mut items, &mut frames, &mut bytes);
+                        }
+                    }
+                }
             }
         }
         state.live = 0;
@@ -405,6 +483,15 @@ impl Outbox {
 /// included: returns how many queued positions went, and whether `incoming` is to be queued (not when a
 /// queued one of its device is later — then `incoming`, a late record, is the one coalesced away).
 fn coalesce(state: &mut State, incoming: &Delivery) -> (u64, bool) {
+    if state.slots.iter().any(|slot| matches!(slot, Slot::Batch(_))) {
+        let slots = std::mem::take(&mut state.slots);
+        for slot in slots {
+            match slot {
+                Slot::Batch(batch) => state.slots.extend(batch.deliveries.iter().cloned().map(Slot::Live)),
+                other => state.slots.push_back(other),
+            }
+        }
+    }
     // Per device, the slot to keep: greatest time, the last queued among equals.
     let mut best: HashMap<Arc<str>, (i64, usize)> = HashMap::new();
     for (i, slot) in state.slots.iter().enumerate() {
@@ -481,7 +568,7 @@ mod tests {
     fn replayed(ns: &[u32]) -> AnswerFrame {
         let items: Vec<String> = ns.iter().map(|n| format!("{{\"n\":{n}}}")).collect();
         let (frame, count) = protocol::positions_frames(items.iter().map(String::as_str)).remove(0);
-        AnswerFrame { text: Text::Shared(bytes::Bytes::from(frame)), kind: "positions", positions: count as u64 }
+        AnswerFrame { text: Text::Shared(Utf8Bytes::from(frame)), kind: "positions", positions: count as u64 }
     }
 
     fn delivery(device: &str, n: u32) -> Arc<Delivery> {
@@ -499,7 +586,7 @@ mod tests {
             .take(&mut Taken::default())
             .into_iter()
             .map(|f| match f {
-                Frame::Text(t, _) => String::from_utf8(t.into_bytes().to_vec()).expect("UTF-8"),
+                Frame::Text(t, _) => t.into_text().to_string(),
                 Frame::Close(c) => format!("close {}", c.code()),
             })
             .collect()
@@ -521,6 +608,43 @@ mod tests {
             ]
         );
         assert!(texts(&outbox).is_empty());
+    }
+
+    fn shared_frames(outbox: &Outbox) -> Vec<Utf8Bytes> {
+        outbox
+            .take(&mut Taken::default())
+            .into_iter()
+            .map(|f| match f {
+                Frame::Text(Text::Shared(t), _) => t,
+                Frame::Text(other, _) => panic!("a frame of the client's own: {other:?}"),
+                Frame::Close(c) => panic!("closed {c:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_taken_alone_is_framed_once_for_every_client() {
+        let (a, b) = (Outbox::new(10), Outbox::new(10));
+        let batch = Batch::new(vec![delivery("a", 1), delivery("b", 2)]);
+        a.push_batch(&batch);
+        b.push_batch(&batch);
+        let (x, y) = (shared_frames(&a), shared_frames(&b));
+        assert_eq!(x.len(), 1);
+        assert_eq!(x[0].as_str(), r#"{"type":"positions","positions":[{"n":1},{"n":2}]}"#);
+        assert_eq!(x[0].as_ptr(), y[0].as_ptr(), "the same bytes, not a copy per client");
+    }
+
+    #[test]
+    fn a_client_behind_gets_its_batches_framed_together_and_coalesced_when_full() {
+        let outbox = Outbox::new(3);
+        outbox.push_batch(&Batch::new(vec![delivery("a", 1), delivery("b", 2)]));
+        outbox.push_batch(&Batch::new(vec![delivery("a", 3)]));
+        assert_eq!(texts(&outbox), vec![r#"{"type":"positions","positions":[{"n":1},{"n":2},{"n":3}]}"#.to_owned()]);
+        outbox.push_batch(&Batch::new(vec![delivery("a", 4), delivery("b", 5)]));
+        // Full (2 of 3 queued, 2 more): the batch is queued position by position, coalescing past 3.
+        let pushed = outbox.push_batch(&Batch::new(vec![delivery("a", 6), delivery("c", 7)]));
+        assert_eq!(pushed, Pushed { queued: 2, coalesced: 1, dropped: 0 });
+        assert_eq!(texts(&outbox), vec![r#"{"type":"positions","positions":[{"n":5},{"n":6},{"n":7}]}"#.to_owned()]);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! type (`bad_message`, `bad_target`, `bad_cursor`). Server frames are built as text: positions arrive
 //! from the database as finished JSON and are spliced in without being parsed again.
 
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use trackway_wire::Cursor;
 
 /// Longest device or group id (the `trackway.positions.device_id` check allows 256 bytes).
@@ -276,8 +276,9 @@ pub fn positions_frames<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<(St
     frames
 }
 
-/// A frame's text. Snapshot documents are shared by every client answered from the same snapshot: a
-/// frame holding them is the client's own head around the shared bytes, joined only when it is written.
+/// A frame's text. Snapshot documents, replays and live positions going to several clients are shared: a
+/// frame holding them is the shared bytes (validated UTF-8, written as they are), or for a `subscribed`
+/// frame the client's own head around the shared bytes, joined only when it is written.
 #[derive(Debug, Clone)]
 pub enum Text {
     /// A frame of one client's own.
@@ -287,12 +288,12 @@ pub enum Text {
         /// The client's part (`{"cursor":…,"id":…,…,"snapshot":[`).
         head: String,
         /// Shared.
-        shared: Bytes,
+        shared: Utf8Bytes,
         /// `]}`.
         tail: &'static str,
     },
     /// A frame shared whole.
-    Shared(Bytes),
+    Shared(Utf8Bytes),
 }
 
 impl Text {
@@ -310,18 +311,19 @@ impl Text {
         self.len() == 0
     }
 
-    /// The frame's UTF-8 bytes, in one piece (a copy only for [`Text::Around`]).
-    pub fn into_bytes(self) -> Bytes {
+    /// The frame's text in one piece, as the WebSocket writes it (a copy only for [`Text::Around`]; shared
+    /// bytes are not validated again).
+    pub fn into_text(self) -> Utf8Bytes {
         match self {
-            Text::Own(text) => Bytes::from(text),
+            Text::Own(text) => Utf8Bytes::from(text),
             Text::Around { head, shared, tail } => {
-                let mut joined = Vec::with_capacity(head.len() + shared.len() + tail.len());
-                joined.extend_from_slice(head.as_bytes());
-                joined.extend_from_slice(&shared);
-                joined.extend_from_slice(tail.as_bytes());
-                Bytes::from(joined)
+                let mut joined = String::with_capacity(head.len() + shared.len() + tail.len());
+                joined.push_str(&head);
+                joined.push_str(shared.as_str());
+                joined.push_str(tail);
+                Utf8Bytes::from(joined)
             }
-            Text::Shared(bytes) => bytes,
+            Text::Shared(text) => text,
         }
     }
 }
@@ -337,9 +339,9 @@ impl From<String> for Text {
 /// `remaining`); each further part is a `snapshot` frame of its own, the same bytes for everyone.
 pub struct Snapshot {
     /// Documents in each part, and the part (`doc,doc,…`).
-    parts: Vec<(usize, Bytes)>,
+    parts: Vec<(usize, Utf8Bytes)>,
     /// The `snapshot` frames of the parts after the first.
-    more: Vec<Bytes>,
+    more: Vec<Utf8Bytes>,
 }
 
 impl Snapshot {
@@ -355,12 +357,12 @@ impl Snapshot {
             part.push_str(doc);
             count += 1;
             if frame_is_full(count, part.len()) {
-                parts.push((count, Bytes::from(std::mem::take(&mut part))));
+                parts.push((count, Utf8Bytes::from(std::mem::take(&mut part))));
                 count = 0;
             }
         }
         if count > 0 || parts.is_empty() {
-            parts.push((count, Bytes::from(part)));
+            parts.push((count, Utf8Bytes::from(part)));
         }
         let mut head = Map::new();
         head.insert("type".into(), "snapshot".into());
@@ -369,11 +371,11 @@ impl Snapshot {
         let more = parts[1..]
             .iter()
             .map(|(_, part)| {
-                let mut frame = Vec::with_capacity(head.len() + part.len() + 2);
-                frame.extend_from_slice(head.as_bytes());
-                frame.extend_from_slice(part);
-                frame.extend_from_slice(b"]}");
-                Bytes::from(frame)
+                let mut frame = String::with_capacity(head.len() + part.len() + 2);
+                frame.push_str(&head);
+                frame.push_str(part.as_str());
+                frame.push_str("]}");
+                Utf8Bytes::from(frame)
             })
             .collect();
         Snapshot { parts, more }
@@ -593,7 +595,7 @@ mod tests {
     }
 
     fn parsed(text: &Text) -> Value {
-        serde_json::from_slice(&text.clone().into_bytes()).expect("a JSON frame")
+        serde_json::from_str(text.clone().into_text().as_str()).expect("a JSON frame")
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::{
 };
 
 use super::{
-    outbox::{Delivery, Outbox, Pushed},
+    outbox::{Batch, Delivery, Outbox, Pushed},
     protocol::{CloseCode, Target},
 };
 
@@ -170,11 +170,12 @@ impl Router {
     /// in order; a client that gets it through no subscription in force keeps it in the holds it matches.
     /// Clients whose outbox closed are forgotten. Returns the sum of what the pushes did.
     pub fn route(&mut self, rows: &[Routed]) -> Pushed {
-        let mut per_client: HashMap<ClientId, Vec<Arc<Delivery>>> = HashMap::new();
+        // Per client, the rows it gets (indexes into `rows`, in order).
+        let mut per_client: HashMap<ClientId, Vec<usize>> = HashMap::new();
         let mut seen: HashSet<ClientId> = HashSet::new();
         let mut gone = Vec::new();
         let holding = !self.held_device.is_empty() || !self.held_group.is_empty();
-        for row in rows {
+        for (i, row) in rows.iter().enumerate() {
             seen.clear();
             let watchers = self
                 .by_device
@@ -184,17 +185,22 @@ impl Router {
                 .chain(row.groups.iter().filter_map(|g| self.by_group.get(g)).flatten());
             for &client in watchers {
                 if seen.insert(client) {
-                    per_client.entry(client).or_default().push(row.delivery.clone());
+                    per_client.entry(client).or_default().push(i);
                 }
             }
             if holding {
                 self.keep_for_holds(row, &seen, &mut gone);
             }
         }
+        // Clients that get the same rows share one batch (framed once: a broadcast's usual case).
+        let mut batches: HashMap<Vec<usize>, Arc<Batch>> = HashMap::new();
         let mut total = Pushed::default();
-        for (client, deliveries) in per_client {
+        for (client, indexes) in per_client {
             let Some(entry) = self.clients.get(&client) else { continue };
-            let pushed = entry.outbox.push_live(&deliveries);
+            let batch = batches
+                .entry(indexes)
+                .or_insert_with_key(|indexes| Batch::new(indexes.iter().map(|&i| rows[i].delivery.clone()).collect()));
+            let pushed = entry.outbox.push_batch(batch);
             total.queued += pushed.queued;
             total.coalesced += pushed.coalesced;
             total.dropped += pushed.dropped;
@@ -211,28 +217,24 @@ impl Router {
     /// Adds `row` to the holds it matches of clients not in `delivered`. A hold past its outbox's capacity
     /// keeps the newest row per device; one still past it closes the client as too slow (into `gone`).
     fn keep_for_holds(&mut self, row: &Routed, delivered: &HashSet<ClientId>, gone: &mut Vec<ClientId>) {
-        let device = Target::Device(row.delivery.device.to_string());
-        let held = self
-            .held_device
-            .get(&*row.delivery.device)
-            .into_iter()
-            .flatten()
-            .map(|&c| (c, device.clone()))
-            .chain(row.groups.iter().flat_map(|g| {
-                self.held_group.get(g).into_iter().flatten().map(move |&c| (c, Target::Group(g.clone())))
-            }))
-            .filter(|(c, _)| !delivered.contains(c))
-            .collect::<Vec<_>>();
-        for (client, target) in held {
-            let Some(entry) = self.clients.get_mut(&client) else { continue };
-            let capacity = entry.outbox.capacity();
-            let Some(hold) = entry.held.get_mut(&target) else { continue };
-            hold.rows.push(row.delivery.clone());
-            if hold.rows.len() > capacity {
-                coalesce(&mut hold.rows);
+        let Router { clients, held_device, held_group, .. } = self;
+        // One target per held id the row matches (not one per client: a storm holds a thousand).
+        let device = &row.delivery.device;
+        let by_device = held_device.get(&**device).map(|holders| (Target::Device(device.to_string()), holders));
+        let by_group =
+            row.groups.iter().filter_map(|g| held_group.get(g).map(|holders| (Target::Group(g.clone()), holders)));
+        for (target, holders) in by_device.into_iter().chain(by_group) {
+            for client in holders.iter().filter(|c| !delivered.contains(c)) {
+                let Some(entry) = clients.get_mut(client) else { continue };
+                let capacity = entry.outbox.capacity();
+                let Some(hold) = entry.held.get_mut(&target) else { continue };
+                hold.rows.push(row.delivery.clone());
                 if hold.rows.len() > capacity {
-                    entry.outbox.close(CloseCode::TooSlow);
-                    gone.push(client);
+                    coalesce(&mut hold.rows);
+                    if hold.rows.len() > capacity {
+                        entry.outbox.close(CloseCode::TooSlow);
+                        gone.push(*client);
+                    }
                 }
             }
         }
@@ -298,12 +300,29 @@ mod tests {
             .take(&mut Taken::default())
             .into_iter()
             .map(|f| match f {
-                Frame::Text(t, _) => String::from_utf8(t.into_bytes().to_vec())
-                    .expect("UTF-8")
-                    .replace(r#"{"type":"positions","positions":"#, ""),
+                Frame::Text(t, _) => t.into_text().to_string().replace(r#"{"type":"positions","positions":"#, ""),
                 Frame::Close(c) => c.code().to_string(),
             })
             .collect()
+    }
+
+    #[test]
+    fn clients_that_get_the_same_rows_share_their_frames() {
+        let mut router = Router::default();
+        let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new(100))).collect();
+        for (client, outbox) in outboxes.iter().enumerate() {
+            router.subscribe(client as ClientId, outbox, Target::Group("fleet".into()));
+        }
+        router.subscribe(2, &outboxes[2], Target::Device("d3".into()));
+        router.route(&[row("d1", &["fleet"], 1), row("d3", &[], 2)]);
+        let frame = |outbox: &Outbox| match outbox.take(&mut Taken::default()).remove(0) {
+            Frame::Text(crate::live::protocol::Text::Shared(t), _) => t,
+            _ => panic!("not a shared frame"),
+        };
+        let (a, b, c) = (frame(&outboxes[0]), frame(&outboxes[1]), frame(&outboxes[2]));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same rows: the same frame");
+        assert_ne!(a.as_ptr(), c.as_ptr(), "other rows: a frame of their own");
+        assert_eq!(c.as_str(), r#"{"type":"positions","positions":[1,2]}"#);
     }
 
     #[test]

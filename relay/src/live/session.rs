@@ -20,11 +20,11 @@ use std::{
 
 use deadpool_postgres::Pool;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::{
     self,
     protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame},
-    Message, Utf8Bytes,
+    Message,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,20 @@ pub struct Shared {
     pub next_client: AtomicU64,
     /// Open authenticated connections per user, against `TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER`.
     pub users: Users,
+    /// Places for writing big frames ([`BULK_FRAME_BYTES`] and more: snapshots, replays, a backlog), so
+    /// that a thousand clients resuming at once do not stand, runnable, between every other client's
+    /// live positions and the CPU.
+    pub bulk: Semaphore,
 }
+
+/// Frames this big or bigger are written only with a place of [`Shared::bulk`].
+pub const BULK_FRAME_BYTES: usize = 16 * 1024;
+/// Places for big frames being written at once: enough to keep both cores busy with replays, few enough
+/// that a live frame waits for at most this many big writes ahead of it.
+pub const BULK_WRITERS: usize = 8;
+/// Longest a big frame keeps its place: a client that does not read would otherwise hold it until its
+/// send timeout.
+const BULK_HOLD: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Runs a connection until it closes. `token` came with the handshake (header or query), if any; `place`
 /// is the connection's place among those not yet authenticated, given up once it authenticates.
@@ -652,7 +665,7 @@ where
                     match frame {
                         Frame::Text(text, kind) => {
                             let sent = tokio::select! {
-                                sent = send(&mut sink, message(text), config.send_timeout, metrics) => sent,
+                                sent = send_frame(&mut sink, text, shared) => sent,
                                 () = outbox.abandoned() => {
                                     let code = outbox.closed().unwrap_or(CloseCode::TooSlow);
                                     metrics.closes.with_label_values(&[code.label()]).inc();
@@ -695,12 +708,30 @@ where
 
 /// A text frame as a WebSocket message (shared bytes stay shared).
 fn message(text: Text) -> Message {
-    let bytes = text.into_bytes();
-    match Utf8Bytes::try_from(bytes.clone()) {
-        Ok(text) => Message::Text(text),
-        // Frames are built from Rust strings: never reached.
-        Err(_) => Message::text(String::from_utf8_lossy(&bytes).into_owned()),
+    Message::Text(text.into_text())
+}
+
+/// Writes one frame (a big one with a place of [`Shared::bulk`], held while it is written but at most
+/// [`BULK_HOLD`]); `false` when the connection is to be dropped.
+async fn send_frame<W>(sink: &mut W, text: Text, shared: &Shared) -> bool
+where
+    W: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let (timeout, metrics) = (shared.config.send_timeout, &shared.metrics);
+    if text.len() < BULK_FRAME_BYTES {
+        return send(sink, message(text), timeout, metrics).await;
     }
+    // Never closed.
+    let Ok(place) = shared.bulk.acquire().await else { return false };
+    let sending = send(sink, message(text), timeout, metrics);
+    tokio::pin!(sending);
+    tokio::select! {
+        sent = &mut sending => return sent,
+        () = tokio::time::sleep(BULK_HOLD) => {}
+    }
+    // The client reads slowly: the rest of this frame goes without the place.
+    drop(place);
+    sending.await
 }
 
 /// Writes one message within the send timeout; `false` when the connection is to be dropped.
