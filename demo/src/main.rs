@@ -2,6 +2,8 @@
 //!
 //! - `watch`: a live client of the relay's WebSocket endpoint that prints every position of a group.
 
+#![forbid(unsafe_code)]
+
 mod watch;
 
 use clap::{Parser, Subcommand};

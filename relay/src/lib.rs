@@ -12,6 +12,8 @@
 //! - [`telemetry`]: log output.
 //! - [`cli`]: what the binary does (`main` only calls it).
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod backoff;
 pub mod cli;

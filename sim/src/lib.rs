@@ -11,6 +11,8 @@
 //!   payloads at configurable rates, deterministic for a seed;
 //! - [`cli`]: the command itself (options, pacing, pipelined XADD, the group, signals, summary).
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod device;
 pub mod fleet;

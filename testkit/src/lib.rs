@@ -9,6 +9,8 @@
 //! Errors are returned, not panicked on: tests unwrap them with their own message, the benchmarks add
 //! context.
 
+#![forbid(unsafe_code)]
+
 pub mod database;
 pub mod payloads;
 pub mod stream;

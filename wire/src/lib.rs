@@ -30,6 +30,8 @@
 //! - `store`: [`StorePolicy`], whether a batch is inserted optimistically or with `ON CONFLICT`;
 //! - `limits`: [`Limits`], the size and future-time limits set by the server.
 
+#![forbid(unsafe_code)]
+
 pub mod announce;
 mod attributes;
 mod batch;
