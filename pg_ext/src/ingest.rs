@@ -30,7 +30,10 @@ pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 /// after the `INSERT` into `positions`: `$1..$10` are the columns of the rows, `$11`/`$12` the keys of the
 /// newest row of each device (in device order). Returns `(ingest_seq, device_id, ts)` of every row actually
 /// inserted. The upsert takes rows in device order, so concurrent batches lock latest rows in the same
-/// order, and only ever moves a device's latest position forward in time.
+/// order, and only ever moves a device's latest position forward in time; a row of the same time *is* the
+/// latest row (the key is unique: it was deleted and stored again), whose cursor columns are taken over.
+/// The insert trigger `_positions_inserted` (sql/api.sql) states the same rule for every other route:
+/// change both together (issue 17 is to make them one).
 macro_rules! store_rows {
     ($conflict:literal) => {
         concat!(
@@ -60,6 +63,7 @@ WITH new_rows AS (
             satellites = excluded.satellites, priority = excluded.priority, attributes = excluded.attributes,
             ingested_at = excluded.ingested_at, ingest_xid = excluded.ingest_xid, ingest_seq = excluded.ingest_seq
         WHERE l.ts < excluded.ts
+           OR (l.ts = excluded.ts AND (l.ingest_xid, l.ingest_seq) <> (excluded.ingest_xid, excluded.ingest_seq))
 )
 SELECT n.ingest_seq, n.device_id, n.ts FROM new_rows n"
         )

@@ -425,6 +425,32 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM trackway.positions WHERE device_id = 'dev-g'"), 0);
     }
 
+    /// A row deleted and ingested again is a new row (new cursor columns): its device's latest position,
+    /// of the same time, must take them over, as the insert trigger does for every other route. The
+    /// ingest functions kept the old ones (their upsert only moved forward in time), so the latest
+    /// position named a cursor no row had.
+    #[pg_test]
+    fn a_row_ingested_again_after_a_delete_renews_the_latest_position() {
+        let same_as_positions = || {
+            Spi::get_one::<bool>(
+                "SELECT l.ingest_xid = p.ingest_xid AND l.ingest_seq = p.ingest_seq
+                 FROM trackway.latest_positions l JOIN trackway.positions p USING (device_id, ts)
+                 WHERE device_id = 'dev-again'",
+            )
+            .expect("query")
+            .expect("a row")
+        };
+        let p = payload("dev-again", "2026-11-27T08:00:00.000Z", 54.5);
+        assert_eq!(ingest_batch_statuses(vec![p.clone()]), ["inserted"]);
+        assert!(same_as_positions());
+        Spi::run("DELETE FROM trackway.positions WHERE device_id = 'dev-again'").expect("delete");
+        assert_eq!(ingest_batch_statuses(vec![p.clone()]), ["inserted"]);
+        assert!(same_as_positions(), "ingest_batch: the latest position kept the deleted row's cursor");
+        Spi::run("DELETE FROM trackway.positions WHERE device_id = 'dev-again'").expect("delete");
+        assert_eq!(ingest(&p), "inserted");
+        assert!(same_as_positions(), "ingest: the latest position kept the deleted row's cursor");
+    }
+
     #[pg_test]
     fn the_database_assigns_the_cursor_columns() {
         Spi::run(
