@@ -293,7 +293,7 @@ pub async fn run(args: Args) -> Result<()> {
         while !backlog.is_empty() {
             let n = backlog.len().min(args.batch);
             let payloads: Vec<&str> = backlog[..n].iter().map(|e| e.payload.as_str()).collect();
-            match trackway_testkit::xadd_payloads_as(&mut conn, &args.stream, &args.payload_field, &payloads).await {
+            match crate::stream::xadd_payloads_as(&mut conn, &args.stream, &args.payload_field, &payloads).await {
                 Ok(_) => {
                     backlog.drain(..n).for_each(|e| tally.add(e.kind));
                     if failing {

@@ -10,7 +10,7 @@
 //!   header byte and 0–3 iBeacon records), 256 VIN (17 ASCII characters, rarely): `{"__buffer_b64":"…"}`;
 //! - 10 now and then a nested structure with sentinels inside an array, as the sample data has.
 
-use trackway_testkit::payloads::Rng;
+use crate::rng::Rng;
 
 use crate::geo::Point;
 use crate::payload::{Attr, Fix};

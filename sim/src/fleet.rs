@@ -8,7 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use trackway_testkit::payloads::Rng;
+use crate::rng::Rng;
 
 use crate::device::Device;
 use crate::geo::Point;

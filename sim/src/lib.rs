@@ -9,7 +9,9 @@
 //! - [`payload`]: a fix written in the wire format, and the deliberately invalid variants of it;
 //! - [`fleet`]: the devices on a simulated clock, with retransmissions, late records and invalid
 //!   payloads at configurable rates, deterministic for a seed;
-//! - [`cli`]: the command itself (options, pacing, pipelined XADD, the group, signals, summary).
+//! - [`rng`]: the seeded random numbers everything above draws from;
+//! - [`stream`]: pipelined XADD of payloads (the tests and benchmarks use it through `trackway-testkit`);
+//! - [`cli`]: the command itself (options, pacing, the group, signals, summary).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +20,8 @@ pub mod device;
 pub mod fleet;
 pub mod geo;
 pub mod payload;
+pub mod rng;
+pub mod stream;
 pub mod vehicle;
 
 pub use device::device_id;

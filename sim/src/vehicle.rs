@@ -2,7 +2,7 @@
 //! circles. The speed changes smoothly (bounded acceleration and braking), the vehicle brakes to a stop at
 //! each waypoint, waits there (now and then parked with the ignition off), then sets off for the next one.
 
-use trackway_testkit::payloads::Rng;
+use crate::rng::Rng;
 
 use crate::geo::{bearing_deg, destination, distance_m, Point};
 

@@ -2,9 +2,12 @@
 //! each lives once.
 //!
 //! - [`database`]: a fresh database with the `trackway` extension (drop, create, `CREATE EXTENSION`).
-//! - [`stream`]: pipelined XADD of payloads, and a consumer group's counters from XINFO GROUPS.
-//! - [`payloads`]: wire-format payloads: a minimal valid position and the timestamp text it carries, and
-//!   the seeded generator the simulator uses (the simulator makes the benchmarks' fleets).
+//! - [`stream`]: pipelined XADD of payloads (the simulator's, re-exported), and a consumer group's
+//!   counters from XINFO GROUPS.
+//! - [`payloads`]: wire-format payloads: a minimal valid position and the timestamp text it carries.
+//!
+//! testkit may use the simulator (`trackway-sim`), never the reverse: the simulator ships in the relay's
+//! image and owns its generator and its XADD; Cargo refuses the cycle, so the arrow stays one way.
 //!
 //! Errors are returned, not panicked on: tests unwrap them with their own message, the benchmarks add
 //! context.

@@ -1,42 +1,9 @@
 //! Wire-format payloads (docs/architecture.md §1) and the timestamp text they carry: [`position`], a minimal valid
-//! position for tests that only need many distinct rows, and the seeded [`Rng`] the simulator
-//! (`trackway-sim`, which makes the realistic fleets of the demo and the benchmarks) draws from.
+//! position for tests that only need many distinct rows. (Realistic fleets come from `trackway-sim`.)
 
 /// 2026-11-27T08:00:00Z in Unix milliseconds.
 #[cfg(test)]
 const START_UNIX_MS: i64 = 1_795_766_400_000;
-
-/// SplitMix64: tiny, fast, and good enough to make test data look random.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform integer in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    /// A uniform float in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-}
 
 /// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (JavaScript's `toISOString`), the wire format's own
 /// formatting.

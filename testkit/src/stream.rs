@@ -1,40 +1,10 @@
-//! The Redis Stream from the producer's side: pipelined XADD of payloads, and a consumer group's counters
-//! (XINFO GROUPS) to tell when a relay has read and acknowledged everything.
+//! The Redis Stream: pipelined XADD of payloads (the simulator's own, `trackway_sim::stream`), and a
+//! consumer group's counters (XINFO GROUPS) to tell when a relay has read and acknowledged everything.
 
 use std::collections::HashMap;
 
 use redis::{aio::MultiplexedConnection, RedisResult, Value};
-
-/// XADDs per pipeline: one round trip each, and replies of a modest size.
-const PIPELINE: usize = 500;
-
-/// Adds one entry per payload (field `payload`), pipelined; returns the ids in order.
-pub async fn xadd_payloads<P: AsRef<str>>(
-    conn: &mut MultiplexedConnection,
-    stream: &str,
-    payloads: &[P],
-) -> RedisResult<Vec<String>> {
-    xadd_payloads_as(conn, stream, "payload", payloads).await
-}
-
-/// Adds one entry per payload, each in the entry's field `field`, pipelined; returns the ids in order.
-pub async fn xadd_payloads_as<P: AsRef<str>>(
-    conn: &mut MultiplexedConnection,
-    stream: &str,
-    field: &str,
-    payloads: &[P],
-) -> RedisResult<Vec<String>> {
-    let mut ids = Vec::with_capacity(payloads.len());
-    for chunk in payloads.chunks(PIPELINE) {
-        let mut pipe = redis::pipe();
-        for p in chunk {
-            pipe.cmd("XADD").arg(stream).arg("*").arg(field).arg(p.as_ref());
-        }
-        let chunk_ids: Vec<String> = pipe.query_async(conn).await?;
-        ids.extend(chunk_ids);
-    }
-    Ok(ids)
-}
+pub use trackway_sim::stream::{xadd_payloads, xadd_payloads_as};
 
 /// One consumer group's counters, as XINFO GROUPS reports them.
 #[derive(Clone, Debug, PartialEq, Eq)]
