@@ -419,50 +419,32 @@ impl Outbox {
             return vec![Frame::Close(code)];
         }
         let mut frames = Vec::new();
-        let mut items: Vec<Arc<Delivery>> = Vec::new();
-        let mut bytes = 0;
-        let flush = |items: &mut Vec<Arc<Delivery>>, frames: &mut Vec<Frame>, bytes: &mut usize| {
-            if !items.is_empty() {
-                let frame = protocol::positions_frame(items.iter().map(|d| d.item.as_str()), *bytes);
-                frames.push(Frame::Text(Text::Own(frame), "positions"));
-                items.clear();
-                *bytes = 0;
-            }
-        };
+        let mut own = OwnFrame::default();
         let had_answers = state.answers > 0 || state.bytes > 0;
         while let Some(slot) = state.slots.pop_front() {
             match slot {
                 Slot::Answer(answer) => {
                     state.answers -= 1;
                     taken.delivered += answer.positions;
-                    flush(&mut items, &mut frames, &mut bytes);
+                    own.flush(&mut frames);
                     frames.push(Frame::Text(answer.text, answer.kind));
                 }
                 Slot::Live(d) => {
                     taken.delivered += 1;
                     taken.noticed.push(d.noticed);
-                    bytes += d.item.len() + 1;
-                    items.push(d);
-                    if protocol::frame_is_full(items.len(), bytes) {
-                        flush(&mut items, &mut frames, &mut bytes);
-                    }
+                    own.add(d, &mut frames);
                 }
                 Slot::Batch(batch) => {
                     taken.delivered += batch.deliveries.len() as u64;
                     taken.noticed.extend(batch.deliveries.iter().map(|d| d.noticed));
-                    let alone =
-                        items.is_empty() && !matches!(state.slots.front(), Some(Slot::Live(_) | Slot::Batch(_)));
+                    let alone = own.is_empty() && !matches!(state.slots.front(), Some(Slot::Live(_) | Slot::Batch(_)));
                     if alone {
                         // The client is keeping up: the frames every such client writes.
                         frames.extend(batch.frames().iter().map(|f| Frame::Text(Text::Shared(f.clone()), "positions")));
-                        continue;
-                    }
-                    // Behind: its queued positions share frames of its own, as few as fit.
-                    for d in &batch.deliveries {
-                        bytes += d.item.len() + 1;
-                        items.push(d.clone());
-                        if protocol::frame_is_full(items.len(), bytes) {
-                            flush(&mut items, &mut frames, &mut bytes);
+                    } else {
+                        // Behind: its queued positions share frames of its own, as few as fit.
+                        for d in &batch.deliveries {
+                            own.add(d.clone(), &mut frames);
                         }
                     }
                 }
@@ -470,12 +452,45 @@ impl Outbox {
         }
         state.live = 0;
         self.release(&mut state);
-        flush(&mut items, &mut frames, &mut bytes);
+        own.flush(&mut frames);
         drop(state);
         if had_answers {
             self.drained.notify_waiters();
         }
         frames
+    }
+}
+
+/// A `positions` frame of one client's own being filled from its queued live positions.
+#[derive(Default)]
+struct OwnFrame {
+    items: Vec<Arc<Delivery>>,
+    /// About the bytes of `items` (for [`protocol::frame_is_full`]).
+    bytes: usize,
+}
+
+impl OwnFrame {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Adds a position; a frame that is full goes to `frames`.
+    fn add(&mut self, delivery: Arc<Delivery>, frames: &mut Vec<Frame>) {
+        self.bytes += delivery.item.len() + 1;
+        self.items.push(delivery);
+        if protocol::frame_is_full(self.items.len(), self.bytes) {
+            self.flush(frames);
+        }
+    }
+
+    /// Sends what was added so far to `frames` as one frame, if anything.
+    fn flush(&mut self, frames: &mut Vec<Frame>) {
+        if !self.items.is_empty() {
+            let frame = protocol::positions_frame(self.items.iter().map(|d| d.item.as_str()), self.bytes);
+            frames.push(Frame::Text(Text::Own(frame), "positions"));
+            self.items.clear();
+            self.bytes = 0;
+        }
     }
 }
 
