@@ -332,9 +332,9 @@ async fn wait_ready(relay: &InProcess, want: u16) -> String {
 /// statement trigger raising it while a flag says so, as a full NOTIFY queue raises 54000 at every commit):
 /// an outage, not bad data. Nothing is dead-lettered or acknowledged early; `/readyz` says why; once the
 /// flag is cleared every entry is stored.
-async fn refusing_database_dead_letters_nothing(sqlstate: &str) {
-    let db = fresh_database(&format!("relay_refusing_{}", sqlstate.to_ascii_lowercase())).await;
-    let client = connect(&db).await;
+/// Installs a statement trigger on `trackway.positions` that refuses every INSERT with `sqlstate` while
+/// `public.refuse_flag.refusing` is true (it starts true).
+async fn refuse_inserts(client: &tokio_postgres::Client, sqlstate: &str) {
     client
         .batch_execute(&format!(
             "CREATE TABLE public.refuse_flag (refusing boolean NOT NULL);
@@ -351,6 +351,12 @@ async fn refusing_database_dead_letters_nothing(sqlstate: &str) {
         ))
         .await
         .expect("refusing trigger");
+}
+
+async fn refusing_database_dead_letters_nothing(sqlstate: &str) {
+    let db = fresh_database(&format!("relay_refusing_{}", sqlstate.to_ascii_lowercase())).await;
+    let client = connect(&db).await;
+    refuse_inserts(&client, sqlstate).await;
     let stream = unique(&format!("refusing-{sqlstate}"));
     let mut conn = redis(&redis_url()).await;
     let relay = start(&db, &stream, &["--batch-size", "100"]).await;
@@ -384,6 +390,67 @@ async fn a_full_notify_queue_54000_is_an_outage_not_bad_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_internal_error_xx000_is_an_outage_not_bad_data() {
     refusing_database_dead_letters_nothing("XX000").await;
+}
+
+/// Invalid payloads arrive during an outage that refuses every INSERT (XX000). A batch of only invalid
+/// payloads inserts nothing, so it commits even then; such a commit must not count as proof that the
+/// database accepts writes. Here good entries are held (refused alone, nothing committed since), then
+/// invalid ones arrive: the next batch is the held ones and the invalid ones, refused, and split; its
+/// all-invalid half commits, and the held entries are refused alone again. Counting that commit made them
+/// `rejected` dead letters (seen: one good entry of 1,000 in an 8 s outage). Only the invalid payloads may
+/// become dead letters, and every good entry is stored once the outage ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_of_invalid_payloads_during_an_outage_prove_nothing() {
+    let db = fresh_database("relay_refusing_with_invalid").await;
+    let client = connect(&db).await;
+    refuse_inserts(&client, "XX000").await;
+    let stream = unique("refusing-invalid");
+    let mut conn = redis(&redis_url()).await;
+    let relay = start(&db, &stream, &["--batch-size", "100"]).await;
+    let invalid = invalid_cases();
+    let dead_stream = format!("{stream}:dead");
+    let mut good = 0;
+    let mut invalid_ids = Vec::new();
+    // Few held entries a round: each is made to stand alone by one outage round (a backoff wait).
+    for (round, held) in [1, 2, 4].into_iter().enumerate() {
+        let payloads: Vec<String> = (0..held).map(|i| position(&format!("refused-{i}"), round * 100 + i)).collect();
+        xadd_payloads(&mut conn, &stream, &payloads).await;
+        good += held;
+        let body = wait_ready(&relay, 503).await;
+        assert!(body.contains("XX000"), "{body}");
+        // Held: refused alone, with nothing committed since.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let payloads: Vec<String> = (0..6).map(|i| invalid[(round * 6 + i) % invalid.len()].1.clone()).collect();
+        invalid_ids.extend(xadd_payloads(&mut conn, &stream, &payloads).await);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let dead = read_all(&mut conn, &dead_stream).await;
+            let judged: Vec<_> = dead.iter().filter(|(_, f)| f["trackway.reason"] != "invalid").collect();
+            assert!(judged.is_empty(), "good entries dead-lettered during the outage: {judged:#?}");
+            if dead.len() == invalid_ids.len() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: {} of {} invalid entries dead-lettered: {dead:#?}",
+                dead.len(),
+                invalid_ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    client.batch_execute("UPDATE public.refuse_flag SET refusing = false").await.expect("clear the flag");
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, good as i64);
+    let dead = read_all(&mut conn, &dead_stream).await;
+    let mut lettered: Vec<&str> = dead.iter().map(|(_, f)| f["trackway.source_id"].as_str()).collect();
+    lettered.sort_unstable();
+    invalid_ids.sort_unstable();
+    assert_eq!(lettered, invalid_ids.iter().map(String::as_str).collect::<Vec<_>>(), "{dead:#?}");
+    assert!(dead.iter().all(|(_, f)| f["trackway.reason"] == "invalid"), "{dead:#?}");
+    wait_ready(&relay, 200).await;
+    relay.stop().await.expect("clean stop");
 }
 
 /// Payloads the server refuses whatever the moment (a guard trigger refusing two devices, with P0001 and

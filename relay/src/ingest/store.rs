@@ -23,7 +23,10 @@ pub(super) struct Storer {
     pub(super) postgres: BackendState,
     /// Delay between attempts.
     pub(super) backoff: Backoff,
-    /// Statements committed since the relay started (the clock that orders refusals and commits).
+    /// Statements committed since the relay started that stored at least one row: the clock that orders
+    /// refusals and commits, and the only evidence that the database accepts writes. A commit that stored
+    /// nothing (only invalid or duplicate payloads) proves nothing: during an outage that refuses every
+    /// INSERT, a batch of invalid payloads still commits, since it inserts nothing.
     pub(super) commits: u64,
     /// Group operations (the attempt counts).
     pub(super) group: Group,
@@ -95,7 +98,9 @@ impl Storer {
                     // The settle script removes the counts of settled entries.
                     self.metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
                     self.metrics.batches.with_label_values(&["committed"]).inc();
-                    self.commits += 1;
+                    if statuses.iter().any(|s| matches!(s, Status::Inserted)) {
+                        self.commits += 1;
+                    }
                     self.backoff.reset();
                     if self.postgres.succeeded() {
                         self.metrics.reconnects.with_label_values(&["postgres"]).inc();

@@ -5,11 +5,13 @@
 //! say whose fault it is: a full NOTIFY queue (54000), an internal error (XX000), an operator's guard
 //! trigger (P0001) or a statement timeout refuse good data too. So a refused batch is split in halves
 //! (breadth first), and an entry becomes a `rejected` dead letter only when it was refused *alone*, then
-//! another write committed, and then it was refused alone *again*. Evidence comes only from commits:
+//! another write committed rows, and then it was refused alone *again*. Evidence comes only from commits
+//! that stored rows in `positions`: a batch of only invalid or duplicate payloads commits even while every
+//! INSERT is refused, so it proves nothing ([`Storer::commits`]).
 //!
 //! - When the batch and both its halves have been refused in a row ([`OUTAGE_STREAK`]) with nothing
-//!   committed, one random entry not yet refused alone is tried alone (a probe). If that commits, the
-//!   database works and the splitting goes on. If not, it is an outage: nothing is judged, the whole
+//!   committed, one random entry not yet refused alone is tried alone (a probe). If that stores its row,
+//!   the database works and the splitting goes on. If not, it is an outage: nothing is judged, the whole
 //!   unresolved rest is retried as one batch after a backoff (`batches_total{outcome="retried"}`, one log
 //!   line at the start and one at the end, `/readyz` 503 with the server's error).
 //! - An entry refused alone with no commit since — above all a batch of one entry, which has no sibling to
@@ -183,7 +185,9 @@ impl Storer {
         Some(results.into_iter().zip(lone).map(|(r, at)| r.unwrap_or(Stored::Held(at.unwrap_or(0)))).collect())
     }
 
-    /// Tries one random entry that was not refused alone yet, alone. `true` when it committed.
+    /// Tries random entries that were not refused alone yet, alone, until one stores its row (`true`) or
+    /// is refused (`false`). An entry that commits without storing a row (invalid, or a duplicate) gets its
+    /// final result but proves nothing about the database, so the next one is tried.
     async fn probe(
         &mut self,
         items: &[Item<'_>],
@@ -192,25 +196,31 @@ impl Storer {
         counted: &mut [bool],
         shutdown: &CancellationToken,
     ) -> Option<bool> {
-        let candidates: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none() && lone[i].is_none()).collect();
-        if candidates.is_empty() {
-            return Some(false);
-        }
-        let i = candidates[fastrand::usize(..candidates.len())];
-        match self.attempt(items, &[i], counted, shutdown).await? {
-            Attempt::OverLimit(over) => {
-                for (i, count) in over {
-                    results[i] = Some(Stored::OverLimit(count));
+        loop {
+            let candidates: Vec<usize> =
+                (0..items.len()).filter(|&i| results[i].is_none() && lone[i].is_none()).collect();
+            if candidates.is_empty() {
+                return Some(false);
+            }
+            let i = candidates[fastrand::usize(..candidates.len())];
+            match self.attempt(items, &[i], counted, shutdown).await? {
+                Attempt::OverLimit(over) => {
+                    for (i, count) in over {
+                        results[i] = Some(Stored::OverLimit(count));
+                    }
                 }
-                Some(false)
-            }
-            Attempt::Committed(mut statuses) => {
-                results[i] = statuses.pop().map(Stored::Status);
-                Some(true)
-            }
-            Attempt::Refused(_) => {
-                lone[i] = Some(self.commits);
-                Some(false)
+                Attempt::Committed(mut statuses) => {
+                    let status = statuses.pop();
+                    let stored = matches!(status, Some(Status::Inserted));
+                    results[i] = status.map(Stored::Status);
+                    if stored {
+                        return Some(true);
+                    }
+                }
+                Attempt::Refused(_) => {
+                    lone[i] = Some(self.commits);
+                    return Some(false);
+                }
             }
         }
     }
