@@ -5,6 +5,8 @@
 //! - [`stream`]: pipelined XADD of payloads (the simulator's, re-exported), and a consumer group's
 //!   counters from XINFO GROUPS.
 //! - [`payloads`]: wire-format payloads: a minimal valid position and the timestamp text it carries.
+//! - [`prometheus`]: samples and sums read from the relay's `/metrics` text.
+//! - [`token`]: HS256 access tokens signed as Directus signs them.
 //!
 //! testkit may use the simulator (`trackway-sim`), never the reverse: the simulator ships in the relay's
 //! image and owns its generator and its XADD; Cargo refuses the cycle, so the arrow stays one way.
@@ -16,8 +18,11 @@
 
 pub mod database;
 pub mod payloads;
+pub mod prometheus;
 pub mod stream;
+pub mod token;
 
 pub use database::{create_extension, drop_database, recreate_database, InstallWait};
 pub use payloads::{position, timestamp};
 pub use stream::{group_counters, xadd_payloads, xadd_payloads_as, GroupCounters};
+pub use token::directus_token;

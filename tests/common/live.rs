@@ -1,11 +1,7 @@
 //! Helpers of the live tests: a relay with its `/live` endpoint on a port-0 listener, a WebSocket client
 //! that speaks the protocol as a client would (plain JSON, no relay types), and Directus-style tokens.
 
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
@@ -112,18 +108,7 @@ impl LiveRelay {
 
 /// A Directus-style access token signed with `secret`, valid for `ttl` (negative: already expired).
 pub fn token_with(secret: &str, claims: Value, ttl_secs: i64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64;
-    let mut claims = claims;
-    let object = claims.as_object_mut().expect("claims object");
-    object.entry("iss").or_insert(json!("directus"));
-    object.entry("iat").or_insert(json!(now));
-    object.entry("exp").or_insert(json!(now + ttl_secs));
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("token")
+    trackway_testkit::directus_token(secret, claims, ttl_secs).expect("token")
 }
 
 /// An administrator's token (15 minutes), as Directus issues them.

@@ -321,7 +321,5 @@ pub fn metric(text: &str, sample: &str) -> f64 {
 /// [`metric`], `None` when the sample is absent (for waits on a labelled sample that appears with its first
 /// event; such a wait still fails at its deadline when the sample never comes).
 pub fn metric_opt(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap_or_else(|e| panic!("metric sample {sample}: {v:?} is not a number: {e}")))
+    trackway_testkit::prometheus::sample(text, sample).unwrap_or_else(|e| panic!("{e}"))
 }
