@@ -4,8 +4,8 @@
 use pgrx::prelude::*;
 use trackway_wire::{announcements, summary, Detail, NewRow, Position};
 
-use crate::ingest::to_unix_micros;
 use crate::settings::{self, Plan};
+use crate::time::to_unix_micros;
 
 /// How the trigger announces `rows` new rows: `full`, `reference` (one entry per row), `bulk`, `queue` (one
 /// summary, and why) or `off`. See `settings::announce_plan`.

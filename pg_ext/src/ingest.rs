@@ -21,10 +21,8 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use trackway_wire::{announce_rows, summary, BatchPlan, Insert, Outcome, Position, StorePolicy};
 
 use crate::settings::{self, Plan};
+use crate::time::{to_timestamptz, to_unix_micros};
 use crate::{errors, statement};
-
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
-pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 /// The statement that stores the planned rows and keeps `latest_positions`, with `$conflict` the clause
 /// after the `INSERT` into `positions`: `$1..$10` are the columns of the rows, `$11`/`$12` the keys of the
@@ -359,16 +357,4 @@ impl<'a> From<&'a [Position]> for Columns<'a> {
         }
         c
     }
-}
-
-/// A decoded timestamp (Unix microseconds) as a `timestamptz`. The codec only accepts years 0–9999, all
-/// of which PostgreSQL can represent.
-pub fn to_timestamptz(unix_micros: i64) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(unix_micros - PG_EPOCH_OFFSET_MICROS)
-        .unwrap_or_else(|_| error!("trackway: timestamp {unix_micros} is out of PostgreSQL's range"))
-}
-
-/// A `timestamptz` as Unix microseconds.
-pub fn to_unix_micros(ts: TimestampWithTimeZone) -> i64 {
-    pg_sys::TimestampTz::from(ts) + PG_EPOCH_OFFSET_MICROS
 }

@@ -3,7 +3,7 @@
 use pgrx::prelude::*;
 use trackway_wire::{Cursor, Position};
 
-use crate::ingest::to_unix_micros;
+use crate::time::to_unix_micros;
 use crate::{errors, settings};
 
 /// The normalised position a payload decodes to (what would be stored), for inspection. Invalid input

@@ -9,6 +9,7 @@
 //! - [`announce`] — the NOTIFY payloads built by the insert trigger (plain `INSERT`/`COPY`);
 //! - [`errors`] — wire-codec errors as PostgreSQL errors with a data-exception SQLSTATE;
 //! - [`settings`] — the `trackway.max_payload_bytes` setting;
+//! - [`time`] — Unix microseconds (the codec's) to and from `timestamptz`;
 //! - `sql/api.sql` — SQL-language functions, the insert trigger, roles and grants, the TimescaleDB hookup.
 //!
 //! Every `#[pg_extern]` here only converts types and calls the plain-Rust crate `trackway-wire`, which
@@ -22,6 +23,7 @@ mod ingest;
 mod inspect;
 mod settings;
 mod statement;
+mod time;
 
 ::pgrx::pg_module_magic!(name, version);
 

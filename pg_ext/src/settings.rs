@@ -12,7 +12,7 @@
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use trackway_wire::{FutureLimit, Limits};
 
-use crate::{ingest::to_unix_micros, statement};
+use crate::{statement, time::to_unix_micros};
 
 /// Payloads longer than this many bytes are rejected before they are parsed (`trackway.max_payload_bytes`).
 pub static MAX_PAYLOAD_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1 << 20);
