@@ -279,6 +279,71 @@ async fn subscriptions_are_authorized_by_trackway_authorize() {
     relay.stop().await.expect("clean stop");
 }
 
+/// Clients reconnecting at once (a relay restart, a deploy) ask `trackway.authorize` together: the
+/// questions waiting at one moment go to the database as one statement, each distinct (claims, kind, id)
+/// once, and one question the function fails on fails alone. Asked one by one, 200 clients of one token
+/// made 200 calls, queued for the live pool's four connections (on a loaded machine past the pool's wait
+/// timeout: `unavailable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizations_asked_at_once_are_asked_together() {
+    let db = fresh_database("live_authorize_together").await;
+    let admin = connect(&db).await;
+    admin
+        .batch_execute(
+            "CREATE SEQUENCE public.authorize_calls;
+             CREATE OR REPLACE FUNCTION trackway.authorize(claims jsonb, kind text, id text) RETURNS boolean
+             LANGUAGE plpgsql AS $$
+             BEGIN
+               PERFORM nextval('public.authorize_calls');
+               PERFORM pg_sleep(0.01);
+               IF id = 'poison' THEN
+                 RAISE EXCEPTION 'injected failure for one question';
+               END IF;
+               RETURN claims ->> 'id' = 'u-storm';
+             END $$",
+        )
+        .await
+        .expect("counting authorize");
+    let flags = live_flags(&db, &unique("live_authorize_together"), &["--live-max-connections-per-user", "1000"]);
+    let relay = LiveRelay::start(&flags).await;
+    let url = relay.url("");
+    let token = user_token("u-storm", "r");
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        clients.push(Client::authenticated(&url, &token).await);
+    }
+    let mut other = Client::authenticated(&url, &user_token("u-other", "r")).await;
+    // Everyone asks at once: five groups, one device the function fails on, and a token it refuses.
+    for (n, client) in clients.iter_mut().enumerate() {
+        let target = if n % 20 == 7 { json!({"device": "poison"}) } else { json!({"group": format!("g{}", n % 5)}) };
+        let mut message = target;
+        message["type"] = json!("subscribe");
+        message["id"] = json!(n);
+        client.send(message).await;
+    }
+    other.send(json!({"type": "subscribe", "group": "g0", "id": "other"})).await;
+    for (n, client) in clients.iter_mut().enumerate() {
+        let answer = client.recv().await;
+        if n % 20 == 7 {
+            assert_eq!(
+                (answer["type"].as_str(), answer["code"].as_str()),
+                (Some("error"), Some("unavailable")),
+                "{answer}"
+            );
+        } else {
+            assert_eq!(answer["type"], "subscribed", "client {n}: {answer}");
+        }
+        assert_eq!(answer["id"], json!(n), "{answer}");
+    }
+    let refused = other.recv_type("error").await;
+    assert_eq!((refused["code"].as_str(), refused["id"].as_str()), (Some("forbidden"), Some("other")), "{refused}");
+    let row = admin.query_one("SELECT last_value FROM public.authorize_calls", &[]).await.expect("calls");
+    let calls: i64 = row.get(0);
+    // Seven distinct questions; each batch asks each of its own once (and a failed batch each alone).
+    assert!(calls < 100, "{calls} calls of trackway.authorize for 201 questions");
+    relay.stop().await.expect("clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_with_4001_and_counted() {
     let db = fresh_database("live_badtokens").await;

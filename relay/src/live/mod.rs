@@ -10,6 +10,7 @@
 //! - [`page`] — the live map page (`/`), a browser client of `/live`.
 //! - [`protocol`] — message parsing and frames (docs/live-protocol.md).
 //! - [`auth`], [`directus`] — tokens (`jwt`, `directus`, `none`).
+//! - [`authorize`] — `trackway.authorize`, asked in batches for every session waiting at the moment.
 //! - [`limits`] — what one connection or one user may cost: authorize pacing, connections per user.
 //! - [`metrics`] — `trackway_live_*`.
 //!
@@ -18,6 +19,7 @@
 
 pub mod answers;
 pub mod auth;
+pub mod authorize;
 pub mod directus;
 pub mod feed;
 pub mod limits;
@@ -77,7 +79,7 @@ pub async fn run(
     let shared = Arc::new(session::Shared {
         config,
         auth: authenticator,
-        pool: pool.clone(),
+        authorizer: authorize::Authorizer::start(pool.clone()),
         commands,
         metrics,
         next_client: Default::default(),

@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use deadpool_postgres::Pool;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::{
@@ -30,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     auth::{Authenticator, Identity, Refused},
+    authorize::Authorizer,
     feed::{Command, Subscribe},
     limits::{Bucket, UserConnection, Users, AUTHORIZE_BURST, AUTHORIZE_PER_SECOND, MAX_ALLOWED},
     metrics::LiveMetrics,
@@ -45,8 +45,8 @@ pub struct Shared {
     pub config: LiveConfig,
     /// Token checks.
     pub auth: Authenticator,
-    /// Connections for `trackway.authorize`.
-    pub pool: Pool,
+    /// `trackway.authorize`, asked in batches.
+    pub authorizer: Authorizer,
     /// Requests to the feed (bounded; a session waits when it is full).
     pub commands: mpsc::Sender<Command>,
     /// Live metrics.
@@ -557,16 +557,8 @@ impl Reader<'_> {
         if self.allowed.len() >= MAX_ALLOWED {
             self.allowed.clear();
         }
-        let claims = self.identity.as_ref().map(|i| i.claims.to_string()).unwrap_or_else(|| "{}".into());
-        let client = self.shared.pool.get().await.map_err(|e| e.to_string())?;
-        let row = client
-            .query_one(
-                "SELECT trackway.authorize($1::text::jsonb, $2::text, $3::text)",
-                &[&claims, &target.kind(), &target.id()],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let answer = row.try_get::<_, Option<bool>>(0).map_err(|e| e.to_string())?.unwrap_or(false);
+        let claims: Arc<str> = self.identity.as_ref().map_or_else(|| "{}".into(), |i| i.claims.to_string().into());
+        let answer = self.shared.authorizer.ask(claims, target).await?;
         self.allowed.insert(target.clone(), answer);
         Ok(answer)
     }
