@@ -84,6 +84,10 @@ async fn device_and_group_subscribers_get_exactly_the_positions_xadded_for_them(
     assert!(got_d1.iter().all(|p| p["cursor"].is_string()));
     let text = relay.metrics().await;
     assert_eq!(metric(&text, "trackway_live_positions_delivered_total"), (60 + 120) as f64);
+    // Every new row is read and routed once, watched or not.
+    assert_eq!(metric(&text, "trackway_live_feed_rows_total"), 240.0);
+    let reads = metric(&text, "trackway_live_feed_reads_total");
+    assert!((1.0..=240.0).contains(&reads), "{reads} reads");
     assert_eq!(metric(&text, "trackway_live_connections"), 3.0);
     assert_eq!(metric(&text, "trackway_live_subscriptions"), 3.0);
     relay.stop().await.expect("clean stop");

@@ -856,6 +856,17 @@ fn print_live_metrics(metrics: &str) {
     if count > 0.0 {
         println!("  relay's own notify->send mean     {:>9.2} ms over {count:.0} deliveries", 1000.0 * sum / count);
     }
+    let (reads, rows) =
+        (metric_sum(metrics, "trackway_live_feed_reads_total"), metric_sum(metrics, "trackway_live_feed_rows_total"));
+    let frames = metric_sum(metrics, "trackway_live_frames_out_total{type=\"positions\"}");
+    let delivered = metric_sum(metrics, "trackway_live_positions_delivered_total");
+    if reads > 0.0 && frames > 0.0 {
+        println!(
+            "  relay's feed                       {reads:.0} reads, {:.1} rows each; {frames:.0} positions frames, {:.1} positions each",
+            rows / reads,
+            delivered / frames
+        );
+    }
 }
 
 fn mb(kb: u64) -> f64 {

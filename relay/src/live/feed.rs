@@ -139,6 +139,7 @@ pub struct FeedSettings {
     pub database: tokio_postgres::Config,
     /// Longest time between two reads.
     pub poll_interval: Duration,
+
     /// Most rows a replay may hold.
     pub max_replay: usize,
     /// Most answer connections (batches of subscriptions answered at once beside the feed).
@@ -478,6 +479,8 @@ impl Feed {
                 routed.push(Routed { delivery: Arc::new(Delivery { device, item, ts, noticed }), groups });
             }
             total += routed.len() as u64;
+            self.metrics.feed_reads.inc();
+            self.metrics.feed_rows.inc_by(routed.len() as u64);
             let pushed = self.router.route(&routed);
             self.metrics.coalesced.inc_by(pushed.coalesced);
             self.metrics.dropped.inc_by(pushed.dropped);

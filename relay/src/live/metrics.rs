@@ -39,6 +39,11 @@ pub struct LiveMetrics {
     pub replayed: IntCounterVec,
     /// Rows `positions_since` returned a second time (a cursor may repeat a few), not sent again.
     pub repeats_skipped: IntCounter,
+    /// Reads of new rows by the feed (`positions_since` calls): rows per read is about how many positions
+    /// one broadcast frame carries.
+    pub feed_reads: IntCounter,
+    /// Rows routed by the feed (each once, whatever the number of clients).
+    pub feed_rows: IntCounter,
     /// From the notification of a commit (or the read that found it) to the frame carrying the position
     /// being written to the client's socket, seconds.
     pub notify_to_send: Histogram,
@@ -137,6 +142,8 @@ impl LiveMetrics {
                 "trackway_live_repeats_skipped_total",
                 "Rows read a second time by the feed and not sent again.",
             ),
+            feed_reads: counter("trackway_live_feed_reads_total", "Reads of new rows by the live feed."),
+            feed_rows: counter("trackway_live_feed_rows_total", "Rows routed by the live feed (once each, whatever the clients)."),
             notify_to_send,
             answer_connections_busy: gauge(
                 "trackway_live_answer_connections_busy",
