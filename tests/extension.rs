@@ -572,3 +572,205 @@ async fn cursors_are_refused_on_a_hot_standby() {
     // The primary is unaffected.
     assert_eq!(count(&writer, "SELECT count(*) FROM trackway.positions_since('0:0')").await, 1);
 }
+
+/// One way of writing positions into the table.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// `trackway.ingest_batch` with the payloads of a write.
+    IngestBatch,
+    /// `trackway.ingest` once per payload, all in one transaction.
+    Ingest,
+    /// One plain `INSERT … ON CONFLICT DO NOTHING` (the insert trigger keeps the latest positions).
+    Insert,
+    /// `COPY … FROM STDIN` of the rows not stored yet (COPY has no ON CONFLICT).
+    Copy,
+}
+
+/// A step of a generated history.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Positions `(device, second, latitude)` written in one transaction.
+    Write(Vec<(String, u32, f64)>),
+    /// `DELETE` of one row by its key.
+    Delete(String, u32),
+}
+
+/// A history over three devices and eight seconds: batches with repeated and older keys, equal times
+/// (a key written again is a duplicate), and rows deleted and written again.
+fn history(seed: u64) -> Vec<Step> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let device = |rng: &mut fastrand::Rng| format!("s{seed}-d{}", rng.u32(0..3));
+    (0..40)
+        .map(|_| {
+            if rng.u32(0..6) == 0 {
+                let d = device(&mut rng);
+                Step::Delete(d, rng.u32(0..8))
+            } else {
+                let n = rng.usize(1..=5);
+                Step::Write(
+                    (0..n).map(|_| (device(&mut rng), rng.u32(0..8), f64::from(rng.u32(0..90_000)) / 1000.0)).collect(),
+                )
+            }
+        })
+        .collect()
+}
+
+/// Applies a history's steps through `route`, each in its own transaction.
+async fn apply(client: &mut Client, route: Route, steps: &[Step]) {
+    for step in steps {
+        match step {
+            Step::Delete(device, second) => {
+                let ts = format!("2026-11-27T08:00:{second:02}Z");
+                client
+                    .execute(
+                        "DELETE FROM trackway.positions WHERE device_id = $1 AND ts = $2::text::timestamptz",
+                        &[device, &ts],
+                    )
+                    .await
+                    .expect("delete");
+            }
+            Step::Write(rows) => write_rows(client, route, rows).await,
+        }
+    }
+}
+
+async fn write_rows(client: &mut Client, route: Route, rows: &[(String, u32, f64)]) {
+    let payloads: Vec<String> = rows
+        .iter()
+        .map(|(d, s, lat)| {
+            format!(
+                r#"{{"deviceId":"{d}","timestamp":"2026-11-27T08:00:{s:02}.000Z","latitude":{lat},"longitude":25.25}}"#
+            )
+        })
+        .collect();
+    match route {
+        Route::IngestBatch => {
+            ingest_batch(client, &payloads).await;
+        }
+        Route::Ingest => {
+            let tx = client.transaction().await.expect("begin");
+            for p in &payloads {
+                tx.query_one("SELECT trackway.ingest($1)", &[p]).await.expect("ingest");
+            }
+            tx.commit().await.expect("commit");
+        }
+        Route::Insert => {
+            let devices: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+            let times: Vec<String> = rows.iter().map(|r| format!("2026-11-27T08:00:{:02}Z", r.1)).collect();
+            let lats: Vec<f64> = rows.iter().map(|r| r.2).collect();
+            client
+                .execute(
+                    "INSERT INTO trackway.positions (device_id, ts, latitude, longitude)
+                     SELECT d, t::timestamptz, lat, 25.25
+                     FROM unnest($1::text[], $2::text[], $3::float8[]) WITH ORDINALITY AS r(d, t, lat, n)
+                     ORDER BY n
+                     ON CONFLICT DO NOTHING",
+                    &[&devices, &times, &lats],
+                )
+                .await
+                .expect("insert");
+        }
+        Route::Copy => {
+            let tx = client.transaction().await.expect("begin");
+            let mut text = String::new();
+            let mut seen = HashSet::new();
+            for (d, s, lat) in rows {
+                let ts = format!("2026-11-27 08:00:{s:02}+00");
+                let stored = tx
+                    .query_opt(
+                        "SELECT 1 FROM trackway.positions WHERE device_id = $1 AND ts = $2::text::timestamptz",
+                        &[d, &ts],
+                    )
+                    .await
+                    .expect("key lookup")
+                    .is_some();
+                if !stored && seen.insert((d.clone(), *s)) {
+                    text.push_str(&format!("{d}\t{ts}\t{lat}\t25.25\n"));
+                }
+            }
+            if !text.is_empty() {
+                let sink = tx
+                    .copy_in("COPY trackway.positions (device_id, ts, latitude, longitude) FROM STDIN")
+                    .await
+                    .expect("copy");
+                futures_util::pin_mut!(sink);
+                use futures_util::SinkExt;
+                sink.send(bytes_of(&text)).await.expect("send");
+                sink.finish().await.expect("finish copy");
+            }
+            tx.commit().await.expect("commit");
+        }
+    }
+}
+
+/// What a route left: the latest positions of the seed's devices `(device, ts, latitude)`, the latest rows
+/// whose cursor is not that of the stored row they show (must be none), and the announced positions,
+/// sorted.
+async fn outcome(client: &Client, listener: &mut Listener, seed: u64) -> (Vec<String>, i64, Vec<String>) {
+    let like = format!("s{seed}-%");
+    let latest = client
+        .query(
+            "SELECT device_id || ' ' || to_char(ts AT TIME ZONE 'UTC', 'HH24:MI:SS') || ' ' || latitude
+             FROM trackway.latest_positions WHERE device_id LIKE $1 ORDER BY device_id",
+            &[&like],
+        )
+        .await
+        .expect("latest")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let wrong_cursor: i64 = client
+        .query_one(
+            "SELECT count(*) FROM trackway.latest_positions l JOIN trackway.positions p USING (device_id, ts)
+             WHERE l.device_id LIKE $1 AND (l.ingest_xid, l.ingest_seq) IS DISTINCT FROM (p.ingest_xid, p.ingest_seq)",
+            &[&like],
+        )
+        .await
+        .expect("cursors")
+        .get(0);
+    let mut announced: Vec<String> = listener
+        .entries(QUIET)
+        .await
+        .iter()
+        .map(|e| {
+            let p = &e["position"];
+            format!("{} {} {}", p["deviceId"], p["timestamp"], p["latitude"])
+        })
+        .collect();
+    announced.sort();
+    (latest, wrong_cursor, announced)
+}
+
+/// Issue 17: the latest-position rule must be one rule whatever the route. The same generated histories
+/// (many seeds) go through `ingest_batch`, `ingest`, plain INSERT and COPY, each into its own database:
+/// every route must leave the same latest positions, each showing the cursor of the row it shows, and
+/// announce the same new rows. (The routes disagreed on a row written again after a DELETE: fixed in
+/// 3db95cc.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_route_keeps_the_same_latest_positions_and_announcements() {
+    let routes = [Route::IngestBatch, Route::Ingest, Route::Insert, Route::Copy];
+    let mut sides = Vec::new();
+    for route in routes {
+        let db = fresh_database(&format!("latest_rule_{route:?}").to_lowercase()).await;
+        let listener = Listener::start(&db).await;
+        sides.push((route, connect(&db).await, listener));
+    }
+    for seed in 1..=12u64 {
+        let steps = history(seed);
+        let mut outcomes = Vec::new();
+        for (route, client, listener) in &mut sides {
+            apply(client, *route, &steps).await;
+            outcomes.push((*route, outcome(client, listener, seed).await));
+        }
+        let (first_route, first) = &outcomes[0];
+        assert!(!first.0.is_empty() && !first.2.is_empty(), "seed {seed}: the history wrote nothing");
+        for (route, other) in &outcomes {
+            assert_eq!(other.1, 0, "seed {seed}, {route:?}: latest rows with another row's cursor");
+            assert_eq!(
+                (&other.0, &other.2),
+                (&first.0, &first.2),
+                "seed {seed}: {route:?} differs from {first_route:?}; steps: {steps:?}"
+            );
+        }
+    }
+}
