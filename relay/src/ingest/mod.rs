@@ -8,7 +8,7 @@
 //! `duplicate`, and a dead letter is written only while its entry is still pending.
 //!
 //! Nothing is blamed on the data without proof (see `triage`): a batch the server refuses is split, an
-//! entry becomes a `rejected` dead letter only when it fails alone while other writes commit, and a
+//! entry becomes a `rejected` dead letter only when it fails alone while other writes store rows, and a
 //! database that refuses every write is an outage, retried with backoff. Reads are bounded by bytes
 //! (`TRACKWAY_BATCH_BYTES`), and `max_deliveries` counts store attempts that got no answer (kept in
 //! `<stream>:attempts`), not reads.
@@ -17,13 +17,18 @@
 //! N+1 is read (without blocking) and batch N−1 is acknowledged. Each stage has its own Redis connection
 //! where it needs one, so a blocking read never delays an acknowledgement. When nothing was read ahead,
 //! the pending acknowledgement is finished before the next blocking read.
+//!
+//! Rooms: `read` (the reader), `store` (one statement per set of payloads, the attempt counts), `triage`
+//! (the policy that splits refused batches and judges refusals, calling the storer: `triage` uses
+//! `store`, never the reverse), `settle` (acknowledgements and dead letters). Each stage owns its state
+//! behind a constructor.
 
 mod read;
 mod settle;
 mod store;
 mod triage;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use redis::RedisError;
@@ -32,11 +37,11 @@ use tokio_util::sync::CancellationToken;
 use self::{
     read::{Batch, Reader, Source},
     settle::{Settlement, Settler},
-    store::Storer,
-    triage::{Held, Item, Stored},
+    store::{Item, Storer},
+    triage::{Held, Stored, Triage},
 };
 use crate::{
-    backoff::{BackendState, Backoff},
+    backoff::BackendState,
     config::Config,
     database::Status,
     metrics::Metrics,
@@ -47,8 +52,8 @@ use crate::{
 pub struct Consumer {
     /// Reads batches.
     reader: Reader,
-    /// Stores payloads.
-    storer: Storer,
+    /// Stores payloads, splitting refused batches and judging what the refusals say.
+    triage: Triage,
     /// Acknowledges and dead-letters.
     settler: Settler,
     /// Entries refused alone with nothing committed since; sent again with the next batch.
@@ -77,39 +82,22 @@ impl Consumer {
         let group = Group::new(config.names.clone());
         let redis = BackendState::new("redis");
         Ok(Consumer {
-            reader: Reader {
-                group: group.clone(),
-                link: Link::new(config.redis.clone(), config.block)?,
-                batch_size: config.batch_size,
-                batch_bytes: config.batch_bytes,
-                block: config.block,
-                claim_idle: config.claim_idle,
-                group_ready: false,
-                pending_after: Some("0".to_owned()),
-                claim_start: "0-0".to_owned(),
-                next_claim: Instant::now(),
-                redis: redis.clone(),
-                backoff: Backoff::default(),
-                metrics: metrics.clone(),
-            },
-            storer: Storer {
+            reader: Reader::new(
+                group.clone(),
+                Link::new(config.redis.clone(), config.block)?,
+                config,
+                redis.clone(),
+                metrics.clone(),
+            ),
+            triage: Triage::new(Storer::new(
                 pool,
                 postgres,
-                backoff: Backoff::default(),
-                commits: 0,
-                group: group.clone(),
-                link: Link::new(config.redis.clone(), Duration::ZERO)?,
-                max_deliveries: config.max_deliveries,
-                ingest_timeout: config.ingest_timeout,
-                metrics: metrics.clone(),
-            },
-            settler: Settler {
-                group,
-                link: Link::new(config.redis.clone(), Duration::ZERO)?,
-                redis,
-                backoff: Backoff::default(),
-                metrics: metrics.clone(),
-            },
+                (group.clone(), Link::new(config.redis.clone(), Duration::ZERO)?),
+                config.max_deliveries,
+                config.ingest_timeout,
+                metrics.clone(),
+            )),
+            settler: Settler::new(group, Link::new(config.redis.clone(), Duration::ZERO)?, redis, metrics.clone()),
             held: Vec::new(),
             shutdown,
             max_deliveries: config.max_deliveries,
@@ -121,7 +109,7 @@ impl Consumer {
 
     /// Reads, stores and acknowledges until shutdown; the batch in hand is finished first.
     pub async fn run(mut self) {
-        let names = &self.reader.group.names;
+        let names = self.reader.names();
         tracing::info!(stream = %names.stream, group = %names.group, consumer = %names.consumer, "consumer started");
         let mut unsettled: Option<Settlement> = None;
         let mut ahead: Option<Batch> = None;
@@ -177,8 +165,7 @@ impl Consumer {
                     Ok(batch) => batch,
                     Err(e) => {
                         // The next blocking read retries with backoff.
-                        self.reader.redis.failed(&e);
-                        self.reader.group_ready = false;
+                        self.reader.lost(&e);
                         None
                     }
                 }
@@ -189,7 +176,7 @@ impl Consumer {
                 }
             };
             let (stored, next, ()) =
-                tokio::join!(self.storer.store(&items, &self.shutdown), read_ahead, settle_previous);
+                tokio::join!(self.triage.store(&items, &self.shutdown), read_ahead, settle_previous);
             let Some(stored) = stored else {
                 tracing::info!("shutdown while PostgreSQL is unavailable; the batch stays pending");
                 break;

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::{BackendState, Backoff},
+    config::{Config, StreamNames},
     metrics::Metrics,
     redis::{Entry, Group, Link},
 };
@@ -42,34 +43,58 @@ pub(super) struct Batch {
 /// Reading stage: own pending entries, claim sweeps, new entries.
 pub(super) struct Reader {
     /// Group operations and names.
-    pub(super) group: Group,
+    group: Group,
     /// Connection for reads (blocking reads happen on it, so nothing else shares it).
-    pub(super) link: Link,
+    link: Link,
     /// Entries per read.
-    pub(super) batch_size: usize,
+    batch_size: usize,
     /// Bytes per read (plus one entry).
-    pub(super) batch_bytes: usize,
+    batch_bytes: usize,
     /// Blocking read timeout.
-    pub(super) block: Duration,
+    block: Duration,
     /// Idle time after which other consumers' entries are claimed.
-    pub(super) claim_idle: Duration,
+    claim_idle: Duration,
     /// Whether the group is known to exist (reset after a Redis failure).
-    pub(super) group_ready: bool,
+    group_ready: bool,
     /// Scan position in this consumer's pending entries; `None` once they are all handled.
-    pub(super) pending_after: Option<String>,
+    pending_after: Option<String>,
     /// Where the current claim sweep continues.
-    pub(super) claim_start: String,
+    claim_start: String,
     /// When the next claim sweep starts.
-    pub(super) next_claim: Instant,
+    next_claim: Instant,
     /// Redis up/down (shared with the settler), logged once per change.
-    pub(super) redis: BackendState,
+    redis: BackendState,
     /// Delay between attempts.
-    pub(super) backoff: Backoff,
+    backoff: Backoff,
     /// Counters.
-    pub(super) metrics: Metrics,
+    metrics: Metrics,
 }
 
 impl Reader {
+    /// A reader of `group` over `link` (blocking reads happen on it, so nothing else may share it).
+    pub(super) fn new(group: Group, link: Link, config: &Config, redis: BackendState, metrics: Metrics) -> Reader {
+        Reader {
+            group,
+            link,
+            batch_size: config.batch_size,
+            batch_bytes: config.batch_bytes,
+            block: config.block,
+            claim_idle: config.claim_idle,
+            group_ready: false,
+            pending_after: Some("0".to_owned()),
+            claim_start: "0-0".to_owned(),
+            next_claim: Instant::now(),
+            redis,
+            backoff: Backoff::default(),
+            metrics,
+        }
+    }
+
+    /// The stream, group and consumer names.
+    pub(super) fn names(&self) -> &StreamNames {
+        &self.group.names
+    }
+
     /// The next batch: own pending entries first, then a claim sweep when due, then new entries (waiting
     /// up to the block time only when `block`).
     pub(super) async fn next(&mut self, block: bool) -> Result<Option<Batch>, RedisError> {
@@ -123,12 +148,19 @@ impl Reader {
     /// Records a failure and waits before the next attempt. Afterwards the group is checked again (it may
     /// have been lost with a Redis restart) and own pending entries are scanned again. `false` at shutdown.
     pub(super) async fn failed(&mut self, error: RedisError, shutdown: &CancellationToken) -> bool {
+        self.lost(&error);
+        self.backoff.wait(shutdown).await
+    }
+
+    /// Records a failed read without waiting (a read ahead: the next blocking read waits). The group is
+    /// checked again, and own pending entries are scanned again: a read whose reply was lost may have put
+    /// entries in this consumer's pending list that it never saw.
+    pub(super) fn lost(&mut self, error: &RedisError) {
         if error.code() == Some("NOGROUP") {
             tracing::warn!(error = %error, "consumer group missing; creating it again");
         }
-        self.redis.failed(&error);
+        self.redis.failed(error);
         self.group_ready = false;
         self.pending_after = Some("0".to_owned());
-        self.backoff.wait(shutdown).await
     }
 }

@@ -26,18 +26,23 @@ const SETTLE_MAX_BYTES: usize = 8 << 20;
 /// Acknowledging stage: XACK and dead letters, on a connection of its own.
 pub(super) struct Settler {
     /// Group operations and names.
-    pub(super) group: Group,
+    group: Group,
     /// Connection for acknowledgements (never blocked by a read).
-    pub(super) link: Link,
+    link: Link,
     /// Redis up/down (shared with the reader), logged once per change.
-    pub(super) redis: BackendState,
+    redis: BackendState,
     /// Delay between attempts.
-    pub(super) backoff: Backoff,
+    backoff: Backoff,
     /// Counters.
-    pub(super) metrics: Metrics,
+    metrics: Metrics,
 }
 
 impl Settler {
+    /// A settler of `group`'s entries over `link`, a connection no read blocks.
+    pub(super) fn new(group: Group, link: Link, redis: BackendState, metrics: Metrics) -> Settler {
+        Settler { group, link, redis, backoff: Backoff::default(), metrics }
+    }
+
     /// Acknowledges and dead-letters, retrying while Redis is unavailable; gives up only at shutdown (the
     /// entries stay pending and come back as duplicates). One script call carries at most
     /// [`SETTLE_MAX_IDS`] acknowledgements or [`SETTLE_MAX_BYTES`] of dead letters (at least one), so a

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use super::triage::Item;
 use crate::{
     backoff::{BackendState, Backoff},
     database::{self, IngestError, Status},
@@ -18,26 +17,41 @@ use crate::{
 /// [`super::triage`]).
 pub(super) struct Storer {
     /// PostgreSQL connections.
-    pub(super) pool: Pool,
+    pool: Pool,
     /// PostgreSQL up/down (shared with `/readyz`), logged once per change.
-    pub(super) postgres: BackendState,
+    postgres: BackendState,
     /// Delay between attempts.
-    pub(super) backoff: Backoff,
+    backoff: Backoff,
     /// Statements committed since the relay started that stored at least one row: the clock that orders
     /// refusals and commits, and the only evidence that the database accepts writes. A commit that stored
     /// nothing (only invalid or duplicate payloads) proves nothing: during an outage that refuses every
     /// INSERT, a batch of invalid payloads still commits, since it inserts nothing.
-    pub(super) commits: u64,
+    commits: u64,
     /// Group operations (the attempt counts).
-    pub(super) group: Group,
+    group: Group,
     /// Connection for counting attempts.
-    pub(super) link: Link,
+    link: Link,
     /// Unanswered attempts after which an entry is given up.
-    pub(super) max_deliveries: u64,
+    max_deliveries: u64,
     /// Longest wait for one answer (then the statement is cancelled; a refusal with SQLSTATE `timeout`).
-    pub(super) ingest_timeout: Duration,
+    ingest_timeout: Duration,
     /// Counters and histograms.
-    pub(super) metrics: Metrics,
+    metrics: Metrics,
+}
+
+/// One payload to store.
+#[derive(Clone, Copy)]
+pub(super) struct Item<'a> {
+    /// Its stream entry id.
+    pub(super) id: &'a str,
+    /// The payload text.
+    pub(super) payload: &'a str,
+    /// [`Storer::commits`] when it was last refused alone (held entries), else `None`.
+    pub(super) refused_at: Option<u64>,
+    /// Whether its store attempts are counted: it was delivered before (own pending or claimed) or an
+    /// attempt got no answer. The first attempt of a new entry is not counted (no Redis call on the normal
+    /// path); if the relay dies during it, the entry comes back as pending and is counted from then on.
+    pub(super) counted: bool,
 }
 
 /// What one statement did.
@@ -51,6 +65,46 @@ pub(super) enum Attempt {
 }
 
 impl Storer {
+    /// A storer writing through `pool`, counting attempts in `group`'s attempts hash over `link`.
+    pub(super) fn new(
+        pool: Pool,
+        postgres: BackendState,
+        (group, link): (Group, Link),
+        max_deliveries: u64,
+        ingest_timeout: Duration,
+        metrics: Metrics,
+    ) -> Storer {
+        Storer {
+            pool,
+            postgres,
+            backoff: Backoff::default(),
+            commits: 0,
+            group,
+            link,
+            max_deliveries,
+            ingest_timeout,
+            metrics,
+        }
+    }
+
+    /// Commits that stored rows since the relay started (see the field).
+    pub(super) fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// Counts a refused batch split in halves.
+    pub(super) fn split(&self) {
+        self.metrics.batches.with_label_values(&["split"]).inc();
+    }
+
+    /// Records that the database refuses every write (an outage, not the data) and waits. `false` at
+    /// shutdown.
+    pub(super) async fn outage(&mut self, error: &str, shutdown: &CancellationToken) -> bool {
+        self.metrics.batches.with_label_values(&["retried"]).inc();
+        self.postgres.failed(&format!("refusing every write: {error}"));
+        self.backoff.wait(shutdown).await
+    }
+
     /// Sends the payloads at `set` as one statement; retries while the database is unavailable. `None` at
     /// shutdown during an outage.
     pub(super) async fn attempt(

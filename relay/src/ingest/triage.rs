@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Attempt, Storer};
+use super::store::{Attempt, Item, Storer};
 use crate::{database::Status, redis::Entry};
 
 /// Refusals in a row, with nothing committed in between, after which the storer suspects an outage: the
@@ -57,21 +57,6 @@ pub(super) enum Stored {
     OverLimit(u64),
 }
 
-/// One payload for [`Storer::store`].
-#[derive(Clone, Copy)]
-pub(super) struct Item<'a> {
-    /// Its stream entry id.
-    pub(super) id: &'a str,
-    /// The payload text.
-    pub(super) payload: &'a str,
-    /// [`Storer::commits`] when it was last refused alone (held entries), else `None`.
-    pub(super) refused_at: Option<u64>,
-    /// Whether its store attempts are counted: it was delivered before (own pending or claimed) or an
-    /// attempt got no answer. The first attempt of a new entry is not counted (no Redis call on the normal
-    /// path); if the relay dies during it, the entry comes back as pending and is counted from then on.
-    pub(super) counted: bool,
-}
-
 /// An entry refused alone and not judged yet: it stays pending (not acknowledged) and is sent again with
 /// the next batch, so a later commit can tell whether the fault follows it.
 pub(super) struct Held {
@@ -85,7 +70,18 @@ pub(super) struct Held {
     pub(super) counted: bool,
 }
 
-impl Storer {
+/// The triage policy over the storing stage: which sets of payloads are sent, and what a refusal says.
+pub(super) struct Triage {
+    /// The storing stage it sends through.
+    storer: Storer,
+}
+
+impl Triage {
+    /// Triage over `storer`.
+    pub(super) fn new(storer: Storer) -> Triage {
+        Triage { storer }
+    }
+
     /// Stores the payloads (see the [module](self) for the rule). Every result is final except [`Stored::Held`].
     /// `None` at shutdown during an outage.
     ///
@@ -97,7 +93,7 @@ impl Storer {
     /// in which nothing reaches the database (server down, login refused) count nothing.
     pub(super) async fn store(&mut self, items: &[Item<'_>], shutdown: &CancellationToken) -> Option<Vec<Stored>> {
         let n = items.len();
-        let commits_before = self.commits;
+        let commits_before = self.storer.commits();
         let mut results: Vec<Option<Stored>> = vec![None; n];
         let mut lone: Vec<Option<u64>> = items.iter().map(|i| i.refused_at).collect();
         let mut counted: Vec<bool> = items.iter().map(|i| i.counted).collect();
@@ -115,7 +111,7 @@ impl Storer {
                 if set.is_empty() {
                     continue;
                 }
-                match self.attempt(items, &set, &mut counted, shutdown).await? {
+                match self.storer.attempt(items, &set, &mut counted, shutdown).await? {
                     Attempt::OverLimit(over) => {
                         for (i, count) in over {
                             results[i] = Some(Stored::OverLimit(count));
@@ -132,11 +128,13 @@ impl Storer {
                         streak += 1;
                         if let [i] = set[..] {
                             match lone[i] {
-                                Some(at) if at < self.commits => results[i] = Some(Stored::Rejected(error.clone())),
-                                _ => lone[i] = Some(self.commits),
+                                Some(at) if at < self.storer.commits() => {
+                                    results[i] = Some(Stored::Rejected(error.clone()))
+                                }
+                                _ => lone[i] = Some(self.storer.commits()),
                             }
                         } else {
-                            self.metrics.batches.with_label_values(&["split"]).inc();
+                            self.storer.split();
                             tracing::debug!(entries = set.len(), %error, "database refused the batch; splitting it");
                             let right = set.split_off(set.len() / 2);
                             queue.push_back(set);
@@ -151,7 +149,7 @@ impl Storer {
                                 if rest.is_empty() {
                                     break;
                                 }
-                                if !self.outage(&last_error, shutdown).await {
+                                if !self.storer.outage(&last_error, shutdown).await {
                                     return None;
                                 }
                                 waited = true;
@@ -168,17 +166,18 @@ impl Storer {
                 }
             }
             // Entries refused alone before the latest commit are tried alone again, and judged.
-            let judge: Vec<usize> =
-                (0..n).filter(|&i| results[i].is_none() && lone[i].is_some_and(|at| at < self.commits)).collect();
+            let judge: Vec<usize> = (0..n)
+                .filter(|&i| results[i].is_none() && lone[i].is_some_and(|at| at < self.storer.commits()))
+                .collect();
             if judge.is_empty() {
                 break;
             }
             queue.extend(judge.into_iter().map(|i| vec![i]));
         }
         let held = results.iter().filter(|r| r.is_none()).count();
-        if held > 0 && self.commits == commits_before && !waited {
+        if held > 0 && self.storer.commits() == commits_before && !waited {
             // Nothing stored: the database refused every write of this call. Wait before they come back.
-            if !self.outage(&last_error, shutdown).await {
+            if !self.storer.outage(&last_error, shutdown).await {
                 return None;
             }
         }
@@ -203,7 +202,7 @@ impl Storer {
                 return Some(false);
             }
             let i = candidates[fastrand::usize(..candidates.len())];
-            match self.attempt(items, &[i], counted, shutdown).await? {
+            match self.storer.attempt(items, &[i], counted, shutdown).await? {
                 Attempt::OverLimit(over) => {
                     for (i, count) in over {
                         results[i] = Some(Stored::OverLimit(count));
@@ -218,18 +217,10 @@ impl Storer {
                     }
                 }
                 Attempt::Refused(_) => {
-                    lone[i] = Some(self.commits);
+                    lone[i] = Some(self.storer.commits());
                     return Some(false);
                 }
             }
         }
-    }
-
-    /// Records that the database refuses every write (an outage, not the data) and waits. `false` at
-    /// shutdown.
-    async fn outage(&mut self, error: &str, shutdown: &CancellationToken) -> bool {
-        self.metrics.batches.with_label_values(&["retried"]).inc();
-        self.postgres.failed(&format!("refusing every write: {error}"));
-        self.backoff.wait(shutdown).await
     }
 }
