@@ -110,6 +110,8 @@ pub fn router(state: AdminState) -> Router {
 /// Serves until shutdown.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> Result<(), Error> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Supervision tests make the server end at once here (compiled out without `failpoints`).
+    fail::fail_point!("admin-server", |_| Ok(()));
     tracing::info!(%addr, "admin server listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())

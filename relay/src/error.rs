@@ -24,4 +24,13 @@ pub enum Error {
     /// A task of the relay panicked or was aborted.
     #[error("task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A task that runs until shutdown ended before it (a panic, or a server that stopped): the relay
+    /// stops rather than run on without it.
+    #[error("the {task} stopped unexpectedly: {why}")]
+    Stopped {
+        /// Which task: `consumer`, `live side`, `admin server`, `sampler`, `live feed`, `LISTEN connection`.
+        task: &'static str,
+        /// How it ended.
+        why: String,
+    },
 }

@@ -50,7 +50,8 @@ pub struct Listeners {
 
 /// Runs the relay until `shutdown` is cancelled: live sockets are closed with 1001, the consumer finishes
 /// and acknowledges the batch in flight, then the admin server and the sampler stop. Each subsystem gets a
-/// child of `shutdown`. Returns an error only when the relay cannot run at all.
+/// child of `shutdown`. Returns an error when the relay cannot run at all, or when one of its tasks stopped
+/// before shutdown ([`Error::Stopped`]; the others are stopped first).
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), Error> {
     let Listeners { admin, live: live_listener } = listeners;
     tracing::info!(config = ?config, "starting");
@@ -61,6 +62,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
 
     let postgres = BackendState::new("postgres");
     let mut readiness = Readiness::new(pool.clone(), link(short)?, postgres.clone());
+    let sampler = sampler::run(Group::new(config.names.clone()), link(short)?, metrics.clone(), shutdown.child_token());
+    let consumer = Consumer::new(&config, pool.clone(), postgres, metrics.clone(), shutdown.child_token())
+        .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
     let live_task = match (config.live.clone(), live_listener) {
         (Some(live), Some(listener)) => {
             let health = BackendState::new("postgres (live)");
@@ -83,28 +87,71 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let readiness = Arc::new(readiness);
     let admin_task =
         tokio::spawn(admin::serve(admin, AdminState { metrics: metrics.clone(), readiness }, shutdown.child_token()));
-    let sampler_task = tokio::spawn(sampler::run(
-        Group::new(config.names.clone()),
-        link(short)?,
-        metrics.clone(),
-        shutdown.child_token(),
-    ));
-    let consumer = Consumer::new(&config, pool.clone(), postgres, metrics, shutdown.child_token())
-        .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
-
-    let consumed = tokio::spawn(consumer.run()).await;
-    // The consumer only returns at shutdown; make sure the other tasks stop too.
-    shutdown.cancel();
-    let lived = match live_task {
-        Some(task) => task.await,
-        None => Ok(Ok(())),
-    };
-    let served = admin_task.await;
-    sampler_task.await?;
+    let mut tasks = vec![
+        ("consumer", tokio::spawn(until_shutdown(consumer.run()))),
+        ("admin server", admin_task),
+        ("sampler", tokio::spawn(until_shutdown(sampler))),
+    ];
+    tasks.extend(live_task.map(|task| ("live side", task)));
+    let result = supervise(tasks, &shutdown).await;
     pool.close();
-    consumed?;
-    served??;
-    lived??;
+    result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for the relay's tasks. Each runs until shutdown; one that ends before it (a panic, a server that
+/// stopped) stops the relay: the others are shut down and its error is returned, so the process exits
+/// non-zero and its supervisor (systemd, Kubernetes) starts it again. Failures of PostgreSQL or Redis never
+/// end a task: those are retried inside it with backoff, and `/readyz` says so meanwhile.
+async fn supervise(
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<Result<(), Error>>)>,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    let (names, handles): (Vec<&'static str>, Vec<_>) = tasks.into_iter().unzip();
+    let (first, index, rest) = futures_util::future::select_all(handles).await;
+    let early = !shutdown.is_cancelled();
+    shutdown.cancel();
+    let mut result = ended(names[index], first, early);
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "the relay stops");
+    }
+    let rest_names = names.iter().enumerate().filter(|&(i, _)| i != index).map(|(_, n)| *n);
+    for (name, handle) in rest_names.zip(rest) {
+        let outcome = ended(name, handle.await, false);
+        if result.is_ok() {
+            result = outcome;
+        }
+    }
+    result
+}
+
+/// A task that returns nothing, as one that may fail (for [`supervise`]).
+async fn until_shutdown(task: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    task.await;
+    Ok(())
+}
+
+/// What a task's end means: `early` when shutdown had not been asked for.
+fn ended(
+    task: &'static str,
+    outcome: Result<Result<(), Error>, tokio::task::JoinError>,
+    early: bool,
+) -> Result<(), Error> {
+    match outcome {
+        Ok(Ok(())) if early => Err(Error::Stopped { task, why: "it returned before shutdown".into() }),
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(Error::Stopped { task, why: format!("it panicked: {}", panic_text(e)) }),
+        Err(e) => Err(Error::Task(e)),
+    }
+}
+
+/// The message of a task's panic.
+fn panic_text(error: tokio::task::JoinError) -> String {
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }

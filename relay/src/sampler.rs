@@ -21,6 +21,8 @@ pub async fn run(group: Group, mut link: Link, metrics: Metrics, shutdown: Cance
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
+        // Supervision tests make the sampler panic here (compiled out without `failpoints`).
+        fail::fail_point!("sampler");
         match group.info(&mut link).await {
             Ok(Some(info)) => {
                 metrics.group_pending.set(info.pending);

@@ -99,6 +99,13 @@ impl LiveRelay {
         }
     }
 
+    /// What `run` returned, if it returns within `within` without being asked to stop.
+    pub async fn finished(self, within: Duration) -> Option<Result<(), Error>> {
+        let ended = tokio::time::timeout(within, self.task).await.ok().map(|joined| joined.expect("run's task"));
+        self.shutdown.cancel();
+        ended
+    }
+
     /// Cancels the relay and waits for `run` to return.
     pub async fn stop(self) -> Result<(), Error> {
         self.shutdown.cancel();

@@ -172,6 +172,13 @@ impl InProcess {
         InProcess { admin, shutdown, task }
     }
 
+    /// What `run` returned, if it returns within `within` without being asked to stop.
+    pub async fn finished(self, within: Duration) -> Option<Result<(), Error>> {
+        let ended = tokio::time::timeout(within, self.task).await.ok().map(|joined| joined.expect("run's task"));
+        self.shutdown.cancel();
+        ended
+    }
+
     /// Whether `run` is still going.
     pub fn is_running(&self) -> bool {
         !self.task.is_finished()

@@ -114,6 +114,8 @@ impl Consumer {
         let mut unsettled: Option<Settlement> = None;
         let mut ahead: Option<Batch> = None;
         loop {
+            // Supervision tests make the consumer panic here (compiled out without `failpoints`).
+            fail::fail_point!("consumer");
             let batch = match ahead.take() {
                 Some(batch) => batch,
                 None => {

@@ -218,6 +218,8 @@ impl Feed {
         let mut backoff = Backoff::default();
         let mut connection: Option<Connection> = None;
         loop {
+            // Supervision tests make the feed panic here (compiled out without `failpoints`).
+            fail::fail_point!("live-feed");
             if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
                 connection = match self.connect().await {
                     Ok(c) => Some(c),

@@ -120,6 +120,8 @@ async fn listen(
                 () = shutdown.cancelled() => return Ok(()),
                 ended = &mut driver => return Err(ended.unwrap_or_else(|e| e.to_string())),
                 _ = sample.tick() => {
+                    // Supervision tests make this task panic here (compiled out without `failpoints`).
+                    fail::fail_point!("live-listen");
                     let row = client.query_one("SELECT pg_notification_queue_usage()", &[]).await;
                     match row.and_then(|r| r.try_get::<_, f64>(0)) {
                         Ok(usage) => metrics.notification_queue_usage.set(usage),

@@ -86,10 +86,31 @@ pub async fn run(
         users: limits::Users::new(config_limit_per_user),
         bulk: tokio::sync::Semaphore::new(session::BULK_WRITERS),
     });
-    let served = server::serve(listener, shared, shutdown.clone(), SHUTDOWN_GRACE).await;
+    let serving = server::serve(listener, shared, shutdown.clone(), SHUTDOWN_GRACE);
+    tokio::pin!(serving);
+    let (mut feed_task, mut listen_task) = (feed_task, listen_task);
+    // The feed and the LISTEN connection retry database failures themselves; one that ends before
+    // shutdown (a panic) ends the live side, and with it the relay (see `crate::run`).
+    let stopped = tokio::select! {
+        served = &mut serving => {
+            shutdown.cancel();
+            let _ = feed_task.await;
+            let _ = listen_task.await;
+            pool.close();
+            return served.map_err(|source| Error::Live(source.to_string()));
+        }
+        ended = &mut feed_task => ("live feed", ended),
+        ended = &mut listen_task => ("LISTEN connection", ended),
+    };
+    let early = !shutdown.is_cancelled();
     shutdown.cancel();
-    let _ = feed_task.await;
-    let _ = listen_task.await;
+    let _ = serving.await;
+    let (task, ended) = stopped;
+    let _ = if task == "live feed" { listen_task.await } else { feed_task.await };
     pool.close();
-    served.map_err(|source| Error::Live(source.to_string()))
+    match ended {
+        Ok(()) if !early => Ok(()),
+        Ok(()) => Err(Error::Stopped { task, why: "it returned before shutdown".into() }),
+        Err(e) => Err(Error::Stopped { task, why: e.to_string() }),
+    }
 }
