@@ -5,6 +5,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::redis::DeadReason;
+
 /// Every metric the relay exports. Cheap to clone (each metric is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -121,8 +123,8 @@ impl Metrics {
         for outcome in ["committed", "retried", "split"] {
             batches.with_label_values(&[outcome]);
         }
-        for reason in ["invalid", "missing_payload", "rejected", "max_deliveries"] {
-            dead_letters.with_label_values(&[reason]);
+        for reason in DeadReason::ALL {
+            dead_letters.with_label_values(&[reason.label()]);
         }
         for status in ["inserted", "duplicate", "invalid"] {
             rows.with_label_values(&[status]);

@@ -45,7 +45,7 @@ use crate::{
     config::Config,
     database::Status,
     metrics::Metrics,
-    redis::{DeadLetter, Entry, Group, Link},
+    redis::{DeadLetter, DeadReason, Entry, Group, Link},
 };
 
 /// The consumer: three stages and the signal that stops them.
@@ -250,11 +250,11 @@ impl Consumer {
             Stored::Status(Status::Duplicate) => "duplicate",
             Stored::Status(Status::Invalid(error)) => {
                 self.metrics.rows.with_label_values(&["invalid"]).inc();
-                settlement.dead.push(dead_letter(entry, "invalid", error));
+                settlement.dead.push(dead_letter(entry, DeadReason::Invalid, error));
                 return;
             }
             Stored::Rejected(error) => {
-                settlement.dead.push(dead_letter(entry, "rejected", error));
+                settlement.dead.push(dead_letter(entry, DeadReason::Rejected, error));
                 return;
             }
             // Kept by `run`, never settled.
@@ -265,7 +265,7 @@ impl Consumer {
                      storing it; limit {})",
                     self.max_deliveries
                 );
-                settlement.dead.push(dead_letter(entry, "max_deliveries", error));
+                settlement.dead.push(dead_letter(entry, DeadReason::MaxDeliveries, error));
                 return;
             }
         };
@@ -275,24 +275,25 @@ impl Consumer {
 }
 
 /// A dead letter for `entry`.
-fn dead_letter(entry: &Entry, reason: &'static str, error: String) -> DeadLetter {
+fn dead_letter(entry: &Entry, reason: DeadReason, error: String) -> DeadLetter {
     DeadLetter { entry: entry.clone(), reason, error }
 }
 
 /// The payload text of an entry, or why it cannot be sent to the database: `(reason, error)`. A payload
 /// above `limit` bytes is `invalid` here, without a round trip (the extension would say the same).
-fn payload_of<'e>(entry: &'e Entry, field: &str, limit: usize) -> Result<&'e str, (&'static str, String)> {
-    let bytes = entry.field(field).ok_or_else(|| ("missing_payload", format!("entry has no field {field:?}")))?;
+fn payload_of<'e>(entry: &'e Entry, field: &str, limit: usize) -> Result<&'e str, (DeadReason, String)> {
+    let bytes =
+        entry.field(field).ok_or_else(|| (DeadReason::MissingPayload, format!("entry has no field {field:?}")))?;
     if bytes.len() > limit {
         return Err((
-            "invalid",
+            DeadReason::Invalid,
             format!("payload: {} bytes, above the limit of {limit} bytes (TRACKWAY_MAX_PAYLOAD_BYTES)", bytes.len()),
         ));
     }
     let text = std::str::from_utf8(bytes)
-        .map_err(|e| ("invalid", format!("payload: not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+        .map_err(|e| (DeadReason::Invalid, format!("payload: not valid UTF-8 (at byte {})", e.valid_up_to())))?;
     if let Some(at) = text.find('\0') {
-        return Err(("invalid", format!("payload: contains a NUL character (at byte {at})")));
+        return Err((DeadReason::Invalid, format!("payload: contains a NUL character (at byte {at})")));
     }
     Ok(text)
 }
@@ -311,15 +312,15 @@ mod tests {
     #[test]
     fn payload_checks_name_the_problem() {
         assert_eq!(payload_of(&entry(&[("payload", b"{}")]), "payload", 10), Ok("{}"));
-        assert_eq!(payload_of(&entry(&[("other", b"{}")]), "payload", 10).unwrap_err().0, "missing_payload");
+        assert_eq!(payload_of(&entry(&[("other", b"{}")]), "payload", 10).unwrap_err().0, DeadReason::MissingPayload);
         let (reason, error) = payload_of(&entry(&[("payload", b"{\xff}")]), "payload", 10).unwrap_err();
-        assert_eq!((reason, error.as_str()), ("invalid", "payload: not valid UTF-8 (at byte 1)"));
+        assert_eq!((reason, error.as_str()), (DeadReason::Invalid, "payload: not valid UTF-8 (at byte 1)"));
         let (_, error) = payload_of(&entry(&[("payload", b"{\"a\":\"\0\"}")]), "payload", 10).unwrap_err();
         assert!(error.contains("NUL"), "{error}");
         let (reason, error) = payload_of(&entry(&[("payload", b"{\"a\":\"too long\"}")]), "payload", 10).unwrap_err();
         assert_eq!(
             (reason, error.as_str()),
-            ("invalid", "payload: 16 bytes, above the limit of 10 bytes (TRACKWAY_MAX_PAYLOAD_BYTES)")
+            (DeadReason::Invalid, "payload: 16 bytes, above the limit of 10 bytes (TRACKWAY_MAX_PAYLOAD_BYTES)")
         );
     }
 }

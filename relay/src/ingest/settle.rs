@@ -87,8 +87,8 @@ impl Settler {
                     self.metrics.acks.inc_by(settled.acked);
                     for (letter, written) in dead.iter().zip(&settled.written) {
                         if *written {
-                            self.metrics.dead_letters.with_label_values(&[letter.reason]).inc();
-                            tracing::debug!(id = %letter.entry.id, reason = letter.reason, error = %letter.error, "dead-lettered");
+                            self.metrics.dead_letters.with_label_values(&[letter.reason.label()]).inc();
+                            tracing::debug!(id = %letter.entry.id, reason = letter.reason.label(), error = %letter.error, "dead-lettered");
                         }
                     }
                     if let Some(first) = dead.first() {

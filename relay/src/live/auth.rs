@@ -45,23 +45,80 @@ impl Identity {
     }
 }
 
+/// Why an authentication failed: the `reason` label of `trackway_live_auth_failures_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Not a JSON Web Token.
+    Malformed,
+    /// The signature does not verify.
+    Signature,
+    /// The token has expired.
+    Expired,
+    /// Not issued by the configured issuer.
+    Issuer,
+    /// A claim is missing or unusable (`id`, `exp`, not valid yet).
+    Claims,
+    /// Directus refused the token.
+    Rejected,
+    /// Directus could not be asked: the client may try again.
+    Unavailable,
+    /// No token came within `TRACKWAY_LIVE_AUTH_TIMEOUT_MS`.
+    Timeout,
+    /// A renewed token belongs to another user.
+    Mismatch,
+    /// The user has `TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER` connections open already.
+    UserLimit,
+}
+
+impl AuthFailure {
+    /// Every failure, for documentation checks.
+    pub const ALL: [AuthFailure; 10] = [
+        AuthFailure::Malformed,
+        AuthFailure::Signature,
+        AuthFailure::Expired,
+        AuthFailure::Issuer,
+        AuthFailure::Claims,
+        AuthFailure::Rejected,
+        AuthFailure::Unavailable,
+        AuthFailure::Timeout,
+        AuthFailure::Mismatch,
+        AuthFailure::UserLimit,
+    ];
+
+    /// The metric label (and the word that starts a refusal's close reason).
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::Signature => "signature",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Issuer => "issuer",
+            AuthFailure::Claims => "claims",
+            AuthFailure::Rejected => "rejected",
+            AuthFailure::Unavailable => "unavailable",
+            AuthFailure::Timeout => "timeout",
+            AuthFailure::Mismatch => "mismatch",
+            AuthFailure::UserLimit => "user_limit",
+        }
+    }
+}
+
 /// Why a token was refused.
 #[derive(Debug)]
 pub struct Refused {
-    /// The `reason` label of `trackway_live_auth_failures_total`.
-    pub reason: &'static str,
+    /// Why, as a metric label.
+    pub reason: AuthFailure,
     /// Says what is wrong, never with the token in it.
     pub message: String,
 }
 
 impl Refused {
-    fn new(reason: &'static str, message: impl Into<String>) -> Refused {
+    fn new(reason: AuthFailure, message: impl Into<String>) -> Refused {
         Refused { reason, message: message.into() }
     }
 
     /// The close code for a connection that could not authenticate at all.
     pub fn close_code(&self) -> CloseCode {
-        if self.reason == "unavailable" {
+        if self.reason == AuthFailure::Unavailable {
             CloseCode::AuthUnavailable
         } else {
             CloseCode::Unauthorized
@@ -144,9 +201,11 @@ impl Authenticator {
                     id.expires_at = verified.expires_at;
                     Ok(id)
                 }
-                Err(DirectusError::Rejected(why)) => Err(Refused::new("rejected", format!("Directus refused: {why}"))),
+                Err(DirectusError::Rejected(why)) => {
+                    Err(Refused::new(AuthFailure::Rejected, format!("Directus refused: {why}")))
+                }
                 Err(DirectusError::Unavailable(why)) => {
-                    Err(Refused::new("unavailable", format!("Directus could not be asked: {why}")))
+                    Err(Refused::new(AuthFailure::Unavailable, format!("Directus could not be asked: {why}")))
                 }
             },
         }
@@ -156,13 +215,13 @@ impl Authenticator {
 /// The identity in verified claims; a token without a string `id` is refused.
 fn identity(claims: Value, recheck_at: Option<Instant>) -> Result<Identity, Refused> {
     let Some(user) = claims.get("id").and_then(Value::as_str).map(str::to_owned) else {
-        return Err(Refused::new("claims", "the token has no user id (claim \"id\")"));
+        return Err(Refused::new(AuthFailure::Claims, "the token has no user id (claim \"id\")"));
     };
     let admin = claims.get("admin_access").and_then(Value::as_bool).unwrap_or(false);
     let expires_at = match claims.get("exp").and_then(Value::as_u64) {
         None => None,
         Some(exp) => Some(UNIX_EPOCH.checked_add(Duration::from_secs(exp)).ok_or_else(|| {
-            Refused::new("claims", "the token's \"exp\" claim is too far in the future to be a time")
+            Refused::new(AuthFailure::Claims, "the token's \"exp\" claim is too far in the future to be a time")
         })?),
     };
     Ok(Identity { claims, user: Some(user), admin, expires_at, recheck_at })
@@ -171,14 +230,18 @@ fn identity(claims: Value, recheck_at: Option<Instant>) -> Result<Identity, Refu
 /// A JWT library error as a refusal (reason label and message).
 fn jwt_refusal(kind: &ErrorKind) -> Refused {
     match kind {
-        ErrorKind::ExpiredSignature => Refused::new("expired", "the token has expired"),
-        ErrorKind::InvalidIssuer => Refused::new("issuer", "the token was not issued by the configured issuer"),
-        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-            Refused::new("signature", "the token's signature does not verify")
+        ErrorKind::ExpiredSignature => Refused::new(AuthFailure::Expired, "the token has expired"),
+        ErrorKind::InvalidIssuer => {
+            Refused::new(AuthFailure::Issuer, "the token was not issued by the configured issuer")
         }
-        ErrorKind::MissingRequiredClaim(claim) => Refused::new("claims", format!("the token has no {claim:?} claim")),
-        ErrorKind::ImmatureSignature => Refused::new("claims", "the token is not valid yet"),
-        _ => Refused::new("malformed", "not a JSON Web Token"),
+        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            Refused::new(AuthFailure::Signature, "the token's signature does not verify")
+        }
+        ErrorKind::MissingRequiredClaim(claim) => {
+            Refused::new(AuthFailure::Claims, format!("the token has no {claim:?} claim"))
+        }
+        ErrorKind::ImmatureSignature => Refused::new(AuthFailure::Claims, "the token is not valid yet"),
+        _ => Refused::new(AuthFailure::Malformed, "not a JSON Web Token"),
     }
 }
 
@@ -187,6 +250,18 @@ mod tests {
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     use super::*;
+
+    #[test]
+    fn every_failure_has_its_own_label_and_readme_lists_it() {
+        let readme = include_str!("../../../README.md");
+        let line =
+            readme.lines().find(|l| l.contains("trackway_live_auth_failures_total{reason=")).expect("README line");
+        let mut seen = std::collections::HashSet::new();
+        for failure in AuthFailure::ALL {
+            assert!(seen.insert(failure.label()), "{failure:?} repeats a label");
+            assert!(line.contains(failure.label()), "README does not list {}", failure.label());
+        }
+    }
 
     fn jwt(secret: &str, claims: Value) -> String {
         encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("token")
@@ -201,7 +276,7 @@ mod tests {
     }
 
     async fn reason(token: &str) -> &'static str {
-        checker().authenticate(token).await.expect_err("refused").reason
+        checker().authenticate(token).await.expect_err("refused").reason.label()
     }
 
     #[tokio::test]
@@ -233,7 +308,7 @@ mod tests {
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
             base64_url(&json!({"id": "u1", "admin_access": true, "iss": "directus", "exp": now() + 60}).to_string())
         );
-        assert_ne!(checker().authenticate(&unsigned).await.map(|_| ()).map_err(|r| r.reason), Ok(()));
+        assert_ne!(checker().authenticate(&unsigned).await.map(|_| ()).map_err(|r| r.reason.label()), Ok(()));
     }
 
     fn base64_url(text: &str) -> String {

@@ -72,9 +72,8 @@ pub enum Command {
         target: Target,
         /// The request's id, echoed.
         id: Option<Value>,
-        /// `requested`; `forbidden` when a renewed or re-checked token no longer allows it; `unavailable`
-        /// when the database could not check it again.
-        reason: &'static str,
+        /// Why it ends.
+        reason: protocol::Unsubscribed,
         /// Told once the answer is queued (a client's own `unsubscribe` waits for it, so that answers keep
         /// the order of requests).
         reply: Option<oneshot::Sender<bool>>,

@@ -24,8 +24,9 @@ pub struct LiveMetrics {
     /// Connections closed by the server, by `reason` (the close code's label in docs/live-protocol.md), and
     /// by the client (`client`) or a broken connection (`gone`).
     pub closes: IntCounterVec,
-    /// Refused authentications, by `reason`: `missing`, `malformed`, `signature`, `expired`, `issuer`,
-    /// `claims`, `rejected` (by Directus), `unavailable` (Directus did not answer), `timeout`, `mismatch`.
+    /// Refused authentications, by `reason` (`auth::AuthFailure::label`): `malformed`, `signature`,
+    /// `expired`, `issuer`, `claims`, `rejected` (by Directus), `unavailable` (Directus did not answer),
+    /// `timeout`, `mismatch`, `user_limit`.
     pub auth_failures: IntCounterVec,
     /// Subscription checks answered from the connection's cache (`hit`) or by `trackway.authorize` (`miss`).
     pub authorize: IntCounterVec,

@@ -426,15 +426,37 @@ pub fn subscribed_replay_frame(target: &Target, id: Option<&Value>, since: &str,
     Value::Object(frame).to_string()
 }
 
-/// `{"type":"unsubscribed",…,"reason":…}` (`requested`, or `forbidden` after a renewal took a right away).
-pub fn unsubscribed_frame(target: &Target, id: Option<&Value>, reason: &str) -> String {
+/// Why a subscription ended: the `reason` of an `unsubscribed` frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsubscribed {
+    /// The client asked.
+    Requested,
+    /// A renewed or re-checked token no longer allows it (do not ask again with this token).
+    Forbidden,
+    /// The database could not check it again (fail closed; the client may subscribe again later).
+    Unavailable,
+}
+
+impl Unsubscribed {
+    /// The word in the frame (docs/live-protocol.md).
+    pub fn label(self) -> &'static str {
+        match self {
+            Unsubscribed::Requested => "requested",
+            Unsubscribed::Forbidden => "forbidden",
+            Unsubscribed::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// `{"type":"unsubscribed",…,"reason":…}`.
+pub fn unsubscribed_frame(target: &Target, id: Option<&Value>, reason: Unsubscribed) -> String {
     let mut frame = Map::new();
     frame.insert("type".into(), "unsubscribed".into());
     target.put(&mut frame);
     if let Some(id) = id {
         frame.insert("id".into(), id.clone());
     }
-    frame.insert("reason".into(), reason.into());
+    frame.insert("reason".into(), reason.label().into());
     Value::Object(frame).to_string()
 }
 
@@ -542,6 +564,18 @@ impl CloseCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_unsubscribe_reason_is_in_the_protocol_document() {
+        let doc = include_str!("../../../docs/live-protocol.md");
+        let row = doc.lines().find(|l| l.starts_with("| `reason` | `requested`")).expect("the reason row");
+        for reason in [Unsubscribed::Requested, Unsubscribed::Forbidden, Unsubscribed::Unavailable] {
+            assert!(row.contains(&format!("`{}`", reason.label())), "{reason:?}");
+            let frame: Value = serde_json::from_str(&unsubscribed_frame(&Target::Device("d".into()), None, reason))
+                .expect("JSON frame");
+            assert_eq!(frame["reason"], reason.label());
+        }
+    }
 
     fn code(text: &str) -> ErrorCode {
         parse(text).expect_err(text).code

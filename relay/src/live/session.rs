@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    auth::{Authenticator, Identity, Refused},
+    auth::{AuthFailure, Authenticator, Identity, Refused},
     authorize::Authorizer,
     feed::{Command, Subscribe},
     limits::{Bucket, UserConnection, Users, AUTHORIZE_BURST, AUTHORIZE_PER_SECOND, MAX_ALLOWED},
@@ -243,7 +243,7 @@ impl Reader<'_> {
                 () = shutdown.cancelled() => return self.outbox.close(CloseCode::GoingAway),
                 () = done.cancelled() => return,
                 () = tokio::time::sleep_until(deadline), if self.identity.is_none() => {
-                    metrics.auth_failures.with_label_values(&["timeout"]).inc();
+                    metrics.auth_failures.with_label_values(&[AuthFailure::Timeout.label()]).inc();
                     return self.outbox.close(CloseCode::Unauthorized);
                 }
                 () = sleep_until_opt(expiry), if expiry.is_some() => {
@@ -352,7 +352,7 @@ impl Reader<'_> {
                     // applies unsubscribes as they come, outage or not.
                     let (reply, answered) = oneshot::channel();
                     let (client, outbox) = (self.client, self.outbox.clone());
-                    let reason = "requested";
+                    let reason = protocol::Unsubscribed::Requested;
                     let command = Command::Unsubscribe {
                         client,
                         outbox,
@@ -385,7 +385,7 @@ impl Reader<'_> {
             Ok(identity) => {
                 if let Some(user) = identity.user.as_deref() {
                     let Some(counted) = self.shared.users.enter(user) else {
-                        self.shared.metrics.auth_failures.with_label_values(&["user_limit"]).inc();
+                        self.shared.metrics.auth_failures.with_label_values(&[AuthFailure::UserLimit.label()]).inc();
                         let limit = self.shared.users.limit;
                         let reason = format!("this user already has {limit} connections open");
                         self.outbox.close_with_reason(CloseCode::TooManyConnections, reason);
@@ -398,7 +398,7 @@ impl Reader<'_> {
                 true
             }
             Err(refused) => {
-                self.shared.metrics.auth_failures.with_label_values(&[refused.reason]).inc();
+                self.shared.metrics.auth_failures.with_label_values(&[refused.reason.label()]).inc();
                 let code = refused.close_code();
                 // The reason goes in the close frame (the connection ends with it).
                 self.outbox.close_with_reason(code, refusal_text(&refused));
@@ -422,15 +422,18 @@ impl Reader<'_> {
         let identity = match self.shared.auth.authenticate(token).await {
             Ok(identity) => identity,
             Err(refused) => {
-                metrics.auth_failures.with_label_values(&[refused.reason]).inc();
-                let code =
-                    if refused.reason == "unavailable" { ErrorCode::AuthUnavailable } else { ErrorCode::BadToken };
+                metrics.auth_failures.with_label_values(&[refused.reason.label()]).inc();
+                let code = if refused.reason == AuthFailure::Unavailable {
+                    ErrorCode::AuthUnavailable
+                } else {
+                    ErrorCode::BadToken
+                };
                 let message = format!("{}; the current token stays in force until it expires", refused.message);
                 return self.refuse(code, message, id).await;
             }
         };
         if identity.user != self.identity.as_ref().and_then(|i| i.user.clone()) {
-            metrics.auth_failures.with_label_values(&["mismatch"]).inc();
+            metrics.auth_failures.with_label_values(&[AuthFailure::Mismatch.label()]).inc();
             let message = "the new token belongs to another user; open a new connection for them".to_owned();
             return self.refuse(ErrorCode::AuthMismatch, message, id).await;
         }
@@ -449,10 +452,10 @@ impl Reader<'_> {
         for target in held {
             let reason = match self.authorized(&target).await {
                 Ok(true) => continue,
-                Ok(false) => "forbidden",
+                Ok(false) => protocol::Unsubscribed::Forbidden,
                 Err(why) => {
                     tracing::warn!(error = %why, "trackway.authorize failed on a re-check: subscription removed");
-                    "unavailable"
+                    protocol::Unsubscribed::Unavailable
                 }
             };
             self.targets.remove(&target);
@@ -484,15 +487,15 @@ impl Reader<'_> {
                 true
             }
             Ok(_) => {
-                self.shared.metrics.auth_failures.with_label_values(&["mismatch"]).inc();
+                self.shared.metrics.auth_failures.with_label_values(&[AuthFailure::Mismatch.label()]).inc();
                 false
             }
-            Err(refused) if refused.reason == "unavailable" => {
+            Err(refused) if refused.reason == AuthFailure::Unavailable => {
                 identity.recheck_at = Some(later);
                 true
             }
             Err(refused) => {
-                self.shared.metrics.auth_failures.with_label_values(&[refused.reason]).inc();
+                self.shared.metrics.auth_failures.with_label_values(&[refused.reason.label()]).inc();
                 false
             }
         }
@@ -625,7 +628,7 @@ fn recheck_interval(config: &LiveConfig) -> Duration {
 
 /// A close reason for a refused token (the client sees it in the close frame).
 fn refusal_text(refused: &Refused) -> String {
-    format!("{}: {}", refused.reason, refused.message)
+    format!("{}: {}", refused.reason.label(), refused.message)
 }
 
 /// The monotonic instant of a wall-clock time (now, if it is past; about a century from now at most, as

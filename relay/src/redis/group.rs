@@ -56,14 +56,42 @@ const READ_PENDING_LUA: &str = include_str!("scripts/read_pending.lua");
 /// the sweep is complete), entries, count of ids gone from the stream}.
 const CLAIM_LUA: &str = include_str!("scripts/claim.lua");
 
+/// Why an entry became a dead letter: its `trackway.reason` field and the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadReason {
+    /// The payload is not a valid position (the extension's `invalid`, not UTF-8, a NUL, too large).
+    Invalid,
+    /// The entry has no payload field.
+    MissingPayload,
+    /// Refused alone by the server, again after another write stored rows.
+    Rejected,
+    /// Sent more than `TRACKWAY_MAX_DELIVERIES` times without an answer.
+    MaxDeliveries,
+}
+
+impl DeadReason {
+    /// Every reason (the metric's label values exist from the start).
+    pub const ALL: [DeadReason; 4] =
+        [DeadReason::Invalid, DeadReason::MissingPayload, DeadReason::Rejected, DeadReason::MaxDeliveries];
+
+    /// The word written in `trackway.reason` and used as the metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeadReason::Invalid => "invalid",
+            DeadReason::MissingPayload => "missing_payload",
+            DeadReason::Rejected => "rejected",
+            DeadReason::MaxDeliveries => "max_deliveries",
+        }
+    }
+}
+
 /// A dead letter to write: the entry, why, and the error.
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
     /// The entry that could not be stored.
     pub entry: Entry,
-    /// Machine-readable reason (also the metric label): `invalid`, `missing_payload`, `rejected`,
-    /// `max_deliveries`.
-    pub reason: &'static str,
+    /// Why.
+    pub reason: DeadReason,
     /// Human-readable error; for `invalid` it starts with the field path.
     pub error: String,
 }
@@ -252,7 +280,7 @@ impl Group {
     fn dead_letter_fields(&self, letter: &DeadLetter) -> [(&'static str, String); 4] {
         [
             ("trackway.source_id", letter.entry.id.clone()),
-            ("trackway.reason", letter.reason.to_owned()),
+            ("trackway.reason", letter.reason.label().to_owned()),
             ("trackway.error", letter.error.clone()),
             ("trackway.consumer", self.names.consumer.clone()),
         ]

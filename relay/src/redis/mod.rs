@@ -7,7 +7,7 @@ pub mod link;
 pub mod reply;
 
 pub use self::{
-    group::{DeadLetter, Group},
+    group::{DeadLetter, DeadReason, Group},
     link::Link,
     reply::{Claimed, Entry, GroupInfo, Settled},
 };
