@@ -37,7 +37,7 @@ pub fn main() -> ExitCode {
             Some(live) => Some(
                 TcpListener::bind(live.addr)
                     .await
-                    .map_err(|e| Error::Live(format!("cannot bind {}: {e}", live.addr)))?,
+                    .map_err(|source| Error::Live { addr: live.addr.to_string(), source })?,
             ),
             None => None,
         };

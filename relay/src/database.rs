@@ -88,7 +88,7 @@ pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
         .create_timeout(Some(CONNECT_TIMEOUT))
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|e| Error::Pool(e.to_string()))
+        .map_err(|source| Error::Pool { source })
 }
 
 /// The longest one statement of the live side's pool may run (`trackway.authorize`): a slow or locked

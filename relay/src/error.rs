@@ -15,12 +15,29 @@ pub enum Error {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// `REDIS_URL` names no usable Redis (the URL does not parse; not an unreachable server).
+    #[error("REDIS_URL: {source}")]
+    RedisUrl {
+        /// What the client said.
+        source: redis::RedisError,
+    },
     /// The database pool could not be built (bad pool settings; not an unreachable server).
-    #[error("database pool: {0}")]
-    Pool(String),
+    #[error("database pool: {source}")]
+    Pool {
+        /// What the pool builder said.
+        source: deadpool_postgres::BuildError,
+    },
     /// The live listener could not be bound or served.
+    #[error("live endpoint on {addr}: {source}")]
+    Live {
+        /// The address it tried, or served on.
+        addr: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The live side cannot start with its settings (the message names the setting).
     #[error("live endpoint: {0}")]
-    Live(String),
+    LiveConfig(String),
     /// A task of the relay panicked or was aborted.
     #[error("task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -57,14 +57,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     tracing::info!(config = ?config, "starting");
     let metrics = Metrics::new();
     let pool = database::pool(&config.database)?;
-    let link = |block| Link::new(config.redis.clone(), block).map_err(|e| Error::Config(format!("REDIS_URL: {e}")));
+    let link = |block| Link::new(config.redis.clone(), block).map_err(|source| Error::RedisUrl { source });
     let short = std::time::Duration::ZERO;
 
     let postgres = BackendState::new("postgres");
     let mut readiness = Readiness::new(pool.clone(), link(short)?, postgres.clone());
     let sampler = sampler::run(Group::new(config.names.clone()), link(short)?, metrics.clone(), shutdown.child_token());
     let consumer = Consumer::new(&config, pool.clone(), postgres, metrics.clone(), shutdown.child_token())
-        .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
+        .map_err(|source| Error::RedisUrl { source })?;
     let live_task = match (config.live.clone(), live_listener) {
         (Some(live), Some(listener)) => {
             let health = BackendState::new("postgres (live)");
@@ -81,7 +81,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             );
             Some(tokio::spawn(task))
         }
-        (Some(_), None) => return Err(Error::Config("the live side is on but no live listener was given".into())),
+        (Some(_), None) => return Err(Error::LiveConfig("the live side is on but no live listener was given".into())),
         (None, _) => None,
     };
     let readiness = Arc::new(readiness);

@@ -56,7 +56,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let metrics = metrics::LiveMetrics::new(&registry);
-    let authenticator = auth::Authenticator::new(&config.auth).map_err(Error::Config)?;
+    let authenticator = auth::Authenticator::new(&config.auth).map_err(Error::LiveConfig)?;
     if !authenticator.required() {
         tracing::warn!("TRACKWAY_AUTH=none: live clients are NOT authenticated and may watch every device (demo only)");
     }
@@ -86,6 +86,7 @@ pub async fn run(
         users: limits::Users::new(config_limit_per_user),
         bulk: tokio::sync::Semaphore::new(session::BULK_WRITERS),
     });
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let serving = server::serve(listener, shared, shutdown.clone(), SHUTDOWN_GRACE);
     tokio::pin!(serving);
     let (mut feed_task, mut listen_task) = (feed_task, listen_task);
@@ -97,7 +98,7 @@ pub async fn run(
             let _ = feed_task.await;
             let _ = listen_task.await;
             pool.close();
-            return served.map_err(|source| Error::Live(source.to_string()));
+            return served.map_err(|source| Error::Live { addr: addr.clone(), source });
         }
         ended = &mut feed_task => ("live feed", ended),
         ended = &mut listen_task => ("LISTEN connection", ended),
