@@ -504,7 +504,7 @@ pub struct StreamNames {
 impl Settings {
     /// Checks every value; the error names the setting and never repeats a connection string.
     pub fn validate(self) -> Result<Config, Error> {
-        let bad = |name: &str, why: String| Error::Config(format!("{name} (--{}): {why}", flag_of(name)));
+        let bad = setting_error;
         let database = tokio_postgres::Config::from_str(&self.database_url)
             .map_err(|e| bad("DATABASE_URL", format!("not a valid PostgreSQL connection string ({e})")))?;
         if database.get_user().is_none() {
@@ -521,22 +521,14 @@ impl Settings {
                 return Err(bad(name, "must not be empty".into()));
             }
         }
-        let number = |name: &str, text: &str, range: std::ops::RangeInclusive<u64>| {
-            let value: u64 = text.trim().parse().map_err(|_| bad(name, format!("{text:?} is not a whole number")))?;
-            if range.contains(&value) {
-                Ok(value)
-            } else {
-                Err(bad(name, format!("{value} is outside {}–{}", range.start(), range.end())))
-            }
-        };
-        let live = self.live(&bad, &number)?;
-        let batch_size = number("TRACKWAY_BATCH_SIZE", &self.batch_size, 1..=10_000)?;
-        let batch_bytes = number("TRACKWAY_BATCH_BYTES", &self.batch_bytes, 65_536..=1 << 30)?;
-        let max_payload_bytes = number("TRACKWAY_MAX_PAYLOAD_BYTES", &self.max_payload_bytes, 1..=(1 << 30) - 1)?;
-        let ingest_timeout_ms = number("TRACKWAY_INGEST_TIMEOUT_MS", &self.ingest_timeout_ms, 100..=3_600_000)?;
-        let block_ms = number("TRACKWAY_BLOCK_MS", &self.block_ms, 1..=60_000)?;
-        let max_deliveries = number("TRACKWAY_MAX_DELIVERIES", &self.max_deliveries, 1..=1_000_000)?;
-        let claim_idle_ms = number("TRACKWAY_CLAIM_IDLE_MS", &self.claim_idle_ms, 1000..=86_400_000)?;
+        let live = self.live()?;
+        let batch_size = whole("TRACKWAY_BATCH_SIZE", &self.batch_size, 1..=10_000)?;
+        let batch_bytes = whole("TRACKWAY_BATCH_BYTES", &self.batch_bytes, 65_536..=1 << 30)?;
+        let max_payload_bytes = whole("TRACKWAY_MAX_PAYLOAD_BYTES", &self.max_payload_bytes, 1..=(1 << 30) - 1)?;
+        let ingest_timeout = millis("TRACKWAY_INGEST_TIMEOUT_MS", &self.ingest_timeout_ms, 100..=3_600_000)?;
+        let block = millis("TRACKWAY_BLOCK_MS", &self.block_ms, 1..=60_000)?;
+        let max_deliveries = whole("TRACKWAY_MAX_DELIVERIES", &self.max_deliveries, 1..=1_000_000)?;
+        let claim_idle = millis("TRACKWAY_CLAIM_IDLE_MS", &self.claim_idle_ms, 1000..=86_400_000)?;
         let admin_addr = self.admin_addr.parse().map_err(|_| {
             bad("TRACKWAY_ADMIN_ADDR", format!("{:?} is not an address like 127.0.0.1:9090", self.admin_addr))
         })?;
@@ -565,33 +557,54 @@ impl Settings {
                 attempts,
                 payload_field: self.payload_field,
             },
-            batch_size: usize::try_from(batch_size).unwrap_or(1000),
-            batch_bytes: usize::try_from(batch_bytes).unwrap_or(1 << 24),
-            max_payload_bytes: usize::try_from(max_payload_bytes).unwrap_or(1 << 20),
-            ingest_timeout: Duration::from_millis(ingest_timeout_ms),
-            block: Duration::from_millis(block_ms),
+            batch_size,
+            batch_bytes,
+            max_payload_bytes,
+            ingest_timeout,
+            block,
             max_deliveries,
-            claim_idle: Duration::from_millis(claim_idle_ms),
+            claim_idle,
             admin_addr,
             log_format: self.log_format,
         })
     }
 }
 
-/// Parses a whole number setting within a range (the error names the setting).
-type NumberCheck<'a> = dyn Fn(&str, &str, std::ops::RangeInclusive<u64>) -> Result<u64, Error> + 'a;
+/// A bad setting: the error names its variable and its flag.
+fn setting_error(name: &str, why: String) -> Error {
+    Error::Config(format!("{name} (--{}): {why}", flag_of(name)))
+}
+
+/// A whole-number setting within `range`, parsed straight into the type the relay uses (no second
+/// default, no conversion that could fall back to one).
+fn whole<T>(name: &str, text: &str, range: std::ops::RangeInclusive<T>) -> Result<T, Error>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let value: T = text.trim().parse().map_err(|_| setting_error(name, format!("{text:?} is not a whole number")))?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(setting_error(name, format!("{value} is outside {}–{}", range.start(), range.end())))
+    }
+}
+
+/// A setting in milliseconds within `range`.
+fn millis(name: &str, text: &str, range: std::ops::RangeInclusive<u64>) -> Result<Duration, Error> {
+    whole(name, text, range).map(Duration::from_millis)
+}
 
 impl Settings {
     /// The live settings, checked like the rest (`None` when the live side is off).
-    fn live(&self, bad: &dyn Fn(&str, String) -> Error, number: &NumberCheck<'_>) -> Result<Option<LiveConfig>, Error> {
+    fn live(&self) -> Result<Option<LiveConfig>, Error> {
+        let bad = setting_error;
         if self.live_addr.trim().eq_ignore_ascii_case("off") {
             return Ok(None);
         }
         let addr = self.live_addr.parse().map_err(|_| {
             bad("TRACKWAY_LIVE_ADDR", format!("{:?} is not an address like 0.0.0.0:8080 (or off)", self.live_addr))
         })?;
-        let ms = |name: &str, text: &str, range| number(name, text, range).map(Duration::from_millis);
-        let count = |name: &str, text: &str, range| number(name, text, range).map(|n| usize::try_from(n).unwrap_or(1));
+        let (ms, count) = (millis, whole::<usize>);
         let auth = match self.auth {
             AuthMode::Jwt => {
                 let secret = self.jwt_secret.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
@@ -624,7 +637,7 @@ impl Settings {
                 AuthConfig::Directus {
                     url,
                     timeout: ms("TRACKWAY_DIRECTUS_TIMEOUT_MS", &self.directus_timeout_ms, 100..=60_000)?,
-                    cache_ttl: Duration::from_secs(number(
+                    cache_ttl: Duration::from_secs(whole(
                         "TRACKWAY_DIRECTUS_CACHE_SECONDS",
                         &self.directus_cache_seconds,
                         1..=86_400,
