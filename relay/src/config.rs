@@ -245,8 +245,9 @@ pub enum AuthMode {
     None,
 }
 
-/// Validated settings of the live side (`/live`).
-#[derive(Clone)]
+/// Validated settings of the live side (`/live`). `Debug` is derived: the one secret, the JWT secret,
+/// is hidden by [`AuthConfig`]'s own `Debug`.
+#[derive(Clone, Debug)]
 pub struct LiveConfig {
     /// Where `/live` listens (`main` binds it; tests pass their own listener to `run`).
     pub addr: SocketAddr,
@@ -424,32 +425,6 @@ impl fmt::Debug for AuthConfig {
             }
             AuthConfig::None => f.write_str("none (no authentication)"),
         }
-    }
-}
-
-impl fmt::Debug for LiveConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LiveConfig")
-            .field("addr", &self.addr)
-            .field("auth", &self.auth)
-            .field("max_connections", &self.max_connections)
-            .field("max_unauthenticated", &self.max_unauthenticated)
-            .field("max_connections_per_user", &self.max_connections_per_user)
-            .field("header_timeout", &self.header_timeout)
-            .field("subscribe_timeout", &self.subscribe_timeout)
-            .field("max_queued_bytes", &self.max_queued_bytes)
-            .field("max_subscriptions", &self.max_subscriptions)
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("auth_timeout", &self.auth_timeout)
-            .field("ping_interval", &self.ping_interval)
-            .field("queue", &self.queue)
-            .field("send_timeout", &self.send_timeout)
-            .field("max_replay", &self.max_replay)
-            .field("answer_connections", &self.answer_connections)
-            .field("poll_interval", &self.poll_interval)
-            .field("map_tile_url", &self.map_tile_url.as_ref().map(|t| &t.template))
-            .field("origins", &self.origins)
-            .finish()
     }
 }
 
@@ -936,5 +911,9 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(shown.contains("u@db:5433/x"), "{shown}");
         assert!(!shown.contains("hunter2") && !shown.contains("sekrit"), "{shown}");
+        let jwt = parse(&["--jwt-secret", "topsecretvalue", "--live-queue", "77"]).expect("valid");
+        let shown = format!("{jwt:?}");
+        assert!(!shown.contains("topsecretvalue"), "{shown}");
+        assert!(shown.contains("queue: 77") && shown.contains("jwt (issuer"), "{shown}");
     }
 }
