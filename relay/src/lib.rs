@@ -9,6 +9,7 @@
 //! - [`backoff`]: retry delays and outage logging.
 //! - [`admin`], [`metrics`], [`sampler`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`live`]: the live side (LISTEN → WebSocket subscribers at `/live`).
+//! - `supervise`: every task runs until shutdown; one that ends early stops the relay.
 //! - [`telemetry`]: log output.
 //! - [`cli`]: what the binary does (`main` only calls it).
 
@@ -25,6 +26,7 @@ pub mod live;
 pub mod metrics;
 pub mod redis;
 pub mod sampler;
+mod supervise;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -88,70 +90,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let admin_task =
         tokio::spawn(admin::serve(admin, AdminState { metrics: metrics.clone(), readiness }, shutdown.child_token()));
     let mut tasks = vec![
-        ("consumer", tokio::spawn(until_shutdown(consumer.run()))),
+        ("consumer", tokio::spawn(supervise::until_shutdown(consumer.run()))),
         ("admin server", admin_task),
-        ("sampler", tokio::spawn(until_shutdown(sampler))),
+        ("sampler", tokio::spawn(supervise::until_shutdown(sampler))),
     ];
     tasks.extend(live_task.map(|task| ("live side", task)));
-    let result = supervise(tasks, &shutdown).await;
+    let result = supervise::all(tasks, &shutdown).await;
     pool.close();
     result?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Waits for the relay's tasks. Each runs until shutdown; one that ends before it (a panic, a server that
-/// stopped) stops the relay: the others are shut down and its error is returned, so the process exits
-/// non-zero and its supervisor (systemd, Kubernetes) starts it again. Failures of PostgreSQL or Redis never
-/// end a task: those are retried inside it with backoff, and `/readyz` says so meanwhile.
-async fn supervise(
-    tasks: Vec<(&'static str, tokio::task::JoinHandle<Result<(), Error>>)>,
-    shutdown: &Shutdown,
-) -> Result<(), Error> {
-    let (names, handles): (Vec<&'static str>, Vec<_>) = tasks.into_iter().unzip();
-    let (first, index, rest) = futures_util::future::select_all(handles).await;
-    let early = !shutdown.is_cancelled();
-    shutdown.cancel();
-    let mut result = ended(names[index], first, early);
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "the relay stops");
-    }
-    let rest_names = names.iter().enumerate().filter(|&(i, _)| i != index).map(|(_, n)| *n);
-    for (name, handle) in rest_names.zip(rest) {
-        let outcome = ended(name, handle.await, false);
-        if result.is_ok() {
-            result = outcome;
-        }
-    }
-    result
-}
-
-/// A task that returns nothing, as one that may fail (for [`supervise`]).
-async fn until_shutdown(task: impl std::future::Future<Output = ()>) -> Result<(), Error> {
-    task.await;
-    Ok(())
-}
-
-/// What a task's end means: `early` when shutdown had not been asked for.
-fn ended(
-    task: &'static str,
-    outcome: Result<Result<(), Error>, tokio::task::JoinError>,
-    early: bool,
-) -> Result<(), Error> {
-    match outcome {
-        Ok(Ok(())) if early => Err(Error::Stopped { task, why: "it returned before shutdown".into() }),
-        Ok(result) => result,
-        Err(e) if e.is_panic() => Err(Error::Stopped { task, why: format!("it panicked: {}", panic_text(e)) }),
-        Err(e) => Err(Error::Task(e)),
-    }
-}
-
-/// The message of a task's panic.
-fn panic_text(error: tokio::task::JoinError) -> String {
-    let payload = error.into_panic();
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
 }

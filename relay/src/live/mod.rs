@@ -109,9 +109,5 @@ pub async fn run(
     let (task, ended) = stopped;
     let _ = if task == "live feed" { listen_task.await } else { feed_task.await };
     pool.close();
-    match ended {
-        Ok(()) if !early => Ok(()),
-        Ok(()) => Err(Error::Stopped { task, why: "it returned before shutdown".into() }),
-        Err(e) => Err(Error::Stopped { task, why: e.to_string() }),
-    }
+    crate::supervise::ended(task, ended.map(Ok), early)
 }
