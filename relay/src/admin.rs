@@ -77,16 +77,21 @@ impl Readiness {
     }
 
     async fn check_now(&self) -> Result<(), String> {
-        let redis = async { self.redis.lock().await.ping().await.map_err(|e| e.to_string()) };
-        match tokio::time::timeout(READY_TIMEOUT, redis).await {
+        let mut redis = self.redis.lock().await;
+        match tokio::time::timeout(READY_TIMEOUT, redis.ping()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("redis: {e}")),
-            Err(_) => return Err("redis: no answer within 2 s".to_owned()),
+            Err(_) => {
+                // Its answer may still come, out of turn; and a silent path must not keep probes failing
+                // after it works again.
+                redis.forget();
+                return Err("redis: no answer within 2 s".to_owned());
+            }
         }
-        match tokio::time::timeout(READY_TIMEOUT, crate::database::ping(&self.pool)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("postgres: {e}")),
-            Err(_) => return Err("postgres: no answer within 2 s".to_owned()),
+        drop(redis);
+        // Bounded inside, so that a connection that did not answer in time is dropped, not pooled again.
+        if let Err(e) = crate::database::ping(&self.pool, READY_TIMEOUT).await {
+            return Err(format!("postgres: {e}"));
         }
         if let Some(why) = self.postgres.down_reason() {
             return Err(format!("postgres: cannot store: {why}"));

@@ -52,6 +52,8 @@ pub struct BackendState {
     name: &'static str,
     /// The shared part (held only for a few instructions, never across an await).
     inner: Arc<Mutex<Outage>>,
+    /// `trackway_relay_backend_up` for this backend, when it is reported.
+    up: Option<prometheus::IntGauge>,
 }
 
 /// The current outage, if any.
@@ -68,7 +70,14 @@ struct Outage {
 impl BackendState {
     /// A backend assumed to work.
     pub fn new(name: &'static str) -> BackendState {
-        BackendState { name, inner: Arc::default() }
+        BackendState { name, inner: Arc::default(), up: None }
+    }
+
+    /// The same, with its state kept in `gauge` (1 up, 0 down).
+    pub fn reported(mut self, gauge: prometheus::IntGauge) -> BackendState {
+        gauge.set(i64::from(!self.is_down()));
+        self.up = Some(gauge);
+        self
     }
 
     fn outage(&self) -> std::sync::MutexGuard<'_, Outage> {
@@ -86,6 +95,9 @@ impl BackendState {
             return false;
         }
         outage.down_since = Some(Instant::now());
+        if let Some(up) = &self.up {
+            up.set(0);
+        }
         tracing::warn!(backend = self.name, error = %error, "backend unavailable; retrying with backoff");
         true
     }
@@ -94,6 +106,9 @@ impl BackendState {
     pub fn succeeded(&self) -> bool {
         let mut outage = self.outage();
         let Some(since) = outage.down_since.take() else { return false };
+        if let Some(up) = &self.up {
+            up.set(1);
+        }
         tracing::info!(
             backend = self.name,
             down_for_ms = since.elapsed().as_millis() as u64,

@@ -62,14 +62,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let link = |block| Link::new(config.redis.clone(), block).map_err(|source| Error::RedisUrl { source });
     let short = std::time::Duration::ZERO;
 
-    let postgres = BackendState::new("postgres");
+    let up = |label| metrics.backend_up.with_label_values(&[label]);
+    let postgres = BackendState::new("postgres").reported(up("postgres"));
     let mut readiness = Readiness::new(pool.clone(), link(short)?, postgres.clone());
     let sampler = sampler::run(Group::new(config.names.clone()), link(short)?, metrics.clone(), shutdown.child_token());
     let consumer = Consumer::new(&config, pool.clone(), postgres, metrics.clone(), shutdown.child_token())
         .map_err(|source| Error::RedisUrl { source })?;
     let live_task = match (config.live.clone(), live_listener) {
         (Some(live), Some(listener)) => {
-            let health = BackendState::new("postgres (live)");
+            let health = BackendState::new("postgres (live)").reported(up("postgres_live"));
             let warning = matches!(live.auth, config::AuthConfig::None)
                 .then(|| "TRACKWAY_AUTH=none: live clients are not authenticated".to_owned());
             readiness = readiness.with_live(health.clone(), warning);

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the relay, on their own registry (served at `/metrics`).
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::redis::DeadReason;
@@ -50,6 +50,10 @@ pub struct Metrics {
     pub batch_bytes_peak: IntGauge,
     /// Connections (re)established after a failure, by `backend`: `postgres`, `redis`.
     pub reconnects: IntCounterVec,
+    /// 1 while a backend works for its user, 0 during an outage (unreachable, refusing, or not answering),
+    /// by `backend`: `postgres` (the ingest path), `redis`, `postgres_live` (the live feed and LISTEN
+    /// connection). `/readyz` and the log say why.
+    pub backend_up: IntGaugeVec,
 }
 
 impl Metrics {
@@ -132,6 +136,12 @@ impl Metrics {
         for backend in ["postgres", "redis"] {
             reconnects.with_label_values(&[backend]);
         }
+        let backend_up = IntGaugeVec::new(
+            Opts::new("trackway_relay_backend_up", "1 while a backend works, 0 during an outage, by backend."),
+            &["backend"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(backend_up.clone())).expect("unique metric");
         Metrics {
             registry,
             entries_read,
@@ -150,6 +160,7 @@ impl Metrics {
             batch_bytes,
             batch_bytes_peak,
             reconnects,
+            backend_up,
         }
     }
 

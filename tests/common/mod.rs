@@ -33,6 +33,7 @@ pub fn server_address() -> (String, u16) {
 
 pub mod directus;
 pub mod live;
+pub mod proxy;
 pub mod relay;
 pub mod servers;
 

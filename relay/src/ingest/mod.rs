@@ -80,7 +80,7 @@ impl Consumer {
         shutdown: CancellationToken,
     ) -> Result<Consumer, RedisError> {
         let group = Group::new(config.names.clone());
-        let redis = BackendState::new("redis");
+        let redis = BackendState::new("redis").reported(metrics.backend_up.with_label_values(&["redis"]));
         Ok(Consumer {
             reader: Reader::new(
                 group.clone(),

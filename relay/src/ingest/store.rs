@@ -116,7 +116,7 @@ impl Storer {
     ) -> Option<Attempt> {
         let batch: Vec<&str> = set.iter().map(|&i| items[i].payload).collect();
         loop {
-            let client = match database::connection(&self.pool).await {
+            let client = match database::ingest::connection(&self.pool).await {
                 Ok(client) => client,
                 Err(e) => {
                     // Nothing was sent: nothing counts.
@@ -147,7 +147,7 @@ impl Storer {
                 Err(e) => tracing::debug!(error = %e, "could not count a store attempt"),
             }
             let started = Instant::now();
-            match database::ingest_batch(client, &batch, self.ingest_timeout).await {
+            match database::ingest_batch(&self.pool, client, &batch, self.ingest_timeout).await {
                 Ok(statuses) => {
                     // The settle script removes the counts of settled entries.
                     self.metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());

@@ -18,11 +18,11 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::{sync::mpsc, task::JoinSet};
-use tokio_postgres::{NoTls, Statement};
+use tokio_postgres::{types::ToSql, Statement};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{
@@ -31,32 +31,15 @@ use super::{
     outbox::AnswerFrame,
     protocol::{self, ErrorCode, Refusal, Snapshot, Target, Text},
 };
-
-/// Latest positions of some devices.
-const SNAPSHOT_DEVICES: &str = "\
-    SELECT l.device_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle, \
-           l.speed, l.satellites, l.priority, l.attributes::text) \
-    FROM trackway.latest_positions l WHERE l.device_id = ANY($1::text[])";
-/// Latest positions of the devices of some groups.
-const SNAPSHOT_GROUPS: &str = "\
-    SELECT g.group_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle, \
-           l.speed, l.satellites, l.priority, l.attributes::text) \
-    FROM trackway.device_groups g JOIN trackway.latest_positions l ON l.device_id = g.device_id \
-    WHERE g.group_id = ANY($1::text[]) ORDER BY g.group_id, l.device_id";
-/// Rows of one target after a cursor (a group as its membership stands now).
-const REPLAY: &str = "\
-    SELECT s.cursor, s.device_id, s.position, (extract(epoch FROM s.ts) * 1000000)::bigint \
-    FROM trackway._positions_since_text($1, \
-           CASE WHEN $2::text = 'device' THEN ARRAY[$3::text] \
-                ELSE ARRAY(SELECT d.device_id FROM trackway.device_groups d WHERE d.group_id = $3::text) END, \
-           $4) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
-    ORDER BY s.n";
-/// The first transaction id not yet handed out, as the snapshot sees it.
-const XMAX: &str = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
+use crate::database::{self, answered, sql, DbError, Driver, BEYOND_STATEMENT_TIMEOUT};
 
 /// The longest one statement of an answer may run: a replay or snapshot that takes longer is answered
 /// `unavailable` rather than holding a connection other subscriptions wait for.
 pub const STATEMENT_TIMEOUT_MS: u32 = 5_000;
+/// How long the relay waits for an answer statement's reply: the server's own `statement_timeout`, and a
+/// margin for when the path, not the statement, is what stopped.
+const ANSWER_BOUND: Duration =
+    Duration::from_millis(STATEMENT_TIMEOUT_MS as u64).saturating_add(BEYOND_STATEMENT_TIMEOUT);
 /// How long an answer connection may sit in a transaction without a statement: a relay that stopped
 /// mid-batch must not hold back vacuum for long.
 const IDLE_IN_TRANSACTION_MS: u32 = 60_000;
@@ -66,13 +49,6 @@ fn ahead_of(since: Option<&str>, xmax: u64) -> bool {
     since.and_then(|c| trackway_wire::Cursor::parse(c).ok()).is_some_and(|c| c.xid > xmax)
 }
 
-/// Whether `id` looks like what `pg_export_snapshot()` returns (hex digits and dashes), so that it can be
-/// written into `SET TRANSACTION SNAPSHOT`, which takes no parameters. It comes from the server, never from
-/// a client; this is the belt to that braces.
-fn is_snapshot_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
-}
-
 /// One answer connection and its prepared statements.
 pub struct Answerer {
     client: tokio_postgres::Client,
@@ -80,6 +56,8 @@ pub struct Answerer {
     snapshot_groups: Statement,
     replay: Statement,
     xmax: Statement,
+    /// Dropped with the connection: closes it even while its path is silent.
+    _driver: Driver,
 }
 
 /// The answer connections, owned by the feed: the idle ones, and the batches running on the others.
@@ -101,7 +79,7 @@ impl Answers {
     pub fn new(database: &tokio_postgres::Config, limit: usize, metrics: LiveMetrics) -> Answers {
         let timeouts =
             format!("-c statement_timeout={STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}");
-        let database = crate::database::with_settings(database, &timeouts);
+        let database = database::with_settings(database, &timeouts);
         Answers { database, limit: limit.max(1), idle: Vec::new(), running: JoinSet::new(), metrics }
     }
 
@@ -112,13 +90,8 @@ impl Answers {
 
     /// Starts `n` (at most [`Answers::free`]) transactions on the exported snapshot `snapshot`, opening
     /// connections as needed. Must be called while the exporting transaction is open.
-    pub async fn begin(&mut self, n: usize, snapshot: &str) -> Result<Vec<Answerer>, tokio_postgres::Error> {
-        let begin = if is_snapshot_id(snapshot) {
-            format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'")
-        } else {
-            // Never happens with a real server; refused by the server itself with a clear error.
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT 'not-a-snapshot-id'".into()
-        };
+    pub async fn begin(&mut self, n: usize, snapshot: &str) -> Result<Vec<Answerer>, DbError> {
+        let begin = sql::begin_on_snapshot(snapshot);
         let mut taken = Vec::with_capacity(n);
         for _ in 0..n.min(self.free()) {
             let answerer = match self.idle.pop().filter(|a| !a.client.is_closed()) {
@@ -126,25 +99,22 @@ impl Answers {
                 None => self.connect().await?,
             };
             // On an error the connections taken so far are dropped (closed, their transactions with them).
-            answerer.client.batch_execute(&begin).await?;
+            answered("BEGIN on the feed's snapshot", ANSWER_BOUND, answerer.client.batch_execute(&begin)).await?;
             taken.push(answerer);
         }
         Ok(taken)
     }
 
-    async fn connect(&self) -> Result<Answerer, tokio_postgres::Error> {
-        let (client, connection) = self.database.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "answer connection ended");
-            }
-        });
+    async fn connect(&self) -> Result<Answerer, DbError> {
+        let (client, driver) = database::open(&self.database, "answer").await?;
+        let prepare = |text| answered("preparing an answer statement", ANSWER_BOUND, client.prepare(text));
         Ok(Answerer {
-            snapshot_devices: client.prepare(SNAPSHOT_DEVICES).await?,
-            snapshot_groups: client.prepare(SNAPSHOT_GROUPS).await?,
-            replay: client.prepare(REPLAY).await?,
-            xmax: client.prepare(XMAX).await?,
+            snapshot_devices: prepare(sql::SNAPSHOT_DEVICES).await?,
+            snapshot_groups: prepare(sql::SNAPSHOT_GROUPS).await?,
+            replay: prepare(sql::REPLAY).await?,
+            xmax: prepare(sql::XMAX).await?,
             client,
+            _driver: driver,
         })
     }
 
@@ -239,7 +209,7 @@ impl Batch {
             Ok(()) => self.serve_replays(&mut left).await,
         };
         let connection = match served {
-            Ok(()) => self.answerer.client.batch_execute("COMMIT").await,
+            Ok(()) => answered("COMMIT", ANSWER_BOUND, self.answerer.client.batch_execute(sql::COMMIT)).await,
             Err(e) => Err(e),
         };
         self.metrics.answer_seconds.observe(started.elapsed().as_secs_f64());
@@ -257,7 +227,7 @@ impl Batch {
     }
 
     /// Snapshots for every job without `since`: two queries for all of them. Served jobs leave `waiting`.
-    async fn serve_snapshots(&self, waiting: &mut Vec<Job>) -> Result<(), tokio_postgres::Error> {
+    async fn serve_snapshots(&self, waiting: &mut Vec<Job>) -> Result<(), DbError> {
         if waiting.is_empty() {
             return Ok(());
         }
@@ -272,12 +242,17 @@ impl Batch {
         let a = &self.answerer;
         let mut docs: HashMap<Target, Vec<String>> = HashMap::new();
         if !devices.is_empty() {
-            for row in a.client.query(&a.snapshot_devices, &[&devices]).await? {
+            let params: [&(dyn ToSql + Sync); 1] = [&devices];
+            for row in
+                answered("snapshot of devices", ANSWER_BOUND, a.client.query(&a.snapshot_devices, &params)).await?
+            {
                 docs.entry(Target::Device(row.try_get(0)?)).or_default().push(row.try_get(1)?);
             }
         }
         if !groups.is_empty() {
-            for row in a.client.query(&a.snapshot_groups, &[&groups]).await? {
+            let params: [&(dyn ToSql + Sync); 1] = [&groups];
+            for row in answered("snapshot of groups", ANSWER_BOUND, a.client.query(&a.snapshot_groups, &params)).await?
+            {
                 docs.entry(Target::Group(row.try_get(0)?)).or_default().push(row.try_get(1)?);
             }
         }
@@ -297,14 +272,14 @@ impl Batch {
     }
 
     /// Replays, one after the other; on an error the ones not answered stay in `left`.
-    async fn serve_replays(&self, left: &mut std::vec::IntoIter<Job>) -> Result<(), tokio_postgres::Error> {
+    async fn serve_replays(&self, left: &mut std::vec::IntoIter<Job>) -> Result<(), DbError> {
         if left.as_slice().is_empty() {
             return Ok(());
         }
         // Where the database's transaction ids stand: a `since` past it was not made on this database's
         // history (a cursor from before a failover or a restore, or made up).
         let a = &self.answerer;
-        let xmax: String = a.client.query_one(&a.xmax, &[]).await?.try_get(0)?;
+        let xmax: String = answered("xmax", ANSWER_BOUND, a.client.query_one(&a.xmax, &[])).await?.try_get(0)?;
         let xmax = xmax.parse().unwrap_or(u64::MAX);
         let mut read: HashMap<(Target, String), Option<Replay>> = HashMap::new();
         while let Some(job) = left.as_slice().first() {
@@ -358,10 +333,11 @@ impl Batch {
     }
 
     /// Every row of `target` after `since`, each once, in `positions` frames; `None` past the replay limit.
-    async fn replay(&self, target: &Target, since: &str) -> Result<Option<Replay>, tokio_postgres::Error> {
+    async fn replay(&self, target: &Target, since: &str) -> Result<Option<Replay>, DbError> {
         let limit = i32::try_from(self.max_replay.saturating_add(1)).unwrap_or(i32::MAX);
         let a = &self.answerer;
-        let rows = a.client.query(&a.replay, &[&since, &target.kind(), &target.id(), &limit]).await?;
+        let (kind, id) = (target.kind(), target.id());
+        let rows = answered("replay", ANSWER_BOUND, a.client.query(&a.replay, &[&since, &kind, &id, &limit])).await?;
         if rows.len() > self.max_replay {
             return Ok(None);
         }
@@ -403,7 +379,7 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
-    use super::{ahead_of, is_snapshot_id};
+    use super::ahead_of;
 
     #[test]
     fn a_since_past_the_databases_transaction_ids_is_ahead() {
@@ -412,13 +388,5 @@ mod tests {
         assert!(!ahead_of(Some("12:3:7"), 900));
         assert!(!ahead_of(None, 0));
         assert!(!ahead_of(Some("not a cursor"), 0), "checked when parsed");
-    }
-
-    #[test]
-    fn only_exported_snapshot_ids_are_written_into_sql() {
-        assert!(is_snapshot_id("00000003-0000001B-1"));
-        assert!(!is_snapshot_id(""));
-        assert!(!is_snapshot_id("1'; DROP TABLE x; --"));
-        assert!(!is_snapshot_id(&"a".repeat(65)));
     }
 }

@@ -11,12 +11,13 @@
 //! asked again one question at a time, so that one bad question fails alone; a batch that times out
 //! (`statement_timeout`) fails whole: asking each alone could take that long again per question.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Object, Pool};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::protocol::Target;
+use crate::database::{self, answered, sql, DbError, BEYOND_STATEMENT_TIMEOUT, LIVE_STATEMENT_TIMEOUT};
 
 /// Questions waiting for a batch; full means the asking session waits (each session is paced already,
 /// `limits::AUTHORIZE_PER_SECOND`).
@@ -26,13 +27,6 @@ const MAX_BATCH: usize = 512;
 /// Statements at once: the live pool has a few connections, and a storm is answered faster by full
 /// batches than by many small ones.
 const BATCHES_AT_ONCE: usize = 2;
-/// One statement for a whole batch: each row is one call of the (replaceable) function, in order.
-const BATCH: &str = "\
-    SELECT trackway.authorize(q.claims::jsonb, q.kind, q.id) \
-    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(claims, kind, id, n) \
-    ORDER BY q.n";
-/// One question alone (after its batch failed).
-const ONE: &str = "SELECT trackway.authorize($1::text::jsonb, $2::text, $3::text)";
 /// SQLSTATE of a cancelled statement (`statement_timeout`).
 const QUERY_CANCELED: &str = "57014";
 
@@ -129,21 +123,31 @@ impl Distinct {
     }
 }
 
+/// How long the relay waits for an authorization's answer: the live pool's `statement_timeout`, and a
+/// margin for when the path, not the statement, is what stopped.
+const ANSWER_BOUND: Duration = LIVE_STATEMENT_TIMEOUT.saturating_add(BEYOND_STATEMENT_TIMEOUT);
+
 /// One answer per question, in order.
 async fn ask_database(pool: &Pool, questions: &[(Arc<str>, &'static str, String)]) -> Vec<Answer> {
-    let client = match pool.get().await {
+    let client = match database::pooled(pool).await {
         Ok(client) => client,
-        Err(e) => return vec![Err(e.to_string()); questions.len()],
+        Err(e) => return vec![Err(e); questions.len()],
     };
     let claims: Vec<&str> = questions.iter().map(|q| &*q.0).collect();
     let kinds: Vec<&str> = questions.iter().map(|q| q.1).collect();
     let ids: Vec<&str> = questions.iter().map(|q| q.2.as_str()).collect();
-    let error = match client.query(BATCH, &[&claims, &kinds, &ids]).await {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&claims, &kinds, &ids];
+    let error = match answered("trackway.authorize", ANSWER_BOUND, client.query(sql::AUTHORIZE_BATCH, &params)).await {
         Ok(rows) if rows.len() == questions.len() => return rows.iter().map(allowed).collect(),
         Ok(rows) => format!("trackway.authorize answered {} of {} questions", rows.len(), questions.len()),
         Err(e) => {
-            let timed_out = e.code().is_some_and(|c| c.code() == QUERY_CANCELED);
-            if questions.len() == 1 || timed_out {
+            let cancelled = matches!(&e, DbError::Postgres(e) if e.code().is_some_and(|c| c.code() == QUERY_CANCELED));
+            if !e.is_server_answer() {
+                // Its answer may still come, out of turn: never pooled again.
+                drop(Object::take(client));
+                return vec![Err(e.to_string()); questions.len()];
+            }
+            if questions.len() == 1 || cancelled {
                 return vec![Err(e.to_string()); questions.len()];
             }
             e.to_string()
@@ -152,8 +156,18 @@ async fn ask_database(pool: &Pool, questions: &[(Arc<str>, &'static str, String)
     tracing::debug!(%error, questions = questions.len(), "a batch of authorizations failed: asking each alone");
     let mut answers = Vec::with_capacity(questions.len());
     for (claims, kind, id) in questions {
-        let row = client.query_one(ONE, &[&&**claims, kind, id]).await;
-        answers.push(row.map_err(|e| e.to_string()).and_then(|row| allowed(&row)));
+        let claims: &str = claims;
+        match answered("trackway.authorize", ANSWER_BOUND, client.query_one(sql::AUTHORIZE_ONE, &[&claims, kind, id]))
+            .await
+        {
+            Ok(row) => answers.push(allowed(&row)),
+            Err(e) if e.is_server_answer() => answers.push(Err(e.to_string())),
+            Err(e) => {
+                drop(Object::take(client));
+                answers.resize(questions.len(), Err(e.to_string()));
+                return answers;
+            }
+        }
     }
     answers
 }

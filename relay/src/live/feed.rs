@@ -21,7 +21,7 @@ use std::{
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{GenericClient, NoTls, Statement};
+use tokio_postgres::{types::ToSql, GenericClient, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -32,31 +32,20 @@ use super::{
     protocol::{self, ErrorCode, Refusal, Target},
     router::{ClientId, Routed, Router},
 };
-use crate::backoff::{BackendState, Backoff};
+use crate::{
+    backoff::{BackendState, Backoff},
+    database::{self, answered, sql, DbError, Driver},
+};
 
 /// Rows per `positions_since` call.
 const PAGE: i32 = 2000;
 /// Rows remembered to drop the few that `positions_since` may return twice.
 const RECENT: usize = 65_536;
 
-/// Every row after a cursor, oldest first, with the groups of its device as this snapshot sees them.
-const FEED: &str = "\
-    SELECT s.cursor, s.device_id, s.position, \
-           ARRAY(SELECT g.group_id FROM trackway.device_groups g WHERE g.device_id = s.device_id), \
-           (extract(epoch FROM s.ts) * 1000000)::bigint \
-    FROM trackway._positions_since_text($1, NULL, $2) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
-    ORDER BY s.n";
-/// A row by its key (device, time in µs since 1970), if the table holds it.
-const ROW_BY_KEY: &str = "\
-    SELECT 1 FROM trackway.positions p \
-    WHERE p.device_id = $1::text AND p.ts = 'epoch'::timestamptz + $2::bigint * interval '1 microsecond'";
-/// Of rows given by key in reading order, the last one the table holds: its place in the order (from 1).
-const NEWEST_HELD: &str = "\
-    SELECT k.n \
-    FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(device_id, us, n) \
-    JOIN trackway.positions p \
-      ON p.device_id = k.device_id AND p.ts = 'epoch'::timestamptz + k.us * interval '1 microsecond' \
-    ORDER BY k.n DESC LIMIT 1";
+/// The longest a feed read (or its transaction's BEGIN, export and COMMIT) may go unanswered. It takes
+/// milliseconds; this long means the path or the server stopped answering: the connection is dropped and
+/// opened again, and the feed reads on from its cursor.
+const READ_BOUND: Duration = Duration::from_secs(10);
 
 /// What sessions ask of the feed. The channel is bounded; senders wait when it is full.
 pub enum Command {
@@ -184,6 +173,8 @@ struct Read {
 struct Connection {
     client: tokio_postgres::Client,
     feed: Statement,
+    /// Dropped with the connection: closes it even while its path is silent.
+    _driver: Driver,
 }
 
 impl Feed {
@@ -320,20 +311,16 @@ impl Feed {
 
     /// Opens the connection, prepares the statements, and on the first connection places the cursor at
     /// the current snapshot (live clients get what is committed from now on; older rows are replays).
-    async fn connect(&mut self) -> Result<Connection, tokio_postgres::Error> {
-        let (client, connection) = self.settings.database.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "feed connection ended");
-            }
-        });
+    async fn connect(&mut self) -> Result<Connection, DbError> {
+        let (client, driver) = database::open(&self.settings.database, "live feed").await?;
         if self.cursor.is_none() {
-            let row = client.query_one("SELECT trackway.current_cursor()", &[]).await?;
+            let row = answered("current_cursor", READ_BOUND, client.query_one(sql::CURRENT_CURSOR, &[])).await?;
             self.cursor = Some(row.try_get(0)?);
         } else {
             self.check_history(&client).await?;
         }
-        Ok(Connection { feed: client.prepare(FEED).await?, client })
+        let feed = answered("preparing the feed read", READ_BOUND, client.prepare(sql::FEED)).await?;
+        Ok(Connection { feed, client, _driver: driver })
     }
 
     /// After a reconnect: does the database still hold the last row the feed read? Not after a failover to
@@ -342,16 +329,23 @@ impl Feed {
     /// stood just after the newest row it read that the database does hold (found by its key,
     /// `(device_id, ts)`), or, when it holds none of them, from before the oldest row it remembers. Every
     /// row after that point there is one the feed never read (or is dropped as a repeat).
-    async fn check_history(&mut self, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    async fn check_history(&mut self, client: &tokio_postgres::Client) -> Result<(), DbError> {
         let (Some(cursor), Some(newest)) = (self.cursor.clone(), self.recent_order.back()) else {
             return Ok(());
         };
-        if client.query_opt(ROW_BY_KEY, &[&newest.device.as_ref(), &newest.ts]).await?.is_some() {
+        let (device, ts): (&str, i64) = (&newest.device, newest.ts);
+        let params: [&(dyn ToSql + Sync); 2] = [&device, &ts];
+        if answered("looking up the last row read", READ_BOUND, client.query_opt(sql::ROW_BY_KEY, &params))
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         let devices: Vec<&str> = self.recent_order.iter().map(|r| r.device.as_ref()).collect();
         let times: Vec<i64> = self.recent_order.iter().map(|r| r.ts).collect();
-        let held: Option<i64> = client.query_opt(NEWEST_HELD, &[&devices, &times]).await?.map(|row| row.get(0));
+        let params: [&(dyn ToSql + Sync); 2] = [&devices, &times];
+        let held = answered("looking up the rows read", READ_BOUND, client.query_opt(sql::NEWEST_HELD, &params));
+        let held: Option<i64> = held.await?.map(|row| row.get(0));
         // Ordinality counts from 1: the row after the newest held one is at that index (from 0).
         let next = held.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
         let Some(from) = self.recent_order.get(next).map(|r| r.before.to_string()) else { return Ok(()) };
@@ -375,7 +369,7 @@ impl Feed {
 
     /// One read to the end; the waiting subscriptions, when an answer connection is free, handed to the
     /// answer connections on the same snapshot (see the module header).
-    async fn cycle(&mut self, conn: &Connection) -> Result<(), tokio_postgres::Error> {
+    async fn cycle(&mut self, conn: &Connection) -> Result<(), DbError> {
         let noticed = self.wake.take_first().unwrap_or_else(Instant::now);
         let reconnected = self.wake.take_reconnected();
         self.pending.retain(|p| !p.abandoned());
@@ -385,10 +379,11 @@ impl Feed {
             return Ok(());
         }
         // Read only: no transaction id.
-        conn.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        answered("BEGIN", READ_BOUND, conn.client.batch_execute(sql::BEGIN_READ)).await?;
         let read = self.read_to_end(&conn.client, &conn.feed, noticed).await?;
         self.count_replayed(reconnected, read);
-        let snapshot: String = conn.client.query_one("SELECT pg_export_snapshot()", &[]).await?.try_get(0)?;
+        let exported = answered("exporting the snapshot", READ_BOUND, conn.client.query_one(sql::EXPORT_SNAPSHOT, &[]));
+        let snapshot: String = exported.await?.try_get(0)?;
         // Each replay (of a distinct target and cursor) may take a connection of its own; the snapshots
         // are two queries for all of them.
         let replays =
@@ -396,14 +391,14 @@ impl Feed {
         let answerers = match self.answers.begin(replays.clamp(1, self.answers.free()), &snapshot).await {
             Ok(answerers) => answerers,
             Err(e) => {
-                conn.client.batch_execute("COMMIT").await?;
+                answered("COMMIT", READ_BOUND, conn.client.batch_execute(sql::COMMIT)).await?;
                 tracing::warn!(error = %e, "cannot open an answer connection: subscriptions answered `unavailable`");
                 self.refuse_pending();
                 return Ok(());
             }
         };
         // The answer connections hold the snapshot now; the feed's own transaction may end.
-        conn.client.batch_execute("COMMIT").await?;
+        answered("COMMIT", READ_BOUND, conn.client.batch_execute(sql::COMMIT)).await?;
         let cursor = self.cursor.clone().unwrap_or_default();
         let mut batches: Vec<Vec<Job>> = answerers.iter().map(|_| Vec::new()).collect();
         // Replays of the same target from the same cursor go to the same connection (read once there).
@@ -455,11 +450,11 @@ impl Feed {
         client: &impl GenericClient,
         statement: &Statement,
         noticed: Instant,
-    ) -> Result<u64, tokio_postgres::Error> {
+    ) -> Result<u64, DbError> {
         let mut total = 0;
         loop {
             let Some(cursor) = self.cursor.clone() else { return Ok(total) };
-            let rows = client.query(statement, &[&cursor, &PAGE]).await?;
+            let rows = answered("feed read", READ_BOUND, client.query(statement, &[&cursor, &PAGE])).await?;
             let mut routed = Vec::with_capacity(rows.len());
             let mut before: Arc<str> = cursor.into();
             for row in &rows {

@@ -14,15 +14,19 @@ use std::{
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::LiveMetrics;
-use crate::backoff::{BackendState, Backoff};
+use crate::{
+    backoff::{BackendState, Backoff},
+    database::{self, answered, sql},
+};
 
-/// Channel the extension announces new rows on.
-pub const CHANNEL: &str = "trackway_positions";
-/// How often the NOTIFY queue usage is sampled.
+/// How often the NOTIFY queue usage is sampled. The sample is also the connection's liveness check: a
+/// LISTEN connection only receives, so without it a silent path would go unnoticed for good (the feed's
+/// poll still reads, but only every poll interval). Unanswered within [`database::QUICK`], the connection
+/// is dropped and opened again.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Wake-ups for the feed, coalesced: however many notifications arrive during a read, one more read
@@ -90,7 +94,7 @@ async fn listen(
     connected_before: &mut bool,
     backoff: &mut Backoff,
 ) -> Result<(), String> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, mut connection) = database::connect(config).await.map_err(|e| e.to_string())?;
     let driver_wake = wake.clone();
     // The connection must be polled for the client to work; notifications come out of the same poll.
     let mut driver = tokio::spawn(async move {
@@ -105,7 +109,7 @@ async fn listen(
         "the server closed the connection".to_owned()
     });
     let result = async {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| e.to_string())?;
+        answered("LISTEN", database::QUICK, client.batch_execute(sql::LISTEN)).await.map_err(|e| e.to_string())?;
         if std::mem::replace(connected_before, true) {
             metrics.listen_reconnects.inc();
             wake.reconnected.store(true, Ordering::Release);
@@ -122,8 +126,9 @@ async fn listen(
                 _ = sample.tick() => {
                     // Supervision tests make this task panic here (compiled out without `failpoints`).
                     fail::fail_point!("live-listen");
-                    let row = client.query_one("SELECT pg_notification_queue_usage()", &[]).await;
-                    match row.and_then(|r| r.try_get::<_, f64>(0)) {
+                    let row = answered("the NOTIFY queue sample", database::QUICK, client.query_one(sql::NOTIFICATION_QUEUE_USAGE, &[]));
+                    let row = row.await;
+                    match row.and_then(|r| Ok(r.try_get::<_, f64>(0)?)) {
                         Ok(usage) => metrics.notification_queue_usage.set(usage),
                         Err(e) => return Err(e.to_string()),
                     }

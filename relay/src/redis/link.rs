@@ -65,6 +65,12 @@ impl Link {
         result
     }
 
+    /// Drops the connection (the next call opens another): for a caller that gave up waiting for an answer
+    /// on it, whose answer may still come, out of turn.
+    pub fn forget(&mut self) {
+        self.connection = None;
+    }
+
     /// Whether a connection is currently open.
     pub fn is_connected(&self) -> bool {
         self.connection.is_some()

@@ -1,27 +1,17 @@
-//! PostgreSQL side: a small connection pool and the one call the ingest path makes,
-//! `trackway.ingest_batch(text[])`.
+//! The ingest path's one call, `trackway.ingest_batch(text[])`, and how its failures are sorted: the
+//! environment's fault (retried), no answer (retried, and counted), or a refusal the data may have
+//! caused (split by the triage).
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Object, Pool};
 use tokio_postgres::{error::SqlState, NoTls};
 
-use crate::error::Error;
+use super::{self as database, sql};
 
-/// The ingest call; each batch is one statement, so it commits on its own (autocommit) when it returns.
-const INGEST_BATCH: &str = "SELECT ord, status, error FROM trackway.ingest_batch($1::text[])";
-
-/// Connections in the pool: the consumer needs one; readiness checks and later readers share the rest.
-const POOL_SIZE: usize = 4;
-/// How long a caller waits for a pooled connection, and for a new connection to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// TCP keepalive idle time, so dead peers are noticed in well under the kernel's default two hours.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-/// Time between unanswered keepalive probes, and how many make the connection dead: a path that stops
-/// answering without closing (no RST) is given up about a minute after it went silent.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// See [`KEEPALIVE_INTERVAL`].
-const KEEPALIVE_RETRIES: u32 = 3;
+/// How long an `ingest_batch` call may go unanswered before the relay asks, on another connection,
+/// whether the server answers at all (see [`ingest_batch`]).
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// What `trackway.ingest_batch` said about one payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,97 +49,77 @@ pub enum IngestError {
         message: String,
     },
 }
-/// The database settings every connection of the relay uses (the pools', the live feed's and the LISTEN
-/// connection's): its application name unless the URL gives one, a connect timeout unless the URL gives
-/// one, and TCP keepalives that notice a silent peer within about a minute.
-pub fn tuned(config: &tokio_postgres::Config) -> tokio_postgres::Config {
-    let mut config = config.clone();
-    if config.get_application_name().is_none() {
-        config.application_name("trackway-relay");
-    }
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
-    }
-    config
-        .keepalives(true)
-        .keepalives_idle(KEEPALIVE_IDLE)
-        .keepalives_interval(KEEPALIVE_INTERVAL)
-        .keepalives_retries(KEEPALIVE_RETRIES);
-    config
-}
-
-/// Builds the pool; connections open lazily, so an unreachable server is not an error here.
-pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
-    let config = tuned(config);
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager)
-        .max_size(POOL_SIZE)
-        .wait_timeout(Some(CONNECT_TIMEOUT))
-        .create_timeout(Some(CONNECT_TIMEOUT))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|source| Error::Pool { source })
-}
-
-/// The longest one statement of the live side's pool may run (`trackway.authorize`): a slow or locked
-/// authorization fails as `unavailable` instead of holding a connection every other session waits for.
-const LIVE_STATEMENT_TIMEOUT_MS: u32 = 5_000;
-
-/// The live side's pool: [`pool`] with a `statement_timeout` on every connection (added to any `options`
-/// the database URL gives).
-pub fn live_pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
-    pool(&with_settings(config, &format!("-c statement_timeout={LIVE_STATEMENT_TIMEOUT_MS}")))
-}
-
-/// `config` with server settings (`-c name=value …`) added to any `options` the database URL gives.
-pub fn with_settings(config: &tokio_postgres::Config, settings: &str) -> tokio_postgres::Config {
-    let mut config = config.clone();
-    let options = match config.get_options() {
-        Some(given) if !given.trim().is_empty() => format!("{given} {settings}"),
-        _ => settings.to_owned(),
-    };
-    config.options(&options);
-    config
-}
 
 /// A pooled connection for [`ingest_batch`]. An error here means nothing was sent (server down, login
-/// refused, pool exhausted).
+/// refused, pool exhausted, a silent path).
 pub async fn connection(pool: &Pool) -> Result<Object, IngestError> {
-    pool.get().await.map_err(|e| IngestError::Unavailable(pool_error(e)))
+    database::pooled(pool).await.map_err(IngestError::Unavailable)
 }
 
-/// A pool error with the server's message when there is one ("role \"relay\" is not permitted to log in"
-/// instead of deadpool's "db error").
-fn pool_error(error: deadpool_postgres::PoolError) -> String {
-    match &error {
-        deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
-            Some(db) => format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
-            None => e.to_string(),
-        },
-        _ => error.to_string(),
-    }
+/// How the wait for an `ingest_batch` answer ended.
+enum Outcome {
+    /// The server answered (rows or an error).
+    Answered(Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>),
+    /// `TRACKWAY_INGEST_TIMEOUT_MS` passed.
+    TimedOut,
+    /// The server did not answer a probe either.
+    Silent(String),
 }
 
 /// Stores the payloads with one `trackway.ingest_batch` call on `client`; one status per payload, in order.
 ///
 /// `timeout` (`TRACKWAY_INGEST_TIMEOUT_MS`) bounds the wait for the answer: a statement that runs too long
-/// (a batch too big for the server's time, a lock, a network partition without a reset) would otherwise
-/// stall the relay. When it expires the relay sends the server a cancel request for the statement (so it
-/// does not keep running and holding a backend), then discards the connection. A cancelled statement is a
-/// refusal with SQLSTATE `timeout`, so the batch is split like one that hit `statement_timeout`; if the
-/// cancel request cannot be delivered either, nothing answered at all (`Lost`).
-pub async fn ingest_batch(client: Object, payloads: &[&str], timeout: Duration) -> Result<Vec<Status>, IngestError> {
-    let call = async {
-        let statement = client.prepare_cached(INGEST_BATCH).await?;
-        client.query(&statement, &[&payloads]).await
+/// (a batch too big for the server's time, a lock) would otherwise stall the relay. When it expires the
+/// relay sends the server a cancel request for the statement (so it does not keep running and holding a
+/// backend), then discards the connection. A cancelled statement is a refusal with SQLSTATE `timeout`, so
+/// the batch is split like one that hit `statement_timeout`; if the cancel request cannot be delivered
+/// either, nothing answered at all (`Lost`).
+///
+/// A long statement and a silent path look alike from here, so every [`PROBE_EVERY`] without an answer
+/// the relay asks the server on another of `pool`'s connections whether it answers at all. When it does
+/// not, the path is down: the call is given up at once as `Lost` (no cancel request: it would take the same
+/// silent path), its connection dropped, and the batch retried on a new connection once the server
+/// answers. If the statement did reach the server, the retry finds its rows stored (`duplicate`).
+pub async fn ingest_batch(
+    pool: &Pool,
+    client: Object,
+    payloads: &[&str],
+    timeout: Duration,
+) -> Result<Vec<Status>, IngestError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let outcome = {
+        let call = async {
+            let statement = client.prepare_cached(sql::INGEST_BATCH).await?;
+            client.query(&statement, &[&payloads]).await
+        };
+        tokio::pin!(call);
+        loop {
+            let probe_at = (tokio::time::Instant::now() + PROBE_EVERY).min(deadline);
+            tokio::select! {
+                rows = &mut call => break Outcome::Answered(rows),
+                () = tokio::time::sleep_until(probe_at) => {
+                    if probe_at >= deadline {
+                        break Outcome::TimedOut;
+                    }
+                    if let Err(why) = database::ping(pool, database::QUICK).await {
+                        break Outcome::Silent(why);
+                    }
+                }
+            }
+        }
     };
-    let answer = tokio::time::timeout(timeout, call).await;
-    let rows = match answer {
-        Ok(rows) => rows.map_err(classify)?,
-        Err(_) => {
+    let rows = match outcome {
+        Outcome::Answered(rows) => rows.map_err(classify)?,
+        Outcome::Silent(why) => {
+            drop(Object::take(client));
+            return Err(IngestError::Lost(format!(
+                "no answer, and the server does not answer on another connection either: {why}"
+            )));
+        }
+        Outcome::TimedOut => {
             let waited = format!("no answer within {} ms", timeout.as_millis());
             let token = client.cancel_token();
-            let cancelled = tokio::time::timeout(CONNECT_TIMEOUT, token.cancel_query(NoTls)).await;
+            let cancelled = tokio::time::timeout(database::CONNECT_TIMEOUT, token.cancel_query(NoTls)).await;
             // The connection may still be busy with the call: never hand it out again.
             drop(Object::take(client));
             return Err(match cancelled {
@@ -187,12 +157,6 @@ pub async fn ingest_batch(client: Object, payloads: &[&str], timeout: Duration) 
             s.ok_or_else(|| IngestError::Unavailable(format!("ingest_batch returned no row for payload {}", i + 1)))
         })
         .collect()
-}
-
-/// Whether the database answers (`SELECT 1` on a pooled connection).
-pub async fn ping(pool: &Pool) -> Result<(), String> {
-    let client = pool.get().await.map_err(pool_error)?;
-    client.simple_query("SELECT 1").await.map(drop).map_err(|e| e.to_string())
 }
 
 /// Sorts a failed call: a server error is a refusal unless its class says the environment is at fault
@@ -235,23 +199,6 @@ fn is_environment_error(code: &SqlState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_connection_gets_a_connect_timeout_and_keepalives_unless_the_url_says_otherwise() {
-        let plain: tokio_postgres::Config = "host=db user=relay".parse().expect("config");
-        let ours = tuned(&plain);
-        assert_eq!(ours.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
-        assert!(ours.get_keepalives());
-        assert_eq!(ours.get_keepalives_idle(), KEEPALIVE_IDLE);
-        assert_eq!(ours.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
-        assert_eq!(ours.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
-        assert_eq!(ours.get_application_name(), Some("trackway-relay"));
-        let given: tokio_postgres::Config =
-            "host=db user=relay connect_timeout=2 application_name=mine".parse().expect("config");
-        let theirs = tuned(&given);
-        assert_eq!(theirs.get_connect_timeout(), Some(&Duration::from_secs(2)));
-        assert_eq!(theirs.get_application_name(), Some("mine"));
-    }
 
     #[test]
     fn only_environment_errors_skip_the_split() {
