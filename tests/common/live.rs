@@ -163,6 +163,14 @@ impl Client {
         Client { socket, backlog: Vec::new() }
     }
 
+    /// [`Client::authenticated`], or `None` when the server refuses the handshake (e.g. no place free).
+    pub async fn try_authenticated(url: &str, token: &str) -> Option<Client> {
+        let (socket, _) = connect_async(request(url, Some(token))).await.ok()?;
+        let mut client = Client { socket, backlog: Vec::new() };
+        client.recv_type("authenticated").await;
+        Some(client)
+    }
+
     /// Connects with a bearer token and waits for `authenticated`.
     pub async fn authenticated(url: &str, token: &str) -> Client {
         let mut client = Client::connect(url, Some(token)).await;
