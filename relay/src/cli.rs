@@ -4,13 +4,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio::net::TcpListener;
 
-use crate::{config::Settings, telemetry, Error, Shutdown};
+use crate::{config::Settings, telemetry, Shutdown};
 
 /// Runs the relay as a process.
 pub fn main() -> ExitCode {
-    let config = match Settings::parse().validate() {
+    let mut config = match Settings::parse().validate() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("trackway-relay: {e}");
@@ -30,18 +29,8 @@ pub fn main() -> ExitCode {
         // Signal handlers first, so a SIGTERM during start-up is a clean shutdown too.
         let shutdown = Shutdown::new();
         tokio::spawn(cancel_on_signal(signals(), shutdown.clone()));
-        let admin = TcpListener::bind(config.admin_addr)
-            .await
-            .map_err(|source| Error::Admin { addr: config.admin_addr.to_string(), source })?;
-        let live = match &config.live {
-            Some(live) => Some(
-                TcpListener::bind(live.addr)
-                    .await
-                    .map_err(|source| Error::Live { addr: live.addr.to_string(), source })?,
-            ),
-            None => None,
-        };
-        crate::run(config, crate::Listeners { admin, live }, shutdown).await
+        let listeners = crate::Listeners::bind(&mut config).await?;
+        crate::run(config, listeners, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,22 +40,54 @@ use crate::{
     ingest::Consumer,
     redis::{Group, Link},
 };
-pub use crate::{config::Config, error::Error, metrics::Metrics};
+pub use crate::{
+    config::{Config, LiveConfig},
+    error::Error,
+    metrics::Metrics,
+};
 
-/// The relay's bound listeners (tests bind port 0 and pass them in).
+/// The relay's bound listeners, each with what it serves (tests bind port 0 and pass them in).
 pub struct Listeners {
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin: TcpListener,
-    /// `/live`; required when the configuration has a live side.
-    pub live: Option<TcpListener>,
+    /// The live side, when it runs: its settings and its listener in one value, so they cannot disagree.
+    pub live: Option<LiveEndpoint>,
 }
 
-/// Runs the relay until `shutdown` is cancelled: live sockets are closed with 1001, the consumer finishes
+/// The live side's settings with the listener bound for them.
+pub struct LiveEndpoint {
+    /// What the live side does.
+    pub config: LiveConfig,
+    /// `/live`.
+    pub listener: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the admin address and, when `config` has a live side, its address. The live settings move into
+    /// the result (`config.live` is `None` afterwards): [`run`] takes them from there only.
+    pub async fn bind(config: &mut Config) -> Result<Listeners, Error> {
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .map_err(|source| Error::Admin { addr: config.admin_addr.to_string(), source })?;
+        let live = match config.live.take() {
+            Some(live) => {
+                let listener = TcpListener::bind(live.addr)
+                    .await
+                    .map_err(|source| Error::Live { addr: live.addr.to_string(), source })?;
+                Some(LiveEndpoint { config: live, listener })
+            }
+            None => None,
+        };
+        Ok(Listeners { admin, live })
+    }
+}
+
+/// Runs the relay until `shutdown` is cancelled (the live side when `listeners` has one): live sockets are closed with 1001, the consumer finishes
 /// and acknowledges the batch in flight, then the admin server and the sampler stop. Each subsystem gets a
 /// child of `shutdown`. Returns an error when the relay cannot run at all, or when one of its tasks stopped
 /// before shutdown ([`Error::Stopped`]; the others are stopped first).
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), Error> {
-    let Listeners { admin, live: live_listener } = listeners;
+    let Listeners { admin, live } = listeners;
     tracing::info!(config = ?config, "starting");
     let metrics = Metrics::new();
     let pool = database::pool(&config.database)?;
@@ -68,24 +100,17 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let sampler = sampler::run(Group::new(config.names.clone()), link(short)?, metrics.clone(), shutdown.child_token());
     let consumer = Consumer::new(&config, pool.clone(), postgres, metrics.clone(), shutdown.child_token())
         .map_err(|source| Error::RedisUrl { source })?;
-    let live_task = match (config.live.clone(), live_listener) {
-        (Some(live), Some(listener)) => {
+    let live_task = match live {
+        Some(LiveEndpoint { config: live, listener }) => {
             let health = BackendState::new("postgres (live)").reported(up("postgres_live"));
             let warning = matches!(live.auth, config::AuthConfig::None)
                 .then(|| "TRACKWAY_AUTH=none: live clients are not authenticated".to_owned());
             readiness = readiness.with_live(health.clone(), warning);
-            let task = live::run(
-                live,
-                config.database.clone(),
-                listener,
-                metrics.registry().clone(),
-                health,
-                shutdown.child_token(),
-            );
+            let registry = metrics.registry().clone();
+            let task = live::run(live, config.database.clone(), listener, registry, health, shutdown.child_token());
             Some(tokio::spawn(task))
         }
-        (Some(_), None) => return Err(Error::LiveConfig("the live side is on but no live listener was given".into())),
-        (None, _) => None,
+        None => None,
     };
     let readiness = Arc::new(readiness);
     let admin_task =

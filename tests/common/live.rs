@@ -60,11 +60,15 @@ impl LiveRelay {
     pub async fn start_on(args: &[String], live_listener: TcpListener) -> LiveRelay {
         let mut argv = vec!["trackway-relay".to_owned()];
         argv.extend_from_slice(args);
-        let config = Settings::try_parse_from(argv).expect("flags").validate().expect("valid config");
+        let mut config = Settings::try_parse_from(argv).expect("flags").validate().expect("valid config");
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let (admin, live) = (admin_listener.local_addr().expect("addr"), live_listener.local_addr().expect("addr"));
         let shutdown = Shutdown::new();
-        let listeners = trackway_relay::Listeners { admin: admin_listener, live: Some(live_listener) };
+        let endpoint = trackway_relay::LiveEndpoint {
+            config: config.live.take().expect("flags with a live side"),
+            listener: live_listener,
+        };
+        let listeners = trackway_relay::Listeners { admin: admin_listener, live: Some(endpoint) };
         let task = tokio::spawn(trackway_relay::run(config, listeners, shutdown.clone()));
         let relay = LiveRelay { admin, live, shutdown, task };
         relay.wait_ready().await;
