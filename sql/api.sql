@@ -159,6 +159,70 @@ $$;
 COMMENT ON FUNCTION trackway.positions_since(text, text[], integer) IS
     'Rows inserted after a cursor (from a notification, a previous call or current_cursor()), oldest first, optionally only for some devices.';
 
+-- What the live relay reads, as functions it may rely on (the relay calls nothing else of the extension
+-- but ingest_batch, current_cursor and authorize, and reads no table's columns): each row's wire document
+-- comes as compact text, which the relay sends on without parsing it again. All STABLE: they read on the
+-- caller's snapshot, which the relay's feed and answer connections share (no gap, nothing twice).
+
+-- Every row after a cursor, oldest first (positions_since's order and cursors), with the groups its
+-- device belongs to and its time in microseconds since 1970 (the row's key with device_id).
+CREATE FUNCTION trackway.live_rows_since(after text, max_rows integer DEFAULT 1000)
+RETURNS TABLE (cursor text, device_id text, "position" text, group_ids text[], ts_us bigint)
+LANGUAGE sql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, trackway, pg_temp
+AS $$
+    SELECT s.cursor, s.device_id, s.position,
+           ARRAY(SELECT g.group_id FROM trackway.device_groups g WHERE g.device_id = s.device_id),
+           (extract(epoch FROM s.ts) * 1000000)::bigint
+    FROM trackway._positions_since_text(after, NULL, max_rows) WITH ORDINALITY AS s(cursor, device_id, ts, position, n)
+    ORDER BY s.n
+$$;
+COMMENT ON FUNCTION trackway.live_rows_since(text, integer) IS
+    'Live relay: rows after a cursor, oldest first, each with its wire text, its device''s groups and its time in µs.';
+
+-- The rows of one device, or of a group's devices as its membership stands now, after a cursor (a resume).
+CREATE FUNCTION trackway.live_replay(after text, kind text, id text, max_rows integer DEFAULT 1000)
+RETURNS TABLE (cursor text, device_id text, "position" text, ts_us bigint)
+LANGUAGE sql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, trackway, pg_temp
+AS $$
+    SELECT s.cursor, s.device_id, s.position, (extract(epoch FROM s.ts) * 1000000)::bigint
+    FROM trackway._positions_since_text(after,
+           CASE WHEN kind = 'device' THEN ARRAY[id]
+                ELSE ARRAY(SELECT d.device_id FROM trackway.device_groups d WHERE d.group_id = id) END,
+           max_rows) WITH ORDINALITY AS s(cursor, device_id, ts, position, n)
+    ORDER BY s.n
+$$;
+COMMENT ON FUNCTION trackway.live_replay(text, text, text, integer) IS
+    'Live relay: the rows of a device (kind ''device'') or of a group''s devices after a cursor, oldest first.';
+
+-- The latest position of each of some devices, as wire text.
+CREATE FUNCTION trackway.live_latest(device_ids text[])
+RETURNS TABLE (device_id text, "position" text)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, trackway, pg_temp
+AS $$
+    SELECT l.device_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle,
+                                            l.speed, l.satellites, l.priority, l.attributes::text)
+    FROM trackway.latest_positions l WHERE l.device_id = ANY(device_ids)
+$$;
+COMMENT ON FUNCTION trackway.live_latest(text[]) IS
+    'Live relay: the latest position of each of some devices, as wire text.';
+
+-- The latest position of each device of some groups, as wire text, by group then device.
+CREATE FUNCTION trackway.live_latest_of_groups(group_ids text[])
+RETURNS TABLE (group_id text, "position" text)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, trackway, pg_temp
+AS $$
+    SELECT g.group_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle,
+                                           l.speed, l.satellites, l.priority, l.attributes::text)
+    FROM trackway.device_groups g JOIN trackway.latest_positions l ON l.device_id = g.device_id
+    WHERE g.group_id = ANY(group_ids) ORDER BY g.group_id, l.device_id
+$$;
+COMMENT ON FUNCTION trackway.live_latest_of_groups(text[]) IS
+    'Live relay: the latest position of each device of some groups, as wire text, by group then device.';
+
 -- The row-level insert trigger: the database, not the writer, assigns the cursor columns (a plain INSERT
 -- or COPY that sets ingest_xid/ingest_seq/ingested_at by hand, or a restore that brings another cluster's
 -- transaction ids, would otherwise break cursor order), and refuses times that are not finite or too far
@@ -205,24 +269,8 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    -- Rows are taken in device order so concurrent writers lock latest rows in the same order. A row
-    -- with the same time as the latest one *is* that row (the key is unique): its cursor columns are
-    -- taken over (a restore re-inserts rows under new transaction ids).
-    INSERT INTO trackway.latest_positions AS l
-        (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes,
-         ingested_at, ingest_xid, ingest_seq)
-    SELECT DISTINCT ON (n.device_id)
-           n.device_id, n.ts, n.latitude, n.longitude, n.altitude, n.angle, n.speed, n.satellites, n.priority,
-           n.attributes, n.ingested_at, n.ingest_xid, n.ingest_seq
-    FROM new_rows n
-    ORDER BY n.device_id, n.ts DESC
-    ON CONFLICT (device_id) DO UPDATE
-        SET ts = excluded.ts, latitude = excluded.latitude, longitude = excluded.longitude,
-            altitude = excluded.altitude, angle = excluded.angle, speed = excluded.speed,
-            satellites = excluded.satellites, priority = excluded.priority, attributes = excluded.attributes,
-            ingested_at = excluded.ingested_at, ingest_xid = excluded.ingest_xid, ingest_seq = excluded.ingest_seq
-        WHERE l.ts < excluded.ts
-           OR (l.ts = excluded.ts AND (l.ingest_xid, l.ingest_seq) <> (excluded.ingest_xid, excluded.ingest_seq));
+    -- latest_positions: the one statement of the rule (pg_ext/src/latest.rs).
+    PERFORM trackway._keep_latest(ARRAY(SELECT ROW(n.*)::trackway.positions FROM new_rows n));
 
     SELECT count(*) INTO n FROM new_rows;
     IF n = 0 THEN
@@ -423,5 +471,9 @@ GRANT EXECUTE ON FUNCTION
     trackway._cursor_after(text, bigint, bigint, boolean, bigint, bigint[]),
     trackway.positions_since(text, text[], integer),
     trackway._positions_since_text(text, text[], integer),
+    trackway.live_rows_since(text, integer),
+    trackway.live_replay(text, text, text, integer),
+    trackway.live_latest(text[]),
+    trackway.live_latest_of_groups(text[]),
     trackway.authorize(jsonb, text, text)
 TO trackway_reader;

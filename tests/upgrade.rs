@@ -1,4 +1,4 @@
-//! `ALTER EXTENSION trackway UPDATE` from the previous release: a database created at 0.1.0 (the kept
+//! `ALTER EXTENSION trackway UPDATE` from each earlier release: a database created at 0.1.0 or 0.2.0 (the kept
 //! install script `pg_ext/sql/releases/trackway--0.1.0.sql`, which scripts/test copies into PostgreSQL's
 //! extension directory) holding data is updated, and afterwards has its data, working cursors, and exactly
 //! the objects, definitions and privileges of a fresh install of the current version.
@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use tokio_postgres::Client;
 use trackway_tests::{connect, fresh_database, is_hypertable, server, storage, Storage};
 
-/// The release before this one.
-const PREVIOUS: &str = "0.1.0";
+/// The releases before this one (their install scripts are kept in `pg_ext/sql/releases`).
+const PREVIOUS: [&str; 2] = ["0.1.0", "0.2.0"];
 
 /// What a schema looks like, object by object: a fresh install and an updated one must be equal.
 async fn catalog(client: &Client) -> BTreeMap<String, String> {
@@ -74,20 +74,35 @@ async fn ingest(client: &Client, devices: &[&str], second: u32) {
 }
 
 #[tokio::test]
-async fn a_database_at_the_previous_release_updates_to_exactly_a_fresh_install() {
+async fn a_database_at_0_1_0_updates_to_exactly_a_fresh_install() {
+    updates_to_exactly_a_fresh_install(PREVIOUS[0]).await;
+}
+
+#[tokio::test]
+async fn a_database_at_0_2_0_updates_to_exactly_a_fresh_install() {
+    updates_to_exactly_a_fresh_install(PREVIOUS[1]).await;
+}
+
+/// A database created at release `previous`, holding data, is updated with `ALTER EXTENSION trackway UPDATE`
+/// (the current library serving it before and after).
+async fn updates_to_exactly_a_fresh_install(previous: &str) {
+    let tag = previous.replace('.', "_");
     // The current version, as a fresh install: the reference.
-    let fresh_db = fresh_database("upgrade_fresh").await;
+    let fresh_db = fresh_database(&format!("upgrade_fresh_{tag}")).await;
     let fresh = connect(&fresh_db).await;
     let current: String = fresh
         .query_one("SELECT extversion FROM pg_extension WHERE extname = 'trackway'", &[])
         .await
         .expect("version")
         .get(0);
-    assert_ne!(current, PREVIOUS, "the current version must differ from the previous release");
+    assert!(
+        !PREVIOUS.contains(&current.as_str()),
+        "the current version {current} must differ from the releases before"
+    );
 
     // The previous release, with data.
     let admin = connect("postgres").await;
-    let db = "trackway_test_upgrade_old";
+    let db = &format!("trackway_test_upgrade_old_{tag}");
     // Separate statements: DROP/CREATE DATABASE cannot run in the implicit transaction of a batch.
     for sql in [format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), format!("CREATE DATABASE {db}")] {
         admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
@@ -96,10 +111,10 @@ async fn a_database_at_the_previous_release_updates_to_exactly_a_fresh_install()
     if storage() == Storage::Hypertable {
         old.batch_execute("CREATE EXTENSION timescaledb").await.expect("CREATE EXTENSION timescaledb");
     }
-    old.batch_execute(&format!("CREATE EXTENSION trackway VERSION '{PREVIOUS}'")).await.unwrap_or_else(|e| {
+    old.batch_execute(&format!("CREATE EXTENSION trackway VERSION '{previous}'")).await.unwrap_or_else(|e| {
         panic!(
-            "CREATE EXTENSION trackway VERSION '{PREVIOUS}' failed ({e:?}): scripts/test copies \
-             pg_ext/sql/releases/trackway--{PREVIOUS}.sql into $(pg_config --sharedir)/extension"
+            "CREATE EXTENSION trackway VERSION '{previous}' failed ({e:?}): scripts/test copies \
+             pg_ext/sql/releases/trackway--{previous}.sql into $(pg_config --sharedir)/extension"
         )
     });
     ingest(&old, &["u1", "u2"], 1).await;
@@ -129,7 +144,7 @@ async fn a_database_at_the_previous_release_updates_to_exactly_a_fresh_install()
     let after: Vec<String> = updated
         .query("SELECT device_id FROM trackway.positions_since($1)", &[&cursor])
         .await
-        .expect("positions_since from a 0.1.0 cursor")
+        .expect("positions_since from a cursor of the earlier release")
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -163,6 +178,9 @@ async fn a_database_at_the_previous_release_updates_to_exactly_a_fresh_install()
     for sql in [
         "SELECT has_function_privilege('trackway_reader', 'trackway.authorize(jsonb, text, text)', 'EXECUTE')",
         "SELECT has_function_privilege('trackway_reader', 'trackway._positions_since_text(text, text[], integer)', 'EXECUTE')",
+        "SELECT has_function_privilege('trackway_reader', 'trackway.live_rows_since(text, integer)', 'EXECUTE')",
+        "SELECT has_function_privilege('trackway_reader', 'trackway.live_latest_of_groups(text[])', 'EXECUTE')",
+        "SELECT NOT has_function_privilege('trackway_reader', 'trackway._keep_latest(anyarray)', 'EXECUTE')",
         "SELECT has_table_privilege('trackway_reader', 'trackway.live_grants', 'SELECT')",
         "SELECT NOT has_function_privilege('public', 'trackway.authorize(jsonb, text, text)', 'EXECUTE')",
     ] {

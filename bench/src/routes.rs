@@ -203,6 +203,10 @@ pub const SAME_WORK_VARIANT: &SqlVariant = &SQL_VARIANTS[0];
 pub const SAME_WORK_POSITIONS: &str = "bench.same_work_positions";
 pub const SAME_WORK_LATEST: &str = "bench.same_work_latest";
 
+/// The latest-position rule, the extension's own statement on the copy of the latest table (the literal
+/// must be [`SAME_WORK_LATEST`]; a test checks it).
+const SAME_WORK_KEEP_LATEST: &str = trackway_wire::keep_latest_sql!("bench.same_work_latest", "new_rows");
+
 /// The channel the same-work route notifies: nobody listens, queueing the payloads is the cost measured.
 pub const SAME_WORK_CHANNEL: &str = "trackway_bench";
 
@@ -235,19 +239,7 @@ WITH new_rows AS (
     ON CONFLICT (device_id, ts) DO NOTHING
     RETURNING *
 ), latest AS (
-    INSERT INTO {SAME_WORK_LATEST} AS l
-        (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes,
-         ingested_at, ingest_xid, ingest_seq)
-    SELECT device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes,
-           ingested_at, ingest_xid, ingest_seq
-    FROM (SELECT DISTINCT ON (device_id) * FROM new_rows ORDER BY device_id, ts DESC) AS newest
-    ORDER BY device_id
-    ON CONFLICT (device_id) DO UPDATE
-        SET ts = excluded.ts, latitude = excluded.latitude, longitude = excluded.longitude,
-            altitude = excluded.altitude, angle = excluded.angle, speed = excluded.speed,
-            satellites = excluded.satellites, priority = excluded.priority, attributes = excluded.attributes,
-            ingested_at = excluded.ingested_at, ingest_xid = excluded.ingest_xid, ingest_seq = excluded.ingest_seq
-        WHERE l.ts < excluded.ts
+    {keep_latest}
 ), entries AS (
     SELECT ingest_xid, ingest_seq, entry, octet_length(entry) AS bytes
     FROM (
@@ -276,6 +268,7 @@ SELECT (SELECT count(*) FROM new_rows),
        (SELECT count(notified) FROM sent),
        (SELECT coalesce(sum(bytes), 0)::bigint FROM sent)",
         select = variant.select,
+        keep_latest = SAME_WORK_KEEP_LATEST,
         room = SAME_WORK_MAX_PAYLOAD_BYTES - 16,
     )
 }
@@ -344,6 +337,7 @@ mod tests {
     fn same_work_statement_uses_the_variant_and_wraps_payloads_like_ingest_batch() {
         let sql = same_work_sql(SAME_WORK_VARIANT);
         assert!(sql.contains(SAME_WORK_VARIANT.select));
+        assert!(sql.contains(&format!("INSERT INTO {SAME_WORK_LATEST} AS l")), "the rule keeps the copy: {sql}");
         assert!(sql.contains(r#"'{"positions":[' || string_agg(entry, ','"#), "{sql}");
         assert!(sql.contains(r#"|| ']}' AS payload"#), "{sql}");
         assert!(sql.contains("pg_notify('trackway_bench', payload)"), "{sql}");

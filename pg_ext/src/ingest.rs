@@ -20,18 +20,16 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use trackway_wire::{announce_rows, summary, BatchPlan, Insert, Outcome, Position, StorePolicy};
 
+use crate::latest::keep_latest;
 use crate::settings::{self, Plan};
 use crate::time::{to_timestamptz, to_unix_micros};
 use crate::{errors, statement};
 
 /// The statement that stores the planned rows and keeps `latest_positions`, with `$conflict` the clause
 /// after the `INSERT` into `positions`: `$1..$10` are the columns of the rows, `$11`/`$12` the keys of the
-/// newest row of each device (in device order). Returns `(ingest_seq, device_id, ts)` of every row actually
-/// inserted. The upsert takes rows in device order, so concurrent batches lock latest rows in the same
-/// order, and only ever moves a device's latest position forward in time; a row of the same time *is* the
-/// latest row (the key is unique: it was deleted and stored again), whose cursor columns are taken over.
-/// The insert trigger `_positions_inserted` (sql/api.sql) states the same rule for every other route:
-/// change both together (issue 17 is to make them one).
+/// newest row of each device (so that only those are handed on to the rule). Returns `(ingest_seq,
+/// device_id, ts)` of every row actually inserted. `latest_positions` is kept by the one statement of the
+/// latest-position rule ([`keep_latest!`]), which the insert trigger runs for every other route.
 macro_rules! store_rows {
     ($conflict:literal) => {
         concat!(
@@ -47,21 +45,12 @@ WITH new_rows AS (
             "
     RETURNING *
 ), latest AS (
-    INSERT INTO trackway.latest_positions AS l
-        (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes,
-         ingested_at, ingest_xid, ingest_seq)
-    SELECT n.device_id, n.ts, n.latitude, n.longitude, n.altitude, n.angle, n.speed, n.satellites,
-           n.priority, n.attributes, n.ingested_at, n.ingest_xid, n.ingest_seq
-    FROM new_rows n
-    JOIN unnest($11::text[], $12::timestamptz[]) AS w(d, t) ON n.device_id = w.d AND n.ts = w.t
-    ORDER BY n.device_id
-    ON CONFLICT (device_id) DO UPDATE
-        SET ts = excluded.ts, latitude = excluded.latitude, longitude = excluded.longitude,
-            altitude = excluded.altitude, angle = excluded.angle, speed = excluded.speed,
-            satellites = excluded.satellites, priority = excluded.priority, attributes = excluded.attributes,
-            ingested_at = excluded.ingested_at, ingest_xid = excluded.ingest_xid, ingest_seq = excluded.ingest_seq
-        WHERE l.ts < excluded.ts
-           OR (l.ts = excluded.ts AND (l.ingest_xid, l.ingest_seq) <> (excluded.ingest_xid, excluded.ingest_seq))
+    ",
+            keep_latest!(
+                "(SELECT r.* FROM new_rows r
+      JOIN unnest($11::text[], $12::timestamptz[]) AS w(d, t) ON r.device_id = w.d AND r.ts = w.t)"
+            ),
+            "
 )
 SELECT n.ingest_seq, n.device_id, n.ts FROM new_rows n"
         )

@@ -4,6 +4,8 @@
 //! - `sql/schema.sql` — tables `trackway.positions`, `trackway.latest_positions`, `trackway.device_groups`;
 //! - [`ingest`] — `trackway.ingest(text)` and `trackway.ingest_batch(text[])`: store, keep latest positions,
 //!   announce;
+//! - [`latest`] — the latest-position rule, stated once (`ingest_batch` embeds it, the insert trigger calls
+//!   `trackway._keep_latest`);
 //! - [`statement`] — tells the insert trigger which INSERT is `ingest_batch`'s own (the only `unsafe` code);
 //! - [`inspect`] — `trackway.decode(text)`, the wire document of a stored row, cursors;
 //! - [`announce`] — the NOTIFY payloads built by the insert trigger (plain `INSERT`/`COPY`);
@@ -21,6 +23,7 @@ mod announce;
 mod errors;
 mod ingest;
 mod inspect;
+mod latest;
 mod settings;
 mod statement;
 mod time;

@@ -19,9 +19,20 @@
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
+
+/// A polymorphic argument (`anyarray`) passed on to SPI as a parameter of the type it actually has (the
+/// `trackway.positions[]` the insert trigger builds), so that the statement sees its columns.
+pub fn argument_of_its_own_type(value: pgrx::AnyArray) -> DatumWithOid<'static> {
+    let oid = value.oid();
+    // SAFETY: `oid` is the type of the very datum: PostgreSQL resolved the polymorphic argument to it for
+    // this call, and the datum lives in the caller's memory context for the whole call, through the SPI
+    // statement that reads it.
+    unsafe { DatumWithOid::new(value, oid) }
+}
 
 thread_local! {
     /// The trigger depth (`pg_trigger_depth()`) at which `ingest_batch`'s INSERT runs, while it runs.

@@ -28,7 +28,9 @@
 //! - [`announce`]: NOTIFY payloads announcing new rows;
 //! - `batch`: planning one `ingest_batch` call (decode, de-duplicate, order);
 //! - `store`: [`StorePolicy`], whether a batch is inserted optimistically or with `ON CONFLICT`;
-//! - `limits`: [`Limits`], the size and future-time limits set by the server.
+//! - `limits`: [`Limits`], the size and future-time limits set by the server;
+//! - `sql`: [`keep_latest_sql!`], the latest-position rule as SQL text (the extension's and the
+//!   benchmark's).
 
 #![forbid(unsafe_code)]
 
@@ -43,6 +45,7 @@ mod fast;
 mod json;
 mod limits;
 mod number;
+mod sql;
 mod store;
 mod timestamp;
 

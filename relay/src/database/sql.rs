@@ -1,5 +1,8 @@
 //! Every statement the relay sends to PostgreSQL, in one place: what the relay asks of the extension is
-//! read here, not gathered from the files that send it.
+//! read here, not gathered from the files that send it. It calls only functions the extension documents
+//! for it (`ingest_batch`, `current_cursor`, `authorize`, `live_rows_since`, `live_replay`, `live_latest`,
+//! `live_latest_of_groups`), and reads `trackway.positions` only by its key (the feed's check after a
+//! reconnect).
 //!
 //! Nothing here is built from input. The one statement with a value written into its text,
 //! [`begin_on_snapshot`], takes an id the server itself exported and checks its form first.
@@ -18,12 +21,7 @@ pub const PING: &str = "SELECT 1";
 pub const CURRENT_CURSOR: &str = "SELECT trackway.current_cursor()";
 
 /// Every row after a cursor, oldest first, with the groups of its device as this snapshot sees them.
-pub const FEED: &str = "\
-    SELECT s.cursor, s.device_id, s.position, \
-           ARRAY(SELECT g.group_id FROM trackway.device_groups g WHERE g.device_id = s.device_id), \
-           (extract(epoch FROM s.ts) * 1000000)::bigint \
-    FROM trackway._positions_since_text($1, NULL, $2) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
-    ORDER BY s.n";
+pub const FEED: &str = "SELECT cursor, device_id, \"position\", group_ids, ts_us FROM trackway.live_rows_since($1, $2)";
 
 /// A row by its key (device, time in µs since 1970), if the table holds it.
 pub const ROW_BY_KEY: &str = "\
@@ -49,26 +47,13 @@ pub const COMMIT: &str = "COMMIT";
 // The answer connections (`live::answers`).
 
 /// Latest positions of some devices.
-pub const SNAPSHOT_DEVICES: &str = "\
-    SELECT l.device_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle, \
-           l.speed, l.satellites, l.priority, l.attributes::text) \
-    FROM trackway.latest_positions l WHERE l.device_id = ANY($1::text[])";
+pub const SNAPSHOT_DEVICES: &str = "SELECT device_id, \"position\" FROM trackway.live_latest($1::text[])";
 
 /// Latest positions of the devices of some groups.
-pub const SNAPSHOT_GROUPS: &str = "\
-    SELECT g.group_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle, \
-           l.speed, l.satellites, l.priority, l.attributes::text) \
-    FROM trackway.device_groups g JOIN trackway.latest_positions l ON l.device_id = g.device_id \
-    WHERE g.group_id = ANY($1::text[]) ORDER BY g.group_id, l.device_id";
+pub const SNAPSHOT_GROUPS: &str = "SELECT group_id, \"position\" FROM trackway.live_latest_of_groups($1::text[])";
 
 /// Rows of one target after a cursor (a group as its membership stands now).
-pub const REPLAY: &str = "\
-    SELECT s.cursor, s.device_id, s.position, (extract(epoch FROM s.ts) * 1000000)::bigint \
-    FROM trackway._positions_since_text($1, \
-           CASE WHEN $2::text = 'device' THEN ARRAY[$3::text] \
-                ELSE ARRAY(SELECT d.device_id FROM trackway.device_groups d WHERE d.group_id = $3::text) END, \
-           $4) WITH ORDINALITY AS s(cursor, device_id, ts, position, n) \
-    ORDER BY s.n";
+pub const REPLAY: &str = "SELECT cursor, device_id, \"position\", ts_us FROM trackway.live_replay($1, $2, $3, $4)";
 
 /// The first transaction id not yet handed out, as the snapshot sees it.
 pub const XMAX: &str = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
