@@ -53,7 +53,7 @@ pub enum IngestError {
 /// A pooled connection for [`ingest_batch`]. An error here means nothing was sent (server down, login
 /// refused, pool exhausted, a silent path).
 pub async fn connection(pool: &Pool) -> Result<Object, IngestError> {
-    database::pooled(pool).await.map_err(IngestError::Unavailable)
+    database::pooled(pool).await.map_err(|e| IngestError::Unavailable(e.to_string()))
 }
 
 /// How the wait for an `ingest_batch` answer ended.
@@ -63,7 +63,7 @@ enum Outcome {
     /// `TRACKWAY_INGEST_TIMEOUT_MS` passed.
     TimedOut,
     /// The server did not answer a probe either.
-    Silent(String),
+    Silent(database::DbError),
 }
 
 /// Stores the payloads with one `trackway.ingest_batch` call on `client`; one status per payload, in order.

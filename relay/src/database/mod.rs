@@ -52,6 +52,13 @@ pub enum DbError {
     /// The server answered with an error, or the connection broke.
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    /// The server closed the connection (or its driver ended) without an error.
+    #[error("the server closed the connection")]
+    Closed,
+    /// No pooled connection could be had (the server refused it, or the pool's wait or connect timeout
+    /// passed); with the server's own message when there is one.
+    #[error("{}", pool_error(.0))]
+    Pool(#[source] PoolError),
     /// No answer came within the bound: the path or the server stopped answering. The connection must not
     /// be used again (its answer may still come, out of turn).
     #[error("{what}: no answer within {} ms", after.as_millis())]
@@ -67,6 +74,14 @@ impl DbError {
     /// Whether the server refused it as a statement (it answered), not a failure of the path.
     pub fn is_server_answer(&self) -> bool {
         matches!(self, DbError::Postgres(e) if e.as_db_error().is_some())
+    }
+
+    /// The SQLSTATE the server answered with, if it answered.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            DbError::Postgres(e) => e.code(),
+            _ => None,
+        }
     }
 }
 
@@ -214,12 +229,13 @@ pub fn live_pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
     pool(&with_settings(config, &timeout))
 }
 
-/// A pooled connection, or why none could be had: the server's message when there is one ("role \"relay\"
-/// is not permitted to log in" instead of deadpool's "db error").
-pub async fn pooled(pool: &Pool) -> Result<Object, String> {
-    pool.get().await.map_err(|e| pool_error(&e))
+/// A pooled connection, or why none could be had.
+pub async fn pooled(pool: &Pool) -> Result<Object, DbError> {
+    pool.get().await.map_err(DbError::Pool)
 }
 
+/// A pool error with the server's message when there is one ("role \"relay\" is not permitted to log in"
+/// instead of deadpool's "db error").
 fn pool_error(error: &PoolError) -> String {
     match error {
         PoolError::Backend(e) => match e.as_db_error() {
@@ -232,12 +248,9 @@ fn pool_error(error: &PoolError) -> String {
 
 /// Whether the database answers `SELECT 1` on a pooled connection within `within` (all told). A
 /// connection that did not answer in time is dropped, never given back to the pool.
-pub async fn ping(pool: &Pool, within: Duration) -> Result<(), String> {
+pub async fn ping(pool: &Pool, within: Duration) -> Result<(), DbError> {
     let started = tokio::time::Instant::now();
-    let client = match tokio::time::timeout(within, pooled(pool)).await {
-        Ok(client) => client?,
-        Err(_) => return Err(format!("no connection within {} ms", within.as_millis())),
-    };
+    let client = answered("a pooled connection", within, pooled(pool)).await?;
     let left = within.saturating_sub(started.elapsed());
     match answered("SELECT 1", left, client.simple_query(sql::PING)).await {
         Ok(_) => Ok(()),
@@ -245,7 +258,7 @@ pub async fn ping(pool: &Pool, within: Duration) -> Result<(), String> {
             if !e.is_server_answer() {
                 drop(Object::take(client));
             }
-            Err(e.to_string())
+            Err(e)
         }
     }
 }

@@ -30,8 +30,33 @@ const BATCHES_AT_ONCE: usize = 2;
 /// SQLSTATE of a cancelled statement (`statement_timeout`).
 const QUERY_CANCELED: &str = "57014";
 
-/// The answer to one question: allowed or not, or why the database could not say.
-pub type Answer = Result<bool, String>;
+/// The answer to one question: allowed or not, or why it could not be had.
+pub type Answer = Result<bool, Unanswered>;
+
+/// Why a question got no yes or no.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Unanswered {
+    /// The database could not say (no connection, no answer in time, the function raised an error).
+    #[error(transparent)]
+    Database(Arc<DbError>),
+    /// The statement returned fewer rows than questions (a replaced `trackway.authorize` returning a set).
+    #[error("trackway.authorize answered {got} of {asked} questions")]
+    Short {
+        /// Rows returned.
+        got: usize,
+        /// Questions asked.
+        asked: usize,
+    },
+    /// The answering task is gone (the relay is shutting down).
+    #[error("the relay is shutting down")]
+    ShuttingDown,
+}
+
+impl From<DbError> for Unanswered {
+    fn from(error: DbError) -> Unanswered {
+        Unanswered::Database(Arc::new(error))
+    }
+}
 
 /// A question and where its answer goes.
 struct Question {
@@ -61,8 +86,8 @@ impl Authorizer {
     pub async fn ask(&self, claims: Arc<str>, target: &Target) -> Answer {
         let (reply, answer) = oneshot::channel();
         let question = Question { claims, target: target.clone(), reply };
-        self.questions.send(question).await.map_err(|_| "the relay is shutting down".to_owned())?;
-        answer.await.map_err(|_| "the authorization task ended".to_owned())?
+        self.questions.send(question).await.map_err(|_| Unanswered::ShuttingDown)?;
+        answer.await.map_err(|_| Unanswered::ShuttingDown)?
     }
 }
 
@@ -129,9 +154,10 @@ const ANSWER_BOUND: Duration = LIVE_STATEMENT_TIMEOUT.saturating_add(BEYOND_STAT
 
 /// One answer per question, in order.
 async fn ask_database(pool: &Pool, questions: &[(Arc<str>, &'static str, String)]) -> Vec<Answer> {
+    let all = |error: Unanswered| vec![Err(error); questions.len()];
     let client = match database::pooled(pool).await {
         Ok(client) => client,
-        Err(e) => return vec![Err(e); questions.len()],
+        Err(e) => return all(e.into()),
     };
     let claims: Vec<&str> = questions.iter().map(|q| &*q.0).collect();
     let kinds: Vec<&str> = questions.iter().map(|q| q.1).collect();
@@ -139,18 +165,18 @@ async fn ask_database(pool: &Pool, questions: &[(Arc<str>, &'static str, String)
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&claims, &kinds, &ids];
     let error = match answered("trackway.authorize", ANSWER_BOUND, client.query(sql::AUTHORIZE_BATCH, &params)).await {
         Ok(rows) if rows.len() == questions.len() => return rows.iter().map(allowed).collect(),
-        Ok(rows) => format!("trackway.authorize answered {} of {} questions", rows.len(), questions.len()),
+        Ok(rows) => Unanswered::Short { got: rows.len(), asked: questions.len() },
         Err(e) => {
-            let cancelled = matches!(&e, DbError::Postgres(e) if e.code().is_some_and(|c| c.code() == QUERY_CANCELED));
             if !e.is_server_answer() {
                 // Its answer may still come, out of turn: never pooled again.
                 drop(Object::take(client));
-                return vec![Err(e.to_string()); questions.len()];
+                return all(e.into());
             }
+            let cancelled = e.code().is_some_and(|c| c.code() == QUERY_CANCELED);
             if questions.len() == 1 || cancelled {
-                return vec![Err(e.to_string()); questions.len()];
+                return all(e.into());
             }
-            e.to_string()
+            e.into()
         }
     };
     tracing::debug!(%error, questions = questions.len(), "a batch of authorizations failed: asking each alone");
@@ -161,10 +187,10 @@ async fn ask_database(pool: &Pool, questions: &[(Arc<str>, &'static str, String)
             .await
         {
             Ok(row) => answers.push(allowed(&row)),
-            Err(e) if e.is_server_answer() => answers.push(Err(e.to_string())),
+            Err(e) if e.is_server_answer() => answers.push(Err(e.into())),
             Err(e) => {
                 drop(Object::take(client));
-                answers.resize(questions.len(), Err(e.to_string()));
+                answers.resize(questions.len(), Err(e.into()));
                 return answers;
             }
         }
@@ -174,7 +200,7 @@ async fn ask_database(pool: &Pool, questions: &[(Arc<str>, &'static str, String)
 
 /// The function's answer in a row: NULL is no.
 fn allowed(row: &tokio_postgres::Row) -> Answer {
-    Ok(row.try_get::<_, Option<bool>>(0).map_err(|e| e.to_string())?.unwrap_or(false))
+    Ok(row.try_get::<_, Option<bool>>(0).map_err(DbError::from)?.unwrap_or(false))
 }
 
 #[cfg(test)]

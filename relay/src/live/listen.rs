@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::LiveMetrics;
 use crate::{
     backoff::{BackendState, Backoff},
-    database::{self, answered, sql},
+    database::{self, answered, sql, DbError},
 };
 
 /// How often the NOTIFY queue usage is sampled. The sample is also the connection's liveness check: a
@@ -93,8 +93,8 @@ async fn listen(
     shutdown: &CancellationToken,
     connected_before: &mut bool,
     backoff: &mut Backoff,
-) -> Result<(), String> {
-    let (client, mut connection) = database::connect(config).await.map_err(|e| e.to_string())?;
+) -> Result<(), DbError> {
+    let (client, mut connection) = database::connect(config).await?;
     let driver_wake = wake.clone();
     // The connection must be polled for the client to work; notifications come out of the same poll.
     let mut driver = tokio::spawn(async move {
@@ -103,13 +103,13 @@ async fn listen(
             match message {
                 Ok(AsyncMessage::Notification(_)) => driver_wake.ring(),
                 Ok(_) => {}
-                Err(e) => return e.to_string(),
+                Err(e) => return DbError::from(e),
             }
         }
-        "the server closed the connection".to_owned()
+        DbError::Closed
     });
     let result = async {
-        answered("LISTEN", database::QUICK, client.batch_execute(sql::LISTEN)).await.map_err(|e| e.to_string())?;
+        answered("LISTEN", database::QUICK, client.batch_execute(sql::LISTEN)).await?;
         if std::mem::replace(connected_before, true) {
             metrics.listen_reconnects.inc();
             wake.reconnected.store(true, Ordering::Release);
@@ -122,16 +122,14 @@ async fn listen(
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                ended = &mut driver => return Err(ended.unwrap_or_else(|e| e.to_string())),
+                // (A driver that panicked is a connection gone all the same.)
+                ended = &mut driver => return Err(ended.unwrap_or(DbError::Closed)),
                 _ = sample.tick() => {
                     // Supervision tests make this task panic here (compiled out without `failpoints`).
                     fail::fail_point!("live-listen");
                     let row = answered("the NOTIFY queue sample", database::QUICK, client.query_one(sql::NOTIFICATION_QUEUE_USAGE, &[]));
                     let row = row.await;
-                    match row.and_then(|r| Ok(r.try_get::<_, f64>(0)?)) {
-                        Ok(usage) => metrics.notification_queue_usage.set(usage),
-                        Err(e) => return Err(e.to_string()),
-                    }
+                    metrics.notification_queue_usage.set(row?.try_get::<_, f64>(0)?);
                 }
             }
         }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     auth::{AuthFailure, Authenticator, Identity, Refused},
-    authorize::Authorizer,
+    authorize::{self, Authorizer},
     feed::{Command, Subscribe},
     limits::{Bucket, UserConnection, Users, AUTHORIZE_BURST, AUTHORIZE_PER_SECOND, MAX_ALLOWED},
     metrics::LiveMetrics,
@@ -545,7 +545,7 @@ impl Reader<'_> {
     }
 
     /// `trackway.authorize(claims, kind, id)`, asked once per target and connection.
-    async fn authorized(&mut self, target: &Target) -> Result<bool, String> {
+    async fn authorized(&mut self, target: &Target) -> authorize::Answer {
         let metrics = &self.shared.metrics;
         if !self.shared.auth.required() {
             return Ok(true);
