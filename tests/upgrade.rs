@@ -189,3 +189,135 @@ async fn updates_to_exactly_a_fresh_install(previous: &str) {
     drop((old, updated));
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.ok();
 }
+
+/// A version after this one, for [`installing_the_next_version_under_running_sessions_crashes_nothing`]:
+/// this build's library under the next version's file name, and an update script that points every C
+/// function at it (as each release's update script does).
+struct NextVersion {
+    /// Files written into the server's directories (removed on drop).
+    files: Vec<std::path::PathBuf>,
+}
+
+impl Drop for NextVersion {
+    fn drop(&mut self) {
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// The server's directory `name` (`PKGLIBDIR`, `SHAREDIR`) as a path on this machine.
+async fn server_dir(client: &Client, name: &str) -> std::path::PathBuf {
+    let dir: String =
+        client.query_one("SELECT setting FROM pg_config WHERE name = $1", &[&name]).await.expect("pg_config").get(0);
+    trackway_tests::servers::pg_host_path(std::path::Path::new(&dir))
+}
+
+/// Writes `bytes` to `path` as an install does it safely: a new file renamed into place.
+fn install_file(path: &std::path::Path, bytes: &[u8]) {
+    let temporary = path.with_extension("installing");
+    std::fs::write(&temporary, bytes).unwrap_or_else(|e| panic!("write {}: {e}", temporary.display()));
+    std::fs::rename(&temporary, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+}
+
+/// Installs version `next` beside the current one `current`, from `client`'s catalog.
+async fn install_next_version(client: &Client, current: &str, next: &str) -> NextVersion {
+    let (lib, share) = (server_dir(client, "PKGLIBDIR").await, server_dir(client, "SHAREDIR").await);
+    let library = std::fs::read(lib.join(format!("trackway-{current}.so"))).expect("this version's library");
+    let (old, new) = (format!("'trackway-{current}'"), format!("'trackway-{next}'"));
+    let mut script = String::new();
+    for row in client
+        .query(
+            "SELECT pg_get_functiondef(p.oid) FROM pg_proc p
+             WHERE p.pronamespace = 'trackway'::regnamespace AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'c')",
+            &[],
+        )
+        .await
+        .expect("C functions")
+    {
+        let definition: String = row.get(0);
+        assert!(definition.contains(&old), "{definition}");
+        script.push_str(&definition.replace(&old, &new));
+        script.push_str(";\n");
+    }
+    let files =
+        vec![lib.join(format!("trackway-{next}.so")), share.join(format!("extension/trackway--{current}--{next}.sql"))];
+    // The library first, then the script that points at it (as an install must).
+    install_file(&files[0], &library);
+    install_file(&files[1], script.as_bytes());
+    NextVersion { files }
+}
+
+/// Issue 17, point 10: installing a new version while sessions have the old library loaded, then updating,
+/// crashes no backend. Each version's library is a file of its own; a session that used the old version
+/// is closed cleanly (FATAL, SQLSTATE 55000) at its next call, and an update run in such a session is
+/// refused (ERROR 55000) — never the old file replaced under a running backend (a segfault, and the
+/// postmaster restarting every connection), nor two versions' settings in one backend (an ERROR on every
+/// call, for good).
+#[tokio::test]
+async fn installing_the_next_version_under_running_sessions_crashes_nothing() {
+    let db = fresh_database("next_version").await;
+    let current: String = connect(&db)
+        .await
+        .query_one("SELECT extversion FROM pg_extension WHERE extname = 'trackway'", &[])
+        .await
+        .expect("version")
+        .get(0);
+    let next = "999.0.0";
+    // Sessions on the current version: one that ingests (the library loaded), one that updates later after
+    // using the library, and a LISTEN-only one in another database: if any backend crashed, the
+    // postmaster would end every session, this one too.
+    let ingesting = connect(&db).await;
+    ingest(&ingesting, &["n1"], 1).await;
+    let used = connect(&db).await;
+    used.query_one(
+        "SELECT trackway.decode($1)::text",
+        &[&r#"{"deviceId":"n","timestamp":"2026-11-27T10:00:00Z","latitude":1,"longitude":2}"#],
+    )
+    .await
+    .expect("decode");
+    let bystander = connect("postgres").await;
+    bystander.batch_execute("LISTEN trackway_next_version_bystander").await.expect("listen");
+
+    let installed = install_next_version(&connect(&db).await, &current, next).await;
+    // The sessions go on with the library they have: the new file replaced nothing.
+    ingest(&ingesting, &["n1"], 2).await;
+
+    // An update in a session that used the old version is refused, and rolled back.
+    let refused =
+        used.batch_execute(&format!("ALTER EXTENSION trackway UPDATE TO '{next}'")).await.expect_err("refused");
+    let db_error = refused.as_db_error().unwrap_or_else(|| panic!("a server error: {refused:?}"));
+    assert_eq!(db_error.code().code(), "55000", "{db_error:?}");
+    assert!(db_error.message().contains("is already loaded in this session"), "{}", db_error.message());
+
+    // In a new session it goes through.
+    connect(&db).await.batch_execute(&format!("ALTER EXTENSION trackway UPDATE TO '{next}'")).await.expect("update");
+
+    // The session that used the old version is closed at its next call, cleanly.
+    let closed = ingesting
+        .query("SELECT status FROM trackway.ingest_batch($1::text[])", &[&vec!["{}".to_owned()]])
+        .await
+        .expect_err("closed");
+    let db_error = closed.as_db_error().unwrap_or_else(|| panic!("a server error: {closed:?}"));
+    assert_eq!((db_error.severity(), db_error.code().code()), ("FATAL", "55000"), "{db_error:?}");
+    assert!(ingesting.is_closed() || ingesting.simple_query("SELECT 1").await.is_err());
+
+    // No backend crashed: the bystander's session is the one it had, and new sessions work on the new file.
+    bystander.simple_query("SELECT 1").await.expect("the bystander's session survived");
+    let fresh = connect(&db).await;
+    ingest(&fresh, &["n1"], 3).await;
+    let library: String = fresh
+        .query_one("SELECT probin FROM pg_proc WHERE oid = 'trackway.ingest_batch(text[])'::regprocedure", &[])
+        .await
+        .expect("probin")
+        .get(0);
+    assert_eq!(library, format!("trackway-{next}"));
+    let stored: i64 = fresh.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);
+    assert_eq!(stored, 3);
+    drop((fresh, used, installed));
+    connect("postgres")
+        .await
+        .batch_execute("DROP DATABASE IF EXISTS trackway_test_next_version WITH (FORCE)")
+        .await
+        .ok();
+}

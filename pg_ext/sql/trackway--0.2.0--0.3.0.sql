@@ -5,21 +5,188 @@
 --   the insert trigger; trackway.ingest/ingest_batch embed the same statement (0.2.0 wrote the rule twice);
 -- - trackway.live_rows_since, live_replay, live_latest, live_latest_of_groups: what the live relay reads
 --   (it read internal functions and latest_positions' columns itself).
--- The 0.3.0 library serves a database still at 0.2.0 as well (its trigger keeps its own copy of the rule
--- until the update), so install the library first, then update each database when convenient.
+-- The 0.3.0 library is a file of its own (trackway-0.3.0.so): a database still at 0.2.0 keeps using
+-- trackway.so until it is updated. Update in a new session (psql -X): one that has used trackway 0.2.0 is
+-- refused, and a session that used 0.2.0 when another one updated its database is closed at its next call
+-- of a trackway function (it reconnects).
 -- tests/upgrade.rs checks that an updated database has exactly the objects, definitions and privileges of
 -- a fresh 0.3.0 install: keep this file in step with sql/schema.sql and sql/api.sql.
 
--- The latest-position rule, stated once (pg_ext/src/latest.rs): ingest/ingest_batch embed its statement,
--- and the insert trigger calls this function with its transition table's rows (0.2.0 wrote the rule in
--- the trigger a second time). As cargo-pgrx generates it for a fresh install.
-CREATE FUNCTION trackway."_keep_latest"(
-	"rows" anyarray /* AnyArray */
-) RETURNS VOID /* Result < (), pgrx :: spi :: Error > */
-STRICT VOLATILE PARALLEL UNSAFE
+-- The library: from 0.3.0 on its file is versioned (trackway-<version>.so; the control file has no
+-- module_pathname), so installing a version never replaces the file that running sessions have loaded.
+-- Every C function is pointed at this version's file, first, before anything calls one. New in 0.3.0:
+-- trackway._keep_latest, the insert trigger's call of the one latest-position statement
+-- (pg_ext/src/latest.rs; ingest/ingest_batch embed the same statement, 0.2.0 wrote the rule in the trigger
+-- a second time). As `cargo pgrx schema` writes them for a fresh install, with OR REPLACE; every later
+-- update script must do the same for its own version (tests/upgrade.rs compares the definitions).
+-- trackway::announce::_announce_plan
+CREATE OR REPLACE FUNCTION trackway."_announce_plan"(
+	"rows" bigint /* i64 */
+) RETURNS TEXT /* & '_ str */
+STRICT VOLATILE PARALLEL RESTRICTED 
 SET search_path TO pg_catalog, @extschema@, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'keep_latest_of_wrapper';
+AS 'trackway-@CARGO_VERSION@', 'announce_plan_wrapper';
+
+-- trackway::announce::_announce_summary
+CREATE OR REPLACE FUNCTION trackway."_announce_summary"(
+	"rows" bigint, /* i64 */
+	"reason" TEXT, /* & str */
+	"snapshot_xmax" bigint, /* i64 */
+	"in_progress" bigint[], /* Vec < i64 > */
+	"first_xid" bigint, /* i64 */
+	"first_seq" bigint /* i64 */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'announce_summary_wrapper';
+
+-- trackway::announce::_announcements
+CREATE OR REPLACE FUNCTION trackway."_announcements"(
+	"detail" TEXT, /* & str */
+	"snapshot_xmax" bigint, /* i64 */
+	"in_progress" bigint[], /* Vec < i64 > */
+	"xids" bigint[], /* Vec < i64 > */
+	"seqs" bigint[], /* Vec < i64 > */
+	"device_ids" TEXT[], /* Vec < String > */
+	"ts" timestamp with time zone[], /* Vec < TimestampWithTimeZone > */
+	"latitude" double precision[], /* Vec < f64 > */
+	"longitude" double precision[], /* Vec < f64 > */
+	"altitude" double precision[], /* Vec < Option < f64 > > */
+	"angle" double precision[], /* Vec < Option < f64 > > */
+	"speed" double precision[], /* Vec < Option < f64 > > */
+	"satellites" smallint[], /* Vec < Option < i16 > > */
+	"priority" smallint[], /* Vec < Option < i16 > > */
+	"attributes" TEXT[] /* Vec < Option < String > > */
+) RETURNS SETOF TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'announcement_payloads_wrapper';
+
+-- trackway::ingest::_check_time
+CREATE OR REPLACE FUNCTION trackway."_check_time"(
+	"ts" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS void
+STRICT STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'check_time_wrapper';
+
+-- trackway::inspect::_cursor
+CREATE OR REPLACE FUNCTION trackway."_cursor"(
+	"xid" bigint, /* i64 */
+	"seq" bigint, /* i64 */
+	"snapshot_xmax" bigint, /* i64 */
+	"in_progress" bigint[] /* Vec < i64 > */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'cursor_wrapper';
+
+-- trackway::inspect::_cursor_after
+CREATE OR REPLACE FUNCTION trackway."_cursor_after"(
+	"after" TEXT, /* & str */
+	"xid" bigint, /* i64 */
+	"seq" bigint, /* i64 */
+	"more_in_txn" bool, /* bool */
+	"snapshot_xmax" bigint, /* i64 */
+	"in_progress" bigint[] /* Vec < i64 > */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'cursor_after_wrapper';
+
+-- trackway::inspect::_cursor_parts
+CREATE OR REPLACE FUNCTION trackway."_cursor_parts"(
+	"cursor" TEXT /* & str */
+) RETURNS TABLE (
+	"xid" bigint,  /* i64 */
+	"seq" bigint,  /* i64 */
+	"behind_xids" bigint[],  /* Vec < i64 > */
+	"behind_after" bigint[],  /* Vec < i64 > */
+	"range_xid" bigint,  /* Option < i64 > */
+	"range_seq" bigint  /* Option < i64 > */
+)
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'cursor_parts_wrapper';
+
+-- trackway::statement::_ingest_batch_row
+CREATE OR REPLACE FUNCTION trackway."_ingest_batch_row"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL RESTRICTED 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'row_of_ingest_batch_wrapper';
+
+-- trackway::statement::_ingest_batch_statement
+CREATE OR REPLACE FUNCTION trackway."_ingest_batch_statement"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL RESTRICTED 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'owned_by_ingest_batch_wrapper';
+
+-- trackway::latest::_keep_latest
+CREATE OR REPLACE FUNCTION trackway."_keep_latest"(
+	"rows" anyarray /* AnyArray */
+) RETURNS VOID /* Result < (), pgrx :: spi :: Error > */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'keep_latest_of_wrapper';
+
+-- trackway::inspect::_wire_text
+CREATE OR REPLACE FUNCTION trackway."_wire_text"(
+	"device_id" TEXT, /* & str */
+	"ts" timestamp with time zone, /* TimestampWithTimeZone */
+	"latitude" double precision, /* f64 */
+	"longitude" double precision, /* f64 */
+	"altitude" double precision, /* Option < f64 > */
+	"angle" double precision, /* Option < f64 > */
+	"speed" double precision, /* Option < f64 > */
+	"satellites" smallint, /* Option < i16 > */
+	"priority" smallint, /* Option < i16 > */
+	"attributes" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+IMMUTABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'wire_text_wrapper';
+
+-- trackway::inspect::decode
+CREATE OR REPLACE FUNCTION trackway."decode"(
+	"payload" TEXT /* & str */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'decode_wrapper';
+
+-- trackway::ingest::ingest
+CREATE OR REPLACE FUNCTION trackway."ingest"(
+	"payload" TEXT /* Option < & str > */
+) RETURNS TEXT /* & '_ str */
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'ingest_wrapper';
+
+-- trackway::ingest::ingest_batch
+CREATE OR REPLACE FUNCTION trackway."ingest_batch"(
+	"payloads" TEXT[] /* :: std :: option :: Option < Array < & str > > */
+) RETURNS TABLE (
+	"ord" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"error" TEXT  /* Option < String > */
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'ingest_batch_wrapper';
 
 -- The statement-level insert trigger: keeps latest_positions and announces the new rows.
 -- Transition tables hold only the rows actually inserted (not ON CONFLICT duplicates) and are filled by

@@ -36,6 +36,8 @@ extension_sql_file!("../../sql/api.sql", name = "api", finalize);
 /// Called once when PostgreSQL loads the library into a backend.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // Another trackway version already in this backend: ERROR or FATAL here, before anything is defined.
+    statement::one_library_per_backend();
     settings::register();
 }
 

@@ -14,15 +14,85 @@
 //! It also runs code in a subtransaction ([`try_in_subtransaction`]), the way a PL/pgSQL block with an
 //! `EXCEPTION` clause does, for `ingest_batch`'s optimistic insert (see `trackway_wire::StorePolicy`).
 //!
+//! And it keeps one trackway library per backend ([`one_library_per_backend`]): from 0.3.0 on the library's
+//! file is versioned (`trackway-<version>.so`), so an update can bring a second one into a session.
+//!
 //! This module holds the crate's only `unsafe` code.
 
 use std::cell::Cell;
+use std::ffi::{c_void, CStr};
 use std::panic::AssertUnwindSafe;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
+
+/// This library's version, as the message of a conflict names it (a C string: its address also tells this
+/// library from another one loaded into the same backend).
+const LIBRARY: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+    Ok(version) => version,
+    Err(_) => panic!("a version has no NUL byte"),
+};
+
+/// The backend's one record of which trackway library runs in it (a rendezvous variable: shared by every
+/// library loaded into the backend).
+const RENDEZVOUS: &CStr = c"trackway.library";
+
+/// Called by `_PG_init` before anything else: when another trackway library already runs in this backend —
+/// the session used a version that has since been updated away (each version has a file of its own), or
+/// `ALTER EXTENSION trackway UPDATE` runs in a session that used the old version — the two cannot share
+/// the backend (the second would define the same settings again, and PostgreSQL refuses that on every
+/// call). Inside `CREATE`/`ALTER EXTENSION` it is an ERROR (the update is rolled back: run it in a new
+/// session); anywhere else the session is closed (FATAL) and the client reconnects, as TimescaleDB does.
+/// SQLSTATE 55000 (object not in prerequisite state): the relay counts class 55 as the environment's
+/// fault, reconnects and retries, and never blames the data. Returns normally when this library is alone.
+pub fn one_library_per_backend() {
+    // SAFETY: `find_rendezvous_variable` returns the address of a backend-lifetime slot (created NULL on
+    // first use) for this name; we read and write it only here, in the backend's one thread. A non-NULL
+    // value was written by a trackway library's `_PG_init` and points to that library's `LIBRARY`, static
+    // data of a shared library PostgreSQL never unloads.
+    let (slot, other) = unsafe {
+        let slot = pg_sys::find_rendezvous_variable(RENDEZVOUS.as_ptr());
+        let held = *slot;
+        let other = (!held.is_null() && held.cast_const() != LIBRARY.as_ptr().cast::<c_void>())
+            .then(|| CStr::from_ptr(held.cast::<std::ffi::c_char>()).to_string_lossy().into_owned());
+        (slot, other)
+    };
+    // A library from before 0.3.0 keeps no record, but its settings are defined (not mere placeholders).
+    let other = other.or_else(|| settings_defined_elsewhere().then(|| "0.2.0 or earlier".to_owned()));
+    if let Some(other) = other {
+        let message = format!(
+            "trackway {other} is already loaded in this session, so trackway {} cannot run in it",
+            LIBRARY.to_string_lossy()
+        );
+        let code = PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+        // SAFETY: a plain read of a backend global that PostgreSQL sets around extension scripts.
+        if unsafe { pg_sys::creating_extension } {
+            ereport!(ERROR, code, message, "Run CREATE or ALTER EXTENSION trackway in a new session (psql -X).");
+        }
+        ereport!(FATAL, code, message, "The extension was updated while this session used it: reconnect.");
+    }
+    // SAFETY: as above; the value is this library's static `LIBRARY`, valid for the backend's life.
+    unsafe { *slot = LIBRARY.as_ptr().cast_mut().cast::<c_void>() };
+}
+
+/// Whether `trackway.max_payload_bytes` is defined as a setting (not a placeholder for one): only a trackway
+/// library defines it, so another one ran here.
+fn settings_defined_elsewhere() -> bool {
+    let name = c"trackway.max_payload_bytes";
+    // SAFETY: both only look the name up (missing_ok: NULL or 0 when absent, no error); the value returned
+    // is not kept.
+    let (exists, flags) = unsafe {
+        (
+            !pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null(),
+            pg_sys::GetConfigOptionFlags(name.as_ptr(), true),
+        )
+    };
+    // A placeholder (a value set before any library defined the setting) carries GUC_CUSTOM_PLACEHOLDER.
+    let placeholder = i32::try_from(pg_sys::GUC_CUSTOM_PLACEHOLDER).unwrap_or(i32::MAX);
+    exists && flags & placeholder == 0
+}
 
 /// A polymorphic argument (`anyarray`) passed on to SPI as a parameter of the type it actually has (the
 /// `trackway.positions[]` the insert trigger builds), so that the statement sees its columns.
