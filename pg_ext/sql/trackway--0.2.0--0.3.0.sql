@@ -19,6 +19,8 @@
 -- (pg_ext/src/latest.rs; ingest/ingest_batch embed the same statement, 0.2.0 wrote the rule in the trigger
 -- a second time). As `cargo pgrx schema` writes them for a fresh install, with OR REPLACE; every later
 -- update script must do the same for its own version (tests/upgrade.rs compares the definitions).
+-- _ingest_batch_row and _check_time, called once per row, no longer pin search_path (they name no SQL
+-- object, and a pinned one costs a configuration change per call).
 -- trackway::announce::_announce_plan
 CREATE OR REPLACE FUNCTION trackway."_announce_plan"(
 	"rows" bigint /* i64 */
@@ -70,7 +72,6 @@ CREATE OR REPLACE FUNCTION trackway."_check_time"(
 	"ts" timestamp with time zone /* TimestampWithTimeZone */
 ) RETURNS void
 STRICT STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, @extschema@, pg_temp
 LANGUAGE c /* Rust */
 AS 'trackway-@CARGO_VERSION@', 'check_time_wrapper';
 
@@ -119,7 +120,6 @@ AS 'trackway-@CARGO_VERSION@', 'cursor_parts_wrapper';
 -- trackway::statement::_ingest_batch_row
 CREATE OR REPLACE FUNCTION trackway."_ingest_batch_row"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL RESTRICTED 
-SET search_path TO pg_catalog, @extschema@, pg_temp
 LANGUAGE c /* Rust */
 AS 'trackway-@CARGO_VERSION@', 'row_of_ingest_batch_wrapper';
 

@@ -139,8 +139,9 @@ fn ingest_batch(
 
 /// Raises the error `ingest` gives for a time that is not finite or too far ahead of the server's clock
 /// (`trackway.future_tolerance`); for the row trigger, so plain `INSERT`/`COPY` follow the same rule.
+/// Once per row of a plain `INSERT`/`COPY` and naming no SQL object, it pins no `search_path` (a pinned one
+/// costs a configuration change on every call).
 #[pg_extern(stable, strict, parallel_safe, name = "_check_time")]
-#[search_path(pg_catalog, @extschema@, pg_temp)]
 fn check_time(ts: TimestampWithTimeZone) {
     if !ts.is_finite() {
         errors::raise(&trackway_wire::DecodeError {
