@@ -209,15 +209,17 @@ $$;
 COMMENT ON FUNCTION trackway.live_latest(text[]) IS
     'Live relay: the latest position of each of some devices, as wire text.';
 
--- The latest position of each device of some groups, as wire text, by group then device.
+-- The latest position of each device of some groups, as wire text, by group then device (each device's
+-- document made once, by live_latest, however many of the groups it is in).
 CREATE FUNCTION trackway.live_latest_of_groups(group_ids text[])
 RETURNS TABLE (group_id text, "position" text)
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, trackway, pg_temp
 AS $$
-    SELECT g.group_id, trackway._wire_text(l.device_id, l.ts, l.latitude, l.longitude, l.altitude, l.angle,
-                                           l.speed, l.satellites, l.priority, l.attributes::text)
-    FROM trackway.device_groups g JOIN trackway.latest_positions l ON l.device_id = g.device_id
+    SELECT g.group_id, l.position
+    FROM trackway.device_groups g
+    JOIN trackway.live_latest(ARRAY(SELECT DISTINCT d.device_id FROM trackway.device_groups d
+                                    WHERE d.group_id = ANY(group_ids))) AS l ON l.device_id = g.device_id
     WHERE g.group_id = ANY(group_ids) ORDER BY g.group_id, l.device_id
 $$;
 COMMENT ON FUNCTION trackway.live_latest_of_groups(text[]) IS
