@@ -100,7 +100,7 @@ pub async fn answered<T, E: Into<DbError>>(
 /// The database settings every connection of the relay uses: its application name unless the URL gives
 /// one, a connect timeout unless the URL gives one, and TCP keepalives that notice a vanished peer within
 /// about a minute.
-pub fn tuned(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+fn tuned(config: &tokio_postgres::Config) -> tokio_postgres::Config {
     let mut config = config.clone();
     if config.get_application_name().is_none() {
         config.application_name("trackway-relay");
@@ -135,8 +135,12 @@ pub type Connection = tokio_postgres::Connection<Socket, NoTlsStream>;
 /// startup would wait for ever).
 pub async fn connect(config: &tokio_postgres::Config) -> Result<(Client, Connection), DbError> {
     let config = tuned(config);
-    let bound = config.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
-    answered("connecting", bound, config.connect(NoTls)).await
+    answered("connecting", connect_bound(&config), config.connect(NoTls)).await
+}
+
+/// The bound on opening one connection: the URL's `connect_timeout`, else [`CONNECT_TIMEOUT`].
+fn connect_bound(config: &tokio_postgres::Config) -> Duration {
+    config.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT)
 }
 
 /// A connection's driver task; aborted (closing the socket) when dropped, so that a connection given up on
@@ -152,11 +156,16 @@ impl Drop for Driver {
 /// Polls `connection` in a task of its own until it ends or the returned [`Driver`] is dropped; `name`
 /// says which connection ended in the debug log.
 pub fn drive(connection: Connection, name: &'static str) -> Driver {
-    Driver(tokio::spawn(async move {
+    Driver(spawn_driver(connection, name))
+}
+
+/// The task that polls `connection` until it ends.
+fn spawn_driver(connection: Connection, name: &'static str) -> JoinHandle<()> {
+    tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(connection = name, error = %e, "database connection ended");
         }
-    }))
+    })
 }
 
 /// [`connect`] with its connection driven: for connections that need no notifications.
@@ -165,7 +174,8 @@ pub async fn open(config: &tokio_postgres::Config, name: &'static str) -> Result
     Ok((client, drive(connection, name)))
 }
 
-/// How the pools open connections: through [`connect`], like every other connection of the relay.
+/// How the pools open connections: the same handshake as [`connect`] (the pool's `create_timeout` is its
+/// bound) and the same driver as [`drive`] (deadpool aborts it when it drops the connection).
 struct Connector;
 
 impl deadpool_postgres::Connect for Connector {
@@ -175,14 +185,8 @@ impl deadpool_postgres::Connect for Connector {
     ) -> BoxFuture<'_, Result<(Client, JoinHandle<()>), tokio_postgres::Error>> {
         let config = config.clone();
         Box::pin(async move {
-            // `Pool::create_timeout` bounds this the same way, so `NoAnswer` never reaches here.
             let (client, connection) = config.connect(NoTls).await?;
-            let driver = tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(connection = "pooled", error = %e, "database connection ended");
-                }
-            });
-            Ok((client, driver))
+            Ok((client, spawn_driver(connection, "pooled")))
         })
     }
 }
@@ -190,7 +194,7 @@ impl deadpool_postgres::Connect for Connector {
 /// Builds the pool; connections open lazily, so an unreachable server is not an error here.
 pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
     let config = tuned(config);
-    let bound = config.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+    let bound = connect_bound(&config);
     let manager = Manager::from_connect(config, Connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(POOL_SIZE)
@@ -220,7 +224,12 @@ pub const LIVE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the relay waits for an answer beyond a statement timeout the server enforces itself: the
 /// server's own cancel comes first when it works, this bound when the path is silent.
-pub const BEYOND_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+const BEYOND_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bound on waiting for a statement that runs under the server's `statement_timeout`.
+pub const fn beyond(statement_timeout: Duration) -> Duration {
+    statement_timeout.saturating_add(BEYOND_STATEMENT_TIMEOUT)
+}
 
 /// The live side's pool: [`pool`] with a `statement_timeout` on every connection (added to any `options`
 /// the database URL gives).

@@ -31,15 +31,14 @@ use super::{
     outbox::AnswerFrame,
     protocol::{self, ErrorCode, Refusal, Snapshot, Target, Text},
 };
-use crate::database::{self, answered, sql, DbError, Driver, BEYOND_STATEMENT_TIMEOUT};
+use crate::database::{self, answered, sql, DbError, Driver};
 
 /// The longest one statement of an answer may run: a replay or snapshot that takes longer is answered
 /// `unavailable` rather than holding a connection other subscriptions wait for.
 pub const STATEMENT_TIMEOUT_MS: u32 = 5_000;
 /// How long the relay waits for an answer statement's reply: the server's own `statement_timeout`, and a
 /// margin for when the path, not the statement, is what stopped.
-const ANSWER_BOUND: Duration =
-    Duration::from_millis(STATEMENT_TIMEOUT_MS as u64).saturating_add(BEYOND_STATEMENT_TIMEOUT);
+const ANSWER_BOUND: Duration = database::beyond(Duration::from_millis(STATEMENT_TIMEOUT_MS as u64));
 /// How long an answer connection may sit in a transaction without a statement: a relay that stopped
 /// mid-batch must not hold back vacuum for long.
 const IDLE_IN_TRANSACTION_MS: u32 = 60_000;

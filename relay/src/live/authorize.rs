@@ -17,7 +17,7 @@ use deadpool_postgres::{Object, Pool};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::protocol::Target;
-use crate::database::{self, answered, sql, DbError, BEYOND_STATEMENT_TIMEOUT, LIVE_STATEMENT_TIMEOUT};
+use crate::database::{self, answered, sql, DbError, LIVE_STATEMENT_TIMEOUT};
 
 /// Questions waiting for a batch; full means the asking session waits (each session is paced already,
 /// `limits::AUTHORIZE_PER_SECOND`).
@@ -150,7 +150,7 @@ impl Distinct {
 
 /// How long the relay waits for an authorization's answer: the live pool's `statement_timeout`, and a
 /// margin for when the path, not the statement, is what stopped.
-const ANSWER_BOUND: Duration = LIVE_STATEMENT_TIMEOUT.saturating_add(BEYOND_STATEMENT_TIMEOUT);
+const ANSWER_BOUND: Duration = database::beyond(LIVE_STATEMENT_TIMEOUT);
 
 /// One answer per question, in order.
 async fn ask_database(pool: &Pool, questions: &[(Arc<str>, &'static str, String)]) -> Vec<Answer> {

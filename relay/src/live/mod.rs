@@ -60,8 +60,8 @@ pub async fn run(
     if !authenticator.required() {
         tracing::warn!("TRACKWAY_AUTH=none: live clients are NOT authenticated and may watch every device (demo only)");
     }
-    // The feed and the LISTEN connection get the same connect timeout and keepalives as the pools.
-    let database = database::tuned(&database);
+    // (Every connection opened from `database` — the pool's, the feed's, the LISTEN connection's — gets the
+    // same connect timeout and keepalives: `database::connect` and `database::pool` apply them.)
     let pool = database::live_pool(&database)?;
     let wake = Arc::new(listen::Wake::default());
     let (commands, requests) = mpsc::channel(COMMAND_QUEUE);
