@@ -8,11 +8,15 @@ use std::{
 };
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
-use deadpool_postgres::Pool;
 use tokio::{net::TcpListener, sync::Mutex};
-use tokio_util::sync::CancellationToken;
+use trackway_database::Pool;
+use trackway_runtime::Shutdown;
 
-use crate::{backoff::BackendState, error::Error, metrics::Metrics, redis::Link};
+use trackway_ingest::Metrics;
+use trackway_redis::Link;
+use trackway_runtime::BackendState;
+
+use crate::error::Error;
 
 /// How long a readiness answer is reused.
 const READY_CACHE: Duration = Duration::from_secs(1);
@@ -113,7 +117,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// Serves until shutdown.
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Shutdown) -> Result<(), Error> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     // Supervision tests make the server end at once here (compiled out without `failpoints`).
     fail::fail_point!("admin-server", |_| Ok(()));

@@ -8,6 +8,10 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::Parser;
 
+use trackway_ingest::IngestConfig;
+use trackway_live::{AuthConfig, LiveConfig, Origins, TileUrl};
+use trackway_redis::StreamNames;
+
 use crate::error::Error;
 
 /// The command line and environment, as parsed; [`Settings::validate`] turns it into a [`Config`].
@@ -245,235 +249,20 @@ pub enum AuthMode {
     None,
 }
 
-/// Validated settings of the live side (`/live`). `Debug` is derived: the one secret, the JWT secret,
-/// is hidden by [`AuthConfig`]'s own `Debug`.
-#[derive(Clone, Debug)]
-pub struct LiveConfig {
-    /// Where `/live` listens (`main` binds it; tests pass their own listener to `run`).
-    pub addr: SocketAddr,
-    /// How clients authenticate.
-    pub auth: AuthConfig,
-    /// Open connections allowed.
-    pub max_connections: usize,
-    /// Connections allowed that are not authenticated yet (before and after the upgrade).
-    pub max_unauthenticated: usize,
-    /// Open connections allowed per user.
-    pub max_connections_per_user: usize,
-    /// Longest wait for an HTTP request head.
-    pub header_timeout: Duration,
-    /// Longest a `subscribe` waits for the feed's answer.
-    pub subscribe_timeout: Duration,
-    /// Bytes of answers and replays a connection may have queued unread.
-    pub max_queued_bytes: usize,
-    /// Subscriptions allowed per connection.
-    pub max_subscriptions: usize,
-    /// Largest client message.
-    pub max_message_bytes: usize,
-    /// Time a new connection has to authenticate.
-    pub auth_timeout: Duration,
-    /// Server ping interval; silence for two intervals drops a client.
-    pub ping_interval: Duration,
-    /// Positions queued per client before coalescing (and, past it with distinct devices, closing).
-    pub queue: usize,
-    /// Longest a blocked socket may hold a client's frames.
-    pub send_timeout: Duration,
-    /// Most positions replayed for `since`.
-    pub max_replay: usize,
-    /// Most connections answering subscriptions at once.
-    pub answer_connections: usize,
-    /// Longest time between two reads of new positions.
-    pub poll_interval: Duration,
-    /// Tile URL template of the map page (`None`: offline grid only).
-    pub map_tile_url: Option<TileUrl>,
-    /// Which browser pages may open `/live`.
-    pub origins: Origins,
-}
-
-/// The web origins allowed to open `/live` from a browser, besides the relay's own.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origins {
-    /// Any origin (`*`).
-    Any,
-    /// The relay's own origin and these (`scheme://host[:port]`, lower case).
-    Listed(Vec<String>),
-}
-
-impl Origins {
-    /// Parses `TRACKWAY_LIVE_ORIGINS`; the error says what is wrong (the caller names the setting).
-    pub fn parse(text: &str) -> Result<Origins, String> {
-        let text = text.trim();
-        if text == "*" {
-            return Ok(Origins::Any);
-        }
-        let mut listed = Vec::new();
-        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let origin = item.trim_end_matches('/').to_ascii_lowercase();
-            let host =
-                after_http_scheme(&origin).ok_or_else(|| format!("{item:?} is not an http:// or https:// origin"))?;
-            if !is_plain_host(host) {
-                return Err(format!("{item:?}: an origin is scheme://host[:port], with no path"));
-            }
-            listed.push(origin);
-        }
-        Ok(Origins::Listed(listed))
-    }
-
-    /// Whether a handshake's `Origin` may open `/live`. `host` is the request's `Host` header: a page of
-    /// the relay itself (the map page, same host and port) may when that host is an IP address or
-    /// `localhost`. A page whose host is any other name must be listed: under DNS rebinding, an attacker's
-    /// name resolves to the relay's address, and the attacker's page then has the same host as the relay.
-    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
-        let origin = origin.trim().to_ascii_lowercase();
-        let own = after_http_scheme(&origin).filter(|own| is_address_or_localhost(own));
-        match self {
-            Origins::Any => true,
-            Origins::Listed(listed) => {
-                listed.contains(&origin)
-                    || (own.is_some() && own == host.map(|h| h.trim().to_ascii_lowercase()).as_deref())
-            }
-        }
-    }
-}
-
-/// A validated tile URL template: http(s), with `{z}`, `{x}` and `{y}`, and an origin without placeholders
-/// (the page's Content-Security-Policy names it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TileUrl {
-    /// The template as given.
-    pub template: String,
-    /// `scheme://host[:port]`.
-    pub origin: String,
-}
-
-impl TileUrl {
-    /// Checks a template; the error says what is wrong (the caller names the setting).
-    pub fn parse(text: &str) -> Result<TileUrl, String> {
-        let template = text.trim();
-        let rest =
-            after_http_scheme(template).ok_or_else(|| format!("{template:?} is not an http:// or https:// URL"))?;
-        let host_end = rest.find('/').ok_or_else(|| format!("{template:?} has no path with {{z}}/{{x}}/{{y}}"))?;
-        if !is_plain_host(&rest[..host_end]) {
-            return Err(format!("{template:?}: the host must be a plain host name or address (no placeholders)"));
-        }
-        for part in ["{z}", "{x}", "{y}"] {
-            if !template.contains(part) {
-                return Err(format!("{template:?} lacks {part}"));
-            }
-        }
-        // It goes into a header and a JSON document: no spaces, quotes, or CSP separators.
-        if template
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | ';' | ',' | '<' | '>'))
-        {
-            return Err(format!("{template:?} contains spaces, quotes, ';', ',' or angle brackets"));
-        }
-        let origin = template[..template.len() - rest.len() + host_end].to_owned();
-        Ok(TileUrl { template: template.to_owned(), origin })
-    }
-}
-
-/// What follows `http://` or `https://` in `url`; `None` for any other scheme.
-fn after_http_scheme(url: &str) -> Option<&str> {
-    url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))
-}
-
-/// Whether `host[:port]` (lower case) names an IP address or `localhost`: names no DNS answer can move.
-fn is_address_or_localhost(host_port: &str) -> bool {
-    let host = match host_port.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() => host,
-        _ => host_port,
-    };
-    host == "localhost" || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok()
-}
-
-/// A host name or address with an optional port and nothing else (no placeholders, path or user info):
-/// what the tile URL's and the allowed origins' hosts must be.
-fn is_plain_host(host: &str) -> bool {
-    !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-}
-
-/// The authentication mode with what it needs.
-#[derive(Clone)]
-pub enum AuthConfig {
-    /// HS256 with this secret and issuer.
-    Jwt {
-        /// Directus's `SECRET`.
-        secret: String,
-        /// Required `iss` claim.
-        issuer: String,
-    },
-    /// Ask Directus.
-    Directus {
-        /// Base URL.
-        url: String,
-        /// Longest wait for one answer.
-        timeout: Duration,
-        /// Longest time an accepted token is trusted without asking again.
-        cache_ttl: Duration,
-    },
-    /// Nobody is asked anything.
-    None,
-}
-
-impl fmt::Debug for AuthConfig {
-    /// Names the mode, never the secret.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AuthConfig::Jwt { issuer, .. } => write!(f, "jwt (issuer {issuer:?})"),
-            AuthConfig::Directus { url, timeout, cache_ttl } => {
-                write!(f, "directus ({url}, timeout {timeout:?}, cache {cache_ttl:?})")
-            }
-            AuthConfig::None => f.write_str("none (no authentication)"),
-        }
-    }
-}
-
-/// Validated configuration of one relay.
+/// Validated configuration of one relay: each room's part, and what the binary itself uses. `Debug` shows
+/// no password (tokio-postgres and redis redact their own; see `debug_never_shows_the_password`).
 #[derive(Clone)]
 pub struct Config {
-    /// Where the positions go.
+    /// Where the positions go (both sides connect with it).
     pub database: tokio_postgres::Config,
-    /// Where the positions come from.
-    pub redis: redis::ConnectionInfo,
-    /// Names in Redis: stream, group, consumer, dead-letter stream, payload field.
-    pub names: StreamNames,
-    /// Entries per read and per database round trip.
-    pub batch_size: usize,
-    /// Byte budget of one read (a batch holds at most this plus one entry).
-    pub batch_bytes: usize,
-    /// Payloads above this are dead-lettered as `invalid` without a database round trip.
-    pub max_payload_bytes: usize,
-    /// Longest wait for one `ingest_batch` answer; then the statement is cancelled and the batch split.
-    pub ingest_timeout: Duration,
-    /// Blocking read timeout.
-    pub block: Duration,
-    /// Unanswered store attempts after which an entry is dead-lettered.
-    pub max_deliveries: u64,
-    /// Idle time after which another consumer's pending entries are claimed.
-    pub claim_idle: Duration,
+    /// The ingest side: Redis, the consumer group and the batch rules.
+    pub ingest: IngestConfig,
     /// Admin HTTP address (`main` binds it; tests pass their own listener to `run`).
     pub admin_addr: SocketAddr,
     /// The live side, `None` when `TRACKWAY_LIVE_ADDR=off`.
     pub live: Option<LiveConfig>,
     /// Log output format.
     pub log_format: LogFormat,
-}
-
-/// The Redis names the relay works with.
-#[derive(Clone, Debug)]
-pub struct StreamNames {
-    /// Stream read by the consumer group.
-    pub stream: String,
-    /// Consumer group name.
-    pub group: String,
-    /// This relay's consumer name.
-    pub consumer: String,
-    /// Stream that receives dead letters.
-    pub dead_letter: String,
-    /// Hash of unanswered store attempts per entry id (`<stream>:attempts`).
-    pub attempts: String,
-    /// Entry field holding the payload.
-    pub payload_field: String,
 }
 
 impl Settings {
@@ -485,7 +274,7 @@ impl Settings {
         if database.get_user().is_none() {
             return Err(bad("DATABASE_URL", "names no user (add user=… or postgres://user@host/db)".into()));
         }
-        let redis = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())
+        let redis = trackway_redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())
             .map_err(|e| bad("REDIS_URL", format!("not a valid Redis URL ({e})")))?;
         for (name, value) in [
             ("TRACKWAY_STREAM", &self.stream),
@@ -520,18 +309,17 @@ impl Settings {
                 format!("must differ from TRACKWAY_STREAM and {attempts:?}"),
             ));
         }
-        Ok(Config {
-            live,
-            database,
+        let names = StreamNames {
+            stream: self.stream,
+            group: self.group,
+            consumer,
+            dead_letter,
+            attempts,
+            payload_field: self.payload_field,
+        };
+        let ingest = IngestConfig {
             redis,
-            names: StreamNames {
-                stream: self.stream,
-                group: self.group,
-                consumer,
-                dead_letter,
-                attempts,
-                payload_field: self.payload_field,
-            },
+            names,
             batch_size,
             batch_bytes,
             max_payload_bytes,
@@ -539,9 +327,8 @@ impl Settings {
             block,
             max_deliveries,
             claim_idle,
-            admin_addr,
-            log_format: self.log_format,
-        })
+        };
+        Ok(Config { database, ingest, admin_addr, live, log_format: self.log_format })
     }
 }
 
@@ -701,21 +488,15 @@ fn default_consumer() -> String {
 }
 
 impl fmt::Debug for Config {
-    /// Shows where the relay connects without any password.
+    /// Every field (destructured, so a new one cannot be left out), the database as `user@host:port/db`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Config { database, ingest, admin_addr, live, log_format } = self;
         f.debug_struct("Config")
-            .field("database", &describe_database(&self.database))
-            .field("redis", &self.redis.addr().to_string())
-            .field("names", &self.names)
-            .field("batch_size", &self.batch_size)
-            .field("batch_bytes", &self.batch_bytes)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("ingest_timeout", &self.ingest_timeout)
-            .field("block", &self.block)
-            .field("max_deliveries", &self.max_deliveries)
-            .field("claim_idle", &self.claim_idle)
-            .field("admin_addr", &self.admin_addr)
-            .field("live", &self.live)
+            .field("database", &describe_database(database))
+            .field("ingest", ingest)
+            .field("admin_addr", admin_addr)
+            .field("live", live)
+            .field("log_format", log_format)
             .finish()
     }
 }
@@ -748,13 +529,13 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let config = parse(&[]).expect("defaults");
-        assert_eq!(config.names.stream, "positions");
-        assert_eq!(config.names.dead_letter, "positions:dead");
-        assert_eq!(config.names.attempts, "positions:attempts");
-        assert_eq!(config.batch_size, 1000);
-        assert_eq!(config.ingest_timeout, Duration::from_secs(120));
-        assert_eq!((config.batch_bytes, config.max_payload_bytes), (16 << 20, 1 << 20));
-        assert!(config.names.consumer.ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(config.ingest.names.stream, "positions");
+        assert_eq!(config.ingest.names.dead_letter, "positions:dead");
+        assert_eq!(config.ingest.names.attempts, "positions:attempts");
+        assert_eq!(config.ingest.batch_size, 1000);
+        assert_eq!(config.ingest.ingest_timeout, Duration::from_secs(120));
+        assert_eq!((config.ingest.batch_bytes, config.ingest.max_payload_bytes), (16 << 20, 1 << 20));
+        assert!(config.ingest.names.consumer.ends_with(&format!("-{}", std::process::id())));
     }
 
     #[test]

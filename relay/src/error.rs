@@ -1,7 +1,10 @@
-//! The relay's one error type.
+//! The relay's one error type (each room has its own: `trackway_live::Error`, `trackway_database::DbError`
+//! and `PoolBuildError`, `trackway_runtime::Ended`; this one says which part failed).
+
+use trackway_runtime::Ended;
 
 /// Why the relay could not start or had to stop. Failures of PostgreSQL or Redis while running are not
-/// errors of this kind: the relay retries them with backoff and carries on (see `backoff`).
+/// errors of this kind: the relay retries them with backoff and carries on (see `trackway_runtime::backoff`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A setting has a bad value; the message names the setting.
@@ -19,28 +22,25 @@ pub enum Error {
     #[error("REDIS_URL: {source}")]
     RedisUrl {
         /// What the client said.
-        source: redis::RedisError,
+        source: trackway_redis::RedisError,
     },
     /// The database pool could not be built (bad pool settings; not an unreachable server).
-    #[error("database pool: {source}")]
-    Pool {
-        /// What the pool builder said.
-        source: deadpool_postgres::BuildError,
-    },
-    /// The live listener could not be bound or served.
+    #[error(transparent)]
+    Pool(#[from] trackway_database::PoolBuildError),
+    /// The live listener could not be bound.
     #[error("live endpoint on {addr}: {source}")]
-    Live {
-        /// The address it tried, or served on.
+    LiveBind {
+        /// The address it tried.
         addr: String,
         /// What went wrong.
         source: std::io::Error,
     },
-    /// The live side cannot start with its settings (the message names the setting).
-    #[error("live endpoint: {0}")]
-    LiveConfig(String),
-    /// A task of the relay panicked or was aborted.
+    /// The live side could not start, or failed while serving.
+    #[error(transparent)]
+    Live(trackway_live::Error),
+    /// A task of the relay was aborted.
     #[error("task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    Task(tokio::task::JoinError),
     /// A task that runs until shutdown ended before it (a panic, or a server that stopped): the relay
     /// stops rather than run on without it.
     #[error("the {task} stopped unexpectedly: {why}")]
@@ -50,4 +50,23 @@ pub enum Error {
         /// How it ended.
         why: String,
     },
+}
+
+impl From<Ended> for Error {
+    fn from(ended: Ended) -> Error {
+        match ended {
+            Ended::Early { task, why } => Error::Stopped { task, why },
+            Ended::Aborted(e) => Error::Task(e),
+        }
+    }
+}
+
+impl From<trackway_live::Error> for Error {
+    /// A live task that ended early is the relay's [`Error::Stopped`], named by the live task.
+    fn from(error: trackway_live::Error) -> Error {
+        match error {
+            trackway_live::Error::Ended(ended) => ended.into(),
+            other => Error::Live(other),
+        }
+    }
 }

@@ -1,50 +1,41 @@
 //! `trackway-relay`: moves GPS positions from a Redis Stream into PostgreSQL through the `trackway`
 //! extension, and serves health and metrics endpoints.
 //!
-//! - [`config`]: settings from environment variables and flags.
-//! - [`ingest`]: the ingest loop (consumer group, ack after commit, dead letters, reclaiming): reading,
-//!   storing, settling, and the triage of refused batches.
-//! - [`redis`]: the Redis connection, the consumer group's commands and scripts, and their replies.
-//! - [`database`]: the PostgreSQL pool and the `trackway.ingest_batch` call.
-//! - [`backoff`]: retry delays and outage logging.
-//! - [`admin`], [`metrics`], [`sampler`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`live`]: the live side (LISTEN → WebSocket subscribers at `/live`).
-//! - `supervise`: every task runs until shutdown; one that ends early stops the relay.
-//! - [`telemetry`]: log output.
-//! - [`cli`]: what the binary does (`main` only calls it).
+//! This crate is thin: it composes the rooms, each a crate of its own, so that the compiler keeps their
+//! boundaries (the ingest and live sides never import each other):
+//!
+//! - `trackway-ingest`: the ingest loop (consumer group, ack after commit, dead letters, reclaiming), its
+//!   metrics and the group's sampler.
+//! - `trackway-redis`: the Redis connection, the consumer group's commands and scripts, and their replies.
+//! - `trackway-live`: the live side (LISTEN → WebSocket subscribers at `/live`, the map page).
+//! - `trackway-database`: the one room for PostgreSQL, shared by both sides.
+//! - `trackway-runtime`: shutdown, backoff and backend health, supervision.
+//!
+//! Here: [`config`] (settings from environment variables and flags, split into each room's part),
+//! [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`telemetry`] (log output), [`cli`] (what the binary
+//! does; `main` only calls it), [`error`], and [`run`], which starts and supervises every task.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod backoff;
 pub mod cli;
 pub mod config;
-pub mod database;
 pub mod error;
-pub mod ingest;
-pub mod live;
-pub mod metrics;
-pub mod redis;
-pub mod sampler;
-mod supervise;
 pub mod telemetry;
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-pub use tokio_util::sync::CancellationToken as Shutdown;
+use trackway_database as database;
+use trackway_ingest::{sampler, Consumer};
+pub use trackway_ingest::{IngestConfig, Metrics};
+pub use trackway_live::{self as live, LiveConfig};
+use trackway_redis::{Group, Link};
+pub use trackway_runtime::Shutdown;
+use trackway_runtime::{supervise, BackendState};
 
-use crate::{
-    admin::{AdminState, Readiness},
-    backoff::BackendState,
-    ingest::Consumer,
-    redis::{Group, Link},
-};
-pub use crate::{
-    config::{Config, LiveConfig},
-    error::Error,
-    metrics::Metrics,
-};
+use crate::admin::{AdminState, Readiness};
+pub use crate::{config::Config, error::Error};
 
 /// The relay's bound listeners, each with what it serves (tests bind port 0 and pass them in).
 pub struct Listeners {
@@ -73,7 +64,7 @@ impl Listeners {
             Some(live) => {
                 let listener = TcpListener::bind(live.addr)
                     .await
-                    .map_err(|source| Error::Live { addr: live.addr.to_string(), source })?;
+                    .map_err(|source| Error::LiveBind { addr: live.addr.to_string(), source })?;
                 Some(LiveEndpoint { config: live, listener })
             }
             None => None,
@@ -91,24 +82,25 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     tracing::info!(config = ?config, "starting");
     let metrics = Metrics::new();
     let pool = database::pool(&config.database)?;
-    let link = |block| Link::new(config.redis.clone(), block).map_err(|source| Error::RedisUrl { source });
+    let link = |block| Link::new(config.ingest.redis.clone(), block).map_err(|source| Error::RedisUrl { source });
     let short = std::time::Duration::ZERO;
 
     let up = |label| metrics.backend_up.with_label_values(&[label]);
     let postgres = BackendState::new("postgres").reported(up("postgres"));
     let mut readiness = Readiness::new(pool.clone(), link(short)?, postgres.clone());
-    let sampler = sampler::run(Group::new(config.names.clone()), link(short)?, metrics.clone(), shutdown.child_token());
-    let consumer = Consumer::new(&config, pool.clone(), postgres, metrics.clone(), shutdown.child_token())
+    let sampler =
+        sampler::run(Group::new(config.ingest.names.clone()), link(short)?, metrics.clone(), shutdown.child_token());
+    let consumer = Consumer::new(&config.ingest, pool.clone(), postgres, metrics.clone(), shutdown.child_token())
         .map_err(|source| Error::RedisUrl { source })?;
     let live_task = match live {
         Some(LiveEndpoint { config: live, listener }) => {
             let health = BackendState::new("postgres (live)").reported(up("postgres_live"));
-            let warning = matches!(live.auth, config::AuthConfig::None)
+            let warning = matches!(live.auth, live::AuthConfig::None)
                 .then(|| "TRACKWAY_AUTH=none: live clients are not authenticated".to_owned());
             readiness = readiness.with_live(health.clone(), warning);
             let registry = metrics.registry().clone();
             let task = live::run(live, config.database.clone(), listener, registry, health, shutdown.child_token());
-            Some(tokio::spawn(task))
+            Some(tokio::spawn(async move { task.await.map_err(Error::from) }))
         }
         None => None,
     };
@@ -126,4 +118,19 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The boundary the crates exist for: the ingest and live sides never depend on each other (a
+    /// dependency added to either manifest fails here, before any code could use it).
+    #[test]
+    fn ingest_and_live_never_depend_on_each_other() {
+        let ingest = include_str!("../ingest/Cargo.toml");
+        let live = include_str!("../live/Cargo.toml");
+        assert!(ingest.contains("name = \"trackway-ingest\"") && live.contains("name = \"trackway-live\""));
+        assert!(!ingest.contains("trackway-live"), "trackway-ingest depends on trackway-live");
+        assert!(!live.contains("trackway-ingest"), "trackway-live depends on trackway-ingest");
+        assert!(!live.contains("trackway-redis"), "trackway-live depends on the ingest side's Redis room");
+    }
 }

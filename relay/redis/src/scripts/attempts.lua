@@ -1,4 +1,4 @@
--- ATTEMPTS_LUA in relay/src/redis/group.rs says what this script does, its KEYS, ARGV and reply.
+-- ATTEMPTS_LUA in relay/redis/src/group.rs says what this script does, its KEYS, ARGV and reply.
 local counts = {}
 for i = 2, #ARGV do
   local n = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[1])

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
+use trackway_database::Pool;
 
 use crate::{
     backoff::{BackendState, Backoff},

@@ -26,7 +26,7 @@ use tokio_postgres::{types::ToSql, Statement};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{
-    feed::{Command, Subscribe},
+    command::{Command, Subscribe},
     metrics::LiveMetrics,
     outbox::AnswerFrame,
     protocol::{self, ErrorCode, Refusal, Snapshot, Target, Text},

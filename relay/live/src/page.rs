@@ -1,7 +1,7 @@
 //! The live map page, served on the live address next to `/live`: `/` (HTML), `/map.js`, `/map.css` and
 //! `/config.json` (the authentication mode, Directus's URL in `directus` mode, the optional tile URL).
 //!
-//! The files are compiled in (`relay/assets/`), plain JavaScript without a build step. The page loads nothing
+//! The files are compiled in (`relay/live/assets/`), plain JavaScript without a build step. The page loads nothing
 //! from other hosts unless `TRACKWAY_MAP_TILE_URL` is set (then images from that origin only) or the mode is
 //! `directus` (then it may post the login form to Directus): the Content-Security-Policy says exactly that.
 
@@ -15,9 +15,9 @@ use serde_json::json;
 
 use crate::config::{AuthConfig, LiveConfig};
 
-const HTML: &str = include_str!("../../assets/map.html");
-const SCRIPT: &str = include_str!("../../assets/map.js");
-const STYLE: &str = include_str!("../../assets/map.css");
+const HTML: &str = include_str!("../assets/map.html");
+const SCRIPT: &str = include_str!("../assets/map.js");
+const STYLE: &str = include_str!("../assets/map.css");
 
 /// The page's routes (the headers and `config.json` are computed here once).
 pub fn routes(config: &LiveConfig) -> Router {
@@ -92,20 +92,12 @@ fn origin_of(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::config::Settings;
-
-    fn live(args: &[&str]) -> LiveConfig {
-        let mut argv = vec!["trackway-relay", "--jwt-secret", "s"];
-        argv.extend_from_slice(args);
-        Settings::try_parse_from(argv).expect("flags").validate().expect("valid").live.expect("live")
-    }
+    use crate::config::{for_tests, TileUrl};
 
     #[test]
     fn offline_by_default() {
-        let config = live(&[]);
+        let config = for_tests(AuthConfig::Jwt { secret: "s".into(), issuer: "directus".into() }, None);
         let csp = content_security_policy(&config);
         assert!(!csp.contains("http"), "no other host: {csp}");
         assert!(csp.starts_with("default-src 'none'; script-src 'self'; style-src 'self';"), "{csp}");
@@ -115,14 +107,13 @@ mod tests {
 
     #[test]
     fn tiles_and_directus_are_allowed_by_origin_only() {
-        let config = live(&[
-            "--auth",
-            "directus",
-            "--directus-url",
-            "http://directus.local:8055/",
-            "--map-tile-url",
-            "https://tiles.example.com/{z}/{x}/{y}.png",
-        ]);
+        let directus = AuthConfig::Directus {
+            url: "http://directus.local:8055".into(),
+            timeout: std::time::Duration::from_secs(3),
+            cache_ttl: std::time::Duration::from_secs(60),
+        };
+        let tiles = TileUrl::parse("https://tiles.example.com/{z}/{x}/{y}.png").expect("valid");
+        let config = for_tests(directus, Some(tiles));
         let csp = content_security_policy(&config);
         assert!(csp.contains("img-src 'self' data: https://tiles.example.com;"), "{csp}");
         assert!(csp.contains("connect-src 'self' http://directus.local:8055;"), "{csp}");

@@ -1,4 +1,4 @@
-//! The relay's one room for PostgreSQL: how every connection is opened (the pools, the live feed, the
+//! `trackway-database`, the relay's one room for PostgreSQL, shared by its ingest and live sides: how every connection is opened (the pools, the live feed, the
 //! answer connections and the LISTEN connection all go through [`connect`]), how long the relay waits
 //! for any answer, and, in [`sql`], every statement it sends.
 //!
@@ -12,18 +12,19 @@
 //! - [`ingest`]: the one call of the ingest path, `trackway.ingest_batch`, and how its failures are sorted.
 //! - [`sql`]: the statements.
 
+#![forbid(unsafe_code)]
+
 use std::{future::Future, time::Duration};
 
-use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime};
 use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 use tokio_postgres::{tls::NoTlsStream, Client, NoTls, Socket};
 
-use crate::error::Error;
-
 pub mod ingest;
 pub mod sql;
 
+pub use deadpool_postgres::{Object, Pool};
 pub use ingest::{ingest_batch, IngestError, Status};
 
 /// Connections in the pool: the consumer needs one; readiness checks and later readers share the rest.
@@ -191,8 +192,14 @@ impl deadpool_postgres::Connect for Connector {
     }
 }
 
+/// The pool could not be built (bad pool settings; an unreachable server is not this error: connections
+/// open lazily).
+#[derive(Debug, thiserror::Error)]
+#[error("database pool: {0}")]
+pub struct PoolBuildError(#[from] deadpool_postgres::BuildError);
+
 /// Builds the pool; connections open lazily, so an unreachable server is not an error here.
-pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
+pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, PoolBuildError> {
     let config = tuned(config);
     let bound = connect_bound(&config);
     let manager = Manager::from_connect(config, Connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
@@ -215,7 +222,7 @@ pub fn pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
         }))
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|source| Error::Pool { source })
+        .map_err(PoolBuildError)
 }
 
 /// The longest one statement of the live side's pool may run (`trackway.authorize`): a slow or locked
@@ -233,7 +240,7 @@ pub const fn beyond(statement_timeout: Duration) -> Duration {
 
 /// The live side's pool: [`pool`] with a `statement_timeout` on every connection (added to any `options`
 /// the database URL gives).
-pub fn live_pool(config: &tokio_postgres::Config) -> Result<Pool, Error> {
+pub fn live_pool(config: &tokio_postgres::Config) -> Result<Pool, PoolBuildError> {
     let timeout = format!("-c statement_timeout={}", LIVE_STATEMENT_TIMEOUT.as_millis());
     pool(&with_settings(config, &timeout))
 }

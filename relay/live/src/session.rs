@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     auth::{AuthFailure, Authenticator, Identity, Refused},
     authorize::{self, Authorizer},
-    feed::{Command, Subscribe},
+    command::{Command, Subscribe},
     limits::{Bucket, UserConnection, Users, AUTHORIZE_BURST, AUTHORIZE_PER_SECOND, MAX_ALLOWED},
     metrics::LiveMetrics,
     outbox::{Frame, Outbox, Taken},

@@ -14,7 +14,7 @@ use super::{
         Claimed, Entry, GroupInfo, Settled,
     },
 };
-use crate::config::StreamNames;
+use crate::StreamNames;
 
 /// Original fields copied into a dead letter at most (Lua's `unpack` has a limit); more are summarised.
 const MAX_DEAD_LETTER_FIELDS: usize = 1000;

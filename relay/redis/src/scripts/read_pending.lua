@@ -1,4 +1,4 @@
--- READ_PENDING_LUA in relay/src/redis/group.rs says what this script does, its KEYS, ARGV and reply.
+-- READ_PENDING_LUA in relay/redis/src/group.rs says what this script does, its KEYS, ARGV and reply.
 local group, consumer = ARGV[1], ARGV[2]
 local count, budget, after = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local n, bytes = 0, 0

@@ -1,4 +1,4 @@
--- CLAIM_LUA in relay/src/redis/group.rs says what this script does, its KEYS, ARGV and reply.
+-- CLAIM_LUA in relay/redis/src/group.rs says what this script does, its KEYS, ARGV and reply.
 local group, consumer, min_idle, start = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local count, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local pending = redis.call('XPENDING', KEYS[1], group, 'IDLE', min_idle, start, '+', count)

@@ -13,8 +13,8 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use deadpool_postgres::{Object, Pool};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use trackway_database::{Object, Pool};
 
 use super::protocol::Target;
 use crate::database::{self, answered, sql, DbError, LIVE_STATEMENT_TIMEOUT};

@@ -281,7 +281,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::live::outbox::{Frame, Taken};
+    use crate::outbox::{Frame, Taken};
 
     fn row(device: &str, groups: &[&str], n: u32) -> Routed {
         Routed {
@@ -316,7 +316,7 @@ mod tests {
         router.subscribe(2, &outboxes[2], Target::Device("d3".into()));
         router.route(&[row("d1", &["fleet"], 1), row("d3", &[], 2)]);
         let frame = |outbox: &Outbox| match outbox.take(&mut Taken::default()).remove(0) {
-            Frame::Text(crate::live::protocol::Text::Shared(t), _) => t,
+            Frame::Text(crate::protocol::Text::Shared(t), _) => t,
             _ => panic!("not a shared frame"),
         };
         let (a, b, c) = (frame(&outboxes[0]), frame(&outboxes[1]), frame(&outboxes[2]));

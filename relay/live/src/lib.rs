@@ -1,9 +1,10 @@
-//! The live side: positions committed to `trackway.positions` go out to WebSocket subscribers.
+//! `trackway-live`, the relay's live side: positions committed to `trackway.positions` go out to WebSocket subscribers.
 //!
 //! - [`listen`] — the LISTEN connection; notifications are wake-ups only.
 //! - [`feed`] — reads new rows after the relay's cursor; hands subscriptions to [`answers`] on the same
 //!   snapshot.
 //! - [`answers`] — snapshots and replays, read on connections of their own beside the feed.
+//! - [`command`] — what sessions and answer connections ask of the feed.
 //! - [`router`] — who watches which device or group.
 //! - [`outbox`] — each client's bounded queue (coalescing, too-slow detection).
 //! - [`server`], [`session`] — `/live` and one connection's protocol.
@@ -13,14 +14,21 @@
 //! - [`authorize`] — `trackway.authorize`, asked in batches for every session waiting at the moment.
 //! - [`limits`] — what one connection or one user may cost: authorize pacing, connections per user.
 //! - [`metrics`] — `trackway_live_*`.
+//! - [`config`] — [`LiveConfig`], what the relay's configuration hands over; [`Error`].
 //!
-//! Independent of the ingest side: the two share only the configuration, the metrics registry and the
-//! shutdown signal.
+//! Independent of the ingest side (a crate of its own, which this one never imports): the two share only
+//! the database room (`trackway-database`), the runtime (`trackway-runtime`), the metrics registry and
+//! the shutdown signal.
+
+#![forbid(unsafe_code)]
 
 pub mod answers;
 pub mod auth;
 pub mod authorize;
+pub mod command;
+pub mod config;
 pub mod directus;
+mod error;
 pub mod feed;
 pub mod limits;
 pub mod listen;
@@ -38,7 +46,13 @@ use prometheus::Registry;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{backoff::BackendState, config::LiveConfig, database, error::Error};
+use trackway_database as database;
+use trackway_runtime::{backoff, BackendState};
+
+pub use crate::{
+    config::{AuthConfig, LiveConfig, Origins, TileUrl},
+    error::Error,
+};
 
 /// Requests from sessions to the feed waiting to be applied; full means the sessions wait.
 const COMMAND_QUEUE: usize = 4096;
@@ -56,7 +70,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let metrics = metrics::LiveMetrics::new(&registry);
-    let authenticator = auth::Authenticator::new(&config.auth).map_err(Error::LiveConfig)?;
+    let authenticator = auth::Authenticator::new(&config.auth).map_err(Error::Config)?;
     if !authenticator.required() {
         tracing::warn!("TRACKWAY_AUTH=none: live clients are NOT authenticated and may watch every device (demo only)");
     }
@@ -98,7 +112,7 @@ pub async fn run(
             let _ = feed_task.await;
             let _ = listen_task.await;
             pool.close();
-            return served.map_err(|source| Error::Live { addr: addr.clone(), source });
+            return served.map_err(|source| Error::Serve { addr: addr.clone(), source });
         }
         ended = &mut feed_task => ("live feed", ended),
         ended = &mut listen_task => ("LISTEN connection", ended),
@@ -109,5 +123,5 @@ pub async fn run(
     let (task, ended) = stopped;
     let _ = if task == "live feed" { listen_task.await } else { feed_task.await };
     pool.close();
-    crate::supervise::ended(task, ended.map(Ok), early)
+    trackway_runtime::supervise::ended(task, ended.map(Ok), early)
 }

@@ -1,4 +1,4 @@
--- SETTLE_LUA in relay/src/redis/group.rs says what this script does, its KEYS, ARGV and reply.
+-- SETTLE_LUA in relay/redis/src/group.rs says what this script does, its KEYS, ARGV and reply.
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
 local acked = 0

@@ -1,4 +1,4 @@
-//! The ingest loop: stream entries → `trackway.ingest_batch` → XACK, nothing lost, nothing twice.
+//! `trackway-ingest`, the relay's ingest side. The ingest loop: stream entries → `trackway.ingest_batch` → XACK, nothing lost, nothing twice.
 //!
 //! Order of reading: first this consumer's own pending entries (left by a crash or a lost connection),
 //! then entries idle too long on other consumers (a claim sweep, when one is due), then new entries.
@@ -21,18 +21,26 @@
 //! Rooms: `read` (the reader), `store` (one statement per set of payloads, the attempt counts), `triage`
 //! (the policy that splits refused batches and judges refusals, calling the storer: `triage` uses
 //! `store`, never the reverse), `settle` (acknowledgements and dead letters). Each stage owns its state
-//! behind a constructor.
+//! behind a constructor. Beside the loop: [`sampler`] (the group's lag and pending count), [`metrics`]
+//! (the ingest side's Prometheus metrics), [`IngestConfig`]. Redis is `trackway-redis`'s room, PostgreSQL
+//! `trackway-database`'s; the live side is never imported (a crate of its own).
 
+#![forbid(unsafe_code)]
+
+mod config;
+pub mod metrics;
 mod read;
+pub mod sampler;
 mod settle;
 mod store;
 mod triage;
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
-use redis::RedisError;
 use tokio_util::sync::CancellationToken;
+use trackway_database::{self as database, Pool};
+use trackway_redis::{self as redis, RedisError};
+use trackway_runtime::backoff;
 
 use self::{
     read::{Batch, Reader, Source},
@@ -42,11 +50,10 @@ use self::{
 };
 use crate::{
     backoff::BackendState,
-    config::Config,
     database::Status,
-    metrics::Metrics,
     redis::{DeadLetter, DeadReason, Entry, Group, Link},
 };
+pub use crate::{config::IngestConfig, metrics::Metrics};
 
 /// The consumer: three stages and the signal that stops them.
 pub struct Consumer {
@@ -73,7 +80,7 @@ pub struct Consumer {
 impl Consumer {
     /// A consumer for `config`; connects lazily.
     pub fn new(
-        config: &Config,
+        config: &IngestConfig,
         pool: Pool,
         postgres: BackendState,
         metrics: Metrics,

@@ -19,18 +19,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::{types::ToSql, GenericClient, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     answers::{Answers, Batch, Job},
+    command::{Command, Subscribe},
     listen::Wake,
     metrics::LiveMetrics,
-    outbox::{Delivery, Outbox},
+    outbox::Delivery,
     protocol::{self, ErrorCode, Refusal, Target},
-    router::{ClientId, Routed, Router},
+    router::{Routed, Router},
 };
 use crate::{
     backoff::{BackendState, Backoff},
@@ -46,77 +46,6 @@ const RECENT: usize = 65_536;
 /// milliseconds; this long means the path or the server stopped answering: the connection is dropped and
 /// opened again, and the feed reads on from its cursor.
 const READ_BOUND: Duration = Duration::from_secs(10);
-
-/// What sessions ask of the feed. The channel is bounded; senders wait when it is full.
-pub enum Command {
-    /// Answer with a snapshot (or a replay after `since`) and add the subscription.
-    Subscribe(Subscribe),
-    /// Remove a subscription and answer `unsubscribed` after the positions already queued.
-    Unsubscribe {
-        /// The connection.
-        client: ClientId,
-        /// Its outbox.
-        outbox: Arc<Outbox>,
-        /// What to stop watching.
-        target: Target,
-        /// The request's id, echoed.
-        id: Option<Value>,
-        /// Why it ends.
-        reason: protocol::Unsubscribed,
-        /// Told once the answer is queued (a client's own `unsubscribe` waits for it, so that answers keep
-        /// the order of requests).
-        reply: Option<oneshot::Sender<bool>>,
-    },
-    /// The connection ended.
-    Leave {
-        /// The connection.
-        client: ClientId,
-    },
-    /// An answer connection has queued the answer to a held subscription (`subscribed`), or refused or
-    /// dropped it: the rows held for it follow the answer, or are dropped.
-    Answered {
-        /// The connection.
-        client: ClientId,
-        /// The subscription's target.
-        target: Target,
-        /// The hold's ticket ([`Router::hold`]).
-        ticket: u64,
-        /// Whether the subscription is now in force.
-        subscribed: bool,
-    },
-}
-
-/// A subscription request; it waits in the feed for the next cycle.
-pub struct Subscribe {
-    /// The connection.
-    pub client: ClientId,
-    /// Its outbox (the answer and then the positions go there).
-    pub outbox: Arc<Outbox>,
-    /// What it wants to watch.
-    pub target: Target,
-    /// Resume point (already checked to parse).
-    pub since: Option<String>,
-    /// The request's id, echoed.
-    pub id: Option<Value>,
-    /// `true` once subscribed, `false` when refused (the refusal is in the outbox).
-    pub reply: oneshot::Sender<bool>,
-    /// Set by whichever decides first: the feed, just before it queues its answer ([`Subscribe::claim`]),
-    /// or the session, when it gives up waiting (then the feed drops the request, unanswered).
-    pub decided: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Subscribe {
-    /// `true` when the feed may answer (and the session will wait for it); `false` when the session has
-    /// given up and answered the client itself.
-    pub fn claim(&self) -> bool {
-        !self.decided.swap(true, std::sync::atomic::Ordering::AcqRel)
-    }
-
-    /// `true` when nobody waits for the answer any more: the session gave up, or the connection closed.
-    pub fn abandoned(&self) -> bool {
-        self.decided.load(std::sync::atomic::Ordering::Acquire) || self.outbox.closed().is_some()
-    }
-}
 
 /// A `Subscribe` waiting for the next cycle.
 type Pending = Subscribe;

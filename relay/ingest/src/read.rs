@@ -3,14 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::{BackendState, Backoff},
-    config::{Config, StreamNames},
+    config::IngestConfig,
     metrics::Metrics,
-    redis::{Entry, Group, Link},
+    redis::{Entry, Group, Link, RedisError, StreamNames},
 };
 
 /// Where a batch came from (the `source` label of `entries_read`).
@@ -72,7 +71,13 @@ pub(super) struct Reader {
 
 impl Reader {
     /// A reader of `group` over `link` (blocking reads happen on it, so nothing else may share it).
-    pub(super) fn new(group: Group, link: Link, config: &Config, redis: BackendState, metrics: Metrics) -> Reader {
+    pub(super) fn new(
+        group: Group,
+        link: Link,
+        config: &IngestConfig,
+        redis: BackendState,
+        metrics: Metrics,
+    ) -> Reader {
         Reader {
             group,
             link,
