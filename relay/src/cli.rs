@@ -3,14 +3,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use crate::{config::Settings, telemetry, Shutdown};
+use crate::{config::Settings, telemetry, Error, Shutdown};
 
 /// Runs the relay as a process.
 pub fn main() -> ExitCode {
-    let mut config = match Settings::parse().validate() {
+    let mut config = match Settings::load(std::env::args_os()) {
         Ok(config) => config,
+        Err(Error::Usage(e)) => e.exit(),
         Err(e) => {
             eprintln!("trackway-relay: {e}");
             return ExitCode::from(2);

@@ -4,9 +4,9 @@
 //! Connection strings may carry passwords, so they are never echoed: not by `--help` (`hide_env_values`),
 //! not in validation errors, not by `Debug`.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{ffi::OsStr, fmt, net::SocketAddr, ops::RangeInclusive, str::FromStr, sync::Arc, time::Duration};
 
-use clap::Parser;
+use clap::{builder::TypedValueParser, Parser};
 
 use trackway_ingest::IngestConfig;
 use trackway_live::{AuthConfig, LiveConfig, Origins, TileUrl};
@@ -58,47 +58,87 @@ pub struct Settings {
     pub payload_field: String,
 
     /// Entries per read and per `trackway.ingest_batch` call (1–10000).
-    #[arg(long, env = "TRACKWAY_BATCH_SIZE", default_value = "1000")]
-    pub batch_size: String,
+    #[arg(long, env = "TRACKWAY_BATCH_SIZE", default_value = "1000", value_parser = whole::<usize>(1..=10_000))]
+    pub batch_size: usize,
 
     /// Byte budget of one read from the stream (65536–1073741824): entries are read until their fields add
     /// up to this, so large entries make smaller batches; a batch holds at most this plus one entry.
-    #[arg(long, env = "TRACKWAY_BATCH_BYTES", default_value = "16777216")]
-    pub batch_bytes: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_BATCH_BYTES",
+        default_value = "16777216",
+        value_parser = whole::<usize>(65_536..=1 << 30),
+    )]
+    pub batch_bytes: usize,
 
     /// Payloads larger than this many bytes are dead-lettered as `invalid` without being sent to the
     /// database (1–1073741823). Keep it equal to the database's `trackway.max_payload_bytes` (default 1 MiB).
-    #[arg(long, env = "TRACKWAY_MAX_PAYLOAD_BYTES", default_value = "1048576")]
-    pub max_payload_bytes: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_MAX_PAYLOAD_BYTES",
+        default_value = "1048576",
+        value_parser = whole::<usize>(1..=(1 << 30) - 1),
+    )]
+    pub max_payload_bytes: usize,
 
     /// Longest wait for one `trackway.ingest_batch` answer, in milliseconds (100–3600000). After it the
     /// relay cancels the statement on the server, drops the connection and retries the batch in halves.
-    #[arg(long, env = "TRACKWAY_INGEST_TIMEOUT_MS", default_value = "120000")]
-    pub ingest_timeout_ms: String,
+    #[arg(
+        long = "ingest-timeout-ms",
+        env = "TRACKWAY_INGEST_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = "120000",
+        value_parser = millis(100..=3_600_000),
+    )]
+    pub ingest_timeout: Duration,
 
     /// How long one read waits for new entries, in milliseconds (1–60000). Shutdown waits at most this
     /// long for a read in flight.
-    #[arg(long, env = "TRACKWAY_BLOCK_MS", default_value = "2000")]
-    pub block_ms: String,
+    #[arg(
+        long = "block-ms",
+        env = "TRACKWAY_BLOCK_MS",
+        value_name = "MS",
+        default_value = "2000",
+        value_parser = millis(1..=60_000),
+    )]
+    pub block: Duration,
 
     /// An entry is dead-lettered (reason `max_deliveries`) once this many attempts to store it got no
     /// answer — the relay, or its database connection, died while the entry was in flight (≥ 1). Reads that
     /// never reached the database (database down, login refused, restarts during an outage) and refusals do
     /// not count. Counts are kept in the hash `<stream>:attempts`.
-    #[arg(long, env = "TRACKWAY_MAX_DELIVERIES", default_value = "5")]
-    pub max_deliveries: String,
+    #[arg(long, env = "TRACKWAY_MAX_DELIVERIES", default_value = "5", value_parser = whole::<u64>(1..=1_000_000))]
+    pub max_deliveries: u64,
 
     /// Entries pending on another consumer for longer than this (milliseconds, ≥ 1000) are taken over.
-    #[arg(long, env = "TRACKWAY_CLAIM_IDLE_MS", default_value = "60000")]
-    pub claim_idle_ms: String,
+    #[arg(
+        long = "claim-idle-ms",
+        env = "TRACKWAY_CLAIM_IDLE_MS",
+        value_name = "MS",
+        default_value = "60000",
+        value_parser = millis(1000..=86_400_000),
+    )]
+    pub claim_idle: Duration,
 
     /// Address of the admin HTTP server (/metrics, /healthz, /readyz).
-    #[arg(long, env = "TRACKWAY_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
-    pub admin_addr: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_ADMIN_ADDR",
+        value_name = "ADDRESS",
+        default_value = "127.0.0.1:9090",
+        value_parser = address("127.0.0.1:9090"),
+    )]
+    pub admin_addr: SocketAddr,
 
     /// Address of the live WebSocket endpoint (`/live`), or `off` for a relay that only ingests.
-    #[arg(long, env = "TRACKWAY_LIVE_ADDR", default_value = "0.0.0.0:8080")]
-    pub live_addr: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_ADDR",
+        value_name = "ADDRESS",
+        default_value = "0.0.0.0:8080",
+        value_parser = live_address(),
+    )]
+    pub live_addr: LiveAddr,
 
     /// How live clients authenticate: `jwt` (HS256 tokens signed with TRACKWAY_JWT_SECRET, Directus's
     /// SECRET), `directus` (each token is checked by Directus at TRACKWAY_DIRECTUS_URL) or `none` (local
@@ -119,85 +159,168 @@ pub struct Settings {
     pub directus_url: Option<String>,
 
     /// Longest wait for Directus to answer a token check, in milliseconds (100–60000); no answer refuses.
-    #[arg(long, env = "TRACKWAY_DIRECTUS_TIMEOUT_MS", default_value = "3000")]
-    pub directus_timeout_ms: String,
+    #[arg(
+        long = "directus-timeout-ms",
+        env = "TRACKWAY_DIRECTUS_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = "3000",
+        value_parser = millis(100..=60_000),
+    )]
+    pub directus_timeout: Duration,
 
     /// How long a token Directus accepted is trusted without asking again, in seconds (1–86400); never
     /// longer than the token itself lives. Connections with tokens that do not expire are checked again
     /// this often.
-    #[arg(long, env = "TRACKWAY_DIRECTUS_CACHE_SECONDS", default_value = "60")]
-    pub directus_cache_seconds: String,
+    #[arg(
+        long = "directus-cache-seconds",
+        env = "TRACKWAY_DIRECTUS_CACHE_SECONDS",
+        value_name = "SECONDS",
+        default_value = "60",
+        value_parser = seconds(1..=86_400),
+    )]
+    pub directus_cache: Duration,
 
     /// Most open live connections (1–1000000); more are refused with HTTP 503.
-    #[arg(long, env = "TRACKWAY_LIVE_MAX_CONNECTIONS", default_value = "20000")]
-    pub live_max_connections: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_MAX_CONNECTIONS",
+        default_value = "20000",
+        value_parser = whole::<usize>(1..=1_000_000),
+    )]
+    pub live_max_connections: usize,
 
     /// Most connections to the live address not yet authenticated (1–1000000): from the TCP accept until
     /// their session has a valid token (at most TRACKWAY_LIVE_AUTH_TIMEOUT_MS after the upgrade). More are
     /// closed at once, so anonymous connections cannot take the slots and descriptors of authenticated ones.
-    #[arg(long, env = "TRACKWAY_LIVE_MAX_UNAUTHENTICATED", default_value = "1000")]
-    pub live_max_unauthenticated: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_MAX_UNAUTHENTICATED",
+        default_value = "1000",
+        value_parser = whole::<usize>(1..=1_000_000),
+    )]
+    pub live_max_unauthenticated: usize,
 
     /// Most open live connections of one user (one `id` claim), 1–1000000; more are closed with 4010.
-    #[arg(long, env = "TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER", default_value = "100")]
-    pub live_max_connections_per_user: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER",
+        default_value = "100",
+        value_parser = whole::<usize>(1..=1_000_000),
+    )]
+    pub live_max_connections_per_user: usize,
 
     /// Most bytes of answers (snapshots included) and replayed positions queued unread for one connection
     /// (65536–1073741824); past it the connection is closed as too slow (4008). At least twice the
     /// largest replay (`TRACKWAY_LIVE_MAX_REPLAY` positions) or snapshot a client may ask for.
-    #[arg(long, env = "TRACKWAY_LIVE_MAX_QUEUED_BYTES", default_value = "16777216")]
-    pub live_max_queued_bytes: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_MAX_QUEUED_BYTES",
+        default_value = "16777216",
+        value_parser = whole::<usize>(65_536..=1 << 30),
+    )]
+    pub live_max_queued_bytes: usize,
 
     /// Longest a `subscribe` waits for its snapshot or replay, in milliseconds (100–600000); then it is
     /// answered `unavailable` (the client may ask again) while the connection carries on.
-    #[arg(long, env = "TRACKWAY_LIVE_SUBSCRIBE_TIMEOUT_MS", default_value = "10000")]
-    pub live_subscribe_timeout_ms: String,
+    #[arg(
+        long = "live-subscribe-timeout-ms",
+        env = "TRACKWAY_LIVE_SUBSCRIBE_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = "10000",
+        value_parser = millis(100..=600_000),
+    )]
+    pub live_subscribe_timeout: Duration,
 
     /// Longest wait for a request's head (method, path, headers) on the live address, in milliseconds
     /// (100–600000); a client slower than that is disconnected.
-    #[arg(long, env = "TRACKWAY_LIVE_HEADER_TIMEOUT_MS", default_value = "10000")]
-    pub live_header_timeout_ms: String,
+    #[arg(
+        long = "live-header-timeout-ms",
+        env = "TRACKWAY_LIVE_HEADER_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = "10000",
+        value_parser = millis(100..=600_000),
+    )]
+    pub live_header_timeout: Duration,
 
     /// Most subscriptions one connection may hold (1–100000).
-    #[arg(long, env = "TRACKWAY_LIVE_MAX_SUBSCRIPTIONS", default_value = "100")]
-    pub live_max_subscriptions: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_MAX_SUBSCRIPTIONS",
+        default_value = "100",
+        value_parser = whole::<usize>(1..=100_000),
+    )]
+    pub live_max_subscriptions: usize,
 
     /// Largest message a client may send, in bytes (256–16777216); larger closes the connection (1009).
-    #[arg(long, env = "TRACKWAY_LIVE_MAX_MESSAGE_BYTES", default_value = "65536")]
-    pub live_max_message_bytes: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_MAX_MESSAGE_BYTES",
+        default_value = "65536",
+        value_parser = whole::<usize>(256..=1 << 24),
+    )]
+    pub live_max_message_bytes: usize,
 
     /// A connection that has not authenticated this many milliseconds after opening is closed (100–600000).
-    #[arg(long, env = "TRACKWAY_LIVE_AUTH_TIMEOUT_MS", default_value = "10000")]
-    pub live_auth_timeout_ms: String,
+    #[arg(
+        long = "live-auth-timeout-ms",
+        env = "TRACKWAY_LIVE_AUTH_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = "10000",
+        value_parser = millis(100..=600_000),
+    )]
+    pub live_auth_timeout: Duration,
 
     /// The server pings every client this often, in milliseconds (100–3600000); a client that has sent
     /// nothing (not even a pong) for two intervals is dropped.
-    #[arg(long, env = "TRACKWAY_LIVE_PING_MS", default_value = "30000")]
-    pub live_ping_ms: String,
+    #[arg(
+        long = "live-ping-ms",
+        env = "TRACKWAY_LIVE_PING_MS",
+        value_name = "MS",
+        default_value = "30000",
+        value_parser = millis(100..=3_600_000),
+    )]
+    pub live_ping: Duration,
 
     /// Positions queued per client before it counts as behind (1–1000000): then queued positions of a device
     /// are replaced by its newest, and a client with more distinct devices queued than this is closed.
-    #[arg(long, env = "TRACKWAY_LIVE_QUEUE", default_value = "1024")]
-    pub live_queue: String,
+    #[arg(long, env = "TRACKWAY_LIVE_QUEUE", default_value = "1024", value_parser = whole::<usize>(1..=1_000_000))]
+    pub live_queue: usize,
 
     /// A client whose connection accepts no data for this many milliseconds is dropped (100–600000).
-    #[arg(long, env = "TRACKWAY_LIVE_SEND_TIMEOUT_MS", default_value = "10000")]
-    pub live_send_timeout_ms: String,
+    #[arg(
+        long = "live-send-timeout-ms",
+        env = "TRACKWAY_LIVE_SEND_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = "10000",
+        value_parser = millis(100..=600_000),
+    )]
+    pub live_send_timeout: Duration,
 
     /// Most positions a `subscribe` with `since` replays (1–1000000); further back, the client gets the
     /// error `resume_too_far` and starts again from a snapshot.
-    #[arg(long, env = "TRACKWAY_LIVE_MAX_REPLAY", default_value = "10000")]
-    pub live_max_replay: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_MAX_REPLAY",
+        default_value = "10000",
+        value_parser = whole::<usize>(1..=1_000_000),
+    )]
+    pub live_max_replay: usize,
 
     /// Database connections that answer `subscribe` (snapshots and replays) beside the live feed, each
     /// running one batch at a time (1–64); subscriptions wait for a free one.
-    #[arg(long, env = "TRACKWAY_LIVE_ANSWER_CONNECTIONS", default_value = "4")]
-    pub live_answer_connections: String,
+    #[arg(long, env = "TRACKWAY_LIVE_ANSWER_CONNECTIONS", default_value = "4", value_parser = whole::<usize>(1..=64))]
+    pub live_answer_connections: usize,
 
     /// The relay reads new positions at least this often, in milliseconds (10–60000), even when no
     /// notification woke it (with `trackway.announce = off` this is the live latency).
-    #[arg(long, env = "TRACKWAY_LIVE_POLL_MS", default_value = "1000")]
-    pub live_poll_ms: String,
+    #[arg(
+        long = "live-poll-ms",
+        env = "TRACKWAY_LIVE_POLL_MS",
+        value_name = "MS",
+        default_value = "1000",
+        value_parser = millis(10..=60_000),
+    )]
+    pub live_poll: Duration,
 
     /// Optional map tiles for the live map page (`/` on the live address): an http(s) URL template with
     /// `{z}`, `{x}` and `{y}`, e.g. `https://tiles.example.com/{z}/{x}/{y}.png`. Without it the page draws
@@ -219,8 +342,15 @@ pub struct Settings {
     /// `true` lets `TRACKWAY_AUTH=none` serve a live address other than loopback (any page or host that
     /// reaches it then sees every position without a token). Without it, `none` with an address such as
     /// 0.0.0.0 is refused at start. For a container whose port is published to the host's loopback only.
-    #[arg(long, env = "TRACKWAY_LIVE_UNAUTHENTICATED_REMOTE", default_value = "false")]
-    pub live_unauthenticated_remote: String,
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_UNAUTHENTICATED_REMOTE",
+        value_name = "BOOL",
+        default_value = "false",
+        value_parser = yes_or_no(),
+        action = clap::ArgAction::Set,
+    )]
+    pub live_unauthenticated_remote: bool,
 
     /// Log format: `json`, `text`, or `auto` (text on a terminal, JSON otherwise). Filter with RUST_LOG.
     #[arg(long, env = "TRACKWAY_LOG_FORMAT", default_value = "auto")]
@@ -266,7 +396,26 @@ pub struct Config {
 }
 
 impl Settings {
-    /// Checks every value; the error names the setting and never repeats a connection string.
+    /// The configuration from `args` (the process's, or a test's) and the environment. A request for
+    /// `--help` or `--version` and a malformed command line are [`Error::Usage`] (clap prints them); a bad
+    /// value is [`Error::Config`], naming the setting.
+    pub fn load<I, T>(args: I) -> Result<Config, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let settings = Settings::try_parse_from(args).map_err(|e| match e.kind() {
+            // A rule's own message ("error: " is clap's prefix).
+            clap::error::ErrorKind::ValueValidation => {
+                Error::Config(e.to_string().trim_start_matches("error: ").trim_end().to_owned())
+            }
+            _ => Error::Usage(e),
+        })?;
+        settings.validate()
+    }
+
+    /// Checks what the parsers could not (rules between settings, connection strings); the error names the
+    /// setting and never repeats a connection string.
     pub fn validate(self) -> Result<Config, Error> {
         let bad = setting_error;
         let database = tokio_postgres::Config::from_str(&self.database_url)
@@ -286,16 +435,6 @@ impl Settings {
             }
         }
         let live = self.live()?;
-        let batch_size = whole("TRACKWAY_BATCH_SIZE", &self.batch_size, 1..=10_000)?;
-        let batch_bytes = whole("TRACKWAY_BATCH_BYTES", &self.batch_bytes, 65_536..=1 << 30)?;
-        let max_payload_bytes = whole("TRACKWAY_MAX_PAYLOAD_BYTES", &self.max_payload_bytes, 1..=(1 << 30) - 1)?;
-        let ingest_timeout = millis("TRACKWAY_INGEST_TIMEOUT_MS", &self.ingest_timeout_ms, 100..=3_600_000)?;
-        let block = millis("TRACKWAY_BLOCK_MS", &self.block_ms, 1..=60_000)?;
-        let max_deliveries = whole("TRACKWAY_MAX_DELIVERIES", &self.max_deliveries, 1..=1_000_000)?;
-        let claim_idle = millis("TRACKWAY_CLAIM_IDLE_MS", &self.claim_idle_ms, 1000..=86_400_000)?;
-        let admin_addr = self.admin_addr.parse().map_err(|_| {
-            bad("TRACKWAY_ADMIN_ADDR", format!("{:?} is not an address like 127.0.0.1:9090", self.admin_addr))
-        })?;
         let consumer = match self.consumer {
             Some(c) if c.is_empty() => return Err(bad("TRACKWAY_CONSUMER", "must not be empty".into())),
             Some(c) => c,
@@ -320,53 +459,23 @@ impl Settings {
         let ingest = IngestConfig {
             redis,
             names,
-            batch_size,
-            batch_bytes,
-            max_payload_bytes,
-            ingest_timeout,
-            block,
-            max_deliveries,
-            claim_idle,
+            batch_size: self.batch_size,
+            batch_bytes: self.batch_bytes,
+            max_payload_bytes: self.max_payload_bytes,
+            ingest_timeout: self.ingest_timeout,
+            block: self.block,
+            max_deliveries: self.max_deliveries,
+            claim_idle: self.claim_idle,
         };
-        Ok(Config { database, ingest, admin_addr, live, log_format: self.log_format })
+        Ok(Config { database, ingest, admin_addr: self.admin_addr, live, log_format: self.log_format })
     }
-}
 
-/// A bad setting: the error names its variable and its flag.
-fn setting_error(name: &str, why: String) -> Error {
-    Error::Config(format!("{name} (--{}): {why}", flag_of(name)))
-}
-
-/// A whole-number setting within `range`, parsed straight into the type the relay uses (no second
-/// default, no conversion that could fall back to one).
-fn whole<T>(name: &str, text: &str, range: std::ops::RangeInclusive<T>) -> Result<T, Error>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display,
-{
-    let value: T = text.trim().parse().map_err(|_| setting_error(name, format!("{text:?} is not a whole number")))?;
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(setting_error(name, format!("{value} is outside {}–{}", range.start(), range.end())))
-    }
-}
-
-/// A setting in milliseconds within `range`.
-fn millis(name: &str, text: &str, range: std::ops::RangeInclusive<u64>) -> Result<Duration, Error> {
-    whole(name, text, range).map(Duration::from_millis)
-}
-
-impl Settings {
     /// The live settings, checked like the rest (`None` when the live side is off).
     fn live(&self) -> Result<Option<LiveConfig>, Error> {
         let bad = setting_error;
-        if self.live_addr.trim().eq_ignore_ascii_case("off") {
+        let LiveAddr::At(addr) = self.live_addr else {
             return Ok(None);
-        }
-        let addr = self.live_addr.parse().map_err(|_| {
-            bad("TRACKWAY_LIVE_ADDR", format!("{:?} is not an address like 0.0.0.0:8080 (or off)", self.live_addr))
-        })?;
-        let (ms, count) = (millis, whole::<usize>);
+        };
         let auth = match self.auth {
             AuthMode::Jwt => {
                 let secret = self.jwt_secret.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
@@ -396,28 +505,10 @@ impl Settings {
                         "is required when TRACKWAY_AUTH=directus: an http:// URL".into(),
                     ));
                 }
-                AuthConfig::Directus {
-                    url,
-                    timeout: ms("TRACKWAY_DIRECTUS_TIMEOUT_MS", &self.directus_timeout_ms, 100..=60_000)?,
-                    cache_ttl: Duration::from_secs(whole(
-                        "TRACKWAY_DIRECTUS_CACHE_SECONDS",
-                        &self.directus_cache_seconds,
-                        1..=86_400,
-                    )?),
-                }
+                AuthConfig::Directus { url, timeout: self.directus_timeout, cache_ttl: self.directus_cache }
             }
             AuthMode::None => {
-                let remote = match self.live_unauthenticated_remote.trim().to_ascii_lowercase().as_str() {
-                    "true" | "yes" | "1" | "on" => true,
-                    "false" | "no" | "0" | "off" | "" => false,
-                    other => {
-                        return Err(bad(
-                            "TRACKWAY_LIVE_UNAUTHENTICATED_REMOTE",
-                            format!("{other:?} is not true or false"),
-                        ))
-                    }
-                };
-                if !remote && !SocketAddr::ip(&addr).is_loopback() {
+                if !self.live_unauthenticated_remote && !addr.ip().is_loopback() {
                     return Err(bad(
                         "TRACKWAY_LIVE_ADDR",
                         format!(
@@ -440,35 +531,120 @@ impl Settings {
             origins,
             addr,
             auth,
-            max_connections: count("TRACKWAY_LIVE_MAX_CONNECTIONS", &self.live_max_connections, 1..=1_000_000)?,
-            max_unauthenticated: count(
-                "TRACKWAY_LIVE_MAX_UNAUTHENTICATED",
-                &self.live_max_unauthenticated,
-                1..=1_000_000,
-            )?,
-            max_connections_per_user: count(
-                "TRACKWAY_LIVE_MAX_CONNECTIONS_PER_USER",
-                &self.live_max_connections_per_user,
-                1..=1_000_000,
-            )?,
-            header_timeout: ms("TRACKWAY_LIVE_HEADER_TIMEOUT_MS", &self.live_header_timeout_ms, 100..=600_000)?,
-            max_queued_bytes: count("TRACKWAY_LIVE_MAX_QUEUED_BYTES", &self.live_max_queued_bytes, 65_536..=1 << 30)?,
-            subscribe_timeout: ms(
-                "TRACKWAY_LIVE_SUBSCRIBE_TIMEOUT_MS",
-                &self.live_subscribe_timeout_ms,
-                100..=600_000,
-            )?,
-            max_subscriptions: count("TRACKWAY_LIVE_MAX_SUBSCRIPTIONS", &self.live_max_subscriptions, 1..=100_000)?,
-            max_message_bytes: count("TRACKWAY_LIVE_MAX_MESSAGE_BYTES", &self.live_max_message_bytes, 256..=1 << 24)?,
-            auth_timeout: ms("TRACKWAY_LIVE_AUTH_TIMEOUT_MS", &self.live_auth_timeout_ms, 100..=600_000)?,
-            ping_interval: ms("TRACKWAY_LIVE_PING_MS", &self.live_ping_ms, 100..=3_600_000)?,
-            queue: count("TRACKWAY_LIVE_QUEUE", &self.live_queue, 1..=1_000_000)?,
-            send_timeout: ms("TRACKWAY_LIVE_SEND_TIMEOUT_MS", &self.live_send_timeout_ms, 100..=600_000)?,
-            max_replay: count("TRACKWAY_LIVE_MAX_REPLAY", &self.live_max_replay, 1..=1_000_000)?,
-            answer_connections: count("TRACKWAY_LIVE_ANSWER_CONNECTIONS", &self.live_answer_connections, 1..=64)?,
-            poll_interval: ms("TRACKWAY_LIVE_POLL_MS", &self.live_poll_ms, 10..=60_000)?,
+            max_connections: self.live_max_connections,
+            max_unauthenticated: self.live_max_unauthenticated,
+            max_connections_per_user: self.live_max_connections_per_user,
+            header_timeout: self.live_header_timeout,
+            max_queued_bytes: self.live_max_queued_bytes,
+            subscribe_timeout: self.live_subscribe_timeout,
+            max_subscriptions: self.live_max_subscriptions,
+            max_message_bytes: self.live_max_message_bytes,
+            auth_timeout: self.live_auth_timeout,
+            ping_interval: self.live_ping,
+            queue: self.live_queue,
+            send_timeout: self.live_send_timeout,
+            max_replay: self.live_max_replay,
+            answer_connections: self.live_answer_connections,
+            poll_interval: self.live_poll,
         }))
     }
+}
+
+/// A bad setting: the error names its variable and its flag.
+fn setting_error(name: &str, why: String) -> Error {
+    Error::Config(format!("{name} (--{}): {why}", flag_of(name)))
+}
+
+/// Where the live side listens, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveAddr {
+    /// `TRACKWAY_LIVE_ADDR=off`: a relay that only ingests.
+    Off,
+    /// The address to bind.
+    At(SocketAddr),
+}
+
+/// A setting's value parser: one rule from text to the type the relay uses, run by clap for the flag and
+/// the variable alike, at start. Its error names the variable and the flag (never the value of a hidden
+/// one: the connection strings are not parsed here) and the rule that was broken.
+#[derive(Clone)]
+struct Rule<T>(Check<T>);
+
+/// A rule's function: the value, or why the text is not one.
+type Check<T> = Arc<dyn Fn(&str) -> Result<T, String> + Send + Sync>;
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Rule<T> {
+    type Value = T;
+
+    fn parse_ref(&self, _: &clap::Command, arg: Option<&clap::Arg>, value: &OsStr) -> Result<T, clap::Error> {
+        let text = value.to_str().ok_or_else(|| "is not UTF-8".to_owned());
+        text.and_then(|text| (self.0)(text)).map_err(|why| {
+            let env = arg.and_then(clap::Arg::get_env).map(|e| e.to_string_lossy().into_owned());
+            let flag = arg.and_then(clap::Arg::get_long).unwrap_or("?");
+            let setting = env.map_or_else(|| format!("--{flag}"), |env| format!("{env} (--{flag})"));
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{setting}: {why}\n"))
+        })
+    }
+}
+
+/// A rule from a function.
+fn rule<T>(check: impl Fn(&str) -> Result<T, String> + Send + Sync + 'static) -> Rule<T> {
+    Rule(Arc::new(check))
+}
+
+/// A whole number within `range`, straight into the type the relay uses.
+fn whole<T>(range: RangeInclusive<T>) -> Rule<T>
+where
+    T: FromStr + PartialOrd + fmt::Display + Send + Sync + 'static,
+{
+    rule(move |text| {
+        let value: T = text.trim().parse().map_err(|_| format!("{text:?} is not a whole number"))?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("{value} is outside {}–{}", range.start(), range.end()))
+        }
+    })
+}
+
+/// A duration given in milliseconds, within `range`.
+fn millis(range: RangeInclusive<u64>) -> Rule<Duration> {
+    let whole = whole(range).0;
+    rule(move |text| whole(text).map(Duration::from_millis))
+}
+
+/// A duration given in seconds, within `range`.
+fn seconds(range: RangeInclusive<u64>) -> Rule<Duration> {
+    let whole = whole(range).0;
+    rule(move |text| whole(text).map(Duration::from_secs))
+}
+
+/// A socket address (`host:port` with an IP address).
+fn address(example: &'static str) -> Rule<SocketAddr> {
+    rule(move |text| text.trim().parse().map_err(|_| format!("{text:?} is not an address like {example}")))
+}
+
+/// The live address, or `off`.
+fn live_address() -> Rule<LiveAddr> {
+    let at = address("0.0.0.0:8080 (or off)").0;
+    rule(
+        move |text| {
+            if text.trim().eq_ignore_ascii_case("off") {
+                Ok(LiveAddr::Off)
+            } else {
+                at(text).map(LiveAddr::At)
+            }
+        },
+    )
+}
+
+/// `true`/`false` (also yes/no, 1/0, on/off; empty is false).
+fn yes_or_no() -> Rule<bool> {
+    rule(|text| match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => Ok(true),
+        "false" | "no" | "0" | "off" | "" => Ok(false),
+        other => Err(format!("{other:?} is not true or false")),
+    })
 }
 
 /// The command-line flag of an environment variable (`TRACKWAY_BATCH_SIZE` → `batch-size`).
@@ -523,7 +699,7 @@ mod tests {
             argv.extend(["--jwt-secret", "test-secret"]);
         }
         argv.extend_from_slice(args);
-        Settings::try_parse_from(argv).map_err(|e| Error::Config(e.to_string()))?.validate()
+        Settings::load(argv)
     }
 
     #[test]

@@ -10,6 +10,10 @@ pub enum Error {
     /// A setting has a bad value; the message names the setting.
     #[error("{0}")]
     Config(String),
+    /// The command line asks for help or the version, or does not parse (an unknown flag, a missing value):
+    /// clap's own message, printed as clap prints it.
+    #[error("{0}")]
+    Usage(clap::Error),
     /// The admin listener could not be bound or served.
     #[error("admin server on {addr}: {source}")]
     Admin {

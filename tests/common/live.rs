@@ -3,7 +3,6 @@
 
 use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
-use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -60,7 +59,7 @@ impl LiveRelay {
     pub async fn start_on(args: &[String], live_listener: TcpListener) -> LiveRelay {
         let mut argv = vec!["trackway-relay".to_owned()];
         argv.extend_from_slice(args);
-        let mut config = Settings::try_parse_from(argv).expect("flags").validate().expect("valid config");
+        let mut config = Settings::load(argv).expect("valid config");
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let (admin, live) = (admin_listener.local_addr().expect("addr"), live_listener.local_addr().expect("addr"));
         let shutdown = Shutdown::new();

@@ -11,7 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::Parser;
 use redis::{aio::MultiplexedConnection, AsyncCommands};
 use tokio::{net::TcpListener, task::JoinHandle};
 use trackway_relay::{config::Settings, Error, Shutdown};
@@ -160,7 +159,7 @@ impl InProcess {
         if !args.contains(&"--live-addr") {
             argv.extend(["--live-addr", "off"]);
         }
-        let config = Settings::try_parse_from(argv).expect("flags").validate().expect("valid config");
+        let config = Settings::load(argv).expect("valid config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let admin = listener.local_addr().expect("addr");
         let shutdown = Shutdown::new();
