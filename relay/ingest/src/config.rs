@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use trackway_redis::{ConnectionInfo, StreamNames};
 
-/// Validated settings of the ingest side.
-#[derive(Clone)]
+/// Validated settings of the ingest side. `Debug` is derived: redis's own `Debug` redacts the password
+/// (checked by the relay's `debug_never_shows_the_password`).
+#[derive(Clone, Debug)]
 pub struct IngestConfig {
-    /// Where the positions come from (holds a password when the URL has one: never printed by `Debug`).
+    /// Where the positions come from (with the password when the URL has one).
     pub redis: ConnectionInfo,
     /// Names in Redis: stream, group, consumer, dead-letter stream, payload field.
     pub names: StreamNames,
@@ -26,32 +27,4 @@ pub struct IngestConfig {
     pub max_deliveries: u64,
     /// Idle time after which another consumer's pending entries are claimed.
     pub claim_idle: Duration,
-}
-
-impl std::fmt::Debug for IngestConfig {
-    /// Every field, with Redis as its address only (no password).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let IngestConfig {
-            redis,
-            names,
-            batch_size,
-            batch_bytes,
-            max_payload_bytes,
-            ingest_timeout,
-            block,
-            max_deliveries,
-            claim_idle,
-        } = self;
-        f.debug_struct("IngestConfig")
-            .field("redis", &redis.addr().to_string())
-            .field("names", names)
-            .field("batch_size", batch_size)
-            .field("batch_bytes", batch_bytes)
-            .field("max_payload_bytes", max_payload_bytes)
-            .field("ingest_timeout", ingest_timeout)
-            .field("block", block)
-            .field("max_deliveries", max_deliveries)
-            .field("claim_idle", claim_idle)
-            .finish()
-    }
 }
