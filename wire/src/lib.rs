@@ -29,6 +29,7 @@
 //! - `batch`: planning one `ingest_batch` call (decode, de-duplicate, order);
 //! - `store`: [`StorePolicy`], whether a batch is inserted optimistically or with `ON CONFLICT`;
 //! - `limits`: [`Limits`], the size and future-time limits set by the server;
+//! - [`shard`]: the shard of a device in a sharded stream (producers compute the same function);
 //! - `sql`: [`keep_latest_sql!`], the latest-position rule as SQL text (the extension's and the
 //!   benchmark's).
 
@@ -45,6 +46,7 @@ mod fast;
 mod json;
 mod limits;
 mod number;
+pub mod shard;
 mod sql;
 mod store;
 mod timestamp;
