@@ -73,3 +73,50 @@ async fn simulator_writes_what_its_summary_says() {
     // Late positions held back when it stopped were flushed at once, maybe before a newer one was sent.
     assert!(older <= late && older > 0, "{older} older than their device's latest; {summary}");
 }
+
+/// `--shards 4`: each device's entries go to `<stream>:{i}`, i its shard (`trackway_wire::shard`), all of
+/// them and in order; together the shards hold every entry the summary counts, none in the base stream.
+#[tokio::test]
+async fn sharded_simulator_keeps_each_device_in_its_shard() {
+    let stream = unique("sim_sharded");
+    let child = Command::new(env!("CARGO_BIN_EXE_sim-under-test"))
+        .args(["--redis-url", &redis_url(), "--stream", &stream, "--shards", "4"])
+        .args(["--devices", "40", "--rate", "400", "--seed", "5", "--seconds", "2"])
+        .args(["--duplicates", "0", "--late", "0", "--invalid", "0"])
+        .env_remove("DATABASE_URL")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start trackway-sim");
+    let output = child.wait_with_output().expect("trackway-sim output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status);
+    let summary = stderr.lines().find(|l| l.starts_with("sent ")).unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let total = count(summary, "entries");
+
+    let mut conn = redis(&redis_url()).await;
+    let base = read_all(&mut conn, &stream).await;
+    assert!(base.is_empty(), "{} entries in the unsharded stream", base.len());
+    let (mut stored, mut shards_used) = (0u64, 0);
+    let mut devices_seen = HashSet::new();
+    for shard in 0..4u32 {
+        let key = format!("{stream}:{{{shard}}}");
+        let entries = read_all(&mut conn, &key).await;
+        let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.expect("DEL");
+        shards_used += usize::from(!entries.is_empty());
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for (_, fields) in &entries {
+            let position =
+                trackway_wire::decode(fields["payload"].as_bytes(), trackway_wire::DEFAULT_MAX_PAYLOAD_BYTES)
+                    .expect("valid position");
+            let device = position.device_id.clone();
+            assert_eq!(trackway_wire::shard::shard_of(&device, 4), shard, "{device} in {key}");
+            let previous = last.insert(device.clone(), position.ts_micros);
+            assert!(previous.is_none_or(|t| t < position.ts_micros), "{device}'s positions out of order in {key}");
+            devices_seen.insert(device);
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, total, "{summary}");
+    assert_eq!(devices_seen.len(), 40, "every device sent");
+    assert_eq!(shards_used, 4, "40 devices spread over all 4 shards");
+}

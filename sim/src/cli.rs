@@ -30,6 +30,11 @@ pub struct Args {
     /// Field of each stream entry that holds the payload.
     #[arg(long, env = "TRACKWAY_PAYLOAD_FIELD", default_value = "payload")]
     payload_field: String,
+    /// Shards of the stream (0–1024): 0 writes to the stream itself; N writes each device's positions to
+    /// `<stream>:{i}`, i its shard in 0..N (`trackway_wire::shard`, README "Scaling out"), so that a
+    /// device's positions stay in one shard, in order.
+    #[arg(long, env = "TRACKWAY_STREAM_SHARDS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    shards: u32,
     /// Number of devices (ids 356307042441000, 356307042441001, ...).
     #[arg(long, env = "TRACKWAY_SIM_DEVICES", default_value_t = 10)]
     devices: usize,
@@ -229,6 +234,73 @@ fn dry_run(args: &Args, mut fleet: Fleet) -> Result<()> {
     Ok(())
 }
 
+/// Where each device's entries go: one stream, or the shard keys `<stream>:{i}`.
+struct Shards {
+    /// The stream keys, one per shard (one key when the stream is not sharded).
+    keys: Vec<String>,
+    /// Each device's index into `keys`, by device index.
+    of_device: Vec<usize>,
+}
+
+impl Shards {
+    /// The keys of `stream` in `shards` shards (0: the stream itself) and the shard of each device.
+    fn new<'a>(stream: &str, shards: u32, devices: impl Iterator<Item = &'a str>) -> Shards {
+        if shards == 0 {
+            return Shards { keys: vec![stream.to_owned()], of_device: devices.map(|_| 0).collect() };
+        }
+        let keys = (0..shards).map(|i| format!("{stream}:{{{i}}}")).collect();
+        let of_device = devices.map(|d| trackway_wire::shard::shard_of(d, shards) as usize).collect();
+        Shards { keys, of_device }
+    }
+
+    /// For the start-up line.
+    fn describe(&self) -> String {
+        match self.keys.as_slice() {
+            [one] => format!("stream {one:?}"),
+            keys => format!("{} shards {:?} … {:?}", keys.len(), keys[0], keys[keys.len() - 1]),
+        }
+    }
+}
+
+/// XADDs the first `n` entries of `backlog`, each to its device's shard (in backlog order within a shard,
+/// so a device's entries keep their order), and removes from `backlog` those Redis took, counted in
+/// `tally`: after a failure only the entries not sent stay (none is sent twice).
+async fn send(
+    conn: &mut redis::aio::MultiplexedConnection,
+    shards: &Shards,
+    field: &str,
+    backlog: &mut Vec<Entry>,
+    n: usize,
+    tally: &mut Tally,
+) -> redis::RedisResult<()> {
+    let mut sent = vec![false; n];
+    let mut result = Ok(());
+    for (shard, key) in shards.keys.iter().enumerate() {
+        let of_shard: Vec<usize> = (0..n).filter(|&i| shards.of_device[backlog[i].device] == shard).collect();
+        if of_shard.is_empty() {
+            continue;
+        }
+        let payloads: Vec<&str> = of_shard.iter().map(|&i| backlog[i].payload.as_str()).collect();
+        match crate::stream::xadd_payloads_as(conn, key, field, &payloads).await {
+            Ok(_) => of_shard.iter().for_each(|&i| sent[i] = true),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let mut index = 0;
+    backlog.retain(|e| {
+        let keep = index >= n || !sent[index];
+        if !keep {
+            tally.add(e.kind);
+        }
+        index += 1;
+        keep
+    });
+    result
+}
+
 /// Runs the simulator with these options until `--seconds` have passed, or Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> Result<()> {
     let config = args.config()?;
@@ -240,6 +312,7 @@ pub async fn run(args: Args) -> Result<()> {
         return dry_run(&args, fleet);
     }
     let mut fleet = fleet;
+    let shards = Shards::new(&args.stream, args.shards, fleet.device_ids());
     if let Some(group) = &args.group {
         let url = args.database_url.as_deref().context("--group needs --database-url (or DATABASE_URL)")?;
         join_group(url, group, &fleet).await?;
@@ -247,10 +320,10 @@ pub async fn run(args: Args) -> Result<()> {
     let client = redis::Client::open(args.redis_url.as_str()).context("REDIS_URL")?;
     let mut conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
     eprintln!(
-        "{} devices writing to stream {:?} (field {:?}) every {:.1} ms each ({:.1} positions/s), seed {}, \
+        "{} devices writing to {} (field {:?}) every {:.1} ms each ({:.1} positions/s), seed {}, \
          duplicates {}, late {}, invalid {}{}",
         config.devices,
-        args.stream,
+        shards.describe(),
         args.payload_field,
         config.interval_us as f64 / 1000.0,
         config.devices as f64 * 1e6 / config.interval_us as f64,
@@ -292,10 +365,8 @@ pub async fn run(args: Args) -> Result<()> {
         }
         while !backlog.is_empty() {
             let n = backlog.len().min(args.batch);
-            let payloads: Vec<&str> = backlog[..n].iter().map(|e| e.payload.as_str()).collect();
-            match crate::stream::xadd_payloads_as(&mut conn, &args.stream, &args.payload_field, &payloads).await {
-                Ok(_) => {
-                    backlog.drain(..n).for_each(|e| tally.add(e.kind));
+            match send(&mut conn, &shards, &args.payload_field, &mut backlog, n, &mut tally).await {
+                Ok(()) => {
                     if failing {
                         eprintln!("XADD works again");
                         failing = false;
