@@ -263,18 +263,18 @@ SET search_path = pg_catalog, trackway, pg_temp
 AS $$
 DECLARE
     n bigint; plan text;
-    xids bigint[]; seqs bigint[]; devs text[]; tss timestamptz[];
-    lats float8[]; lons float8[]; alts float8[]; angs float8[]; spds float8[];
-    sats int2[]; pris int2[]; atts text[];
+    -- The new rows, as rows: both the rule and the announcements take them whole.
+    new_positions trackway.positions[];
 BEGIN
     IF trackway._ingest_batch_statement() THEN
         RETURN NULL;
     END IF;
+    new_positions := ARRAY(SELECT ROW(r.*)::trackway.positions FROM new_rows r);
 
     -- latest_positions: the one statement of the rule (pg_ext/src/latest.rs).
-    PERFORM trackway._keep_latest(ARRAY(SELECT ROW(n.*)::trackway.positions FROM new_rows n));
+    PERFORM trackway._keep_latest(new_positions);
 
-    SELECT count(*) INTO n FROM new_rows;
+    n := cardinality(new_positions);
     IF n = 0 THEN
         RETURN NULL;
     END IF;
@@ -286,16 +286,9 @@ BEGIN
              (SELECT r.ingest_xid::text::bigint AS xid, r.ingest_seq AS seq FROM new_rows r
               ORDER BY r.ingest_xid, r.ingest_seq LIMIT 1) AS f;
     ELSIF plan IN ('full', 'reference') THEN
-        SELECT array_agg(n.ingest_xid::text::bigint), array_agg(n.ingest_seq), array_agg(n.device_id),
-               array_agg(n.ts), array_agg(n.latitude), array_agg(n.longitude), array_agg(n.altitude),
-               array_agg(n.angle), array_agg(n.speed), array_agg(n.satellites), array_agg(n.priority),
-               array_agg(n.attributes::text)
-        INTO xids, seqs, devs, tss, lats, lons, alts, angs, spds, sats, pris, atts
-        FROM new_rows n;
         PERFORM pg_notify('trackway_positions', a.payload)
         FROM trackway._snapshot() AS s,
-             trackway._announcements(plan, s.xmax, s.in_progress, xids, seqs, devs, tss, lats, lons, alts,
-                                     angs, spds, sats, pris, atts) AS a(payload);
+             trackway._announcements(plan, s.xmax, s.in_progress, new_positions) AS a(payload);
     END IF;
     RETURN NULL;
 END

@@ -787,3 +787,32 @@ async fn every_write_route_keeps_the_same_latest_positions_and_announcements() {
         }
     }
 }
+
+/// The insert trigger's statements are prepared once per session for the type of the rows they take
+/// (`trackway.positions[]`, an oid of this install): after `DROP EXTENSION` and `CREATE EXTENSION` in the
+/// same session the type is a new one, and plain inserts keep their latest positions and announcements.
+#[tokio::test]
+async fn the_trigger_works_after_the_extension_is_created_again_in_the_same_session() {
+    let db = fresh_database("recreated_in_session").await;
+    let client = connect(&db).await;
+    let insert = |device: &str| {
+        format!(
+            "INSERT INTO trackway.positions (device_id, ts, latitude, longitude)
+             VALUES ('{device}', '2026-11-27 08:00:00+00', 1, 2), ('{device}', '2026-11-27 08:00:01+00', 3, 4)"
+        )
+    };
+    client.batch_execute(&insert("before")).await.expect("insert before");
+    let timescaledb = count(&client, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").await > 0;
+    client.batch_execute("DROP EXTENSION trackway CASCADE; CREATE EXTENSION trackway").await.expect("re-create");
+    if timescaledb {
+        let hypertables =
+            "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'positions'";
+        assert_eq!(count(&client, hypertables).await, 1, "CREATE EXTENSION makes the hypertable again");
+    }
+    client.batch_execute(&insert("after")).await.expect("insert after: the kept plans follow the new type");
+    let latest = client
+        .query_one("SELECT device_id, latitude FROM trackway.latest_positions", &[])
+        .await
+        .expect("one latest position");
+    assert_eq!((latest.get::<_, String>(0), latest.get::<_, f64>(1)), ("after".to_owned(), 3.0));
+}

@@ -4,7 +4,9 @@
 use pgrx::prelude::*;
 use trackway_wire::{announcements, summary, Detail, NewRow, Position};
 
+use crate::rows_plan::{self, KeptForType};
 use crate::settings::{self, Plan};
+use crate::statement;
 use crate::time::to_unix_micros;
 
 /// How the trigger announces `rows` new rows: `full`, `reference` (one entry per row), `bulk`, `queue` (one
@@ -36,69 +38,60 @@ fn announce_summary(
     summary(u64::try_from(rows).unwrap_or(0), reason, xid, first_seq, xmax, &in_progress)
 }
 
-/// The payloads announcing the rows given column by column (as the trigger aggregates its transition
-/// table), with `detail` `full` or `reference`; `snapshot_xmax` and `in_progress` describe a snapshot of
-/// the inserting transaction. See `trackway_wire::announce` for the format.
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(immutable, parallel_safe, name = "_announcements")]
+/// The rows of an array of `trackway.positions` rows, as the announcements need them: the cursor columns
+/// and the position columns (the one place a statement lists them for announcing).
+const ROWS_OF_ARRAY: &str = "\
+    SELECT r.ingest_xid::pg_catalog.text::pg_catalog.int8, r.ingest_seq, r.device_id, r.ts, r.latitude, \
+           r.longitude, r.altitude, r.angle, r.speed, r.satellites, r.priority, r.attributes::pg_catalog.text \
+    FROM pg_catalog.unnest($1::trackway.positions[]) AS r";
+
+thread_local! {
+    /// [`ROWS_OF_ARRAY`], prepared once per backend.
+    static ROWS_OF_ARRAY_PLAN: KeptForType = const { std::cell::RefCell::new(None) };
+}
+
+/// The payloads announcing `rows`, an array of `trackway.positions` rows (the insert trigger passes its
+/// transition table's rows, the same array it keeps the latest positions from), with `detail` `full` or
+/// `reference`; `snapshot_xmax` and `in_progress` describe a snapshot of the inserting transaction. See
+/// `trackway_wire::announce` for the format.
+#[pg_extern(stable, parallel_safe, name = "_announcements")]
 #[search_path(pg_catalog, @extschema@, pg_temp)]
 fn announcement_payloads(
     detail: &str,
     snapshot_xmax: i64,
     in_progress: Vec<i64>,
-    xids: Vec<i64>,
-    seqs: Vec<i64>,
-    device_ids: Vec<String>,
-    ts: Vec<TimestampWithTimeZone>,
-    latitude: Vec<f64>,
-    longitude: Vec<f64>,
-    altitude: Vec<Option<f64>>,
-    angle: Vec<Option<f64>>,
-    speed: Vec<Option<f64>>,
-    satellites: Vec<Option<i16>>,
-    priority: Vec<Option<i16>>,
-    attributes: Vec<Option<String>>,
-) -> SetOfIterator<'static, String> {
-    let n = xids.len();
-    let same_length = [
-        seqs.len(),
-        device_ids.len(),
-        ts.len(),
-        latitude.len(),
-        longitude.len(),
-        altitude.len(),
-        angle.len(),
-        speed.len(),
-        satellites.len(),
-        priority.len(),
-        attributes.len(),
-    ]
-    .iter()
-    .all(|&len| len == n);
-    if !same_length {
-        error!("trackway._announcements: column arrays differ in length");
-    }
-    let mut rows: Vec<NewRow> = Vec::with_capacity(n);
-    let mut attributes = attributes.into_iter();
-    for (i, device_id) in device_ids.into_iter().enumerate() {
-        rows.push(NewRow {
-            xid: u64::try_from(xids[i]).unwrap_or(0),
-            seq: seqs[i],
-            position: Position {
-                device_id,
-                ts_micros: to_unix_micros(ts[i]),
-                latitude: latitude[i],
-                longitude: longitude[i],
-                altitude: altitude[i],
-                angle: angle[i],
-                speed: speed[i],
-                satellites: satellites[i],
-                priority: priority[i],
-                attributes: attributes.next().flatten(),
-            },
-        });
-    }
+    rows: pgrx::AnyArray,
+) -> Result<SetOfIterator<'static, String>, pgrx::spi::Error> {
+    let oid = rows.oid();
+    let rows = statement::argument_of_its_own_type(rows);
+    let mut new_rows = Spi::connect_mut(|client| {
+        let table =
+            rows_plan::with_plan_for(&ROWS_OF_ARRAY_PLAN, client, (ROWS_OF_ARRAY, false), oid, |client, plan| {
+                client.select(plan, None, &[rows])
+            })?;
+        let mut new_rows: Vec<NewRow> = Vec::with_capacity(table.len());
+        for row in table {
+            new_rows.push(NewRow {
+                xid: row.get::<i64>(1)?.and_then(|x| u64::try_from(x).ok()).unwrap_or(0),
+                seq: row.get::<i64>(2)?.unwrap_or(0),
+                position: Position {
+                    device_id: row.get::<String>(3)?.unwrap_or_default(),
+                    ts_micros: row.get::<TimestampWithTimeZone>(4)?.map_or(0, to_unix_micros),
+                    latitude: row.get::<f64>(5)?.unwrap_or(0.0),
+                    longitude: row.get::<f64>(6)?.unwrap_or(0.0),
+                    altitude: row.get(7)?,
+                    angle: row.get(8)?,
+                    speed: row.get(9)?,
+                    satellites: row.get(10)?,
+                    priority: row.get(11)?,
+                    attributes: row.get(12)?,
+                },
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(new_rows)
+    })?;
     let in_progress: Vec<u64> = in_progress.into_iter().filter_map(|x| u64::try_from(x).ok()).collect();
     let detail = if detail == "reference" { Detail::Reference } else { Detail::Full };
-    SetOfIterator::new(announcements(&mut rows, u64::try_from(snapshot_xmax).unwrap_or(0), &in_progress, detail))
+    let xmax = u64::try_from(snapshot_xmax).unwrap_or(0);
+    Ok(SetOfIterator::new(announcements(&mut new_rows, xmax, &in_progress, detail)))
 }

@@ -6,6 +6,7 @@
 //!   announce;
 //! - [`latest`] — the latest-position rule, stated once (`ingest_batch` embeds it, the insert trigger calls
 //!   `trackway._keep_latest`);
+//! - [`rows_plan`] — the trigger's statements over its rows, prepared once per backend;
 //! - [`statement`] — tells the insert trigger which INSERT is `ingest_batch`'s own (the only `unsafe` code);
 //! - [`inspect`] — `trackway.decode(text)`, the wire document of a stored row, cursors;
 //! - [`announce`] — the NOTIFY payloads built by the insert trigger (plain `INSERT`/`COPY`);
@@ -24,6 +25,7 @@ mod errors;
 mod ingest;
 mod inspect;
 mod latest;
+mod rows_plan;
 mod settings;
 mod statement;
 mod time;

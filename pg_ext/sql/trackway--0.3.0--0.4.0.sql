@@ -1,0 +1,218 @@
+-- trackway 0.3.0 → 0.4.0 (ALTER EXTENSION trackway UPDATE TO '0.4.0').
+--
+-- 0.4.0 gives the insert trigger's announcements the row-typed form: trackway._announcements takes the new
+-- rows as one array of trackway.positions rows (the array the trigger already hands to _keep_latest), not
+-- twelve column arrays the trigger aggregated one by one. The columns an announcement needs are read in
+-- one statement inside the function (pg_ext/src/announce.rs).
+-- Update in a new session (psql -X); see README "Upgrades and releases".
+-- tests/upgrade.rs checks that an updated database has exactly the objects, definitions and privileges of
+-- a fresh 0.4.0 install: keep this file in step with sql/schema.sql and sql/api.sql.
+
+-- The library: every C function pointed at this version's file (trackway-0.4.0.so), first, as
+-- `cargo pgrx schema` writes them for a fresh install, with OR REPLACE. _announcements changes its
+-- arguments: the old one goes (nothing but the trigger, replaced below, calls it).
+DROP FUNCTION trackway._announcements(text, bigint, bigint[], bigint[], bigint[], text[],
+                                      timestamptz[], float8[], float8[], float8[], float8[], float8[],
+                                      int2[], int2[], text[]);
+
+-- trackway::announce::_announce_plan
+CREATE OR REPLACE FUNCTION trackway."_announce_plan"(
+	"rows" bigint /* i64 */
+) RETURNS TEXT /* & '_ str */
+STRICT VOLATILE PARALLEL RESTRICTED 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'announce_plan_wrapper';
+
+-- trackway::announce::_announce_summary
+CREATE OR REPLACE FUNCTION trackway."_announce_summary"(
+	"rows" bigint, /* i64 */
+	"reason" TEXT, /* & str */
+	"snapshot_xmax" bigint, /* i64 */
+	"in_progress" bigint[], /* Vec < i64 > */
+	"first_xid" bigint, /* i64 */
+	"first_seq" bigint /* i64 */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'announce_summary_wrapper';
+
+-- trackway::announce::_announcements
+CREATE OR REPLACE FUNCTION trackway."_announcements"(
+	"detail" TEXT, /* & str */
+	"snapshot_xmax" bigint, /* i64 */
+	"in_progress" bigint[], /* Vec < i64 > */
+	"rows" anyarray /* pgrx :: AnyArray */
+) RETURNS SETOF TEXT /* String */
+STRICT STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'announcement_payloads_wrapper';
+
+-- trackway::ingest::_check_time
+CREATE OR REPLACE FUNCTION trackway."_check_time"(
+	"ts" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS void
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'check_time_wrapper';
+
+-- trackway::inspect::_cursor
+CREATE OR REPLACE FUNCTION trackway."_cursor"(
+	"xid" bigint, /* i64 */
+	"seq" bigint, /* i64 */
+	"snapshot_xmax" bigint, /* i64 */
+	"in_progress" bigint[] /* Vec < i64 > */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'cursor_wrapper';
+
+-- trackway::inspect::_cursor_after
+CREATE OR REPLACE FUNCTION trackway."_cursor_after"(
+	"after" TEXT, /* & str */
+	"xid" bigint, /* i64 */
+	"seq" bigint, /* i64 */
+	"more_in_txn" bool, /* bool */
+	"snapshot_xmax" bigint, /* i64 */
+	"in_progress" bigint[] /* Vec < i64 > */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'cursor_after_wrapper';
+
+-- trackway::inspect::_cursor_parts
+CREATE OR REPLACE FUNCTION trackway."_cursor_parts"(
+	"cursor" TEXT /* & str */
+) RETURNS TABLE (
+	"xid" bigint,  /* i64 */
+	"seq" bigint,  /* i64 */
+	"behind_xids" bigint[],  /* Vec < i64 > */
+	"behind_after" bigint[],  /* Vec < i64 > */
+	"range_xid" bigint,  /* Option < i64 > */
+	"range_seq" bigint  /* Option < i64 > */
+)
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'cursor_parts_wrapper';
+
+-- trackway::statement::_ingest_batch_row
+CREATE OR REPLACE FUNCTION trackway."_ingest_batch_row"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL RESTRICTED 
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'row_of_ingest_batch_wrapper';
+
+-- trackway::statement::_ingest_batch_statement
+CREATE OR REPLACE FUNCTION trackway."_ingest_batch_statement"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL RESTRICTED 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'owned_by_ingest_batch_wrapper';
+
+-- trackway::latest::_keep_latest
+CREATE OR REPLACE FUNCTION trackway."_keep_latest"(
+	"rows" anyarray /* AnyArray */
+) RETURNS VOID /* Result < (), pgrx :: spi :: Error > */
+STRICT VOLATILE PARALLEL UNSAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'keep_latest_of_wrapper';
+
+-- trackway::inspect::_wire_text
+CREATE OR REPLACE FUNCTION trackway."_wire_text"(
+	"device_id" TEXT, /* & str */
+	"ts" timestamp with time zone, /* TimestampWithTimeZone */
+	"latitude" double precision, /* f64 */
+	"longitude" double precision, /* f64 */
+	"altitude" double precision, /* Option < f64 > */
+	"angle" double precision, /* Option < f64 > */
+	"speed" double precision, /* Option < f64 > */
+	"satellites" smallint, /* Option < i16 > */
+	"priority" smallint, /* Option < i16 > */
+	"attributes" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+IMMUTABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'wire_text_wrapper';
+
+-- trackway::inspect::decode
+CREATE OR REPLACE FUNCTION trackway."decode"(
+	"payload" TEXT /* & str */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT STABLE PARALLEL SAFE
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'decode_wrapper';
+
+-- trackway::ingest::ingest
+CREATE OR REPLACE FUNCTION trackway."ingest"(
+	"payload" TEXT /* Option < & str > */
+) RETURNS TEXT /* & '_ str */
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'ingest_wrapper';
+
+-- trackway::ingest::ingest_batch
+CREATE OR REPLACE FUNCTION trackway."ingest_batch"(
+	"payloads" TEXT[] /* :: std :: option :: Option < Array < & str > > */
+) RETURNS TABLE (
+	"ord" INT,  /* i32 */
+	"status" TEXT,  /* & '_ str */
+	"error" TEXT  /* Option < String > */
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, @extschema@, pg_temp
+LANGUAGE c /* Rust */
+AS 'trackway-@CARGO_VERSION@', 'ingest_batch_wrapper';
+
+-- The statement-level insert trigger: keeps latest_positions and announces the new rows.
+-- Transition tables hold only the rows actually inserted (not ON CONFLICT duplicates) and are filled by
+-- INSERT and COPY alike, so every route into the table is announced, once per row, at commit.
+-- trackway.ingest/ingest_batch do both jobs themselves for their own INSERT (they hold the decoded rows);
+-- _ingest_batch_statement() is true only for that one statement, so it is skipped here.
+-- A statement with more than trackway.announce_max_rows rows (a bulk load, a restore), or one that runs
+-- while the NOTIFY queue is filling up, sends one summary instead of an entry per row.
+CREATE OR REPLACE FUNCTION trackway._positions_inserted() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, trackway, pg_temp
+AS $$
+DECLARE
+    n bigint; plan text;
+    -- The new rows, as rows: both the rule and the announcements take them whole.
+    new_positions trackway.positions[];
+BEGIN
+    IF trackway._ingest_batch_statement() THEN
+        RETURN NULL;
+    END IF;
+    new_positions := ARRAY(SELECT ROW(r.*)::trackway.positions FROM new_rows r);
+
+    -- latest_positions: the one statement of the rule (pg_ext/src/latest.rs).
+    PERFORM trackway._keep_latest(new_positions);
+
+    n := cardinality(new_positions);
+    IF n = 0 THEN
+        RETURN NULL;
+    END IF;
+    plan := trackway._announce_plan(n);
+    IF plan IN ('bulk', 'queue') THEN
+        PERFORM pg_notify('trackway_positions',
+                          trackway._announce_summary(n, plan, s.xmax, s.in_progress, f.xid, f.seq))
+        FROM trackway._snapshot() AS s,
+             (SELECT r.ingest_xid::text::bigint AS xid, r.ingest_seq AS seq FROM new_rows r
+              ORDER BY r.ingest_xid, r.ingest_seq LIMIT 1) AS f;
+    ELSIF plan IN ('full', 'reference') THEN
+        PERFORM pg_notify('trackway_positions', a.payload)
+        FROM trackway._snapshot() AS s,
+             trackway._announcements(plan, s.xmax, s.in_progress, new_positions) AS a(payload);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+REVOKE ALL ON FUNCTION trackway._announcements(text, bigint, bigint[], anyarray) FROM PUBLIC;
