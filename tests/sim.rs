@@ -120,3 +120,52 @@ async fn sharded_simulator_keeps_each_device_in_its_shard() {
     assert_eq!(devices_seen.len(), 40, "every device sent");
     assert_eq!(shards_used, 4, "40 devices spread over all 4 shards");
 }
+
+/// `--redis-cluster --shards 16` against a real Redis Cluster (three primaries, three replicas): every
+/// shard key is written on the node that serves its slot, each device's entries in its own shard, in
+/// order, and together they hold every entry the summary counts.
+#[tokio::test]
+async fn sharded_simulator_writes_into_a_redis_cluster() {
+    let cluster = tokio::task::spawn_blocking(trackway_tests::cluster::RedisCluster::start).await.expect("cluster");
+    let stream = unique("sim_cluster");
+    let seeds = cluster.urls().join(",");
+    let child = Command::new(env!("CARGO_BIN_EXE_sim-under-test"))
+        .args(["--redis-url", &seeds, "--redis-cluster", "--stream", &stream, "--shards", "16"])
+        .args(["--devices", "64", "--rate", "400", "--seed", "9", "--seconds", "2"])
+        .args(["--duplicates", "0", "--late", "0", "--invalid", "0"])
+        .env_remove("DATABASE_URL")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start trackway-sim");
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status);
+    let summary = stderr.lines().find(|l| l.starts_with("sent ")).unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let total = count(summary, "entries");
+
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("cluster client");
+    let mut conn = client.get_async_connection().await.expect("cluster connection");
+    let (mut stored, mut primaries) = (0u64, HashSet::new());
+    for shard in 0..16u32 {
+        let key = format!("{stream}:{{{shard}}}");
+        // On the primary that serves the key's slot, and nowhere else.
+        let primary = cluster.primary_of(&key);
+        let mut node = redis(&format!("redis://127.0.0.1:{primary}")).await;
+        let len: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut node).await.expect("XLEN on its primary");
+        primaries.insert(primary);
+        let entries = read_all(&mut conn, &key).await;
+        assert_eq!(entries.len() as u64, len, "{key}");
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for (_, fields) in &entries {
+            let position =
+                trackway_wire::decode(fields["payload"].as_bytes(), trackway_wire::DEFAULT_MAX_PAYLOAD_BYTES)
+                    .expect("valid position");
+            assert_eq!(trackway_wire::shard::shard_of(&position.device_id, 16), shard, "{key}");
+            let previous = last.insert(position.device_id.clone(), position.ts_micros);
+            assert!(previous.is_none_or(|t| t < position.ts_micros), "out of order in {key}");
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, total, "{summary}");
+    assert_eq!(primaries.len(), 3, "the 16 shards spread over all three primaries");
+}

@@ -21,9 +21,12 @@ const MAX_BACKLOG: usize = 1_000_000;
     about = "Simulated GPS trackers writing wire-format positions to a Redis Stream"
 )]
 pub struct Args {
-    /// Redis to write to.
+    /// Redis to write to; with `--redis-cluster`, a comma-separated list of cluster nodes to start from.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// `REDIS_URL` names a Redis Cluster (use with `--shards`: each shard key lives in its own slot).
+    #[arg(long, env = "TRACKWAY_REDIS_CLUSTER")]
+    redis_cluster: bool,
     /// Stream to write to.
     #[arg(long, env = "TRACKWAY_STREAM", default_value = "positions")]
     stream: String,
@@ -234,6 +237,54 @@ fn dry_run(args: &Args, mut fleet: Fleet) -> Result<()> {
     Ok(())
 }
 
+/// A connection to one Redis, or to a Redis Cluster (commands go to the node of their key's slot).
+enum Connection {
+    /// One server.
+    Node(redis::aio::MultiplexedConnection),
+    /// A cluster, found from its seed nodes.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Node(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Node(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Connects to `url` (one server), or with `cluster` to the cluster whose nodes `url` lists.
+async fn connect(url: &str, cluster: bool) -> Result<Connection> {
+    if cluster {
+        let seeds: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let client = redis::cluster::ClusterClient::new(seeds).context("REDIS_URL (cluster seed nodes)")?;
+        Ok(Connection::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?))
+    } else {
+        let client = redis::Client::open(url).context("REDIS_URL")?;
+        Ok(Connection::Node(client.get_multiplexed_async_connection().await.context("connecting to Redis")?))
+    }
+}
+
 /// Where each device's entries go: one stream, or the shard keys `<stream>:{i}`.
 struct Shards {
     /// The stream keys, one per shard (one key when the stream is not sharded).
@@ -266,7 +317,7 @@ impl Shards {
 /// so a device's entries keep their order), and removes from `backlog` those Redis took, counted in
 /// `tally`: after a failure only the entries not sent stay (none is sent twice).
 async fn send(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut impl redis::aio::ConnectionLike,
     shards: &Shards,
     field: &str,
     backlog: &mut Vec<Entry>,
@@ -317,8 +368,7 @@ pub async fn run(args: Args) -> Result<()> {
         let url = args.database_url.as_deref().context("--group needs --database-url (or DATABASE_URL)")?;
         join_group(url, group, &fleet).await?;
     }
-    let client = redis::Client::open(args.redis_url.as_str()).context("REDIS_URL")?;
-    let mut conn = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
+    let mut conn = connect(&args.redis_url, args.redis_cluster).await?;
     eprintln!(
         "{} devices writing to {} (field {:?}) every {:.1} ms each ({:.1} positions/s), seed {}, \
          duplicates {}, late {}, invalid {}{}",

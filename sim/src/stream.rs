@@ -1,22 +1,23 @@
 //! The producer's side of the Redis Stream: pipelined XADD of payloads, one entry each.
 
-use redis::{aio::MultiplexedConnection, RedisResult};
+use redis::{aio::ConnectionLike, RedisResult};
 
 /// XADDs per pipeline: one round trip each, and replies of a modest size.
 const PIPELINE: usize = 500;
 
 /// Adds one entry per payload (field `payload`), pipelined; returns the ids in order.
 pub async fn xadd_payloads<P: AsRef<str>>(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     stream: &str,
     payloads: &[P],
 ) -> RedisResult<Vec<String>> {
     xadd_payloads_as(conn, stream, "payload", payloads).await
 }
 
-/// Adds one entry per payload, each in the entry's field `field`, pipelined; returns the ids in order.
+/// Adds one entry per payload, each in the entry's field `field`, pipelined; returns the ids in order. On a
+/// cluster connection the pipeline goes to the node of `stream`'s slot (every command of it names `stream`).
 pub async fn xadd_payloads_as<P: AsRef<str>>(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     stream: &str,
     field: &str,
     payloads: &[P],

@@ -118,7 +118,10 @@ pub const PAGE: usize = 1000;
 
 /// Every entry of a stream as `(id, fields)`, read in pages of [`PAGE`] entries (each page starts after the
 /// last id of the previous one), so a long stream never needs one huge reply within a client timeout.
-pub async fn read_all(conn: &mut MultiplexedConnection, stream: &str) -> Vec<(String, HashMap<String, String>)> {
+pub async fn read_all(
+    conn: &mut (impl redis::aio::ConnectionLike + Send + Sync),
+    stream: &str,
+) -> Vec<(String, HashMap<String, String>)> {
     let mut out = Vec::new();
     let mut start = "-".to_owned();
     loop {
