@@ -32,9 +32,22 @@ pub struct Settings {
     )]
     pub database_url: String,
 
-    /// Redis connection URL.
+    /// Redis connection URL; with TRACKWAY_REDIS_CLUSTER=true, a comma-separated list of Redis Cluster nodes
+    /// (any of them; the relay learns the rest).
     #[arg(long, env = "REDIS_URL", hide_env_values = true, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// `true` when REDIS_URL names a Redis Cluster: commands go to the node serving their key's slot,
+    /// following MOVED and ASK, and the relay carries on by itself after a failover or a slot migration.
+    #[arg(
+        long,
+        env = "TRACKWAY_REDIS_CLUSTER",
+        value_name = "BOOL",
+        default_value = "false",
+        value_parser = yes_or_no(),
+        action = clap::ArgAction::Set
+    )]
+    pub redis_cluster: bool,
 
     /// Stream the ingestion service writes positions to.
     #[arg(long, env = "TRACKWAY_STREAM", default_value = "positions")]
@@ -423,8 +436,10 @@ impl Settings {
         if database.get_user().is_none() {
             return Err(bad("DATABASE_URL", "names no user (add user=… or postgres://user@host/db)".into()));
         }
-        let redis = trackway_redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())
-            .map_err(|e| bad("REDIS_URL", format!("not a valid Redis URL ({e})")))?;
+        let redis = trackway_redis::Endpoint::parse(&self.redis_url, self.redis_cluster).map_err(|e| {
+            let what = if self.redis_cluster { "not a list of Redis URLs" } else { "not a valid Redis URL" };
+            bad("REDIS_URL", format!("{what} ({e})"))
+        })?;
         for (name, value) in [
             ("TRACKWAY_STREAM", &self.stream),
             ("TRACKWAY_GROUP", &self.group),
@@ -447,6 +462,20 @@ impl Settings {
                 "TRACKWAY_DEAD_LETTER_STREAM",
                 format!("must differ from TRACKWAY_STREAM and {attempts:?}"),
             ));
+        }
+        if self.redis_cluster {
+            // The settle and claim scripts touch the stream, its dead letters and its attempts at once:
+            // in a cluster all three must hash to one slot.
+            let tag = trackway_redis::hash_tag(&self.stream);
+            if trackway_redis::hash_tag(&dead_letter) != tag || trackway_redis::hash_tag(&attempts) != tag {
+                return Err(bad(
+                    "TRACKWAY_STREAM",
+                    format!(
+                        "with TRACKWAY_REDIS_CLUSTER=true the stream, its dead letters ({dead_letter:?}) and its \
+                         attempts ({attempts:?}) must share a hash tag, e.g. TRACKWAY_STREAM=positions:{{0}}"
+                    ),
+                ));
+            }
         }
         let names = StreamNames {
             stream: self.stream,
@@ -858,6 +887,23 @@ mod tests {
         // Read by the logger, not a flag.
         assert!(help.contains("RUST_LOG"), "--help does not mention RUST_LOG");
         assert!(readme.contains("\n| `RUST_LOG` |"), "README.md has no row for RUST_LOG");
+    }
+
+    #[test]
+    fn a_cluster_stream_shares_its_slot_with_its_dead_letters_and_attempts() {
+        let cluster = |flags: &[&str]| {
+            parse(&[&["--redis-cluster", "true", "--redis-url", "redis://a:1,redis://b:2"], flags].concat())
+        };
+        let err = cluster(&[]).unwrap_err().to_string();
+        assert!(err.starts_with("TRACKWAY_STREAM (--stream): with TRACKWAY_REDIS_CLUSTER=true"), "{err}");
+        let config = cluster(&["--stream", "positions:{7}"]).expect("a hash-tagged stream");
+        assert_eq!(config.ingest.names.dead_letter, "positions:{7}:dead");
+        assert!(matches!(config.ingest.redis, trackway_redis::Endpoint::Cluster(ref seeds) if seeds.len() == 2));
+        let err = cluster(&["--stream", "positions:{7}", "--dead-letter-stream", "dead"]).unwrap_err().to_string();
+        assert!(err.starts_with("TRACKWAY_STREAM (--stream): "), "{err}");
+        assert!(cluster(&["--stream", "positions:{7}", "--dead-letter-stream", "dead:{7}"]).is_ok());
+        // One server: any names, as before.
+        assert!(parse(&["--stream", "positions", "--dead-letter-stream", "dead"]).is_ok());
     }
 
     #[test]

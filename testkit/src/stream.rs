@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use redis::{aio::MultiplexedConnection, RedisResult, Value};
+use redis::{aio::ConnectionLike, RedisResult, Value};
 pub use trackway_sim::stream::{xadd_payloads, xadd_payloads_as};
 
 /// One consumer group's counters, as XINFO GROUPS reports them.
@@ -18,7 +18,7 @@ pub struct GroupCounters {
 }
 
 /// The counters of every consumer group of `stream` (an error when the stream does not exist).
-pub async fn group_counters(conn: &mut MultiplexedConnection, stream: &str) -> RedisResult<Vec<GroupCounters>> {
+pub async fn group_counters(conn: &mut impl ConnectionLike, stream: &str) -> RedisResult<Vec<GroupCounters>> {
     let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await?;
     let int = |v: Option<&Value>| match v {
         Some(Value::Int(i)) => Some(*i),

@@ -99,6 +99,26 @@ impl RedisCluster {
         panic!("no primary serves slot {slot}:\n{nodes}");
     }
 
+    /// SIGKILL of the node on `port` (a crash); its replica takes over after the node timeout.
+    pub fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.port == port).expect("a node of this cluster");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A connection through which commands reach the node serving their key's slot.
+    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        let client = redis::cluster::ClusterClient::builder(self.urls())
+            .retries(10)
+            .min_retry_wait(100)
+            .max_retry_wait(1_000)
+            .build()
+            .expect("cluster client");
+        client.get_async_connection().await.expect("cluster connection")
+    }
+
     /// Starts `redis-server` for `port` in cluster mode, with a fresh directory.
     fn spawn(&self, port: u16) -> Child {
         let dir = self.dir.join(port.to_string());

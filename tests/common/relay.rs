@@ -94,14 +94,18 @@ pub async fn xadd_fields(conn: &mut MultiplexedConnection, stream: &str, fields:
 }
 
 /// The group's pending count and lag, `None` while the group does not exist.
-pub async fn group_state(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> Option<(i64, Option<i64>)> {
+pub async fn group_state(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Option<(i64, Option<i64>)> {
     let groups = trackway_testkit::group_counters(conn, stream).await.ok()?;
     let g = groups.into_iter().find(|g| g.name == group)?;
     Some((g.pending.unwrap_or(-1), g.lag))
 }
 
 /// Waits until the group has read everything and acknowledged everything.
-pub async fn wait_drained(conn: &mut MultiplexedConnection, stream: &str, group: &str, timeout: Duration) {
+pub async fn wait_drained(conn: &mut impl redis::aio::ConnectionLike, stream: &str, group: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let state = group_state(conn, stream, group).await;

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use trackway_redis::{ConnectionInfo, StreamNames};
+use trackway_redis::{Endpoint, StreamNames};
 
 /// Validated settings of the ingest side. `Debug` is derived: redis's own `Debug` redacts the password
 /// (checked by the relay's `debug_never_shows_the_password`).
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
-    /// Where the positions come from (with the password when the URL has one).
-    pub redis: ConnectionInfo,
+    /// Where the positions come from: one Redis or a cluster (with the password when the URL has one).
+    pub redis: Endpoint,
     /// Names in Redis: stream, group, consumer, dead-letter stream, payload field.
     pub names: StreamNames,
     /// Entries per read and per database round trip.

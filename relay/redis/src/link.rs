@@ -1,35 +1,78 @@
 //! A Redis connection for one task: opened lazily, dropped after a connection-level error and opened again
-//! by the next command.
+//! by the next command. To one server, or to a Redis Cluster ([`Endpoint`]).
+//!
+//! Each link has connections of its own (a cluster link one per node): a blocking read on the reader's link
+//! never delays another task's commands, also in a cluster, where redis-rs multiplexes every command to a
+//! node over one connection.
 
 use std::time::Duration;
 
-use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Client, RedisError, Value};
+use redis::{
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+    AsyncConnectionConfig, Client, RedisError, Value,
+};
+
+use crate::Endpoint;
 
 /// Longest time to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for a reply on top of a blocking read's own timeout.
 const REPLY_MARGIN: Duration = Duration::from_secs(5);
+/// A cluster command's retries after a redirection, a connection error or `TRYAGAIN`/`CLUSTERDOWN`, and
+/// the waits between them (milliseconds, doubling): short, so that a failover is ridden out by the relay's
+/// own backoff and outage reporting rather than hidden inside one call.
+const CLUSTER_RETRIES: u32 = 3;
+/// See [`CLUSTER_RETRIES`].
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (50, 1_000);
+
+/// What a link connects with.
+enum Target {
+    /// One server.
+    Node(Client, AsyncConnectionConfig),
+    /// A cluster.
+    Cluster(ClusterClient),
+}
+
+/// An open connection of either kind.
+enum Connection {
+    /// To one server.
+    Node(MultiplexedConnection),
+    /// To every node of a cluster.
+    Cluster(ClusterConnection),
+}
 
 /// A Redis connection for one task that reconnects on demand after a failure.
 pub struct Link {
-    /// Where to connect.
-    client: Client,
-    /// Connection settings (reply timeout covers the longest blocking read).
-    config: AsyncConnectionConfig,
+    /// Where to connect, with the connection settings (the reply timeout covers the longest blocking read).
+    target: Target,
     /// The live connection; dropped after a connection-level error so the next call reconnects.
-    connection: Option<MultiplexedConnection>,
+    connection: Option<Connection>,
 }
 
 impl Link {
     /// A link whose replies may take up to `longest_block` plus a margin.
-    pub fn new(info: redis::ConnectionInfo, longest_block: Duration) -> Result<Link, RedisError> {
-        Ok(Link {
-            client: Client::open(info)?,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(longest_block + REPLY_MARGIN)),
-            connection: None,
-        })
+    pub fn new(endpoint: Endpoint, longest_block: Duration) -> Result<Link, RedisError> {
+        let reply = longest_block + REPLY_MARGIN;
+        let target = match endpoint {
+            Endpoint::Node(info) => Target::Node(
+                Client::open(info)?,
+                AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(reply)),
+            ),
+            Endpoint::Cluster(seeds) => Target::Cluster(
+                ClusterClient::builder(seeds)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(reply)
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
+                    .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1)
+                    .build()?,
+            ),
+        };
+        Ok(Link { target, connection: None })
     }
 
     /// Runs `cmd`; forgets the connection after an error that is not a reply from the server.
@@ -46,10 +89,15 @@ impl Link {
         self.forget_if_broken(result)
     }
 
-    async fn connection(&mut self) -> Result<&mut MultiplexedConnection, RedisError> {
+    async fn connection(&mut self) -> Result<&mut Connection, RedisError> {
         if self.connection.is_none() {
-            let c = self.client.get_multiplexed_async_connection_with_config(&self.config).await?;
-            self.connection = Some(c);
+            let connection = match &self.target {
+                Target::Node(client, config) => {
+                    Connection::Node(client.get_multiplexed_async_connection_with_config(config).await?)
+                }
+                Target::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
+            };
+            self.connection = Some(connection);
         }
         // Set just above when it was empty.
         self.connection.as_mut().ok_or_else(|| RedisError::from(std::io::Error::other("no connection")))
@@ -76,8 +124,36 @@ impl Link {
         self.connection.is_some()
     }
 
-    /// PING.
+    /// PING (in a cluster, of one node).
     pub async fn ping(&mut self) -> Result<(), RedisError> {
         self.query(&redis::cmd("PING")).await.map(drop)
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Connection::Node(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Node(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
     }
 }
