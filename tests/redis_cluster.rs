@@ -20,7 +20,7 @@ use redis::AsyncCommands;
 use trackway_tests::{
     cluster::RedisCluster,
     connect, fresh_database,
-    relay::{group_state, read_all, unique, wait_drained, InProcess},
+    relay::{group_state, http_get, metric_opt, read_all, unique, wait_drained, InProcess},
     server,
 };
 
@@ -130,6 +130,10 @@ async fn the_streams_primary_killed_mid_run_loses_no_entry_the_new_primary_holds
     let mut conn = cluster.connection().await;
     wait_drained(&mut conn, &stream, GROUP, Duration::from_secs(90)).await;
     assert!(relay.is_running(), "the relay carried on by itself");
+    // It did meet the failover: its Redis calls failed, then worked again.
+    let (_, metrics) = http_get(relay.admin, "/metrics").await;
+    let reconnects = metric_opt(&metrics, "trackway_relay_reconnects_total{backend=\"redis\"}").unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "no Redis outage seen by the relay:\n{metrics}");
     let held: HashSet<(String, String)> =
         read_all(&mut conn, &stream).await.iter().map(|(_, fields)| key_of(&fields["payload"])).collect();
     let rows = stored_keys(&db).await;
