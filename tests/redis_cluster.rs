@@ -6,9 +6,13 @@
 //!   process carries on by itself; every entry the new primary holds is stored exactly once, and no good
 //!   entry is dead-lettered. (Redis replicates asynchronously: an XADD acknowledged just before the crash
 //!   may never reach the replica. Those entries are not the relay's to promise.)
+//! - a stream of 16 shards (`TRACKWAY_STREAM_SHARDS`, written by `trackway-sim --shards 16`) read by two
+//!   relays in one group: every entry stored once, every shard drained, the invalid ones dead-lettered;
+//!   and the same with one relay killed (SIGKILL) mid-run, whose entries the other claims.
 
 use std::{
     collections::HashSet,
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -20,8 +24,9 @@ use redis::AsyncCommands;
 use trackway_tests::{
     cluster::RedisCluster,
     connect, fresh_database,
-    relay::{group_state, http_get, metric_opt, read_all, unique, wait_drained, InProcess},
-    server,
+    proxy::Proxy,
+    relay::{group_state, http_get, metric_opt, read_all, unique, wait_drained, InProcess, Process},
+    server, server_address,
 };
 
 /// The relay's consumer group (its default).
@@ -150,4 +155,112 @@ async fn the_streams_primary_killed_mid_run_loses_no_entry_the_new_primary_holds
     let dead: u64 = conn.xlen(format!("{stream}:dead")).await.expect("XLEN dead");
     assert_eq!(dead, 0, "no good entry dead-lettered");
     relay.stop().await.expect("clean stop");
+}
+
+/// The number just before `label` in the simulator's summary (`"... 12 late, ..."`).
+fn count(summary: &str, label: &str) -> u64 {
+    let at = summary.find(label).unwrap_or_else(|| panic!("{label:?} in {summary:?}"));
+    let number = summary[..at].split_whitespace().last().and_then(|n| n.trim_start_matches('(').parse().ok());
+    number.unwrap_or_else(|| panic!("no number before {label:?} in {summary:?}"))
+}
+
+/// Runs `trackway-sim` into the 16 shards of `stream` on the cluster of `urls` for `seconds` (on a thread
+/// of its own, so the relays in this process keep running); its summary line.
+async fn simulate(urls: Vec<String>, stream: String, seconds: &'static str, seed: &'static str) -> String {
+    tokio::task::spawn_blocking(move || run_simulator(&urls.join(","), &stream, seconds, seed)).await.expect("join")
+}
+
+/// [`simulate`]'s process.
+fn run_simulator(urls: &str, stream: &str, seconds: &str, seed: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_sim-under-test"))
+        .args(["--redis-url", urls, "--redis-cluster", "--stream", stream, "--shards", "16"])
+        .args(["--devices", "64", "--rate", "1000", "--seed", seed, "--seconds", seconds])
+        .args(["--duplicates", "0.02", "--late", "0.02", "--invalid", "0.02"])
+        .env_remove("DATABASE_URL")
+        .stderr(Stdio::piped())
+        .output()
+        .expect("trackway-sim");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}: {stderr}", output.status);
+    stderr.lines().find(|l| l.starts_with("sent ")).unwrap_or_else(|| panic!("no summary: {stderr}")).to_owned()
+}
+
+/// Waits until every shard's group is drained; then checks the rows, the dead letters and the PELs against
+/// the simulator's summary.
+async fn check_sharded_run(cluster: &RedisCluster, db: &str, stream: &str, summary: &str) {
+    let mut conn = cluster.connection().await;
+    let mut dead = 0u64;
+    for shard in 0..16 {
+        let key = format!("{stream}:{{{shard}}}");
+        wait_drained(&mut conn, &key, GROUP, Duration::from_secs(90)).await;
+        assert_eq!(group_state(&mut conn, &key, GROUP).await, Some((0, Some(0))), "{key}");
+        dead += conn.xlen::<_, u64>(format!("{key}:dead")).await.expect("XLEN dead");
+    }
+    let rows = stored_keys(db).await;
+    let expected = count(summary, "positions on time") + count(summary, "late");
+    assert_eq!(rows.len() as u64, expected, "every position once (retransmissions are duplicates): {summary}");
+    assert_eq!(dead, count(summary, "invalid"), "the invalid entries, and only they, dead-lettered: {summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_shards_read_by_two_relays_store_every_entry_once() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let db = fresh_database("redis_cluster_shards").await;
+    let stream = unique("cluster_shards");
+    let relays: Vec<InProcess> = futures_util::future::join_all(["relay-a", "relay-b"].map(|name| {
+        let mut flags = cluster_flags(&db, &cluster, &stream);
+        flags.extend(["--stream-shards", "16", "--consumer", name].map(str::to_owned));
+        async move { InProcess::start(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    }))
+    .await;
+    let summary = simulate(cluster.urls(), stream.clone(), "3", "3").await;
+    check_sharded_run(&cluster, &db, &stream, &summary).await;
+    for relay in relays {
+        // The group spread the entries: each relay read some.
+        let (_, metrics) = http_get(relay.admin, "/metrics").await;
+        let read = metric_opt(&metrics, "trackway_relay_entries_read_total{source=\"new\"}").unwrap_or(0.0);
+        assert!(read > 0.0, "a relay that read nothing:\n{metrics}");
+        relay.stop().await.expect("clean stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_run_leaves_its_shards_entries_to_the_other() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let db = fresh_database("redis_cluster_kill").await;
+    let stream = unique("cluster_kill");
+    let flags_of = |name: &str, database: &str| {
+        let mut flags = cluster_flags(&db, &cluster, &stream);
+        flags[1] = database.to_owned();
+        flags.extend(["--stream-shards", "16", "--consumer", name, "--claim-idle-ms", "1000"].map(str::to_owned));
+        flags
+    };
+    // Relay A reaches PostgreSQL through a proxy: frozen before the kill, its batches in flight stay
+    // pending on it (so relay B must claim them; without the freeze A might have none at that moment).
+    let (host, port) = server_address();
+    let proxy = Proxy::start(&format!("{host}:{port}")).await;
+    let test_server = server();
+    let own: Vec<&str> =
+        test_server.split_whitespace().filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port=")).collect();
+    let through = format!("{} {} dbname={db}", own.join(" "), proxy.libpq());
+    let a_flags = flags_of("relay-a", &through);
+    let a = Process::spawn(
+        env!("CARGO_BIN_EXE_relay-under-test"),
+        &a_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+        "redis_cluster_kill_a",
+    );
+    a.wait_healthy().await;
+    let b_flags = flags_of("relay-b", &format!("{} dbname={db}", server()));
+    let b = InProcess::start(&b_flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let simulation = tokio::spawn(simulate(cluster.urls(), stream.clone(), "4", "4"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.freeze();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    a.kill();
+    let summary = simulation.await.expect("simulation");
+    check_sharded_run(&cluster, &db, &stream, &summary).await;
+    let (_, metrics) = http_get(b.admin, "/metrics").await;
+    let reclaimed = metric_opt(&metrics, "trackway_relay_reclaimed_total").unwrap_or(0.0);
+    assert!(reclaimed >= 1.0, "relay B claimed the killed relay's entries:\n{metrics}");
+    b.stop().await.expect("clean stop");
 }

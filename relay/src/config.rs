@@ -53,6 +53,12 @@ pub struct Settings {
     #[arg(long, env = "TRACKWAY_STREAM", default_value = "positions")]
     pub stream: String,
 
+    /// Shards of the stream (0–1024): 0 reads TRACKWAY_STREAM itself; N reads `<stream>:{0}` …
+    /// `<stream>:{N-1}` (each device's positions in its shard, chosen by the producer: README "Scaling
+    /// out"), one consumer per shard, each shard with its own dead letters (`<stream>:{i}:dead`) and attempts.
+    #[arg(long, env = "TRACKWAY_STREAM_SHARDS", default_value = "0", value_parser = whole::<u32>(0..=1024))]
+    pub stream_shards: u32,
+
     /// Consumer group shared by every relay reading the stream.
     #[arg(long, env = "TRACKWAY_GROUP", default_value = "trackway")]
     pub group: String,
@@ -450,44 +456,15 @@ impl Settings {
             }
         }
         let live = self.live()?;
-        let consumer = match self.consumer {
-            Some(c) if c.is_empty() => return Err(bad("TRACKWAY_CONSUMER", "must not be empty".into())),
-            Some(c) => c,
+        let consumer = match self.consumer.as_deref() {
+            Some("") => return Err(bad("TRACKWAY_CONSUMER", "must not be empty".into())),
+            Some(c) => c.to_owned(),
             None => default_consumer(),
         };
-        let dead_letter = self.dead_letter_stream.unwrap_or_else(|| format!("{}:dead", self.stream));
-        let attempts = format!("{}:attempts", self.stream);
-        if dead_letter == self.stream || dead_letter == attempts {
-            return Err(bad(
-                "TRACKWAY_DEAD_LETTER_STREAM",
-                format!("must differ from TRACKWAY_STREAM and {attempts:?}"),
-            ));
-        }
-        if self.redis_cluster {
-            // The settle and claim scripts touch the stream, its dead letters and its attempts at once:
-            // in a cluster all three must hash to one slot.
-            let tag = trackway_redis::hash_tag(&self.stream);
-            if trackway_redis::hash_tag(&dead_letter) != tag || trackway_redis::hash_tag(&attempts) != tag {
-                return Err(bad(
-                    "TRACKWAY_STREAM",
-                    format!(
-                        "with TRACKWAY_REDIS_CLUSTER=true the stream, its dead letters ({dead_letter:?}) and its \
-                         attempts ({attempts:?}) must share a hash tag, e.g. TRACKWAY_STREAM=positions:{{0}}"
-                    ),
-                ));
-            }
-        }
-        let names = StreamNames {
-            stream: self.stream,
-            group: self.group,
-            consumer,
-            dead_letter,
-            attempts,
-            payload_field: self.payload_field,
-        };
+        let shards = self.shard_names(consumer)?;
         let ingest = IngestConfig {
             redis,
-            names,
+            shards,
             batch_size: self.batch_size,
             batch_bytes: self.batch_bytes,
             max_payload_bytes: self.max_payload_bytes,
@@ -497,6 +474,64 @@ impl Settings {
             claim_idle: self.claim_idle,
         };
         Ok(Config { database, ingest, admin_addr: self.admin_addr, live, log_format: self.log_format })
+    }
+
+    /// The Redis names of each shard of the stream: the stream itself when it is not sharded, else
+    /// `<stream>:{i}` for i in 0..N; each with its dead letters (`<stream>:dead`, or
+    /// `<TRACKWAY_DEAD_LETTER_STREAM>:{i}` when sharded) and attempts (`<stream>:attempts`).
+    fn shard_names(&self, consumer: String) -> Result<Vec<StreamNames>, Error> {
+        let bad = setting_error;
+        let sharded = self.stream_shards > 0;
+        if sharded && (self.stream.contains('{') || self.stream.contains('}')) {
+            return Err(bad(
+                "TRACKWAY_STREAM",
+                "with TRACKWAY_STREAM_SHARDS the shards are <stream>:{i}: the name must not contain { or }".into(),
+            ));
+        }
+        let streams: Vec<String> = if sharded {
+            (0..self.stream_shards).map(|i| format!("{}:{{{i}}}", self.stream)).collect()
+        } else {
+            vec![self.stream.clone()]
+        };
+        let mut shards = Vec::with_capacity(streams.len());
+        for (i, stream) in streams.into_iter().enumerate() {
+            let dead_letter = match (&self.dead_letter_stream, sharded) {
+                (Some(dead), true) => format!("{dead}:{{{i}}}"),
+                (Some(dead), false) => dead.clone(),
+                (None, _) => format!("{stream}:dead"),
+            };
+            let attempts = format!("{stream}:attempts");
+            if dead_letter == stream || dead_letter == attempts {
+                return Err(bad(
+                    "TRACKWAY_DEAD_LETTER_STREAM",
+                    format!("must differ from TRACKWAY_STREAM and {attempts:?}"),
+                ));
+            }
+            let tag = trackway_redis::hash_tag(&stream);
+            if self.redis_cluster
+                && (trackway_redis::hash_tag(&dead_letter) != tag || trackway_redis::hash_tag(&attempts) != tag)
+            {
+                // The settle and claim scripts touch the stream, its dead letters and its attempts at once:
+                // in a cluster all three must hash to one slot.
+                return Err(bad(
+                    "TRACKWAY_STREAM",
+                    format!(
+                        "with TRACKWAY_REDIS_CLUSTER=true the stream, its dead letters ({dead_letter:?}) and its \
+                         attempts ({attempts:?}) must share a hash tag, e.g. TRACKWAY_STREAM=positions:{{0}} (or \
+                         TRACKWAY_STREAM_SHARDS, whose shards are tagged)"
+                    ),
+                ));
+            }
+            shards.push(StreamNames {
+                stream,
+                group: self.group.clone(),
+                consumer: consumer.clone(),
+                dead_letter,
+                attempts,
+                payload_field: self.payload_field.clone(),
+            });
+        }
+        Ok(shards)
     }
 
     /// The live settings, checked like the rest (`None` when the live side is off).
@@ -734,13 +769,13 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let config = parse(&[]).expect("defaults");
-        assert_eq!(config.ingest.names.stream, "positions");
-        assert_eq!(config.ingest.names.dead_letter, "positions:dead");
-        assert_eq!(config.ingest.names.attempts, "positions:attempts");
+        assert_eq!(config.ingest.shards[0].stream, "positions");
+        assert_eq!(config.ingest.shards[0].dead_letter, "positions:dead");
+        assert_eq!(config.ingest.shards[0].attempts, "positions:attempts");
         assert_eq!(config.ingest.batch_size, 1000);
         assert_eq!(config.ingest.ingest_timeout, Duration::from_secs(120));
         assert_eq!((config.ingest.batch_bytes, config.ingest.max_payload_bytes), (16 << 20, 1 << 20));
-        assert!(config.ingest.names.consumer.ends_with(&format!("-{}", std::process::id())));
+        assert!(config.ingest.shards[0].consumer.ends_with(&format!("-{}", std::process::id())));
     }
 
     #[test]
@@ -897,13 +932,37 @@ mod tests {
         let err = cluster(&[]).unwrap_err().to_string();
         assert!(err.starts_with("TRACKWAY_STREAM (--stream): with TRACKWAY_REDIS_CLUSTER=true"), "{err}");
         let config = cluster(&["--stream", "positions:{7}"]).expect("a hash-tagged stream");
-        assert_eq!(config.ingest.names.dead_letter, "positions:{7}:dead");
+        assert_eq!(config.ingest.shards[0].dead_letter, "positions:{7}:dead");
         assert!(matches!(config.ingest.redis, trackway_redis::Endpoint::Cluster(ref seeds) if seeds.len() == 2));
         let err = cluster(&["--stream", "positions:{7}", "--dead-letter-stream", "dead"]).unwrap_err().to_string();
         assert!(err.starts_with("TRACKWAY_STREAM (--stream): "), "{err}");
         assert!(cluster(&["--stream", "positions:{7}", "--dead-letter-stream", "dead:{7}"]).is_ok());
         // One server: any names, as before.
         assert!(parse(&["--stream", "positions", "--dead-letter-stream", "dead"]).is_ok());
+    }
+
+    #[test]
+    fn a_sharded_stream_is_one_key_per_shard_each_with_its_own_dead_letters_and_attempts() {
+        let config = parse(&["--stream", "positions", "--stream-shards", "3"]).expect("sharded");
+        let names: Vec<_> =
+            config.ingest.shards.iter().map(|n| (&n.stream[..], &n.dead_letter[..], &n.attempts[..])).collect();
+        assert_eq!(
+            names,
+            [
+                ("positions:{0}", "positions:{0}:dead", "positions:{0}:attempts"),
+                ("positions:{1}", "positions:{1}:dead", "positions:{1}:attempts"),
+                ("positions:{2}", "positions:{2}:dead", "positions:{2}:attempts"),
+            ]
+        );
+        let config = parse(&["--stream-shards", "2", "--dead-letter-stream", "dead"]).expect("named dead letters");
+        assert_eq!(config.ingest.shards[1].dead_letter, "dead:{1}");
+        let cluster = ["--redis-cluster", "true", "--redis-url", "redis://a:1", "--stream-shards", "16"];
+        assert_eq!(parse(&cluster).expect("shards are tagged").ingest.shards.len(), 16);
+        let err = parse(&["--stream", "p:{x}", "--stream-shards", "2"]).unwrap_err().to_string();
+        assert!(err.starts_with("TRACKWAY_STREAM (--stream): with TRACKWAY_STREAM_SHARDS"), "{err}");
+        let err = parse(&["--stream-shards", "1025"]).unwrap_err().to_string();
+        assert!(err.starts_with("TRACKWAY_STREAM_SHARDS (--stream-shards): 1025 is outside 0–1024"), "{err}");
+        assert_eq!(parse(&[]).expect("defaults").ingest.shards.len(), 1, "not sharded by default");
     }
 
     #[test]

@@ -88,10 +88,28 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let up = |label| metrics.backend_up.with_label_values(&[label]);
     let postgres = BackendState::new("postgres").reported(up("postgres"));
     let mut readiness = Readiness::new(pool.clone(), link(short)?, postgres.clone());
-    let sampler =
-        sampler::run(Group::new(config.ingest.names.clone()), link(short)?, metrics.clone(), shutdown.child_token());
-    let consumer = Consumer::new(&config.ingest, pool.clone(), postgres, metrics.clone(), shutdown.child_token())
-        .map_err(|source| Error::RedisUrl { source })?;
+    let groups = config.ingest.shards.iter().cloned().map(Group::new).collect();
+    let sampler = sampler::run(groups, link(short)?, metrics.clone(), shutdown.child_token());
+    // One consumer per shard of the stream (one when it is not sharded), sharing the pool and the two
+    // backends' health.
+    let redis = BackendState::new("redis").reported(up("redis"));
+    let consumers = config
+        .ingest
+        .shards
+        .iter()
+        .map(|names| {
+            let backends = (postgres.clone(), redis.clone());
+            Consumer::new(
+                &config.ingest,
+                names.clone(),
+                pool.clone(),
+                backends,
+                metrics.clone(),
+                shutdown.child_token(),
+            )
+            .map_err(|source| Error::RedisUrl { source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let live_task = match live {
         Some(LiveEndpoint { config: live, listener }) => {
             let health = BackendState::new("postgres (live)").reported(up("postgres_live"));
@@ -107,11 +125,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let readiness = Arc::new(readiness);
     let admin_task =
         tokio::spawn(admin::serve(admin, AdminState { metrics: metrics.clone(), readiness }, shutdown.child_token()));
-    let mut tasks = vec![
-        ("consumer", tokio::spawn(supervise::until_shutdown(consumer.run()))),
-        ("admin server", admin_task),
-        ("sampler", tokio::spawn(supervise::until_shutdown(sampler))),
-    ];
+    let mut tasks: Vec<_> =
+        consumers.into_iter().map(|c| ("consumer", tokio::spawn(supervise::until_shutdown(c.run())))).collect();
+    tasks.push(("admin server", admin_task));
+    tasks.push(("sampler", tokio::spawn(supervise::until_shutdown(sampler))));
     tasks.extend(live_task.map(|task| ("live side", task)));
     let result = supervise::all(tasks, &shutdown).await;
     pool.close();

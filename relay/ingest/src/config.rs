@@ -11,8 +11,9 @@ use trackway_redis::{Endpoint, StreamNames};
 pub struct IngestConfig {
     /// Where the positions come from: one Redis or a cluster (with the password when the URL has one).
     pub redis: Endpoint,
-    /// Names in Redis: stream, group, consumer, dead-letter stream, payload field.
-    pub names: StreamNames,
+    /// Names in Redis of each shard of the stream (one element when the stream is not sharded): stream,
+    /// group, consumer, dead-letter stream, attempts, payload field. A consumer runs per shard.
+    pub shards: Vec<StreamNames>,
     /// Entries per read and per database round trip.
     pub batch_size: usize,
     /// Byte budget of one read (a batch holds at most this plus one entry).

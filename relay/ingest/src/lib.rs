@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use trackway_database::{self as database, Pool};
-use trackway_redis::{self as redis, RedisError};
+use trackway_redis::{self as redis, RedisError, StreamNames};
 use trackway_runtime::backoff;
 
 use self::{
@@ -78,16 +78,18 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// A consumer for `config`; connects lazily.
+    /// A consumer of one shard (`names`, one of `config.shards`) with `config`'s rules; connects lazily.
+    /// `postgres` and `redis` are the health of the two backends, shared by every consumer of the relay.
     pub fn new(
         config: &IngestConfig,
+        names: StreamNames,
         pool: Pool,
-        postgres: BackendState,
+        (postgres, redis): (BackendState, BackendState),
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Result<Consumer, RedisError> {
-        let group = Group::new(config.names.clone());
-        let redis = BackendState::new("redis").reported(metrics.backend_up.with_label_values(&["redis"]));
+        let payload_field = names.payload_field.clone();
+        let group = Group::new(names);
         Ok(Consumer {
             reader: Reader::new(
                 group.clone(),
@@ -108,7 +110,7 @@ impl Consumer {
             held: Vec::new(),
             shutdown,
             max_deliveries: config.max_deliveries,
-            payload_field: config.names.payload_field.clone(),
+            payload_field,
             max_payload_bytes: config.max_payload_bytes,
             metrics,
         })
