@@ -264,3 +264,29 @@ async fn a_relay_killed_mid_run_leaves_its_shards_entries_to_the_other() {
     assert!(reclaimed >= 1.0, "relay B claimed the killed relay's entries:\n{metrics}");
     b.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shards_slot_migrated_mid_run_loses_and_doubles_nothing() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let db = fresh_database("redis_cluster_migrate").await;
+    let stream = unique("cluster_migrate");
+    let relays: Vec<InProcess> = futures_util::future::join_all(["relay-a", "relay-b"].map(|name| {
+        let mut flags = cluster_flags(&db, &cluster, &stream);
+        flags.extend(["--stream-shards", "16", "--consumer", name].map(str::to_owned));
+        async move { InProcess::start(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    }))
+    .await;
+    let simulation = tokio::spawn(simulate(cluster.urls(), stream.clone(), "5", "5"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Shard 3's slot (its stream, dead letters and attempts) moves to another primary while entries flow.
+    let key = format!("{stream}:{{3}}");
+    let from = cluster.primary_of(&key);
+    let to = cluster.primaries().into_iter().find(|&p| p != from).expect("another primary");
+    tokio::task::block_in_place(|| cluster.migrate_slot_of(&key, to));
+    let summary = simulation.await.expect("simulation");
+    assert_eq!(cluster.primary_of(&key), to, "the slot moved");
+    check_sharded_run(&cluster, &db, &stream, &summary).await;
+    for relay in relays {
+        relay.stop().await.expect("clean stop");
+    }
+}

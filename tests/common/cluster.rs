@@ -119,6 +119,53 @@ impl RedisCluster {
         client.get_async_connection().await.expect("cluster connection")
     }
 
+    /// The ports of the primaries serving slots.
+    pub fn primaries(&self) -> Vec<u16> {
+        let port = self.nodes.iter().find(|n| n.child.is_some()).map(|n| n.port).expect("a running node");
+        let nodes = cli(port, &["CLUSTER", "NODES"]).expect("CLUSTER NODES");
+        let mut ports: Vec<u16> = nodes
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 8 && f[2].contains("master") && !f[2].contains("fail"))
+            .filter_map(|f| f[1].split('@').next()?.rsplit(':').next()?.parse().ok())
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// Moves the slot of `key` (with every key in it) from its primary to the primary on `to`, as
+    /// `redis-cli --cluster reshard` does for a range: the destination imports, the source migrates,
+    /// `MIGRATE` moves the keys in small steps (clients meanwhile get `ASK` for moved keys, `TRYAGAIN`
+    /// for commands over keys on both sides), then every primary learns the new owner.
+    pub fn migrate_slot_of(&self, key: &str, to: u16) {
+        let from = self.primary_of(key);
+        assert_ne!(from, to, "{key} is on {to} already");
+        let slot = cli(from, &["CLUSTER", "KEYSLOT", key]).expect("slot").trim().to_owned();
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).expect("MYID").trim().to_owned();
+        let (from_id, to_id) = (id(from), id(to));
+        let ok = |reply: Option<String>, what: &str| {
+            let reply = reply.unwrap_or_default();
+            assert!(reply.trim() == "OK" || reply.trim() == "NOKEY", "{what}: {reply}");
+        };
+        ok(cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]), "IMPORTING");
+        ok(cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]), "MIGRATING");
+        loop {
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "10"]).expect("GETKEYSINSLOT");
+            let keys: Vec<&str> = keys.lines().map(str::trim).filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            migrate.extend(&keys);
+            ok(cli(from, &migrate), "MIGRATE");
+        }
+        for port in self.primaries() {
+            ok(cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]), "SETSLOT NODE");
+        }
+        wait_until(&format!("slot {slot} served by {to}"), || self.primary_of(key) == to);
+    }
+
     /// Starts `redis-server` for `port` in cluster mode, with a fresh directory.
     fn spawn(&self, port: u16) -> Child {
         let dir = self.dir.join(port.to_string());
