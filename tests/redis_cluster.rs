@@ -290,3 +290,84 @@ async fn a_shards_slot_migrated_mid_run_loses_and_doubles_nothing() {
         relay.stop().await.expect("clean stop");
     }
 }
+
+/// A live client of relay A, relay A killed (SIGKILL) while positions flow through a 16-shard stream on
+/// the cluster: the client resumes on relay B with the last cursor it got, and has every position of its
+/// group once, none missing (cursors are the database's, so any relay serves any `since`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_client_of_a_killed_relay_resumes_on_another_with_no_gap() {
+    use serde_json::json;
+    use trackway_tests::live::{admin_token, key_set, keys, Client, LiveRelay, SECRET};
+
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let db = fresh_database("redis_cluster_live").await;
+    let stream = unique("cluster_live");
+    let members = (0..64).map(|i| format!("('fleet', '{}')", 356_307_042_441_000u64 + i)).collect::<Vec<_>>();
+    let sql = format!("INSERT INTO trackway.device_groups (group_id, device_id) VALUES {}", members.join(", "));
+    connect(&db).await.batch_execute(&sql).await.expect("group");
+    let flags = |live: &str| {
+        let mut flags = cluster_flags(&db, &cluster, &stream);
+        flags.extend(["--stream-shards", "16", "--live-addr", live, "--live-poll-ms", "200"].map(str::to_owned));
+        // Relay A's entries in flight when it dies are claimed by B after a second.
+        flags.extend(["--claim-idle-ms", "1000"].map(str::to_owned));
+        flags.extend(["--auth", "jwt", "--jwt-secret", SECRET].map(str::to_owned));
+        flags
+    };
+    let a_live = trackway_tests::relay::free_port_addr().to_string();
+    let a_flags = flags(&a_live);
+    let mut a_flags: Vec<&str> = a_flags.iter().map(String::as_str).collect();
+    a_flags.extend(["--consumer", "relay-a"]);
+    let a = Process::spawn(env!("CARGO_BIN_EXE_relay-under-test"), &a_flags, "redis_cluster_live_a");
+    a.wait_healthy().await;
+    let mut b_flags = flags("127.0.0.1:0");
+    b_flags.extend(["--consumer", "relay-b"].map(str::to_owned));
+    let b = LiveRelay::start(&b_flags).await;
+
+    let mut client = Client::authenticated(&format!("ws://{a_live}/live"), &admin_token()).await;
+    let subscribed = client.subscribe(json!({"group": "fleet"})).await;
+    assert_eq!(subscribed["snapshot"].as_array().map(Vec::len), Some(0), "{subscribed}");
+    let simulation = tokio::spawn(simulate_quietly(cluster.urls(), stream.clone(), "5", "6"));
+    // About a second of positions (400/s), then relay A goes, mid-run.
+    let mut received = client.positions(400, Duration::from_secs(10)).await;
+    assert!(received.len() >= 400, "positions before the kill: {}", received.len());
+    a.kill();
+    let cursor = received.last().expect("a position")["cursor"].as_str().expect("cursor").to_owned();
+    let mut resumed = Client::authenticated(&b.url(""), &admin_token()).await;
+    resumed.subscribe(json!({"group": "fleet", "since": cursor})).await;
+    simulation.await.expect("simulation");
+    let expected = stored_keys(&db).await.len();
+    let mut mine = resumed.positions(expected.saturating_sub(received.len()), Duration::from_secs(10)).await;
+    // Everything stored by now (relay B drains relay A's claimed entries too) has reached the client.
+    let mut conn = cluster.connection().await;
+    for shard in 0..16 {
+        wait_drained(&mut conn, &format!("{stream}:{{{shard}}}"), GROUP, Duration::from_secs(60)).await;
+    }
+    let all_rows = stored_keys(&db).await;
+    mine.extend(
+        resumed.positions(all_rows.len().saturating_sub(received.len() + mine.len()), Duration::from_secs(5)).await,
+    );
+    received.extend(mine);
+    let got = keys(&received);
+    let unique_got = key_set(&received);
+    assert_eq!(got.len(), unique_got.len(), "a position twice");
+    let stored: HashSet<(String, String)> = all_rows.into_iter().collect();
+    assert_eq!(unique_got, stored, "every stored position reached the client once, across the two relays");
+    b.stop().await.expect("clean stop");
+}
+
+/// [`simulate`] without invalid, late or repeated entries (every entry is a new position).
+async fn simulate_quietly(urls: Vec<String>, stream: String, seconds: &'static str, seed: &'static str) {
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new(env!("CARGO_BIN_EXE_sim-under-test"))
+            .args(["--redis-url", &urls.join(","), "--redis-cluster", "--stream", &stream, "--shards", "16"])
+            .args(["--devices", "64", "--rate", "400", "--seed", seed, "--seconds", seconds])
+            .args(["--duplicates", "0", "--late", "0", "--invalid", "0"])
+            .env_remove("DATABASE_URL")
+            .stderr(Stdio::piped())
+            .output()
+            .expect("trackway-sim");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    })
+    .await
+    .expect("join");
+}
