@@ -185,21 +185,36 @@ fn run_simulator(urls: &str, stream: &str, seconds: &str, seed: &str) -> String 
     stderr.lines().find(|l| l.starts_with("sent ")).unwrap_or_else(|| panic!("no summary: {stderr}")).to_owned()
 }
 
-/// Waits until every shard's group is drained; then checks the rows, the dead letters and the PELs against
-/// the simulator's summary.
+/// Waits until every shard's group is drained; then checks the rows and the dead letters against what the
+/// shards hold (not against what the simulator meant to send: a producer's write retried by the cluster
+/// client during a slot migration may be added twice, and then it is two entries to the relay): every
+/// valid position stored once, every invalid entry dead-lettered, nothing else. The summary bounds it.
 async fn check_sharded_run(cluster: &RedisCluster, db: &str, stream: &str, summary: &str) {
     let mut conn = cluster.connection().await;
-    let mut dead = 0u64;
+    let (mut dead, mut invalid, mut entries) = (0u64, 0u64, 0u64);
+    let mut positions = HashSet::new();
     for shard in 0..16 {
         let key = format!("{stream}:{{{shard}}}");
         wait_drained(&mut conn, &key, GROUP, Duration::from_secs(90)).await;
         assert_eq!(group_state(&mut conn, &key, GROUP).await, Some((0, Some(0))), "{key}");
         dead += conn.xlen::<_, u64>(format!("{key}:dead")).await.expect("XLEN dead");
+        for (_, fields) in read_all(&mut conn, &key).await {
+            entries += 1;
+            let payload = fields["payload"].as_bytes();
+            match trackway_wire::decode(payload, trackway_wire::DEFAULT_MAX_PAYLOAD_BYTES) {
+                Ok(p) => {
+                    positions.insert((p.device_id, p.ts_micros));
+                }
+                Err(_) => invalid += 1,
+            }
+        }
     }
+    eprintln!("shards hold {entries} entries ({invalid} invalid, {dead} dead letters); simulator: {summary}");
+    assert!(entries >= count(summary, "entries"), "the shards hold what was sent ({entries}): {summary}");
     let rows = stored_keys(db).await;
-    let expected = count(summary, "positions on time") + count(summary, "late");
-    assert_eq!(rows.len() as u64, expected, "every position once (retransmissions are duplicates): {summary}");
-    assert_eq!(dead, count(summary, "invalid"), "the invalid entries, and only they, dead-lettered: {summary}");
+    assert_eq!(rows.len(), positions.len(), "every position once ({entries} entries): {summary}");
+    assert_eq!(dead, invalid, "the invalid entries, and only they, dead-lettered ({entries} entries): {summary}");
+    assert!(invalid >= count(summary, "invalid"), "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
