@@ -237,52 +237,11 @@ fn dry_run(args: &Args, mut fleet: Fleet) -> Result<()> {
     Ok(())
 }
 
-/// A connection to one Redis, or to a Redis Cluster (commands go to the node of their key's slot).
-enum Connection {
-    /// One server.
-    Node(redis::aio::MultiplexedConnection),
-    /// A cluster, found from its seed nodes.
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Connection::Node(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Connection::Node(c) => c.req_packed_commands(cmd, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Connection::Node(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// Connects to `url` (one server), or with `cluster` to the cluster whose nodes `url` lists.
-async fn connect(url: &str, cluster: bool) -> Result<Connection> {
-    if cluster {
-        let seeds: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        let client = redis::cluster::ClusterClient::new(seeds).context("REDIS_URL (cluster seed nodes)")?;
-        Ok(Connection::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?))
-    } else {
-        let client = redis::Client::open(url).context("REDIS_URL")?;
-        Ok(Connection::Node(client.get_multiplexed_async_connection().await.context("connecting to Redis")?))
-    }
+/// Connects to `url` (one server), or with `cluster` to the cluster whose nodes `url` lists: as the relay
+/// reads them (`REDIS_URL`, `TRACKWAY_REDIS_CLUSTER`).
+async fn connect(url: &str, cluster: bool) -> Result<trackway_redis::Connection> {
+    let endpoint = trackway_redis::Endpoint::parse(url, cluster).context("REDIS_URL")?;
+    endpoint.connect().await.with_context(|| format!("connecting to Redis ({})", endpoint.describe()))
 }
 
 /// Where each device's entries go: one stream, or the shard keys `<stream>:{i}`.

@@ -1,6 +1,11 @@
 //! Where the relay's Redis is: one server, or a Redis Cluster found from seed nodes.
 
-use redis::{ConnectionInfo, IntoConnectionInfo, RedisError};
+use redis::{
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+    ConnectionInfo, IntoConnectionInfo, RedisError, Value,
+};
 
 /// One Redis server, or a Redis Cluster. `Debug` shows no password (redis redacts its own).
 #[derive(Clone, Debug)]
@@ -28,6 +33,19 @@ impl Endpoint {
         Ok(Endpoint::Cluster(seeds))
     }
 
+    /// A connection with the client's default settings (the relay's links set their own timeouts): for
+    /// producers and tools, such as the simulator, that write where the relay reads.
+    pub async fn connect(&self) -> Result<Connection, RedisError> {
+        Ok(match self {
+            Endpoint::Node(info) => {
+                Connection::Node(redis::Client::open(info.clone())?.get_multiplexed_async_connection().await?)
+            }
+            Endpoint::Cluster(seeds) => {
+                Connection::Cluster(ClusterClient::new(seeds.clone())?.get_async_connection().await?)
+            }
+        })
+    }
+
     /// The addresses, for logs.
     pub fn describe(&self) -> String {
         match self {
@@ -36,6 +54,42 @@ impl Endpoint {
                 let nodes: Vec<String> = seeds.iter().map(|s| s.addr().to_string()).collect();
                 format!("cluster via {}", nodes.join(", "))
             }
+        }
+    }
+}
+
+/// An open connection to one server or to a cluster (commands go to the node of their key's slot).
+pub enum Connection {
+    /// To one server.
+    Node(MultiplexedConnection),
+    /// To every node of a cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Connection::Node(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Node(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod reply;
 pub use redis::{ConnectionInfo, IntoConnectionInfo, RedisError};
 
 pub use self::{
-    endpoint::Endpoint,
+    endpoint::{Connection, Endpoint},
     group::{DeadLetter, DeadReason, Group},
     link::Link,
     reply::{Claimed, Entry, GroupInfo, Settled},

@@ -7,14 +7,9 @@
 
 use std::time::Duration;
 
-use redis::{
-    aio::{ConnectionLike, MultiplexedConnection},
-    cluster::ClusterClient,
-    cluster_async::ClusterConnection,
-    AsyncConnectionConfig, Client, RedisError, Value,
-};
+use redis::{cluster::ClusterClient, AsyncConnectionConfig, Client, RedisError, Value};
 
-use crate::Endpoint;
+use crate::{Connection, Endpoint};
 
 /// Longest time to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,14 +28,6 @@ enum Target {
     Node(Client, AsyncConnectionConfig),
     /// A cluster.
     Cluster(ClusterClient),
-}
-
-/// An open connection of either kind.
-enum Connection {
-    /// To one server.
-    Node(MultiplexedConnection),
-    /// To every node of a cluster.
-    Cluster(ClusterConnection),
 }
 
 /// A Redis connection for one task that reconnects on demand after a failure.
@@ -127,33 +114,5 @@ impl Link {
     /// PING (in a cluster, of one node).
     pub async fn ping(&mut self) -> Result<(), RedisError> {
         self.query(&redis::cmd("PING")).await.map(drop)
-    }
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
-        match self {
-            Connection::Node(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<Value>> {
-        match self {
-            Connection::Node(c) => c.req_packed_commands(cmd, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Connection::Node(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
-        }
     }
 }
