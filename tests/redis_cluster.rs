@@ -1,4 +1,4 @@
-//! The relay on a real Redis Cluster (three primaries, three replicas, `tests/common/cluster.rs`), its
+//! The relay on a real Redis Cluster (three primaries, three replicas, `trackway_testkit::redis_nodes`), its
 //! stream a key with a hash tag (`{…}`: its dead letters and attempts share its slot), as a cluster client
 //! (`TRACKWAY_REDIS_CLUSTER=true`, seed nodes in `REDIS_URL`):
 //! - every entry stored once, invalid ones dead-lettered, the group drained;
@@ -21,8 +21,8 @@ use std::{
 };
 
 use redis::AsyncCommands;
+use trackway_testkit::RedisCluster;
 use trackway_tests::{
-    cluster::RedisCluster,
     connect, fresh_database,
     proxy::Proxy,
     relay::{group_state, http_get, metric_opt, read_all, unique, wait_drained, InProcess, Process},
@@ -68,10 +68,10 @@ fn key_of(payload: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_entry_is_stored_once_and_invalid_ones_are_dead_lettered() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster").expect("cluster start");
     let db = fresh_database("redis_cluster_once").await;
     let stream = tagged_stream("cluster_once");
-    let mut conn = cluster.connection().await;
+    let mut conn = cluster.connection().await.expect("cluster connection");
     let mut good = 0;
     for i in 0..600u32 {
         let payload = if i % 50 == 7 {
@@ -95,7 +95,7 @@ async fn every_entry_is_stored_once_and_invalid_ones_are_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_streams_primary_killed_mid_run_loses_no_entry_the_new_primary_holds() {
-    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster").expect("cluster start");
     let db = fresh_database("redis_cluster_failover").await;
     let stream = tagged_stream("cluster_failover");
     let flags = cluster_flags(&db, &cluster, &stream);
@@ -104,7 +104,8 @@ async fn the_streams_primary_killed_mid_run_loses_no_entry_the_new_primary_holds
     // A producer XADDs a new position every 5 ms, retrying each until Redis takes it.
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
-        let (stop, stream, mut conn) = (stop.clone(), stream.clone(), cluster.connection().await);
+        let (stop, stream, mut conn) =
+            (stop.clone(), stream.clone(), cluster.connection().await.expect("cluster connection"));
         tokio::spawn(async move {
             let mut sent = 0u32;
             while !stop.load(Ordering::Relaxed) {
@@ -124,15 +125,15 @@ async fn the_streams_primary_killed_mid_run_loses_no_entry_the_new_primary_holds
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let primary = cluster.primary_of(&stream);
+    let primary = cluster.primary_of(&stream).expect("primary");
     cluster.kill(primary);
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
     let sent = producer.await.expect("producer");
-    cluster.wait_until_healthy();
-    assert_ne!(cluster.primary_of(&stream), primary, "a replica took over");
+    cluster.wait_until_healthy().expect("healthy cluster");
+    assert_ne!(cluster.primary_of(&stream).expect("primary"), primary, "a replica took over");
 
-    let mut conn = cluster.connection().await;
+    let mut conn = cluster.connection().await.expect("cluster connection");
     wait_drained(&mut conn, &stream, GROUP, Duration::from_secs(90)).await;
     assert!(relay.is_running(), "the relay carried on by itself");
     // It did meet the failover: its Redis calls failed, then worked again.
@@ -164,25 +165,36 @@ fn count(summary: &str, label: &str) -> u64 {
     number.unwrap_or_else(|| panic!("no number before {label:?} in {summary:?}"))
 }
 
-/// Runs `trackway-sim` into the 16 shards of `stream` on the cluster of `urls` for `seconds` (on a thread
-/// of its own, so the relays in this process keep running); its summary line.
-async fn simulate(urls: Vec<String>, stream: String, seconds: &'static str, seed: &'static str) -> String {
-    tokio::task::spawn_blocking(move || run_simulator(&urls.join(","), &stream, seconds, seed)).await.expect("join")
+/// What the simulator sends: its rate (positions/s) and the share of duplicate, late and invalid entries.
+#[derive(Clone, Copy)]
+struct Load {
+    rate: &'static str,
+    faults: &'static str,
 }
 
-/// [`simulate`]'s process.
-fn run_simulator(urls: &str, stream: &str, seconds: &str, seed: &str) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_sim-under-test"))
-        .args(["--redis-url", urls, "--redis-cluster", "--stream", stream, "--shards", "16"])
-        .args(["--devices", "64", "--rate", "1000", "--seed", seed, "--seconds", seconds])
-        .args(["--duplicates", "0.02", "--late", "0.02", "--invalid", "0.02"])
-        .env_remove("DATABASE_URL")
-        .stderr(Stdio::piped())
-        .output()
-        .expect("trackway-sim");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "exit {:?}: {stderr}", output.status);
-    stderr.lines().find(|l| l.starts_with("sent ")).unwrap_or_else(|| panic!("no summary: {stderr}")).to_owned()
+/// 1,000 positions/s, 2 % each of duplicates, late and invalid entries.
+const FAULTY: Load = Load { rate: "1000", faults: "0.02" };
+/// 400 positions/s, every entry a new valid position.
+const CLEAN: Load = Load { rate: "400", faults: "0" };
+
+/// Runs `trackway-sim` with `load` into the 16 shards of `stream` on the cluster of `urls` for `seconds`
+/// (on a thread of its own, so the relays in this process keep running); its summary line.
+async fn simulate(load: Load, urls: Vec<String>, stream: String, seconds: &'static str, seed: &'static str) -> String {
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new(env!("CARGO_BIN_EXE_sim-under-test"))
+            .args(["--redis-url", &urls.join(","), "--redis-cluster", "--stream", &stream, "--shards", "16"])
+            .args(["--devices", "64", "--rate", load.rate, "--seed", seed, "--seconds", seconds])
+            .args(["--duplicates", load.faults, "--late", load.faults, "--invalid", load.faults])
+            .env_remove("DATABASE_URL")
+            .stderr(Stdio::piped())
+            .output()
+            .expect("trackway-sim");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "exit {:?}: {stderr}", output.status);
+        stderr.lines().find(|l| l.starts_with("sent ")).unwrap_or_else(|| panic!("no summary: {stderr}")).to_owned()
+    })
+    .await
+    .expect("join")
 }
 
 /// Waits until every shard's group is drained; then checks the rows and the dead letters against what the
@@ -190,7 +202,7 @@ fn run_simulator(urls: &str, stream: &str, seconds: &str, seed: &str) -> String 
 /// client during a slot migration may be added twice, and then it is two entries to the relay): every
 /// valid position stored once, every invalid entry dead-lettered, nothing else. The summary bounds it.
 async fn check_sharded_run(cluster: &RedisCluster, db: &str, stream: &str, summary: &str) {
-    let mut conn = cluster.connection().await;
+    let mut conn = cluster.connection().await.expect("cluster connection");
     let (mut dead, mut invalid, mut entries) = (0u64, 0u64, 0u64);
     let mut positions = HashSet::new();
     for shard in 0..16 {
@@ -219,7 +231,7 @@ async fn check_sharded_run(cluster: &RedisCluster, db: &str, stream: &str, summa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_shards_read_by_two_relays_store_every_entry_once() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster").expect("cluster start");
     let db = fresh_database("redis_cluster_shards").await;
     let stream = unique("cluster_shards");
     let relays: Vec<InProcess> = futures_util::future::join_all(["relay-a", "relay-b"].map(|name| {
@@ -228,7 +240,7 @@ async fn sixteen_shards_read_by_two_relays_store_every_entry_once() {
         async move { InProcess::start(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await }
     }))
     .await;
-    let summary = simulate(cluster.urls(), stream.clone(), "3", "3").await;
+    let summary = simulate(FAULTY, cluster.urls(), stream.clone(), "3", "3").await;
     check_sharded_run(&cluster, &db, &stream, &summary).await;
     for relay in relays {
         // The group spread the entries: each relay read some.
@@ -241,7 +253,7 @@ async fn sixteen_shards_read_by_two_relays_store_every_entry_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_mid_run_leaves_its_shards_entries_to_the_other() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster").expect("cluster start");
     let db = fresh_database("redis_cluster_kill").await;
     let stream = unique("cluster_kill");
     let flags_of = |name: &str, database: &str| {
@@ -267,7 +279,7 @@ async fn a_relay_killed_mid_run_leaves_its_shards_entries_to_the_other() {
     a.wait_healthy().await;
     let b_flags = flags_of("relay-b", &format!("{} dbname={db}", server()));
     let b = InProcess::start(&b_flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let simulation = tokio::spawn(simulate(cluster.urls(), stream.clone(), "4", "4"));
+    let simulation = tokio::spawn(simulate(FAULTY, cluster.urls(), stream.clone(), "4", "4"));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     proxy.freeze();
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -282,7 +294,7 @@ async fn a_relay_killed_mid_run_leaves_its_shards_entries_to_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shards_slot_migrated_mid_run_loses_and_doubles_nothing() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster").expect("cluster start");
     let db = fresh_database("redis_cluster_migrate").await;
     let stream = unique("cluster_migrate");
     let relays: Vec<InProcess> = futures_util::future::join_all(["relay-a", "relay-b"].map(|name| {
@@ -291,15 +303,15 @@ async fn a_shards_slot_migrated_mid_run_loses_and_doubles_nothing() {
         async move { InProcess::start(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await }
     }))
     .await;
-    let simulation = tokio::spawn(simulate(cluster.urls(), stream.clone(), "5", "5"));
+    let simulation = tokio::spawn(simulate(FAULTY, cluster.urls(), stream.clone(), "5", "5"));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Shard 3's slot (its stream, dead letters and attempts) moves to another primary while entries flow.
     let key = format!("{stream}:{{3}}");
-    let from = cluster.primary_of(&key);
-    let to = cluster.primaries().into_iter().find(|&p| p != from).expect("another primary");
-    tokio::task::block_in_place(|| cluster.migrate_slot_of(&key, to));
+    let from = cluster.primary_of(&key).expect("primary");
+    let to = cluster.primaries().expect("primaries").into_iter().find(|&p| p != from).expect("another primary");
+    tokio::task::block_in_place(|| cluster.migrate_slot_of(&key, to)).expect("slot migrated");
     let summary = simulation.await.expect("simulation");
-    assert_eq!(cluster.primary_of(&key), to, "the slot moved");
+    assert_eq!(cluster.primary_of(&key).expect("primary"), to, "the slot moved");
     check_sharded_run(&cluster, &db, &stream, &summary).await;
     for relay in relays {
         relay.stop().await.expect("clean stop");
@@ -314,7 +326,7 @@ async fn a_live_client_of_a_killed_relay_resumes_on_another_with_no_gap() {
     use serde_json::json;
     use trackway_tests::live::{admin_token, key_set, keys, Client, LiveRelay, SECRET};
 
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster");
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.expect("cluster").expect("cluster start");
     let db = fresh_database("redis_cluster_live").await;
     let stream = unique("cluster_live");
     let members = (0..64).map(|i| format!("('fleet', '{}')", 356_307_042_441_000u64 + i)).collect::<Vec<_>>();
@@ -341,7 +353,7 @@ async fn a_live_client_of_a_killed_relay_resumes_on_another_with_no_gap() {
     let mut client = Client::authenticated(&format!("ws://{a_live}/live"), &admin_token()).await;
     let subscribed = client.subscribe(json!({"group": "fleet"})).await;
     assert_eq!(subscribed["snapshot"].as_array().map(Vec::len), Some(0), "{subscribed}");
-    let simulation = tokio::spawn(simulate_quietly(cluster.urls(), stream.clone(), "5", "6"));
+    let simulation = tokio::spawn(simulate(CLEAN, cluster.urls(), stream.clone(), "5", "6"));
     // About a second of positions (400/s), then relay A goes, mid-run.
     let mut received = client.positions(400, Duration::from_secs(10)).await;
     assert!(received.len() >= 400, "positions before the kill: {}", received.len());
@@ -353,7 +365,7 @@ async fn a_live_client_of_a_killed_relay_resumes_on_another_with_no_gap() {
     let expected = stored_keys(&db).await.len();
     let mut mine = resumed.positions(expected.saturating_sub(received.len()), Duration::from_secs(10)).await;
     // Everything stored by now (relay B drains relay A's claimed entries too) has reached the client.
-    let mut conn = cluster.connection().await;
+    let mut conn = cluster.connection().await.expect("cluster connection");
     for shard in 0..16 {
         wait_drained(&mut conn, &format!("{stream}:{{{shard}}}"), GROUP, Duration::from_secs(60)).await;
     }
@@ -368,21 +380,4 @@ async fn a_live_client_of_a_killed_relay_resumes_on_another_with_no_gap() {
     let stored: HashSet<(String, String)> = all_rows.into_iter().collect();
     assert_eq!(unique_got, stored, "every stored position reached the client once, across the two relays");
     b.stop().await.expect("clean stop");
-}
-
-/// [`simulate`] without invalid, late or repeated entries (every entry is a new position).
-async fn simulate_quietly(urls: Vec<String>, stream: String, seconds: &'static str, seed: &'static str) {
-    tokio::task::spawn_blocking(move || {
-        let output = Command::new(env!("CARGO_BIN_EXE_sim-under-test"))
-            .args(["--redis-url", &urls.join(","), "--redis-cluster", "--stream", &stream, "--shards", "16"])
-            .args(["--devices", "64", "--rate", "400", "--seed", seed, "--seconds", seconds])
-            .args(["--duplicates", "0", "--late", "0", "--invalid", "0"])
-            .env_remove("DATABASE_URL")
-            .stderr(Stdio::piped())
-            .output()
-            .expect("trackway-sim");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    })
-    .await
-    .expect("join");
 }

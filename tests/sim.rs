@@ -151,7 +151,10 @@ async fn sharded_simulator_keeps_each_device_in_its_shard() {
 /// order, and together they hold every entry the summary counts.
 #[tokio::test]
 async fn sharded_simulator_writes_into_a_redis_cluster() {
-    let cluster = tokio::task::spawn_blocking(trackway_tests::cluster::RedisCluster::start).await.expect("cluster");
+    let cluster = tokio::task::spawn_blocking(trackway_testkit::RedisCluster::start)
+        .await
+        .expect("cluster")
+        .expect("cluster start");
     let stream = unique("sim_cluster");
     let seeds = cluster.urls().join(",");
     let child = spawn_sim(
@@ -173,7 +176,7 @@ async fn sharded_simulator_writes_into_a_redis_cluster() {
     let mut primaries = HashSet::new();
     for shard in 0..16u32 {
         let key = format!("{stream}:{{{shard}}}");
-        let primary = cluster.primary_of(&key);
+        let primary = cluster.primary_of(&key).expect("primary");
         let mut node = redis(&format!("redis://127.0.0.1:{primary}")).await;
         let len: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut node).await.expect("XLEN on its primary");
         assert_eq!(len, counts[shard as usize], "{key} is on its slot's primary");

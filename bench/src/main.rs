@@ -26,8 +26,10 @@
 //! extension must add rules, not cost).
 //!
 //! `trackway-bench relay` runs the relay binary end to end against `ingest_batch` called directly;
-//! `trackway-bench live` measures the live path to WebSocket clients (see [`live`]).
+//! `trackway-bench live` measures the live path to WebSocket clients (see [`live`]); `trackway-bench cluster`
+//! the relay on one Redis node against a Redis Cluster, with one and two relays (see [`cluster`]).
 
+mod cluster;
 mod db;
 mod ingest;
 mod live;
@@ -54,6 +56,9 @@ enum Command {
     /// The live path: Redis Stream -> relay -> PostgreSQL -> NOTIFY -> /live WebSocket clients (latency,
     /// delivery, CPU, memory).
     Live(Box<live::Options>),
+    /// Sharded streams: one relay on one Redis node vs one and two relays on a Redis Cluster (entries/s,
+    /// XADD -> commit, RSS, Redis CPU), and the relay-count ceiling of the live feed.
+    Cluster(Box<cluster::Options>),
 }
 
 #[derive(clap::Args)]
@@ -106,6 +111,7 @@ async fn main() -> std::process::ExitCode {
         Command::Ingest(args) => ingest::run(&args.into()).await,
         Command::Relay(args) => relay::run(&args.into()).await,
         Command::Live(options) => live::run(&options).await,
+        Command::Cluster(options) => cluster::run(&options).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,6 +6,8 @@
 //!   counters from XINFO GROUPS.
 //! - [`payloads`]: wire-format payloads: a minimal valid position and the timestamp text it carries.
 //! - [`prometheus`]: samples and sums read from the relay's `/metrics` text.
+//! - [`redis_nodes`]: private Redis servers: a Redis Cluster of three primaries and three replicas, or one
+//!   node started the same way.
 //! - [`token`]: HS256 access tokens signed as Directus signs them.
 //!
 //! testkit may use the simulator (`trackway-sim`), never the reverse: the simulator ships in the relay's
@@ -19,10 +21,12 @@
 pub mod database;
 pub mod payloads;
 pub mod prometheus;
+pub mod redis_nodes;
 pub mod stream;
 pub mod token;
 
 pub use database::{create_extension, drop_database, recreate_database, InstallWait};
 pub use payloads::{position, timestamp};
+pub use redis_nodes::{RedisCluster, RedisNode};
 pub use stream::{group_counters, xadd_payloads, xadd_payloads_as, GroupCounters};
 pub use token::directus_token;

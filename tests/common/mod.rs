@@ -31,7 +31,6 @@ pub fn server_address() -> (String, u16) {
     (host, config.get_ports().first().copied().unwrap_or(5432))
 }
 
-pub mod cluster;
 pub mod directus;
 pub mod live;
 pub mod proxy;

@@ -19,11 +19,11 @@
 //! `anchor.rs`). CPU is utime+stime from /proc over the load window, in % of one core.
 
 mod anchor;
-mod client;
+pub(crate) mod client;
 mod forged;
-mod procfs;
-mod relay;
-mod stats;
+pub(crate) mod procfs;
+pub(crate) mod relay;
+pub(crate) mod stats;
 mod storm;
 mod unread;
 
@@ -294,6 +294,7 @@ impl Bench<'_> {
             stream: &stream,
             jwt_secret: &secret,
             extra: &o.relay_args,
+            live: true,
         };
         let relay = Relay::start(&launch).await?;
         Ok(Setup { config, relay, token: token(&secret)?, redis: conn, stream })

@@ -32,6 +32,12 @@ impl CpuSample {
     }
 }
 
+/// CPU time used by a process so far (utime + stime), in seconds; `None` when it cannot be read (gone).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat_cpu_ticks(&text)? as f64 / clock_ticks_per_second())
+}
+
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2) may hold
 /// spaces and parentheses, so fields are counted after its last `)`.
 fn stat_cpu_ticks(stat: &str) -> Option<u64> {

@@ -27,23 +27,33 @@ pub struct Launch<'a> {
     pub jwt_secret: &'a str,
     /// Extra command-line flags (`--relay-arg`).
     pub extra: &'a [String],
+    /// Whether the live side runs (off: `--live-addr off`, the ingest side alone).
+    pub live: bool,
 }
 
 impl Relay {
-    /// Starts the relay and waits until `/readyz` answers 200 and the live port accepts connections.
+    /// Starts the relay and waits until `/readyz` answers 200 and the live port (if any) accepts connections.
     pub async fn start(launch: &Launch<'_>) -> Result<Relay> {
         let live = free_port()?;
         let admin = free_port()?;
-        let child = Command::new(launch.binary)
+        let mut command = Command::new(launch.binary);
+        command
             .env("DATABASE_URL", launch.database_url)
             .env("REDIS_URL", launch.redis_url)
             .env("TRACKWAY_STREAM", launch.stream)
             .env("RUST_LOG", "warn")
             .env("TRACKWAY_LOG_FORMAT", "text")
-            .args(["--auth", "jwt", "--jwt-secret", launch.jwt_secret])
-            .args(["--live-addr", &live.to_string(), "--admin-addr", &admin.to_string()])
-            // Every benchmark client signs in with the same token: one user standing for thousands.
-            .args(["--live-max-connections-per-user", "1000000"])
+            .args(["--admin-addr", &admin.to_string()]);
+        if launch.live {
+            command
+                .args(["--auth", "jwt", "--jwt-secret", launch.jwt_secret])
+                .args(["--live-addr", &live.to_string()])
+                // Every benchmark client signs in with the same token: one user standing for thousands.
+                .args(["--live-max-connections-per-user", "1000000"]);
+        } else {
+            command.args(["--live-addr", "off"]);
+        }
+        let child = command
             .args(launch.extra)
             .stdout(Stdio::null())
             .spawn()
@@ -55,7 +65,7 @@ impl Relay {
             if let Some(status) = relay.child.try_wait()? {
                 bail!("the relay exited at start: {status}");
             }
-            let live_up = tokio::net::TcpStream::connect(live).await.is_ok();
+            let live_up = !launch.live || tokio::net::TcpStream::connect(live).await.is_ok();
             if live_up && relay.ready().await {
                 return Ok(relay);
             }

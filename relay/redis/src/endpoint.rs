@@ -58,7 +58,9 @@ impl Endpoint {
     }
 }
 
-/// An open connection to one server or to a cluster (commands go to the node of their key's slot).
+/// An open connection to one server or to a cluster (commands go to the node of their key's slot). A clone
+/// shares the same connections (both kinds are multiplexed): commands of several tasks travel together.
+#[derive(Clone)]
 pub enum Connection {
     /// To one server.
     Node(MultiplexedConnection),

@@ -1,0 +1,720 @@
+//! The `cluster` benchmark: one sharded workload through
+//!
+//! - **(a)** one relay on one Redis node,
+//! - **(b)** one relay on a Redis Cluster (three primaries, three replicas),
+//! - **(c)** two relays in one consumer group on that cluster,
+//!
+//! all on Debian's `redis-server` started by the benchmark itself (`trackway_testkit::redis_nodes`: the same
+//! build and settings for the node and the cluster's nodes), the relay binary as child processes, one
+//! throw-away database.
+//!
+//! Each repetition runs, for every setup in turn (the order rotates between repetitions):
+//!
+//! 1. **Throughput**: `--backlog` entries of the simulator's fleet are XADDed to the `--shards` shard keys
+//!    (each device to its shard, `trackway_wire::shard`; not timed), then the relays start and the clock
+//!    runs until every shard's group has nothing left to deliver and nothing pending: entries/s.
+//! 2. **Latency**: with the relays running on fresh shard keys, positions are XADDed at `--rate` per second
+//!    for `--seconds` (every 5 ms what is due, one pipeline per shard); the benchmark's own LISTEN
+//!    connection records when each row's notification arrives, which is after its commit: XADD → commit
+//!    p50/p99.
+//!
+//! Meanwhile it reads the relays' peak RSS and the Redis processes' CPU time from /proc, and the relays'
+//! Redis connections from `INFO clients`.
+//!
+//! Then the **ceiling** of the design: every relay's live feed reads every new row, so each added relay
+//! adds database work whatever its share of the stream. For each relay count in `--ceiling`, the latency
+//! phase runs on the cluster with the live side on and again with it off (`TRACKWAY_LIVE_ADDR=off`), and
+//! the PostgreSQL processes' CPU is compared: the difference is what the feeds cost.
+//!
+//! Goals (issue 18): (b) ≥ 0.9 × (a) entries/s; (c) ≥ (b); XADD → commit p99 ≤ 50 ms at 2,000 entries/s
+//! over 16 shards on the cluster.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use futures_util::{future::try_join_all, stream, StreamExt};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use trackway_testkit::{redis_nodes, RedisCluster, RedisNode};
+
+use crate::db;
+use crate::live::{
+    client::{micros_since, scan_keys, Keys},
+    procfs::{cpu_seconds, memory_kb},
+    relay::{Launch, Relay},
+    stats::{latency_header, latency_row, Goal, Percentiles},
+};
+
+/// Not yet recorded (XADD or NOTIFY time).
+const UNSET: u32 = u32::MAX;
+/// How long notifications may keep arriving after the last XADD of the latency phase.
+const SETTLE: Duration = Duration::from_secs(30);
+/// Longest a backlog may take to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(600);
+/// The relays' JWT secret (no client connects: the live side runs for its feed alone).
+const SECRET: &str = "trackway-bench-cluster-secret-not-for-production-0123456789";
+
+/// Goals (issue 18).
+const GOAL_CLUSTER_RATIO: f64 = 0.9;
+const GOAL_TWO_RELAYS_RATIO: f64 = 1.0;
+const GOAL_P99_MS: f64 = 50.0;
+
+/// Options of `trackway-bench cluster`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Options {
+    /// Shard keys of the stream (`<stream>:{0}` …).
+    #[arg(long, default_value_t = 16)]
+    pub shards: u32,
+    /// Distinct devices sending.
+    #[arg(long, default_value_t = 1_000)]
+    pub devices: usize,
+    /// Throughput: entries waiting in the shards when the relays start.
+    #[arg(long, default_value_t = 100_000)]
+    pub backlog: usize,
+    /// Latency: entries per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u32,
+    /// Latency: seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Runs of each setup; throughput is the median, latency samples are pooled.
+    #[arg(long, default_value_t = 3)]
+    pub repetitions: usize,
+    /// Relay counts of the ceiling measurement (comma-separated; empty: skip it).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub ceiling: Vec<usize>,
+    /// Seed of the backlog's generator (the simulator's fleet).
+    #[arg(long, default_value_t = 20_261_127)]
+    pub seed: u64,
+    /// Maintenance connection, used to create and drop the benchmark database.
+    #[arg(long, default_value = "postgres://postgres@localhost/postgres")]
+    pub database_url: String,
+    /// Name of the benchmark database (dropped and re-created).
+    #[arg(long, default_value = "trackway_bench_cluster")]
+    pub bench_database: String,
+    /// Keep the benchmark database afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// The relay binary [default: trackway-relay next to this binary].
+    #[arg(long)]
+    pub relay_binary: Option<PathBuf>,
+}
+
+/// One way of running the relays.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// `a`, `b`, `c` (the issue's names).
+    label: &'static str,
+    /// For the table.
+    name: &'static str,
+    /// On the cluster (else the single node).
+    cluster: bool,
+    /// Relays in the group.
+    relays: usize,
+}
+
+const SETUPS: [Setup; 3] = [
+    Setup { label: "a", name: "one relay, one Redis node", cluster: false, relays: 1 },
+    Setup { label: "b", name: "one relay, Redis Cluster", cluster: true, relays: 1 },
+    Setup { label: "c", name: "two relays, Redis Cluster", cluster: true, relays: 2 },
+];
+
+/// What one setup measured over every repetition.
+#[derive(Default)]
+struct Figures {
+    /// Throughput runs: entries/s.
+    entries_per_second: Vec<f64>,
+    /// Throughput runs: Redis CPU seconds per 100,000 entries.
+    redis_cpu_per_100k: Vec<f64>,
+    /// Latency runs: XADD → commit, µs, pooled.
+    latencies: Vec<u32>,
+    /// Latency runs: entries/s achieved by the generator.
+    rates: Vec<f64>,
+    /// Latency runs: Redis CPU, % of one core.
+    redis_cpu_percent: Vec<f64>,
+    /// Latency runs: Redis connections the relays held.
+    connections: Vec<i64>,
+    /// Highest peak RSS of any relay, kB.
+    peak_rss_kb: u64,
+    /// Positions missing after a latency run (should stay 0).
+    missing: usize,
+}
+
+/// The private Redis servers, and where the relays and the generator find them.
+struct Servers {
+    node: RedisNode,
+    cluster: RedisCluster,
+}
+
+impl Servers {
+    /// `REDIS_URL` for the relay (comma-separated seeds on the cluster).
+    fn url(&self, cluster: bool) -> String {
+        if cluster {
+            self.cluster.urls().join(",")
+        } else {
+            self.node.url()
+        }
+    }
+
+    fn pids(&self, cluster: bool) -> Vec<u32> {
+        if cluster {
+            self.cluster.pids()
+        } else {
+            vec![self.node.pid()]
+        }
+    }
+
+    fn ports(&self, cluster: bool) -> Vec<u16> {
+        if cluster {
+            self.cluster.ports()
+        } else {
+            vec![self.node.port()]
+        }
+    }
+
+    async fn connect(&self, cluster: bool) -> Result<trackway_redis::Connection> {
+        let endpoint = trackway_redis::Endpoint::parse(&self.url(cluster), cluster).context("Redis address")?;
+        endpoint.connect().await.with_context(|| format!("connecting to {}", endpoint.describe()))
+    }
+
+    /// Clients connected to the servers, summed (`INFO clients`).
+    fn connected_clients(&self, cluster: bool) -> i64 {
+        self.ports(cluster)
+            .into_iter()
+            .filter_map(|port| redis_nodes::cli(port, &["INFO", "clients"]))
+            .filter_map(|info| {
+                info.lines().find_map(|l| l.trim().strip_prefix("connected_clients:")?.parse::<i64>().ok())
+            })
+            .sum()
+    }
+}
+
+/// The run: the binary, the database and the servers.
+struct Bench<'a> {
+    options: &'a Options,
+    binary: PathBuf,
+    config: Config,
+    database_url: String,
+    client: Client,
+    servers: Servers,
+    /// Distinguishes this run's keys.
+    run: u32,
+}
+
+/// Creates the database and the servers, runs every setup `--repetitions` times and the ceiling, prints.
+pub async fn run(options: &Options) -> Result<()> {
+    if options.shards == 0 || options.devices == 0 || options.backlog == 0 || options.rate == 0 {
+        bail!("--shards, --devices, --backlog and --rate must all be at least 1");
+    }
+    if options.repetitions == 0 || options.seconds.is_nan() || options.seconds <= 0.0 {
+        bail!("--repetitions and --seconds must be positive");
+    }
+    let binary = match &options.relay_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("trackway-relay"),
+    };
+    if !binary.is_file() {
+        bail!("relay binary {} not found (build it: cargo build --release -p trackway-relay)", binary.display());
+    }
+    db::check_database_name(&options.bench_database)?;
+    let maintenance_config: Config = options.database_url.parse().context("parsing --database-url")?;
+    let maintenance = db::connect(&maintenance_config).await?;
+    db::recreate_database(&maintenance, &options.bench_database).await?;
+    let mut config = maintenance_config;
+    config.dbname(&options.bench_database);
+    let result = run_in(options, binary, config).await;
+    if options.keep {
+        eprintln!("kept database {}", options.bench_database);
+    } else {
+        db::drop_database(&maintenance, &options.bench_database).await?;
+    }
+    result
+}
+
+async fn run_in(options: &Options, binary: PathBuf, config: Config) -> Result<()> {
+    let client = db::connect(&config).await?;
+    db::create_extension(&client).await?;
+    eprintln!("starting a Redis node and a Redis Cluster (3 primaries, 3 replicas)");
+    let servers = tokio::task::spawn_blocking(|| -> Result<Servers> {
+        Ok(Servers { node: RedisNode::start()?, cluster: RedisCluster::start()? })
+    })
+    .await??;
+    let database_url = db::database_url(&config);
+    let mut bench = Bench { options, binary, config, database_url, client, servers, run: 0 };
+    for fact in db::machine_facts(&bench.client).await? {
+        println!("{fact}");
+    }
+
+    let backlog = trackway_sim::workload(options.backlog, options.devices, options.seed);
+    let (_, backlog_devices) = Keys::new(&backlog)?;
+    let mut figures: Vec<Figures> = SETUPS.iter().map(|_| Figures::default()).collect();
+    for rep in 0..options.repetitions {
+        for k in 0..SETUPS.len() {
+            let i = (rep + k) % SETUPS.len();
+            let setup = SETUPS[i];
+            bench.throughput(setup, &backlog, &backlog_devices, &mut figures[i]).await?;
+            bench.latency(setup, true, &mut figures[i]).await.map(|_| ())?;
+            eprintln!("repetition {} of {}: setup ({}) done", rep + 1, options.repetitions, setup.label);
+        }
+    }
+    print_setups(options, &mut figures);
+
+    if !options.ceiling.is_empty() {
+        let mut rows = Vec::new();
+        for &relays in &options.ceiling {
+            let setup = Setup { label: "ceiling", name: "", cluster: true, relays: relays.max(1) };
+            let mut with = Figures::default();
+            let live = bench.latency(setup, true, &mut with).await?;
+            let mut without = Figures::default();
+            let quiet = bench.latency(setup, false, &mut without).await?;
+            rows.push((relays.max(1), with, live, without, quiet));
+        }
+        print_ceiling(options, &mut rows);
+    }
+    Ok(())
+}
+
+/// CPU of a latency run outside Redis: the database server and the relays.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    /// Every `postgres` process of the machine, % of one core.
+    postgres: f64,
+    /// The relays together, % of one core.
+    relays: f64,
+}
+
+impl Bench<'_> {
+    /// Fresh shard keys for a run.
+    fn keys(&mut self, label: &str) -> (String, Vec<String>) {
+        self.run += 1;
+        let stream = format!("trackway-bench:{}:{label}:{}", std::process::id(), self.run);
+        let keys = (0..self.options.shards).map(|i| format!("{stream}:{{{i}}}")).collect();
+        (stream, keys)
+    }
+
+    async fn reset(&self) -> Result<()> {
+        self.client
+            .batch_execute("TRUNCATE trackway.positions, trackway.latest_positions; CHECKPOINT")
+            .await
+            .context("emptying tables")
+    }
+
+    /// Starts `setup.relays` relays on `stream` (consumers `relay-0` …), all at once.
+    async fn start_relays(&self, setup: Setup, stream: &str, live: bool) -> Result<Vec<Relay>> {
+        let url = self.servers.url(setup.cluster);
+        let extra: Vec<Vec<String>> = (0..setup.relays)
+            .map(|i| {
+                let mut flags = vec![
+                    "--stream-shards".to_owned(),
+                    self.options.shards.to_string(),
+                    "--consumer".to_owned(),
+                    format!("relay-{i}"),
+                ];
+                if setup.cluster {
+                    flags.push("--redis-cluster".to_owned());
+                    flags.push("true".to_owned());
+                }
+                flags
+            })
+            .collect();
+        let launches: Vec<Launch> = extra
+            .iter()
+            .map(|flags| Launch {
+                binary: &self.binary,
+                database_url: &self.database_url,
+                redis_url: &url,
+                stream,
+                jwt_secret: SECRET,
+                extra: flags,
+                live,
+            })
+            .collect();
+        try_join_all(launches.iter().map(Relay::start)).await
+    }
+
+    /// Throughput: fills the shards, starts the relays, times the drain.
+    async fn throughput(
+        &mut self,
+        setup: Setup,
+        payloads: &[String],
+        devices: &[String],
+        figures: &mut Figures,
+    ) -> Result<()> {
+        self.reset().await?;
+        let (stream, keys) = self.keys(setup.label);
+        let mut conn = self.servers.connect(setup.cluster).await?;
+        let mut by_shard: Vec<Vec<&str>> = vec![Vec::new(); keys.len()];
+        for (payload, device) in payloads.iter().zip(devices) {
+            by_shard[trackway_wire::shard::shard_of(device, self.options.shards) as usize].push(payload);
+        }
+        for (key, shard) in keys.iter().zip(&by_shard) {
+            trackway_testkit::xadd_payloads(&mut conn, key, shard).await.context("XADD")?;
+        }
+        let pids = self.servers.pids(setup.cluster);
+        let cpu_before = total_cpu_seconds(&pids);
+        let started = Instant::now();
+        let relays = self.start_relays(setup, &stream, true).await?;
+        let deadline = started + DRAIN_LIMIT;
+        while !drained(&mut conn, &keys).await? {
+            if Instant::now() > deadline {
+                bail!("({}) the relays did not drain {} entries within {DRAIN_LIMIT:?}", setup.label, payloads.len());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let redis_cpu = total_cpu_seconds(&pids) - cpu_before;
+        figures.peak_rss_kb = figures.peak_rss_kb.max(peak_rss_kb(&relays));
+        stop_all(relays).await?;
+        let stored = count_rows(&self.client).await?;
+        if stored != payloads.len() as i64 {
+            bail!("ASSERTION FAILED: ({}) {stored} rows stored, expected exactly {}", setup.label, payloads.len());
+        }
+        delete_keys(&mut conn, &keys).await?;
+        let rate = payloads.len() as f64 / elapsed;
+        eprintln!(
+            "({}) {} relay(s): {} entries in {elapsed:.2} s = {rate:.0}/s, Redis CPU {redis_cpu:.2} s",
+            setup.label,
+            setup.relays,
+            payloads.len()
+        );
+        figures.entries_per_second.push(rate);
+        figures.redis_cpu_per_100k.push(redis_cpu * 100_000.0 / payloads.len() as f64);
+        Ok(())
+    }
+
+    /// Latency: relays running, entries XADDed at `--rate`, commit seen by LISTEN.
+    async fn latency(&mut self, setup: Setup, live: bool, figures: &mut Figures) -> Result<Cpu> {
+        self.reset().await?;
+        let (stream, keys) = self.keys(setup.label);
+        let mut conn = self.servers.connect(setup.cluster).await?;
+        let total = (f64::from(self.options.rate) * self.options.seconds).round().max(1.0) as usize;
+        let payloads = positions(total, self.options.devices)?;
+        let (index, devices) = Keys::new(&payloads)?;
+        let shard_of: Vec<usize> =
+            devices.iter().map(|d| trackway_wire::shard::shard_of(d, self.options.shards) as usize).collect();
+        let times = Arc::new(Times::new(total));
+        let t0 = Instant::now();
+        let listener = listen(&self.config, Arc::new(index), times.clone(), t0).await?;
+
+        let baseline = self.servers.connected_clients(setup.cluster);
+        let relays = self.start_relays(setup, &stream, live).await?;
+        wait_for_groups(&mut conn, &keys).await?;
+
+        let pids = self.servers.pids(setup.cluster);
+        let relay_pids: Vec<u32> = relays.iter().map(|r| r.pid).collect();
+        let (redis_before, relays_before, pg_before) =
+            (total_cpu_seconds(&pids), total_cpu_seconds(&relay_pids), postgres_cpu_seconds());
+        let window = Instant::now();
+        let rate = generate(&conn, &keys, &payloads, &shard_of, self.options.rate, &times, t0).await?;
+        let seconds = window.elapsed().as_secs_f64();
+        let percent = |after: f64, before: f64| 100.0 * (after - before) / seconds;
+        let cpu = Cpu {
+            postgres: percent(postgres_cpu_seconds(), pg_before),
+            relays: percent(total_cpu_seconds(&relay_pids), relays_before),
+        };
+        let redis_cpu = percent(total_cpu_seconds(&pids), redis_before);
+        // Under load every link of every consumer is open (some open on first use).
+        let connections = self.servers.connected_clients(setup.cluster) - baseline;
+
+        let settle = Instant::now() + SETTLE;
+        while times.notified() < total && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        figures.peak_rss_kb = figures.peak_rss_kb.max(peak_rss_kb(&relays));
+        stop_all(relays).await?;
+        listener.abort();
+        delete_keys(&mut conn, &keys).await?;
+        let missing = total - times.notified();
+        if missing > 0 {
+            eprintln!("warning: ({}) {missing} of {total} positions not seen committed within {SETTLE:?}", setup.label);
+        }
+        figures.missing += missing;
+        figures.latencies.extend(times.lags());
+        figures.rates.push(rate);
+        figures.redis_cpu_percent.push(redis_cpu);
+        figures.connections.push(connections);
+        Ok(cpu)
+    }
+}
+
+/// `total` minimal positions of `devices` devices (`bench-<i>`), each with its own time, all in the last
+/// hours (so they land in a recent chunk).
+fn positions(total: usize, devices: usize) -> Result<Vec<String>> {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let start = now_ms - 3_600_000;
+    Ok((0..total).map(|i| trackway_testkit::position(&format!("bench-{}", i % devices), start + i as i64)).collect())
+}
+
+/// XADDs `payloads` at `rate` per second: every 5 ms what is due, one pipeline per shard, the shards'
+/// pipelines concurrently; records each one's XADD time. Returns the rate achieved.
+async fn generate(
+    conn: &trackway_redis::Connection,
+    keys: &[String],
+    payloads: &[String],
+    shard_of: &[usize],
+    rate: u32,
+    times: &Times,
+    t0: Instant,
+) -> Result<f64> {
+    let total = payloads.len();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1).min(total);
+        if due <= sent {
+            continue;
+        }
+        let mut pipes: HashMap<usize, redis::Pipeline> = HashMap::new();
+        for (i, payload) in payloads.iter().enumerate().take(due).skip(sent) {
+            let shard = shard_of[i];
+            pipes
+                .entry(shard)
+                .or_insert_with(redis::pipe)
+                .cmd("XADD")
+                .arg(&keys[shard])
+                .arg("*")
+                .arg("payload")
+                .arg(payload);
+        }
+        let at = micros_since(t0);
+        for slot in &times.xadd[sent..due] {
+            slot.store(at, Ordering::Relaxed);
+        }
+        let sends = pipes.into_values().map(|mut pipe| {
+            let mut conn = conn.clone();
+            async move {
+                pipe.ignore();
+                pipe.query_async::<()>(&mut conn).await
+            }
+        });
+        try_join_all(sends).await.context("XADD")?;
+        sent = due;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// XADD and NOTIFY arrival times, µs after the run's `t0`.
+struct Times {
+    xadd: Vec<AtomicU32>,
+    notify: Vec<AtomicU32>,
+}
+
+impl Times {
+    fn new(n: usize) -> Times {
+        let unset = || (0..n).map(|_| AtomicU32::new(UNSET)).collect();
+        Times { xadd: unset(), notify: unset() }
+    }
+
+    fn notified(&self) -> usize {
+        self.notify.iter().filter(|t| t.load(Ordering::Relaxed) != UNSET).count()
+    }
+
+    /// XADD → commit of every position seen committed, µs.
+    fn lags(&self) -> Vec<u32> {
+        self.xadd
+            .iter()
+            .zip(&self.notify)
+            .filter_map(|(x, n)| {
+                let (x, n) = (x.load(Ordering::Relaxed), n.load(Ordering::Relaxed));
+                (x != UNSET && n != UNSET).then(|| n.saturating_sub(x))
+            })
+            .collect()
+    }
+}
+
+/// The benchmark's LISTEN connection: records when each position's notification arrives.
+async fn listen(
+    config: &Config,
+    keys: Arc<Keys>,
+    times: Arc<Times>,
+    t0: Instant,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let (client, mut connection) = config.connect(NoTls).await.context("LISTEN connection")?;
+    let driver = tokio::spawn(async move {
+        let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            let Ok(AsyncMessage::Notification(n)) = message else { continue };
+            let at = micros_since(t0);
+            scan_keys(n.payload().as_bytes(), |d, t| {
+                if let Some(i) = keys.get(d, t) {
+                    let _ = times.notify[i as usize].compare_exchange(UNSET, at, Ordering::Relaxed, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    client.batch_execute("LISTEN trackway_positions").await.context("LISTEN")?;
+    Ok(tokio::spawn(async move {
+        let _client = client;
+        let _ = driver.await;
+    }))
+}
+
+/// Whether every shard's group has nothing left to deliver and nothing pending.
+async fn drained(conn: &mut trackway_redis::Connection, keys: &[String]) -> Result<bool> {
+    for key in keys {
+        let groups = trackway_testkit::group_counters(conn, key).await.unwrap_or_default();
+        if !groups.iter().any(|g| g.pending == Some(0) && g.lag == Some(0)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Waits until every shard's group exists (the relays have started their consumers), then a moment for
+/// their first reads to be issued.
+async fn wait_for_groups(conn: &mut trackway_redis::Connection, keys: &[String]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for key in keys {
+        while trackway_testkit::group_counters(conn, key).await.unwrap_or_default().is_empty() {
+            if Instant::now() > deadline {
+                bail!("the relays did not create the group of {key} within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    Ok(())
+}
+
+async fn delete_keys(conn: &mut trackway_redis::Connection, keys: &[String]) -> Result<()> {
+    for key in keys {
+        // One command per slot: a cluster refuses DEL over keys of several slots.
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .arg(format!("{key}:dead"))
+            .arg(format!("{key}:attempts"))
+            .query_async(conn)
+            .await
+            .context("DEL")?;
+    }
+    Ok(())
+}
+
+async fn count_rows(client: &Client) -> Result<i64> {
+    Ok(client.query_one("SELECT count(*) FROM trackway.positions", &[]).await?.try_get(0)?)
+}
+
+async fn stop_all(relays: Vec<Relay>) -> Result<()> {
+    try_join_all(relays.into_iter().map(Relay::stop)).await.map(|_| ())
+}
+
+fn peak_rss_kb(relays: &[Relay]) -> u64 {
+    relays.iter().filter_map(|r| memory_kb(r.pid)).map(|(_, hwm)| hwm).max().unwrap_or(0)
+}
+
+fn total_cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|&pid| cpu_seconds(pid)).sum()
+}
+
+/// CPU seconds of every process named `postgres` (servers and their backends: the database's whole work).
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .filter_map(cpu_seconds)
+        .sum()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn print_setups(options: &Options, figures: &mut [Figures]) {
+    println!();
+    println!(
+        "== {} entries of {} devices in {} shards (throughput, median of {}); {} entries/s for {} s (latency, pooled) ==",
+        options.backlog, options.devices, options.shards, options.repetitions, options.rate, options.seconds
+    );
+    println!(
+        "  {:<30} {:>10} {:>14} {:>9} {:>9} {:>10} {:>10} {:>8}",
+        "setup", "entries/s", "Redis CPU s", "p50 ms", "p99 ms", "Redis CPU", "conns", "RSS MB"
+    );
+    println!(
+        "  {:<30} {:>10} {:>14} {:>9} {:>9} {:>10} {:>10} {:>8}",
+        "", "", "per 100k", "", "", "at rate", "", "peak"
+    );
+    let mut p99 = Vec::new();
+    for (setup, f) in SETUPS.iter().zip(figures.iter_mut()) {
+        let latency = Percentiles::of_micros(&mut f.latencies);
+        p99.push(latency.map_or(f64::NAN, |p| p.p99));
+        println!(
+            "  ({}) {:<26} {:>10.0} {:>14.2} {:>9.2} {:>9.2} {:>9.1}% {:>10} {:>8.1}",
+            setup.label,
+            setup.name,
+            median(&f.entries_per_second),
+            median(&f.redis_cpu_per_100k),
+            latency.map_or(f64::NAN, |p| p.p50),
+            latency.map_or(f64::NAN, |p| p.p99),
+            median(&f.redis_cpu_percent),
+            f.connections.iter().max().copied().unwrap_or(0),
+            f.peak_rss_kb as f64 / 1024.0
+        );
+    }
+    println!();
+    println!("{}", latency_header());
+    for (setup, f) in SETUPS.iter().zip(figures.iter_mut()) {
+        let rate = median(&f.rates);
+        let name = format!("({}) XADD -> commit at {rate:.0}/s", setup.label);
+        println!("{}", latency_row(&name, Percentiles::of_micros(&mut f.latencies)));
+    }
+    println!();
+    let throughput: Vec<f64> = figures.iter().map(|f| median(&f.entries_per_second)).collect();
+    let missing: usize = figures.iter().map(|f| f.missing).sum();
+    let goals = [
+        Goal::at_least("(b) / (a) entries/s", throughput[1] / throughput[0], GOAL_CLUSTER_RATIO, "x"),
+        Goal::at_least("(c) / (b) entries/s", throughput[2] / throughput[1], GOAL_TWO_RELAYS_RATIO, "x"),
+        Goal::at_most("(b) XADD -> commit p99", p99[1], GOAL_P99_MS, "ms"),
+        Goal::at_most("(c) XADD -> commit p99", p99[2], GOAL_P99_MS, "ms"),
+        Goal::at_most("positions never seen committed", missing as f64, 0.0, ""),
+    ];
+    println!("goals:");
+    for goal in &goals {
+        println!("{}", goal.line());
+    }
+}
+
+fn print_ceiling(options: &Options, rows: &mut [(usize, Figures, Cpu, Figures, Cpu)]) {
+    println!();
+    println!(
+        "== ceiling: N relays on the cluster, {} entries/s for {} s, live side (feed) on vs off ==",
+        options.rate, options.seconds
+    );
+    println!(
+        "  {:>6} {:>12} {:>12} {:>14} {:>14} {:>14} {:>12}",
+        "relays", "p99 on ms", "p99 off ms", "postgres on %", "postgres off %", "feeds' share %", "relays on %"
+    );
+    for (relays, with, live, without, quiet) in rows.iter_mut() {
+        let p99 = |f: &mut Figures| Percentiles::of_micros(&mut f.latencies).map_or(f64::NAN, |p| p.p99);
+        println!(
+            "  {:>6} {:>12.2} {:>12.2} {:>14.1} {:>14.1} {:>14.1} {:>12.1}",
+            relays,
+            p99(with),
+            p99(without),
+            live.postgres,
+            quiet.postgres,
+            live.postgres - quiet.postgres,
+            live.relays
+        );
+    }
+    println!("  (% of one core; postgres: every postgres process of the machine; the machine has {} cores)", cores());
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
