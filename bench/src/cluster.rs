@@ -84,10 +84,13 @@ pub struct Options {
     /// Latency: seconds of load.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
+    /// Latency: seconds the relays idle (no entries) before the load, their CPU measured.
+    #[arg(long, default_value_t = 3.0)]
+    pub idle_seconds: f64,
     /// Runs of each setup; throughput is the median, latency samples are pooled.
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
-    /// Relay counts of the ceiling measurement (comma-separated; empty: skip it).
+    /// Relay counts of the ceiling measurement (comma-separated; `0` skips it).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub ceiling: Vec<usize>,
     /// Seed of the backlog's generator (the simulator's fleet).
@@ -141,6 +144,8 @@ struct Figures {
     redis_cpu_percent: Vec<f64>,
     /// Latency runs: Redis connections the relays held.
     connections: Vec<i64>,
+    /// Latency runs: the relays' CPU while no entry arrives, % of one core.
+    idle_cpu_percent: Vec<f64>,
     /// Highest peak RSS of any relay, kB.
     peak_rss_kb: u64,
     /// Positions missing after a latency run (should stay 0).
@@ -266,15 +271,16 @@ async fn run_in(options: &Options, binary: PathBuf, config: Config) -> Result<()
     }
     print_setups(options, &mut figures);
 
-    if !options.ceiling.is_empty() {
+    let ceiling: Vec<usize> = options.ceiling.iter().copied().filter(|&n| n > 0).collect();
+    if !ceiling.is_empty() {
         let mut rows = Vec::new();
-        for &relays in &options.ceiling {
-            let setup = Setup { label: "ceiling", name: "", cluster: true, relays: relays.max(1) };
+        for relays in ceiling {
+            let setup = Setup { label: "ceiling", name: "", cluster: true, relays };
             let mut with = Figures::default();
             let live = bench.latency(setup, true, &mut with).await?;
             let mut without = Figures::default();
             let quiet = bench.latency(setup, false, &mut without).await?;
-            rows.push((relays.max(1), with, live, without, quiet));
+            rows.push((relays, with, live, without, quiet));
         }
         print_ceiling(options, &mut rows);
     }
@@ -406,9 +412,15 @@ impl Bench<'_> {
         let baseline = self.servers.connected_clients(setup.cluster);
         let relays = self.start_relays(setup, &stream, live).await?;
         wait_for_groups(&mut conn, &keys).await?;
+        let relay_pids: Vec<u32> = relays.iter().map(|r| r.pid).collect();
+        if live && self.options.idle_seconds > 0.0 {
+            let (before, at) = (total_cpu_seconds(&relay_pids), Instant::now());
+            tokio::time::sleep(Duration::from_secs_f64(self.options.idle_seconds)).await;
+            let idle = 100.0 * (total_cpu_seconds(&relay_pids) - before) / at.elapsed().as_secs_f64();
+            figures.idle_cpu_percent.push(idle);
+        }
 
         let pids = self.servers.pids(setup.cluster);
-        let relay_pids: Vec<u32> = relays.iter().map(|r| r.pid).collect();
         let (redis_before, relays_before, pg_before) =
             (total_cpu_seconds(&pids), total_cpu_seconds(&relay_pids), postgres_cpu_seconds());
         let window = Instant::now();
@@ -654,7 +666,7 @@ fn print_setups(options: &Options, figures: &mut [Figures]) {
         let latency = Percentiles::of_micros(&mut f.latencies);
         p99.push(latency.map_or(f64::NAN, |p| p.p99));
         println!(
-            "  ({}) {:<26} {:>10.0} {:>14.2} {:>9.2} {:>9.2} {:>9.1}% {:>10} {:>8.1}",
+            "  ({}) {:<26} {:>10.0} {:>12.2} {:>8.2} {:>8.2} {:>9.1}% {:>6} {:>8.1} {:>9.2}%",
             setup.label,
             setup.name,
             median(&f.entries_per_second),
@@ -663,7 +675,8 @@ fn print_setups(options: &Options, figures: &mut [Figures]) {
             latency.map_or(f64::NAN, |p| p.p99),
             median(&f.redis_cpu_percent),
             f.connections.iter().max().copied().unwrap_or(0),
-            f.peak_rss_kb as f64 / 1024.0
+            f.peak_rss_kb as f64 / 1024.0,
+            median(&f.idle_cpu_percent)
         );
     }
     println!();
