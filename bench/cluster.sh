@@ -2,7 +2,7 @@
 # Redis Cluster benchmark: the same sharded workload (16 shard keys, 1,000 devices) through (a) one relay on
 # one Redis node, (b) one relay on a Redis Cluster of three primaries and three replicas, (c) two relays in
 # one group on that cluster, with Debian's redis-server started by the benchmark itself. Prints entries/s
-# (a 100,000-entry backlog drained), XADD->commit p50/p99 at 2,000 entries/s, the relays' peak RSS and
+# (a 300,000-entry backlog drained, timed from the first commit), XADD->commit p50/p99 at 2,000 entries/s, the relays' peak RSS and
 # Redis connections, Redis CPU; then the ceiling (1, 2, 4 and 8 relays with the live feed on and off: the
 # database CPU the feeds cost); and the goals. Extra arguments go to `trackway-bench cluster`, e.g.:
 #   bench/cluster.sh --repetitions 5 --ceiling 1,2,4 \

@@ -11,8 +11,10 @@
 //! Each repetition runs, for every setup in turn (the order rotates between repetitions):
 //!
 //! 1. **Throughput**: `--backlog` entries of the simulator's fleet are XADDed to the `--shards` shard keys
-//!    (each device to its shard, `trackway_wire::shard`; not timed), then the relays start and the clock
-//!    runs until every shard's group has nothing left to deliver and nothing pending: entries/s.
+//!    (each device to its shard, `trackway_wire::shard`; not timed), then the relays start; the clock runs
+//!    from the start of the first transaction that stores a row until every shard's group has nothing left
+//!    to deliver and nothing pending: entries/s. The relays' start-up (connecting to every node, creating
+//!    the groups: until that first transaction) is reported apart.
 //! 2. **Latency**: with the relays running on fresh shard keys, positions are XADDed at `--rate` per second
 //!    for `--seconds` (every 5 ms what is due, one pipeline per shard); the benchmark's own LISTEN
 //!    connection records when each row's notification arrives, which is after its commit: XADD → commit
@@ -42,7 +44,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use futures_util::{future::try_join_all, stream, StreamExt};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
-use trackway_testkit::{redis_nodes, RedisCluster, RedisNode};
+use trackway_testkit::{
+    prometheus::{sample as metric_sample, sum as metric_sum},
+    redis_nodes, RedisCluster, RedisNode,
+};
 
 use crate::db;
 use crate::live::{
@@ -76,7 +81,7 @@ pub struct Options {
     #[arg(long, default_value_t = 1_000)]
     pub devices: usize,
     /// Throughput: entries waiting in the shards when the relays start.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 300_000)]
     pub backlog: usize,
     /// Latency: entries per second.
     #[arg(long, default_value_t = 2_000)]
@@ -90,6 +95,9 @@ pub struct Options {
     /// Runs of each setup; throughput is the median, latency samples are pooled.
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
+    /// Whether the relays of setups (a), (b) and (c) run their live side (its feed reads every new row).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub live: bool,
     /// Relay counts of the ceiling measurement (comma-separated; `0` skips it).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub ceiling: Vec<usize>,
@@ -134,6 +142,8 @@ const SETUPS: [Setup; 3] = [
 struct Figures {
     /// Throughput runs: entries/s.
     entries_per_second: Vec<f64>,
+    /// Throughput runs: seconds from starting the relays to the first transaction storing a row.
+    startup: Vec<f64>,
     /// Throughput runs: Redis CPU seconds per 100,000 entries.
     redis_cpu_per_100k: Vec<f64>,
     /// Latency runs: XADD → commit, µs, pooled.
@@ -265,7 +275,7 @@ async fn run_in(options: &Options, binary: PathBuf, config: Config) -> Result<()
             let i = (rep + k) % SETUPS.len();
             let setup = SETUPS[i];
             bench.throughput(setup, &backlog, &backlog_devices, &mut figures[i]).await?;
-            bench.latency(setup, true, &mut figures[i]).await.map(|_| ())?;
+            bench.latency(setup, options.live, &mut figures[i]).await.map(|_| ())?;
             eprintln!("repetition {} of {}: setup ({}) done", rep + 1, options.repetitions, setup.label);
         }
     }
@@ -287,13 +297,40 @@ async fn run_in(options: &Options, binary: PathBuf, config: Config) -> Result<()
     Ok(())
 }
 
-/// CPU of a latency run outside Redis: the database server and the relays.
+/// What a latency run cost outside Redis: the database server's and the relays' CPU, and the database
+/// statements the relays made.
 #[derive(Clone, Copy, Default)]
 struct Cpu {
     /// Every `postgres` process of the machine, % of one core.
     postgres: f64,
     /// The relays together, % of one core.
     relays: f64,
+    /// Reads of new rows by the relays' live feeds, per second (all relays).
+    feed_reads: f64,
+    /// Batches committed by the relays, per second (all relays).
+    commits: f64,
+}
+
+/// The relays' counters that explain the database's work.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    feed_reads: f64,
+    commits: f64,
+}
+
+impl Counters {
+    async fn read(relays: &[Relay]) -> Counters {
+        let mut counters = Counters::default();
+        for relay in relays {
+            let text = relay.metrics().await;
+            counters.feed_reads += metric_sum(&text, "trackway_live_feed_reads_total");
+            counters.commits += metric_sample(&text, "trackway_relay_batches_total{outcome=\"committed\"}")
+                .ok()
+                .flatten()
+                .unwrap_or(0.0);
+        }
+        counters
+    }
 }
 
 impl Bench<'_> {
@@ -365,8 +402,8 @@ impl Bench<'_> {
         }
         let pids = self.servers.pids(setup.cluster);
         let cpu_before = total_cpu_seconds(&pids);
-        let started = Instant::now();
-        let relays = self.start_relays(setup, &stream, true).await?;
+        let (started, spawned) = (Instant::now(), unix_seconds());
+        let relays = self.start_relays(setup, &stream, self.options.live).await?;
         let deadline = started + DRAIN_LIMIT;
         while !drained(&mut conn, &keys).await? {
             if Instant::now() > deadline {
@@ -374,7 +411,7 @@ impl Bench<'_> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let elapsed = started.elapsed().as_secs_f64();
+        let done = unix_seconds();
         let redis_cpu = total_cpu_seconds(&pids) - cpu_before;
         figures.peak_rss_kb = figures.peak_rss_kb.max(peak_rss_kb(&relays));
         stop_all(relays).await?;
@@ -383,13 +420,20 @@ impl Bench<'_> {
             bail!("ASSERTION FAILED: ({}) {stored} rows stored, expected exactly {}", setup.label, payloads.len());
         }
         delete_keys(&mut conn, &keys).await?;
+        // The clock runs from the start of the first transaction that stored a row (the server's and this
+        // machine's clock are the same) to the drain seen settled: starting the relays (connecting to
+        // every node, creating groups) is reported apart, not counted as throughput.
+        let first = first_transaction(&self.client).await?;
+        let (startup, elapsed) = (first - spawned, done - first);
         let rate = payloads.len() as f64 / elapsed;
         eprintln!(
-            "({}) {} relay(s): {} entries in {elapsed:.2} s = {rate:.0}/s, Redis CPU {redis_cpu:.2} s",
+            "({}) {} relay(s): first commit {startup:.3} s after start, {} entries in {elapsed:.3} s = {rate:.0}/s, \
+             Redis CPU {redis_cpu:.2} s",
             setup.label,
             setup.relays,
             payloads.len()
         );
+        figures.startup.push(startup);
         figures.entries_per_second.push(rate);
         figures.redis_cpu_per_100k.push(redis_cpu * 100_000.0 / payloads.len() as f64);
         Ok(())
@@ -421,15 +465,20 @@ impl Bench<'_> {
         }
 
         let pids = self.servers.pids(setup.cluster);
+        let counters = Counters::read(&relays).await;
         let (redis_before, relays_before, pg_before) =
             (total_cpu_seconds(&pids), total_cpu_seconds(&relay_pids), postgres_cpu_seconds());
         let window = Instant::now();
         let rate = generate(&conn, &keys, &payloads, &shard_of, self.options.rate, &times, t0).await?;
         let seconds = window.elapsed().as_secs_f64();
         let percent = |after: f64, before: f64| 100.0 * (after - before) / seconds;
+        let (postgres, relays_cpu) = (postgres_cpu_seconds(), total_cpu_seconds(&relay_pids));
+        let counted = Counters::read(&relays).await;
         let cpu = Cpu {
-            postgres: percent(postgres_cpu_seconds(), pg_before),
-            relays: percent(total_cpu_seconds(&relay_pids), relays_before),
+            postgres: percent(postgres, pg_before),
+            relays: percent(relays_cpu, relays_before),
+            feed_reads: (counted.feed_reads - counters.feed_reads) / seconds,
+            commits: (counted.commits - counters.commits) / seconds,
         };
         let redis_cpu = percent(total_cpu_seconds(&pids), redis_before);
         // Under load every link of every consumer is open (some open on first use).
@@ -612,6 +661,20 @@ async fn delete_keys(conn: &mut trackway_redis::Connection, keys: &[String]) -> 
     Ok(())
 }
 
+/// When the first transaction that stored a row began (`ingested_at`), in Unix seconds.
+async fn first_transaction(client: &Client) -> Result<f64> {
+    let row = client
+        .query_one("SELECT extract(epoch FROM min(ingested_at))::float8 FROM trackway.positions", &[])
+        .await
+        .context("first ingested_at")?;
+    Ok(row.try_get(0)?)
+}
+
+/// This machine's clock, in Unix seconds.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
 async fn count_rows(client: &Client) -> Result<i64> {
     Ok(client.query_one("SELECT count(*) FROM trackway.positions", &[]).await?.try_get(0)?)
 }
@@ -654,22 +717,23 @@ fn print_setups(options: &Options, figures: &mut [Figures]) {
         options.backlog, options.devices, options.shards, options.repetitions, options.rate, options.seconds
     );
     println!(
-        "  {:<30} {:>10} {:>14} {:>9} {:>9} {:>10} {:>10} {:>8}",
-        "setup", "entries/s", "Redis CPU s", "p50 ms", "p99 ms", "Redis CPU", "conns", "RSS MB"
+        "  {:<30} {:>10} {:>8} {:>12} {:>8} {:>8} {:>10} {:>6} {:>8} {:>10}",
+        "setup", "entries/s", "start s", "Redis CPU s", "p50 ms", "p99 ms", "Redis CPU", "conns", "RSS MB", "idle CPU"
     );
     println!(
-        "  {:<30} {:>10} {:>14} {:>9} {:>9} {:>10} {:>10} {:>8}",
-        "", "", "per 100k", "", "", "at rate", "", "peak"
+        "  {:<30} {:>10} {:>8} {:>12} {:>8} {:>8} {:>10} {:>6} {:>8} {:>10}",
+        "", "", "", "per 100k", "", "", "at rate", "", "peak", "relays"
     );
     let mut p99 = Vec::new();
     for (setup, f) in SETUPS.iter().zip(figures.iter_mut()) {
         let latency = Percentiles::of_micros(&mut f.latencies);
         p99.push(latency.map_or(f64::NAN, |p| p.p99));
         println!(
-            "  ({}) {:<26} {:>10.0} {:>12.2} {:>8.2} {:>8.2} {:>9.1}% {:>6} {:>8.1} {:>9.2}%",
+            "  ({}) {:<26} {:>10.0} {:>8.2} {:>12.2} {:>8.2} {:>8.2} {:>9.1}% {:>6} {:>8.1} {:>9.2}%",
             setup.label,
             setup.name,
             median(&f.entries_per_second),
+            median(&f.startup),
             median(&f.redis_cpu_per_100k),
             latency.map_or(f64::NAN, |p| p.p50),
             latency.map_or(f64::NAN, |p| p.p99),
@@ -709,20 +773,30 @@ fn print_ceiling(options: &Options, rows: &mut [(usize, Figures, Cpu, Figures, C
         options.rate, options.seconds
     );
     println!(
-        "  {:>6} {:>12} {:>12} {:>14} {:>14} {:>14} {:>12}",
-        "relays", "p99 on ms", "p99 off ms", "postgres on %", "postgres off %", "feeds' share %", "relays on %"
+        "  {:>6} {:>10} {:>10} {:>12} {:>12} {:>12} {:>10} {:>11} {:>9}",
+        "relays",
+        "p99 on ms",
+        "p99 off ms",
+        "postgres on",
+        "postgres off",
+        "feeds' share",
+        "relays on",
+        "feed reads/s",
+        "commits/s"
     );
     for (relays, with, live, without, quiet) in rows.iter_mut() {
         let p99 = |f: &mut Figures| Percentiles::of_micros(&mut f.latencies).map_or(f64::NAN, |p| p.p99);
         println!(
-            "  {:>6} {:>12.2} {:>12.2} {:>14.1} {:>14.1} {:>14.1} {:>12.1}",
+            "  {:>6} {:>10.2} {:>10.2} {:>11.1}% {:>11.1}% {:>11.1}% {:>9.1}% {:>11.0} {:>9.0}",
             relays,
             p99(with),
             p99(without),
             live.postgres,
             quiet.postgres,
             live.postgres - quiet.postgres,
-            live.relays
+            live.relays,
+            live.feed_reads,
+            live.commits
         );
     }
     println!("  (% of one core; postgres: every postgres process of the machine; the machine has {} cores)", cores());
