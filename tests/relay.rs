@@ -728,3 +728,124 @@ async fn claim_sweeps_are_bounded_by_bytes() {
     relay.stop().await.expect("clean stop");
     let _: () = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut conn).await.expect("DEL");
 }
+
+/// Fills the 16 shards of `stream` (`<stream>:{i}`), each device's positions in its shard; returns the
+/// shard keys and, per payload, its shard key and entry id.
+async fn fill_shards(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    payloads: &[(String, String)],
+) -> (Vec<String>, Vec<(String, String)>) {
+    let keys: Vec<String> = (0..16).map(|i| format!("{stream}:{{{i}}}")).collect();
+    let mut placed = Vec::new();
+    for (device, payload) in payloads {
+        let key = &keys[trackway_wire::shard::shard_of(device, 16) as usize];
+        let id = xadd_payloads(conn, key, std::slice::from_ref(payload)).await.remove(0);
+        placed.push((key.clone(), id));
+    }
+    (keys, placed)
+}
+
+/// Slows every statement into `trackway.positions` by 100 ms (a statement-level trigger), so that batches
+/// asked to be stored meanwhile queue up.
+async fn slow_statements(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_sleep(0.1); RETURN NULL; END $$;
+             CREATE TRIGGER slow AFTER INSERT ON trackway.positions
+               FOR EACH STATEMENT EXECUTE FUNCTION public.slow();",
+        )
+        .await
+        .expect("slow trigger");
+}
+
+/// A sharded stream's consumers share their statements (group commit): while statements are slow, the
+/// batches of 16 shards queue and go to the database together, in fewer statements than batches; each
+/// consumer gets its own statuses back (every position stored once, every entry acknowledged once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_streams_batches_share_statements() {
+    let db = fresh_database("relay_combine").await;
+    let client = connect(&db).await;
+    slow_statements(&client).await;
+    let stream = unique("combine");
+    let mut conn = redis(&redis_url()).await;
+    let payloads: Vec<(String, String)> =
+        (0..64).map(|d| format!("c-{d}")).map(|d| (d.clone(), position(&d, 1))).collect();
+    let (keys, _) = fill_shards(&mut conn, &stream, &payloads).await;
+    let relay = start(&db, &stream, &["--stream-shards", "16"]).await;
+    for key in &keys {
+        wait_drained(&mut conn, key, "trackway", Duration::from_secs(60)).await;
+    }
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 64);
+    let text = wait_metric(&relay, "trackway_relay_acks_total", 64.0).await;
+    assert_eq!(metric(&text, "trackway_relay_acks_total"), 64.0, "{text}");
+    assert_eq!(metric(&text, "trackway_relay_rows_total{status=\"inserted\"}"), 64.0, "{text}");
+    let batches = metric(&text, "trackway_relay_batches_total{outcome=\"committed\"}");
+    let statements = metric(&text, "trackway_relay_statements_total");
+    assert!(batches >= 16.0, "one batch per shard at least: {text}");
+    assert!(statements < batches, "{statements} statements for {batches} batches: nothing was combined");
+    relay.stop().await.expect("clean stop");
+}
+
+/// A payload the server refuses in a statement shared by several shards' batches is dead-lettered alone
+/// (`rejected`); the other shards' entries of that statement are stored, none of them dead-lettered: a
+/// combined refusal sends each batch alone before anything is judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_in_a_shared_statement_blames_only_its_own_entry() {
+    let db = fresh_database("relay_combine_poison").await;
+    let client = connect(&db).await;
+    slow_statements(&client).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.guard() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.device_id = 'poison-shared' THEN
+                 RAISE EXCEPTION 'device poison-shared is banned';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER guard BEFORE INSERT ON trackway.positions
+               FOR EACH ROW EXECUTE FUNCTION public.guard();",
+        )
+        .await
+        .expect("guard trigger");
+    let stream = unique("combinepoison");
+    let mut conn = redis(&redis_url()).await;
+    let mut payloads: Vec<(String, String)> =
+        (0..64).map(|d| format!("c-{d}")).map(|d| (d.clone(), position(&d, 1))).collect();
+    payloads.push(("poison-shared".to_owned(), position("poison-shared", 1)));
+    let (keys, placed) = fill_shards(&mut conn, &stream, &payloads).await;
+    let relay = start(&db, &stream, &["--stream-shards", "16"]).await;
+    let (poison_key, poison_id) = placed.last().expect("the poison entry").clone();
+    // The poison is judged once it was refused alone, some write committed rows after that, and it was
+    // refused alone again: positions keep coming to the other shards until then (a quiet shard's entry is
+    // judged by the other shards' commits).
+    let mut sent = 64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while trackway_tests::relay::group_state(&mut conn, &poison_key, "trackway").await != Some((0, Some(0))) {
+        assert!(std::time::Instant::now() < deadline, "the poison entry was never judged");
+        let device = format!("c-{}", sent % 64);
+        let more = vec![(device.clone(), position(&device, sent))];
+        fill_shards(&mut conn, &stream, &more).await;
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for key in &keys {
+        wait_drained(&mut conn, key, "trackway", Duration::from_secs(60)).await;
+    }
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, sent as i64);
+    for key in &keys {
+        let dead = read_all(&mut conn, &format!("{key}:dead")).await;
+        if *key == poison_key {
+            assert_eq!(dead.len(), 1, "{dead:#?}");
+            assert_eq!(dead[0].1["trackway.source_id"], poison_id);
+            assert_eq!(dead[0].1["trackway.reason"], "rejected");
+        } else {
+            assert!(dead.is_empty(), "{key}: {dead:#?}");
+        }
+    }
+    let text = wait_metric(&relay, "trackway_relay_acks_total", sent as f64 + 1.0).await;
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"rejected\"}"), 1.0, "{text}");
+    relay.stop().await.expect("clean stop");
+}

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use trackway_database as database;
-use trackway_ingest::{sampler, Consumer};
+use trackway_ingest::{sampler, Combiner, Consumer};
 pub use trackway_ingest::{IngestConfig, Metrics};
 pub use trackway_live::{self as live, LiveConfig};
 use trackway_redis::{Group, Link};
@@ -90,9 +90,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let mut readiness = Readiness::new(pool.clone(), link(short)?, postgres.clone());
     let groups = config.ingest.shards.iter().cloned().map(Group::new).collect();
     let sampler = sampler::run(groups, link(short)?, metrics.clone(), shutdown.child_token());
-    // One consumer per shard of the stream (one when it is not sharded), sharing the pool and the two
-    // backends' health.
+    // One consumer per shard of the stream (one when it is not sharded), sharing one writer (their batches
+    // combined into shared statements) and the two backends' health.
     let redis = BackendState::new("redis").reported(up("redis"));
+    let ingest = &config.ingest;
+    let combiner =
+        Combiner::new(pool.clone(), ingest.batch_size, ingest.batch_bytes, ingest.ingest_timeout, metrics.clone());
     let consumers = config
         .ingest
         .shards
@@ -102,7 +105,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             Consumer::new(
                 &config.ingest,
                 names.clone(),
-                pool.clone(),
+                combiner.clone(),
                 backends,
                 metrics.clone(),
                 shutdown.child_token(),

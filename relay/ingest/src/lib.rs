@@ -18,7 +18,8 @@
 //! where it needs one, so a blocking read never delays an acknowledgement. When nothing was read ahead,
 //! the pending acknowledgement is finished before the next blocking read.
 //!
-//! Rooms: `read` (the reader), `store` (one statement per set of payloads, the attempt counts), `triage`
+//! Rooms: `read` (the reader), `store` (one statement per set of payloads, the attempt counts), `combine`
+//! (the relay's consumers' batches combined into shared statements: group commit), `triage`
 //! (the policy that splits refused batches and judges refusals, calling the storer: `triage` uses
 //! `store`, never the reverse), `settle` (acknowledgements and dead letters). Each stage owns its state
 //! behind a constructor. Beside the loop: [`sampler`] (the group's lag and pending count), [`metrics`]
@@ -27,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+mod combine;
 mod config;
 pub mod metrics;
 mod read;
@@ -38,7 +40,7 @@ mod triage;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use trackway_database::{self as database, Pool};
+use trackway_database as database;
 use trackway_redis::{self as redis, RedisError, StreamNames};
 use trackway_runtime::backoff;
 
@@ -53,7 +55,7 @@ use crate::{
     database::Status,
     redis::{DeadLetter, DeadReason, Entry, Group, Link},
 };
-pub use crate::{config::IngestConfig, metrics::Metrics};
+pub use crate::{combine::Combiner, config::IngestConfig, metrics::Metrics};
 
 /// The consumer: three stages and the signal that stops them.
 pub struct Consumer {
@@ -79,11 +81,12 @@ pub struct Consumer {
 
 impl Consumer {
     /// A consumer of one shard (`names`, one of `config.shards`) with `config`'s rules; connects lazily.
-    /// `postgres` and `redis` are the health of the two backends, shared by every consumer of the relay.
+    /// It stores through `combiner`, and `postgres` and `redis` are the health of the two backends, all
+    /// three shared by every consumer of the relay.
     pub fn new(
         config: &IngestConfig,
         names: StreamNames,
-        pool: Pool,
+        combiner: Combiner,
         (postgres, redis): (BackendState, BackendState),
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -99,11 +102,10 @@ impl Consumer {
                 metrics.clone(),
             ),
             triage: Triage::new(Storer::new(
-                pool,
+                combiner,
                 postgres,
                 (group.clone(), Link::new(config.redis.clone(), Duration::ZERO)?),
                 config.max_deliveries,
-                config.ingest_timeout,
                 metrics.clone(),
             )),
             settler: Settler::new(group, Link::new(config.redis.clone(), Duration::ZERO)?, redis, metrics.clone()),

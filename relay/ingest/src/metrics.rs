@@ -40,6 +40,10 @@ pub struct Metrics {
     pub group_lag: IntGauge,
     /// Entries delivered to the group and not yet acknowledged (sampled).
     pub group_pending: IntGauge,
+    /// `trackway.ingest_batch` statements sent. One may carry several consumers' batches (a sharded
+    /// stream's consumers share their statements), so against `batches_total{outcome="committed"}` it tells
+    /// how much was combined.
+    pub statements: IntCounter,
     /// Duration of one `trackway.ingest_batch` round trip, seconds.
     pub ingest_seconds: Histogram,
     /// Entries per batch read from the stream.
@@ -89,6 +93,10 @@ impl Metrics {
             m
         };
         let acks = counter("trackway_relay_acks_total", "Stream entries acknowledged.");
+        let statements = counter(
+            "trackway_relay_statements_total",
+            "trackway.ingest_batch statements sent (one may carry several consumers' batches).",
+        );
         let reclaimed = counter("trackway_relay_reclaimed_total", "Entries claimed from other consumers.");
         let settle_failures =
             counter("trackway_relay_settle_failures_total", "Failed settle calls (retried; entries stay pending).");
@@ -155,6 +163,7 @@ impl Metrics {
             settle_failures,
             group_lag,
             group_pending,
+            statements,
             ingest_seconds,
             batch_size,
             batch_bytes,

@@ -1,14 +1,14 @@
 //! Storing stage: the payloads of a set go to `trackway.ingest_batch` as one statement, retried while the
 //! database is unavailable, with the count of store attempts that got no answer (`max_deliveries`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use trackway_database::Pool;
 
 use crate::{
     backoff::{BackendState, Backoff},
-    database::{self, IngestError, Status},
+    combine::Combiner,
+    database::{IngestError, Status},
     metrics::Metrics,
     redis::{Group, Link},
 };
@@ -16,25 +16,19 @@ use crate::{
 /// Storing stage: one `ingest_batch` call per batch, and the rule that tells an outage from bad data (see
 /// [`super::triage`]).
 pub(super) struct Storer {
-    /// PostgreSQL connections.
-    pool: Pool,
+    /// Writes to PostgreSQL, shared with the relay's other consumers (one statement may carry several
+    /// consumers' batches).
+    combiner: Combiner,
     /// PostgreSQL up/down (shared with `/readyz`), logged once per change.
     postgres: BackendState,
     /// Delay between attempts.
     backoff: Backoff,
-    /// Statements committed since the relay started that stored at least one row: the clock that orders
-    /// refusals and commits, and the only evidence that the database accepts writes. A commit that stored
-    /// nothing (only invalid or duplicate payloads) proves nothing: during an outage that refuses every
-    /// INSERT, a batch of invalid payloads still commits, since it inserts nothing.
-    commits: u64,
     /// Group operations (the attempt counts).
     group: Group,
     /// Connection for counting attempts.
     link: Link,
     /// Unanswered attempts after which an entry is given up.
     max_deliveries: u64,
-    /// Longest wait for one answer (then the statement is cancelled; a refusal with SQLSTATE `timeout`).
-    ingest_timeout: Duration,
     /// Counters and histograms.
     metrics: Metrics,
 }
@@ -65,31 +59,22 @@ pub(super) enum Attempt {
 }
 
 impl Storer {
-    /// A storer writing through `pool`, counting attempts in `group`'s attempts hash over `link`.
+    /// A storer writing through `combiner`, counting attempts in `group`'s attempts hash over `link`.
     pub(super) fn new(
-        pool: Pool,
+        combiner: Combiner,
         postgres: BackendState,
         (group, link): (Group, Link),
         max_deliveries: u64,
-        ingest_timeout: Duration,
         metrics: Metrics,
     ) -> Storer {
-        Storer {
-            pool,
-            postgres,
-            backoff: Backoff::default(),
-            commits: 0,
-            group,
-            link,
-            max_deliveries,
-            ingest_timeout,
-            metrics,
-        }
+        Storer { combiner, postgres, backoff: Backoff::default(), group, link, max_deliveries, metrics }
     }
 
-    /// Commits that stored rows since the relay started (see the field).
+    /// Statements of this relay committed since it started that stored at least one row, whichever
+    /// consumers' batches they carried: the clock that orders refusals and commits, and the only evidence
+    /// that the database accepts writes (see [`Combiner::commits`]).
     pub(super) fn commits(&self) -> u64 {
-        self.commits
+        self.combiner.commits()
     }
 
     /// Counts a refused batch split in halves.
@@ -116,17 +101,6 @@ impl Storer {
     ) -> Option<Attempt> {
         let batch: Vec<&str> = set.iter().map(|&i| items[i].payload).collect();
         loop {
-            let client = match database::ingest::connection(&self.pool).await {
-                Ok(client) => client,
-                Err(e) => {
-                    // Nothing was sent: nothing counts.
-                    self.unavailable(&e);
-                    if !self.backoff.wait(shutdown).await {
-                        return None;
-                    }
-                    continue;
-                }
-            };
             let marked: Vec<usize> = set.iter().copied().filter(|&i| counted[i]).collect();
             let ids: Vec<&str> = marked.iter().map(|&i| items[i].id).collect();
             match self.group.count_attempts(&mut self.link, &ids, 1).await {
@@ -147,14 +121,11 @@ impl Storer {
                 Err(e) => tracing::debug!(error = %e, "could not count a store attempt"),
             }
             let started = Instant::now();
-            match database::ingest_batch(&self.pool, client, &batch, self.ingest_timeout).await {
+            match self.combiner.ingest(&batch).await {
                 Ok(statuses) => {
                     // The settle script removes the counts of settled entries.
                     self.metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
                     self.metrics.batches.with_label_values(&["committed"]).inc();
-                    if statuses.iter().any(|s| matches!(s, Status::Inserted)) {
-                        self.commits += 1;
-                    }
                     self.backoff.reset();
                     if self.postgres.succeeded() {
                         self.metrics.reconnects.with_label_values(&["postgres"]).inc();
@@ -167,6 +138,7 @@ impl Storer {
                     return Some(Attempt::Refused(message));
                 }
                 Err(e @ IngestError::Unavailable(_)) => {
+                    // Nothing was sent (no connection, or the server could not run it): nothing counts.
                     self.uncount(&ids).await;
                     self.unavailable(&e);
                 }

@@ -6,8 +6,8 @@
 //! trigger (P0001) or a statement timeout refuse good data too. So a refused batch is split in halves
 //! (breadth first), and an entry becomes a `rejected` dead letter only when it was refused *alone*, then
 //! another write committed rows, and then it was refused alone *again*. Evidence comes only from commits
-//! that stored rows in `positions`: a batch of only invalid or duplicate payloads commits even while every
-//! INSERT is refused, so it proves nothing ([`Storer::commits`]).
+//! that stored rows in `positions` (the relay's, whichever shard they carried): a batch of only invalid or
+//! duplicate payloads commits even while every INSERT is refused, so it proves nothing ([`Storer::commits`]).
 //!
 //! - When the batch and both its halves have been refused in a row ([`OUTAGE_STREAK`]) with nothing
 //!   committed, one random entry not yet refused alone is tried alone (a probe). If that stores its row,
