@@ -849,3 +849,55 @@ async fn a_refusal_in_a_shared_statement_blames_only_its_own_entry() {
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"rejected\"}"), 1.0, "{text}");
     relay.stop().await.expect("clean stop");
 }
+
+/// A payload whose statement never gets an answer (the connection dies with it, as if its server process
+/// had died of it: a proxy closes every connection carrying it) travels in statements shared with other
+/// shards' batches. Those are retried alone, stored and settled, none dead-lettered; only the killer is,
+/// as `max_deliveries`, after that many unanswered attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_that_kills_its_statement_takes_no_other_shards_batch_with_it() {
+    let db = fresh_database("relay_combine_killer").await;
+    let client = connect(&db).await;
+    slow_statements(&client).await;
+    let (host, port) = trackway_tests::server_address();
+    let proxy = trackway_tests::proxy::Proxy::start(&format!("{host}:{port}")).await;
+    proxy.cut_carrying(b"killer-k");
+    let stream = unique("combinekiller");
+    let mut conn = redis(&redis_url()).await;
+    // The killer alone in its shard, so that only statements carry it that other shards' batches join.
+    let killer_shard = trackway_wire::shard::shard_of("killer-k", 16);
+    let mut payloads: Vec<(String, String)> = (0..80)
+        .map(|d| format!("c-{d}"))
+        .filter(|d| trackway_wire::shard::shard_of(d, 16) != killer_shard)
+        .map(|d| (d.clone(), position(&d, 1)))
+        .collect();
+    let good = payloads.len();
+    payloads.push(("killer-k".to_owned(), position("killer-k", 1)));
+    let (keys, placed) = fill_shards(&mut conn, &stream, &payloads).await;
+    let own: Vec<String> = trackway_tests::server()
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port="))
+        .map(str::to_owned)
+        .collect();
+    let mut args = flags(&db, &stream, &["--stream-shards", "16", "--max-deliveries", "3"]);
+    args[1] = format!("{} {} dbname={db}", own.join(" "), proxy.libpq());
+    let relay = InProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    for key in &keys {
+        wait_drained(&mut conn, key, "trackway", Duration::from_secs(90)).await;
+    }
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, good as i64);
+    let (killer_key, killer_id) = placed.last().expect("the killer entry").clone();
+    for key in &keys {
+        let dead = read_all(&mut conn, &format!("{key}:dead")).await;
+        if *key == killer_key {
+            assert_eq!(dead.len(), 1, "{dead:#?}");
+            assert_eq!(dead[0].1["trackway.source_id"], killer_id);
+            assert_eq!(dead[0].1["trackway.reason"], "max_deliveries");
+        } else {
+            assert!(dead.is_empty(), "{key}: {dead:#?}");
+        }
+    }
+    let text = wait_metric(&relay, "trackway_relay_acks_total", good as f64 + 1.0).await;
+    assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"max_deliveries\"}"), 1.0, "{text}");
+    relay.stop().await.expect("clean stop");
+}

@@ -6,6 +6,9 @@
 //! [`Proxy::thaw`] forwards again on every connection. [`Proxy::thaw_new_only`] models a middlebox that
 //! lost its state while frozen (a NAT or firewall restarted): the connections from before stay silent for
 //! good, and only new ones pass.
+//!
+//! [`Proxy::cut_carrying`] closes any connection whose client sends given bytes, before they reach the
+//! server: to the client, a statement that got no answer because its server process died of it.
 
 use std::net::SocketAddr;
 
@@ -23,6 +26,8 @@ struct State {
     frozen: bool,
     /// Connections accepted in an earlier epoch never pass again ([`Proxy::thaw_new_only`]).
     epoch: u64,
+    /// A connection whose client sends these bytes is closed instead ([`Proxy::cut_carrying`]).
+    cut: Option<&'static [u8]>,
 }
 
 /// A running proxy; dropping it closes every connection it holds.
@@ -43,7 +48,7 @@ impl Proxy {
             .unwrap_or_else(|| panic!("{target} resolves to nothing"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let (state, watching) = watch::channel(State { frozen: false, epoch: 0 });
+        let (state, watching) = watch::channel(State { frozen: false, epoch: 0, cut: None });
         let task = tokio::spawn(accept(listener, target, watching));
         Proxy { addr, state, task }
     }
@@ -64,6 +69,11 @@ impl Proxy {
             s.frozen = false;
             s.epoch += 1;
         });
+    }
+
+    /// From now on closes every connection whose client sends `marker`, before it reaches the server.
+    pub fn cut_carrying(&self, marker: &'static [u8]) {
+        self.state.send_modify(|s| s.cut = Some(marker));
     }
 
     /// `host=127.0.0.1 port=…`, for a libpq-style connection string.
@@ -102,8 +112,8 @@ async fn forward(client: TcpStream, target: SocketAddr, mut state: watch::Receiv
     let Ok(server) = TcpStream::connect(target).await else { return };
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let up = pump(client_read, server_write, state.clone(), epoch);
-    let down = pump(server_read, client_write, state, epoch);
+    let up = pump(client_read, server_write, state.clone(), epoch, true);
+    let down = pump(server_read, client_write, state, epoch, false);
     // Either side's end ends both (a half-closed PostgreSQL or Redis connection is a closed one).
     tokio::select! {
         () = up => {}
@@ -111,14 +121,18 @@ async fn forward(client: TcpStream, target: SocketAddr, mut state: watch::Receiv
     }
 }
 
-/// Copies `from` to `to`, pausing (neither reading nor writing) while the path is frozen for `epoch`.
+/// Copies `from` to `to`, pausing (neither reading nor writing) while the path is frozen for `epoch`; on
+/// the client's side (`from_client`), ends when the bytes to cut on pass.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut state: watch::Receiver<State>,
     epoch: u64,
+    from_client: bool,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
+    // The end of what came before, so a marker split between two reads is seen too.
+    let mut tail: Vec<u8> = Vec::new();
     loop {
         if !passable(&mut state, epoch).await {
             return;
@@ -127,6 +141,15 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        let cut = state.borrow().cut;
+        if let Some(marker) = cut.filter(|_| from_client) {
+            tail.extend_from_slice(&buffer[..n]);
+            if tail.windows(marker.len()).any(|w| w == marker) {
+                return;
+            }
+            let keep = tail.len().saturating_sub(marker.len());
+            tail.drain(..keep);
+        }
         // What was read before a freeze is held until the thaw, not delivered during it.
         if !passable(&mut state, epoch).await || to.write_all(&buffer[..n]).await.is_err() {
             return;

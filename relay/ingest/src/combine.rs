@@ -17,7 +17,10 @@
 //! A refusal of a combined statement says nothing about which request caused it, so each request is then
 //! sent alone and gets its own answer (the triage of each consumer splits further as before). `Unavailable`
 //! and `Lost` concern the statement, hence every request in it: each consumer retries, counting its
-//! attempt as unanswered for `Lost`, exactly as if it had sent its batch alone.
+//! attempt as unanswered for `Lost`, exactly as if it had sent its batch alone. After a `Lost` statement
+//! nothing is combined for [`ALONE_AFTER_LOST`]: should a payload kill the server's backend, the batches that
+//! travelled with it are retried alone, store and are settled (which clears their counts), and only the
+//! killer's own batch goes on counting towards `TRACKWAY_MAX_DELIVERIES`.
 
 use std::{
     collections::VecDeque,
@@ -25,7 +28,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{oneshot, Semaphore};
@@ -39,6 +42,9 @@ use crate::{
 /// Statements in flight at once per relay. Two: one may run its statement while the other waits on the
 /// NOTIFY lock for its commit; more would only queue at that lock, and fewer requests would be combined.
 const IN_FLIGHT: usize = 2;
+
+/// How long statements carry one batch each after a statement got no answer.
+const ALONE_AFTER_LOST: Duration = Duration::from_secs(30);
 
 /// The answer to one request.
 type Answer = Result<Vec<Status>, IngestError>;
@@ -78,6 +84,8 @@ struct Inner {
     metrics: Metrics,
     /// Statements committed that stored at least one row (see [`Combiner::commits`]).
     commits: AtomicU64,
+    /// Until when statements carry one batch each (set when a statement got no answer).
+    alone_until: Mutex<Option<Instant>>,
 }
 
 impl Combiner {
@@ -93,6 +101,7 @@ impl Combiner {
                 timeout,
                 metrics,
                 commits: AtomicU64::new(0),
+                alone_until: Mutex::new(None),
             }),
         }
     }
@@ -138,11 +147,12 @@ impl Inner {
     /// The requests of the next statement: the first in line, and those after it while the statement stays
     /// within the limits.
     fn take(&self) -> Vec<Request> {
+        let alone = self.alone_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| Instant::now() < t);
         let mut queue = self.lock_queue();
         let Some(first) = queue.pop_front() else { return Vec::new() };
         let (mut entries, mut bytes) = (first.payloads.len(), first.bytes);
         let mut taken = vec![first];
-        while let Some(next) = queue.front() {
+        while let Some(next) = queue.front().filter(|_| !alone) {
             if entries + next.payloads.len() > self.max_entries || bytes + next.bytes > self.max_bytes {
                 break;
             }
@@ -191,9 +201,15 @@ impl Inner {
         self.metrics.statements.inc();
         let payloads: Vec<&str> = payloads.iter().map(AsRef::as_ref).collect();
         let answer = database::ingest_batch(&self.pool, client, &payloads, self.timeout).await;
-        if answer.as_ref().is_ok_and(|statuses| statuses.contains(&Status::Inserted)) {
-            // Before any caller sees the answer: a refusal judged after it sees this commit counted.
-            self.commits.fetch_add(1, Ordering::AcqRel);
+        match &answer {
+            Ok(statuses) if statuses.contains(&Status::Inserted) => {
+                // Before any caller sees the answer: a refusal judged after it sees this commit counted.
+                self.commits.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(IngestError::Lost(_)) => {
+                *self.alone_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + ALONE_AFTER_LOST);
+            }
+            _ => {}
         }
         answer
     }
