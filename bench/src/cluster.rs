@@ -309,6 +309,8 @@ struct Cpu {
     feed_reads: f64,
     /// Batches committed by the relays, per second (all relays).
     commits: f64,
+    /// `ingest_batch` statements the relays sent, per second (all relays; one may carry several batches).
+    statements: f64,
 }
 
 /// The relays' counters that explain the database's work.
@@ -316,6 +318,7 @@ struct Cpu {
 struct Counters {
     feed_reads: f64,
     commits: f64,
+    statements: f64,
 }
 
 impl Counters {
@@ -324,6 +327,7 @@ impl Counters {
         for relay in relays {
             let text = relay.metrics().await;
             counters.feed_reads += metric_sum(&text, "trackway_live_feed_reads_total");
+            counters.statements += metric_sum(&text, "trackway_relay_statements_total");
             counters.commits += metric_sample(&text, "trackway_relay_batches_total{outcome=\"committed\"}")
                 .ok()
                 .flatten()
@@ -479,6 +483,7 @@ impl Bench<'_> {
             relays: percent(relays_cpu, relays_before),
             feed_reads: (counted.feed_reads - counters.feed_reads) / seconds,
             commits: (counted.commits - counters.commits) / seconds,
+            statements: (counted.statements - counters.statements) / seconds,
         };
         let redis_cpu = percent(total_cpu_seconds(&pids), redis_before);
         // Under load every link of every consumer is open (some open on first use).
@@ -773,7 +778,7 @@ fn print_ceiling(options: &Options, rows: &mut [(usize, Figures, Cpu, Figures, C
         options.rate, options.seconds
     );
     println!(
-        "  {:>6} {:>10} {:>10} {:>12} {:>12} {:>12} {:>10} {:>11} {:>9}",
+        "  {:>6} {:>10} {:>10} {:>12} {:>12} {:>12} {:>10} {:>11} {:>9} {:>12}",
         "relays",
         "p99 on ms",
         "p99 off ms",
@@ -782,12 +787,13 @@ fn print_ceiling(options: &Options, rows: &mut [(usize, Figures, Cpu, Figures, C
         "feeds' share",
         "relays on",
         "feed reads/s",
-        "commits/s"
+        "batches/s",
+        "statements/s"
     );
     for (relays, with, live, without, quiet) in rows.iter_mut() {
         let p99 = |f: &mut Figures| Percentiles::of_micros(&mut f.latencies).map_or(f64::NAN, |p| p.p99);
         println!(
-            "  {:>6} {:>10.2} {:>10.2} {:>11.1}% {:>11.1}% {:>11.1}% {:>9.1}% {:>11.0} {:>9.0}",
+            "  {:>6} {:>10.2} {:>10.2} {:>11.1}% {:>11.1}% {:>11.1}% {:>9.1}% {:>11.0} {:>9.0} {:>12.0}",
             relays,
             p99(with),
             p99(without),
@@ -796,7 +802,8 @@ fn print_ceiling(options: &Options, rows: &mut [(usize, Figures, Cpu, Figures, C
             live.postgres - quiet.postgres,
             live.relays,
             live.feed_reads,
-            live.commits
+            live.commits,
+            live.statements
         );
     }
     println!("  (% of one core; postgres: every postgres process of the machine; the machine has {} cores)", cores());
