@@ -461,7 +461,7 @@ impl Bench<'_> {
         let relays = self.start_relays(setup, &stream, live).await?;
         wait_for_groups(&mut conn, &keys).await?;
         let relay_pids: Vec<u32> = relays.iter().map(|r| r.pid).collect();
-        if live && self.options.idle_seconds > 0.0 {
+        if self.options.idle_seconds > 0.0 {
             let (before, at) = (total_cpu_seconds(&relay_pids), Instant::now());
             tokio::time::sleep(Duration::from_secs_f64(self.options.idle_seconds)).await;
             let idle = 100.0 * (total_cpu_seconds(&relay_pids) - before) / at.elapsed().as_secs_f64();
