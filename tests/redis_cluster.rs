@@ -26,7 +26,7 @@ use trackway_tests::{
     connect, fresh_database,
     proxy::Proxy,
     relay::{group_state, http_get, metric_opt, read_all, unique, wait_drained, InProcess, Process},
-    server, server_address,
+    server,
 };
 
 /// The relay's consumer group (its default).
@@ -264,13 +264,8 @@ async fn a_relay_killed_mid_run_leaves_its_shards_entries_to_the_other() {
     };
     // Relay A reaches PostgreSQL through a proxy: frozen before the kill, its batches in flight stay
     // pending on it (so relay B must claim them; without the freeze A might have none at that moment).
-    let (host, port) = server_address();
-    let proxy = Proxy::start(&format!("{host}:{port}")).await;
-    let test_server = server();
-    let own: Vec<&str> =
-        test_server.split_whitespace().filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port=")).collect();
-    let through = format!("{} {} dbname={db}", own.join(" "), proxy.libpq());
-    let a_flags = flags_of("relay-a", &through);
+    let proxy = Proxy::to_test_server().await;
+    let a_flags = flags_of("relay-a", &proxy.database(&db));
     let a = Process::spawn(
         env!("CARGO_BIN_EXE_relay-under-test"),
         &a_flags.iter().map(String::as_str).collect::<Vec<_>>(),

@@ -746,6 +746,26 @@ async fn fill_shards(
     (keys, placed)
 }
 
+/// Asserts that of the shards `keys` only the shard of entry `(key, id)` has a dead letter: one, for that
+/// entry, with `reason`.
+async fn assert_only_dead_letter(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+    (key, id): (&str, &str),
+    reason: &str,
+) {
+    for shard in keys {
+        let dead = read_all(conn, &format!("{shard}:dead")).await;
+        if shard == key {
+            assert_eq!(dead.len(), 1, "{dead:#?}");
+            assert_eq!(dead[0].1["trackway.source_id"], id);
+            assert_eq!(dead[0].1["trackway.reason"], reason);
+        } else {
+            assert!(dead.is_empty(), "{shard}: {dead:#?}");
+        }
+    }
+}
+
 /// Slows every statement into `trackway.positions` by 100 ms (a statement-level trigger), so that batches
 /// asked to be stored meanwhile queue up.
 async fn slow_statements(client: &tokio_postgres::Client) {
@@ -835,16 +855,7 @@ async fn a_refusal_in_a_shared_statement_blames_only_its_own_entry() {
         wait_drained(&mut conn, key, "trackway", Duration::from_secs(60)).await;
     }
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, sent as i64);
-    for key in &keys {
-        let dead = read_all(&mut conn, &format!("{key}:dead")).await;
-        if *key == poison_key {
-            assert_eq!(dead.len(), 1, "{dead:#?}");
-            assert_eq!(dead[0].1["trackway.source_id"], poison_id);
-            assert_eq!(dead[0].1["trackway.reason"], "rejected");
-        } else {
-            assert!(dead.is_empty(), "{key}: {dead:#?}");
-        }
-    }
+    assert_only_dead_letter(&mut conn, &keys, (&poison_key, &poison_id), "rejected").await;
     let text = wait_metric(&relay, "trackway_relay_acks_total", sent as f64 + 1.0).await;
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"rejected\"}"), 1.0, "{text}");
     relay.stop().await.expect("clean stop");
@@ -859,8 +870,7 @@ async fn a_payload_that_kills_its_statement_takes_no_other_shards_batch_with_it(
     let db = fresh_database("relay_combine_killer").await;
     let client = connect(&db).await;
     slow_statements(&client).await;
-    let (host, port) = trackway_tests::server_address();
-    let proxy = trackway_tests::proxy::Proxy::start(&format!("{host}:{port}")).await;
+    let proxy = trackway_tests::proxy::Proxy::to_test_server().await;
     proxy.cut_carrying(b"killer-k");
     let stream = unique("combinekiller");
     let mut conn = redis(&redis_url()).await;
@@ -874,29 +884,15 @@ async fn a_payload_that_kills_its_statement_takes_no_other_shards_batch_with_it(
     let good = payloads.len();
     payloads.push(("killer-k".to_owned(), position("killer-k", 1)));
     let (keys, placed) = fill_shards(&mut conn, &stream, &payloads).await;
-    let own: Vec<String> = trackway_tests::server()
-        .split_whitespace()
-        .filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port="))
-        .map(str::to_owned)
-        .collect();
     let mut args = flags(&db, &stream, &["--stream-shards", "16", "--max-deliveries", "3"]);
-    args[1] = format!("{} {} dbname={db}", own.join(" "), proxy.libpq());
+    args[1] = proxy.database(&db);
     let relay = InProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     for key in &keys {
         wait_drained(&mut conn, key, "trackway", Duration::from_secs(90)).await;
     }
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, good as i64);
     let (killer_key, killer_id) = placed.last().expect("the killer entry").clone();
-    for key in &keys {
-        let dead = read_all(&mut conn, &format!("{key}:dead")).await;
-        if *key == killer_key {
-            assert_eq!(dead.len(), 1, "{dead:#?}");
-            assert_eq!(dead[0].1["trackway.source_id"], killer_id);
-            assert_eq!(dead[0].1["trackway.reason"], "max_deliveries");
-        } else {
-            assert!(dead.is_empty(), "{key}: {dead:#?}");
-        }
-    }
+    assert_only_dead_letter(&mut conn, &keys, (&killer_key, &killer_id), "max_deliveries").await;
     let text = wait_metric(&relay, "trackway_relay_acks_total", good as f64 + 1.0).await;
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"max_deliveries\"}"), 1.0, "{text}");
     relay.stop().await.expect("clean stop");

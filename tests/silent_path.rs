@@ -22,7 +22,6 @@ use trackway_tests::{
     live::{admin_token, key_set, live_flags, payload, Client, LiveRelay},
     proxy::Proxy,
     relay::{http_get, metric, metric_opt, redis, redis_url, unique, wait_drained, xadd_payloads},
-    server, server_address,
 };
 
 /// How long the path stays silent (the figure).
@@ -72,16 +71,8 @@ async fn silent_path(name: &str, path: Path, thaw: Thaw) {
     let stream = unique(name);
     let (proxy, flag, value) = match path {
         Path::Postgres => {
-            let (host, port) = server_address();
-            let proxy = Proxy::start(&format!("{host}:{port}")).await;
-            // The test server's user and options, through the proxy (libpq takes a second `host` as a
-            // fallback, not a replacement: the server's own are left out).
-            let own: Vec<String> = server()
-                .split_whitespace()
-                .filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port="))
-                .map(str::to_owned)
-                .collect();
-            let through = format!("{} {} dbname={db}", own.join(" "), proxy.libpq());
+            let proxy = Proxy::to_test_server().await;
+            let through = proxy.database(&db);
             (proxy, "--database-url", through)
         }
         Path::Redis => {

@@ -42,8 +42,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use futures_util::{future::try_join_all, stream, StreamExt};
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use futures_util::future::try_join_all;
+use tokio_postgres::{Client, Config};
 use trackway_testkit::{
     prometheus::{sample as metric_sample, sum as metric_sum},
     redis_nodes, RedisCluster, RedisNode,
@@ -51,14 +51,14 @@ use trackway_testkit::{
 
 use crate::db;
 use crate::live::{
-    client::{micros_since, scan_keys, Keys},
+    self,
+    client::{micros_since, Keys},
     procfs::{cpu_seconds, memory_kb},
     relay::{Launch, Relay},
     stats::{latency_header, latency_row, Goal, Percentiles},
+    UNSET,
 };
 
-/// Not yet recorded (XADD or NOTIFY time).
-const UNSET: u32 = u32::MAX;
 /// How long notifications may keep arriving after the last XADD of the latency phase.
 const SETTLE: Duration = Duration::from_secs(30);
 /// Longest a backlog may take to drain.
@@ -453,9 +453,9 @@ impl Bench<'_> {
         let (index, devices) = Keys::new(&payloads)?;
         let shard_of: Vec<usize> =
             devices.iter().map(|d| trackway_wire::shard::shard_of(d, self.options.shards) as usize).collect();
-        let times = Arc::new(Times::new(total));
+        let times = Times::new(total);
         let t0 = Instant::now();
-        let listener = listen(&self.config, Arc::new(index), times.clone(), t0).await?;
+        let listener = live::listen(&self.config, Arc::new(index), times.notify.clone(), t0).await?;
 
         let baseline = self.servers.connected_clients(setup.cluster);
         let relays = self.start_relays(setup, &stream, live).await?;
@@ -572,13 +572,14 @@ async fn generate(
 /// XADD and NOTIFY arrival times, µs after the run's `t0`.
 struct Times {
     xadd: Vec<AtomicU32>,
-    notify: Vec<AtomicU32>,
+    /// Shared with the LISTEN connection's task.
+    notify: Arc<Vec<AtomicU32>>,
 }
 
 impl Times {
     fn new(n: usize) -> Times {
-        let unset = || (0..n).map(|_| AtomicU32::new(UNSET)).collect();
-        Times { xadd: unset(), notify: unset() }
+        let unset = || (0..n).map(|_| AtomicU32::new(UNSET)).collect::<Vec<_>>();
+        Times { xadd: unset(), notify: Arc::new(unset()) }
     }
 
     fn notified(&self) -> usize {
@@ -589,40 +590,13 @@ impl Times {
     fn lags(&self) -> Vec<u32> {
         self.xadd
             .iter()
-            .zip(&self.notify)
+            .zip(self.notify.iter())
             .filter_map(|(x, n)| {
                 let (x, n) = (x.load(Ordering::Relaxed), n.load(Ordering::Relaxed));
                 (x != UNSET && n != UNSET).then(|| n.saturating_sub(x))
             })
             .collect()
     }
-}
-
-/// The benchmark's LISTEN connection: records when each position's notification arrives.
-async fn listen(
-    config: &Config,
-    keys: Arc<Keys>,
-    times: Arc<Times>,
-    t0: Instant,
-) -> Result<tokio::task::JoinHandle<()>> {
-    let (client, mut connection) = config.connect(NoTls).await.context("LISTEN connection")?;
-    let driver = tokio::spawn(async move {
-        let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            let Ok(AsyncMessage::Notification(n)) = message else { continue };
-            let at = micros_since(t0);
-            scan_keys(n.payload().as_bytes(), |d, t| {
-                if let Some(i) = keys.get(d, t) {
-                    let _ = times.notify[i as usize].compare_exchange(UNSET, at, Ordering::Relaxed, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    client.batch_execute("LISTEN trackway_positions").await.context("LISTEN")?;
-    Ok(tokio::spawn(async move {
-        let _client = client;
-        let _ = driver.await;
-    }))
 }
 
 /// Whether every shard's group has nothing left to deliver and nothing pending.

@@ -76,6 +76,22 @@ impl Proxy {
         self.state.send_modify(|s| s.cut = Some(marker));
     }
 
+    /// A proxy in front of the test PostgreSQL server ([`crate::server`]).
+    pub async fn to_test_server() -> Proxy {
+        let (host, port) = crate::server_address();
+        Proxy::start(&format!("{host}:{port}")).await
+    }
+
+    /// The connection string of database `db` through this proxy: the test server's user and options with
+    /// the proxy's host and port (libpq takes a second `host` as a fallback, not a replacement, so the
+    /// server's own are left out).
+    pub fn database(&self, db: &str) -> String {
+        let server = crate::server();
+        let own: Vec<&str> =
+            server.split_whitespace().filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port=")).collect();
+        format!("{} {} dbname={db}", own.join(" "), self.libpq())
+    }
+
     /// `host=127.0.0.1 port=…`, for a libpq-style connection string.
     pub fn libpq(&self) -> String {
         format!("host=127.0.0.1 port={}", self.addr.port())

@@ -53,7 +53,7 @@ use trackway_testkit::prometheus::sum as metric_sum;
 /// Group holding every device.
 const FLEET: &str = "fleet";
 /// Not yet recorded (XADD or NOTIFY time).
-const UNSET: u32 = u32::MAX;
+pub(crate) const UNSET: u32 = u32::MAX;
 /// Connections opened at once (the relay's accept queue and the machine stay comfortable).
 const CONNECT_CONCURRENCY: usize = 100;
 /// How long deliveries may keep arriving after the last XADD.
@@ -622,38 +622,48 @@ impl Bench<'_> {
         keys: Arc<Keys>,
         notify: Arc<Vec<AtomicU32>>,
     ) -> Result<tokio::task::JoinHandle<()>> {
-        let (client, mut connection) = config.connect(NoTls).await.context("LISTEN connection")?;
-        let t0 = self.t0;
-        let driver = tokio::spawn(async move {
-            let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
-            let mut omitted = 0u64;
-            while let Some(message) = messages.next().await {
-                let Ok(AsyncMessage::Notification(n)) = message else { continue };
-                let at = client::micros_since(t0);
-                let payload = n.payload().as_bytes();
-                if payload.windows(10).any(|w| w == b"\"omitted\":") {
-                    omitted += 1;
-                    eprintln!("warning: a summary notification ({omitted}): some commit times are unknown");
-                }
-                client::scan_keys(payload, |d, t| {
-                    if let Some(i) = keys.get(d, t) {
-                        let _ = notify[i as usize].compare_exchange(UNSET, at, Ordering::Relaxed, Ordering::Relaxed);
-                    }
-                });
-            }
-        });
-        client.batch_execute("LISTEN trackway_positions").await.context("LISTEN")?;
-        // The client must live as long as the connection: keep it in a task that ends with the driver.
-        Ok(tokio::spawn(async move {
-            let _client = client;
-            let _ = driver.await;
-        }))
+        listen(config, keys, notify, self.t0).await
     }
 
     /// XADDs `payloads` at `rate` per second: every 5 ms, what is due, in one pipeline.
     async fn generate(&self, setup: &mut Setup, payloads: &[String], rate: u32, times: &Times) -> Result<Generated> {
         generate_on(&mut setup.redis, &setup.stream, payloads, rate, times, self.t0).await
     }
+}
+
+/// A LISTEN connection on `trackway_positions`: records in `notify[i]` when the notification of position `i`
+/// of `keys` arrives (µs after `t0`; the first arrival counts), which is after its commit.
+pub(crate) async fn listen(
+    config: &Config,
+    keys: Arc<Keys>,
+    notify: Arc<Vec<AtomicU32>>,
+    t0: Instant,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let (client, mut connection) = config.connect(NoTls).await.context("LISTEN connection")?;
+    let driver = tokio::spawn(async move {
+        let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+        let mut omitted = 0u64;
+        while let Some(message) = messages.next().await {
+            let Ok(AsyncMessage::Notification(n)) = message else { continue };
+            let at = client::micros_since(t0);
+            let payload = n.payload().as_bytes();
+            if payload.windows(10).any(|w| w == b"\"omitted\":") {
+                omitted += 1;
+                eprintln!("warning: a summary notification ({omitted}): some commit times are unknown");
+            }
+            client::scan_keys(payload, |d, t| {
+                if let Some(i) = keys.get(d, t) {
+                    let _ = notify[i as usize].compare_exchange(UNSET, at, Ordering::Relaxed, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    client.batch_execute("LISTEN trackway_positions").await.context("LISTEN")?;
+    // The client must live as long as the connection: keep it in a task that ends with the driver.
+    Ok(tokio::spawn(async move {
+        let _client = client;
+        let _ = driver.await;
+    }))
 }
 
 /// XADDs `payloads` to `stream` at `rate` per second (every 5 ms, what is due, in one pipeline), recording

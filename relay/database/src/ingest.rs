@@ -24,8 +24,9 @@ pub enum Status {
     Invalid(String),
 }
 
-/// Why a batch was not stored.
-#[derive(Debug, thiserror::Error)]
+/// Why a batch was not stored. `Clone`: one statement may carry several consumers' batches, and each gets
+/// the statement's failure.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum IngestError {
     /// The database could not be reached or could not run the call now (connection lost, server
     /// shutting down, login refused, missing extension or privilege, deadlock...). Nothing about the data;

@@ -189,7 +189,7 @@ impl Inner {
             }
             Err(error) => {
                 for request in requests {
-                    let _ = request.reply.send(Err(same(&error)));
+                    let _ = request.reply.send(Err(error.clone()));
                 }
             }
         }
@@ -218,15 +218,4 @@ impl Inner {
 /// A request whose statement's caller stopped before answering: it may have been sent.
 fn abandoned() -> IngestError {
     IngestError::Lost("the statement carrying this batch was abandoned before its answer".to_owned())
-}
-
-/// The same failure, for another request of the statement.
-fn same(error: &IngestError) -> IngestError {
-    match error {
-        IngestError::Unavailable(message) => IngestError::Unavailable(message.clone()),
-        IngestError::Lost(message) => IngestError::Lost(message.clone()),
-        IngestError::Refused { sqlstate, message } => {
-            IngestError::Refused { sqlstate: sqlstate.clone(), message: message.clone() }
-        }
-    }
 }
