@@ -349,3 +349,77 @@ async fn paging_from_any_cursor_ends_and_misses_no_committed_row() {
         eprintln!("cursor paging: seed {seed}: {readers} readers, {received} rows received, all checked");
     }
 }
+
+/// Rows each read below may touch, all tables and indexes together: a page of 100 reads its 101 rows (one
+/// more tells whether the last row's transaction continues), plus a little for the cursor's other ranges.
+const PAGE_COST: i64 = 1_000;
+
+/// The table rows the current transaction has read so far, by sequential and by index scans.
+async fn tuples_read(transaction: &tokio_postgres::Transaction<'_>) -> i64 {
+    let sql = "SELECT coalesce(sum(seq_tup_read + idx_tup_fetch), 0)::bigint FROM pg_stat_xact_user_tables";
+    transaction.query_one(sql, &[]).await.expect("pg_stat_xact counters").get(0)
+}
+
+/// What one read of a page of 100 costs, in tuples read, inside a transaction of its own.
+async fn page_cost(client: &mut Client, read: &str, cursor: &str) -> i64 {
+    let transaction = client.transaction().await.expect("begin");
+    let before = tuples_read(&transaction).await;
+    let rows = transaction.query(read, &[&cursor]).await.unwrap_or_else(|e| panic!("{read}: {e:?}"));
+    assert_eq!(rows.len(), 100, "{read}: a full page");
+    let cost = tuples_read(&transaction).await - before;
+    transaction.rollback().await.expect("rollback");
+    cost
+}
+
+/// A page after a cursor costs a page, however many rows lie after the cursor (a live feed or a
+/// client that fell behind, a backlog, a resume from long ago), on a table never analyzed and on an
+/// analyzed one, hypertable chunks included. Each read used to take every row after the cursor (a bitmap
+/// scan of the whole range) and sort them for the first page: 100,000 rows read for 100 returned, and a
+/// feed behind by 200,000 rows spent 150 ms on each page of 2,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_costs_a_page_however_far_behind_the_cursor_is() {
+    let db = fresh_database("paging_cost").await;
+    let mut client = connect(&db).await;
+    client
+        .batch_execute("ALTER TABLE trackway.positions SET (autovacuum_enabled = false)")
+        .await
+        .expect("no autovacuum on the table");
+    let cursor: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    // 100,000 rows of 1,000 devices over five days (five chunks of a hypertable), 10,000 per transaction.
+    for batch in 0..10u32 {
+        let payloads: Vec<String> = (0..10_000u32)
+            .map(|i| {
+                let (device, n) = (i % 1000, batch * 10 + i / 1000);
+                format!(
+                    r#"{{"deviceId":"d-{device}","timestamp":"{}","latitude":54.5,"longitude":25.25}}"#,
+                    format_timestamp(BASE_MICROS - 10 * 86_400_000_000 + i64::from(n) * 4_320_000_000)
+                )
+            })
+            .collect();
+        client.query("SELECT trackway.ingest_batch($1::text[])", &[&payloads]).await.expect("ingest_batch");
+    }
+    let reads =
+        ["SELECT * FROM trackway.positions_since($1, NULL, 100)", "SELECT * FROM trackway.live_rows_since($1, 100)"];
+    for analyzed in [false, true] {
+        if analyzed {
+            client.batch_execute("ANALYZE trackway.positions").await.expect("analyze");
+        } else {
+            let never: bool = client
+                .query_one(
+                    "SELECT bool_and(c.reltuples < 0) FROM pg_class c
+                     WHERE c.oid = 'trackway.positions'::regclass
+                        OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'trackway.positions'::regclass)",
+                    &[],
+                )
+                .await
+                .expect("reltuples")
+                .get(0);
+            assert!(never, "the table was analyzed already: this pass would prove nothing");
+        }
+        for read in reads {
+            let cost = page_cost(&mut client, read, &cursor).await;
+            eprintln!("page cost (analyzed: {analyzed}): {cost} tuples for `{read}`");
+            assert!(cost <= PAGE_COST, "{cost} tuples read for a page of 100 (analyzed: {analyzed}): `{read}`");
+        }
+    }
+}
