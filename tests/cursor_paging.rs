@@ -392,7 +392,7 @@ async fn a_page_costs_a_page_however_far_behind_the_cursor_is() {
         .await
         .expect("no autovacuum on the table");
     let far_behind: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
-    // Rows from `first` on, 100 per transaction as a relay's batches would come (the planner weighs how
+    // Rows %FIRST% to %LAST%, 100 per transaction as a relay's batches would come (the planner weighs how
     // many rows a transaction holds): row r is device r mod 1,000 at its (r div 1,000)-th time, 36 minutes
     // apart, so 200,000 rows span five days (five chunks of a hypertable).
     let ingest = "DO $$ BEGIN
