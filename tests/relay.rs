@@ -897,3 +897,43 @@ async fn a_payload_that_kills_its_statement_takes_no_other_shards_batch_with_it(
     assert_eq!(metric(&text, "trackway_relay_dead_letters_total{reason=\"max_deliveries\"}"), 1.0, "{text}");
     relay.stop().await.expect("clean stop");
 }
+
+/// A store attempt is counted once however often its call reaches Redis. A cluster client re-sends a
+/// command whose reply it lost (the relay's cluster links retry), and `attempts.lua` used to add its count
+/// again: an entry whose statements got no answer would reach `--max-deliveries` and be dead-lettered an
+/// attempt early. The same call sent twice (what a retry sends) now counts once; a new call, or a consumer
+/// started again under the same name, counts as it should.
+#[tokio::test]
+async fn a_store_attempt_counts_once_however_often_its_call_reaches_redis() {
+    use trackway_redis::{Endpoint, Group, Link, StreamNames};
+    let stream = unique("attempt_calls");
+    let names = StreamNames {
+        stream: stream.clone(),
+        group: "trackway".into(),
+        consumer: "relay-a".into(),
+        dead_letter: format!("{stream}:dead"),
+        attempts: format!("{stream}:attempts"),
+        payload_field: "payload".into(),
+    };
+    let endpoint = Endpoint::parse(&redis_url(), false).expect("redis url");
+    let mut link = Link::new(endpoint, Duration::from_secs(1)).expect("link");
+    let group = Group::new(names.clone());
+    let ids = ["1-1", "1-2"];
+    let call = group.new_call();
+    let counts = group.count_attempts_in(&mut link, &call, &ids, 1).await.expect("count");
+    assert_eq!(counts, [1, 1], "first attempt");
+    let again = group.count_attempts_in(&mut link, &call, &ids, 1).await.expect("count again");
+    assert_eq!(again, [1, 1], "the same call re-sent (a retry) counted again");
+    let next = group.count_attempts(&mut link, &ids[..1], 1).await.expect("next attempt");
+    assert_eq!(next, [2], "a new call counts");
+    // A consumer started again under the same name: its first call is no repeat of the last one's.
+    let restarted = Group::new(names);
+    let counted = restarted.count_attempts(&mut link, &ids[1..], 1).await.expect("after a restart");
+    assert_eq!(counted, [2], "a restarted consumer's call");
+    // Taking an answered attempt back works the same way.
+    let back = restarted.new_call();
+    for _ in 0..2 {
+        let taken = restarted.count_attempts_in(&mut link, &back, &ids, -1).await.expect("take back");
+        assert_eq!(taken, [1, 1], "one attempt each taken back, once");
+    }
+}

@@ -3,7 +3,13 @@
 //! byte-bounded reads, the claim sweep and the settle step are Lua scripts (`scripts/*.lua`), each run
 //! atomically.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use redis::{RedisError, Script};
 
@@ -33,8 +39,11 @@ const MAX_DEAD_LETTER_FIELDS: usize = 1000;
 /// pair count, field/value pairs. Returns {entries acked, {1|0 per dead letter: written}}.
 const SETTLE_LUA: &str = include_str!("scripts/settle.lua");
 
-/// Adds ARGV[1] (1 or -1) to the unanswered store attempts of each id in ARGV[2..] (a field of the hash
-/// KEYS[1]; a count that drops to 0 is removed). Returns the new counts.
+/// Adds ARGV[1] (1 or -1) to the unanswered store attempts of each id in ARGV[4..] (a field of the hash
+/// KEYS[1]; a count that drops to 0 is removed). Returns the new counts. ARGV[3] is the call's token, kept
+/// in field ARGV[2] of the same hash (`call:<consumer>`, never an entry id): a call that comes again with
+/// the token of this consumer's last call (a cluster client re-sends a command whose reply was lost) only
+/// answers the counts, so a retry never counts an attempt twice.
 const ATTEMPTS_LUA: &str = include_str!("scripts/attempts.lua");
 
 /// Reads up to ARGV[3] new entries for the group, but only as many as fit in ARGV[4] bytes (field names
@@ -118,6 +127,11 @@ pub struct Group {
     read_pending: Script,
     /// The byte-bounded claim sweep.
     claim: Script,
+    /// What makes this process's attempt-counting calls' tokens unique: its start, in ns since 1970 (a
+    /// restarted consumer's first calls must not look like repeats of its previous life's).
+    epoch: u128,
+    /// Attempt-counting calls made so far (shared by the clones of this consumer's `Group`).
+    calls: Arc<AtomicU64>,
 }
 
 impl Group {
@@ -130,6 +144,8 @@ impl Group {
             read_new: Script::new(READ_NEW_LUA),
             read_pending: Script::new(READ_PENDING_LUA),
             claim: Script::new(CLAIM_LUA),
+            epoch: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            calls: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -268,11 +284,29 @@ impl Group {
     /// Adds `delta` (1 before an attempt, -1 once it was answered) to the unanswered store attempts of
     /// `ids`; returns the new counts, in order.
     pub async fn count_attempts(&self, link: &mut Link, ids: &[&str], delta: i64) -> Result<Vec<u64>, RedisError> {
+        let call = self.new_call();
+        self.count_attempts_in(link, &call, ids, delta).await
+    }
+
+    /// A token for one attempt-counting call, unique to this consumer's process.
+    pub fn new_call(&self) -> String {
+        format!("{:x}-{}", self.epoch, self.calls.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// [`Group::count_attempts`] as the call `call` (from [`Group::new_call`]): the same call sent again
+    /// changes nothing (see `ATTEMPTS_LUA`).
+    pub async fn count_attempts_in(
+        &self,
+        link: &mut Link,
+        call: &str,
+        ids: &[&str],
+        delta: i64,
+    ) -> Result<Vec<u64>, RedisError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut invocation = self.attempts.key(&self.names.attempts);
-        invocation.arg(delta).arg(ids);
+        invocation.arg(delta).arg(format!("call:{}", self.names.consumer)).arg(call).arg(ids);
         let counts = items(link.invoke(&invocation).await?)?;
         Ok(counts.iter().map(|v| int(v).and_then(|n| u64::try_from(n).ok()).unwrap_or(0)).collect())
     }
