@@ -21,7 +21,9 @@
 //!    p50/p99.
 //!
 //! Meanwhile it reads the relays' peak RSS and the Redis processes' CPU time from /proc, and the relays'
-//! Redis connections from `INFO clients`.
+//! Redis connections from `INFO clients`. A throughput run's CPU is also split by part (relays, the Redis
+//! servers holding the streams, the cluster's replicas, PostgreSQL): on a machine whose cores every part
+//! shares, it shows what a setup's extra work is.
 //!
 //! Then the **ceiling** of the design: every relay's live feed reads every new row, so each added relay
 //! adds database work whatever its share of the stream. For each relay count in `--ceiling`, the latency
@@ -146,6 +148,9 @@ struct Figures {
     startup: Vec<f64>,
     /// Throughput runs: Redis CPU seconds per 100,000 entries.
     redis_cpu_per_100k: Vec<f64>,
+    /// Throughput runs: CPU seconds per 100,000 entries of each part of the machine's work (see
+    /// [`CpuSplit`]): where a setup's extra cost goes.
+    cpu_split_per_100k: Vec<CpuSplit>,
     /// Latency runs: XADD → commit, µs, pooled.
     latencies: Vec<u32>,
     /// Latency runs: entries/s achieved by the generator.
@@ -183,6 +188,16 @@ impl Servers {
             self.cluster.pids()
         } else {
             vec![self.node.pid()]
+        }
+    }
+
+    /// The pids of the servers holding the streams (the node, or the cluster's primaries) and of the
+    /// cluster's replicas (none on the node).
+    fn pids_by_role(&self, cluster: bool) -> Result<(Vec<u32>, Vec<u32>)> {
+        if cluster {
+            self.cluster.pids_by_role().context("the cluster's roles")
+        } else {
+            Ok((vec![self.node.pid()], Vec::new()))
         }
     }
 
@@ -313,6 +328,42 @@ struct Cpu {
     statements: f64,
 }
 
+/// CPU seconds of a throughput run by part of the machine: the relays, the Redis servers holding the
+/// streams (the node, or the cluster's primaries), the cluster's replicas, and every `postgres` process.
+#[derive(Clone, Copy, Default)]
+struct CpuSplit {
+    relays: f64,
+    primaries: f64,
+    replicas: f64,
+    postgres: f64,
+}
+
+impl CpuSplit {
+    fn scaled(self, factor: f64) -> CpuSplit {
+        CpuSplit {
+            relays: self.relays * factor,
+            primaries: self.primaries * factor,
+            replicas: self.replicas * factor,
+            postgres: self.postgres * factor,
+        }
+    }
+
+    fn total(self) -> f64 {
+        self.relays + self.primaries + self.replicas + self.postgres
+    }
+
+    /// Part by part, the median over `splits`.
+    fn median(splits: &[CpuSplit]) -> CpuSplit {
+        let part = |f: fn(&CpuSplit) -> f64| median(&splits.iter().map(f).collect::<Vec<_>>());
+        CpuSplit {
+            relays: part(|s| s.relays),
+            primaries: part(|s| s.primaries),
+            replicas: part(|s| s.replicas),
+            postgres: part(|s| s.postgres),
+        }
+    }
+}
+
 /// The relays' counters that explain the database's work.
 #[derive(Clone, Copy, Default)]
 struct Counters {
@@ -405,7 +456,14 @@ impl Bench<'_> {
             trackway_testkit::xadd_payloads(&mut conn, key, shard).await.context("XADD")?;
         }
         let pids = self.servers.pids(setup.cluster);
+        let (primaries, replicas) = self.servers.pids_by_role(setup.cluster)?;
         let cpu_before = total_cpu_seconds(&pids);
+        let split_before = CpuSplit {
+            relays: 0.0,
+            primaries: total_cpu_seconds(&primaries),
+            replicas: total_cpu_seconds(&replicas),
+            postgres: postgres_cpu_seconds(),
+        };
         let (started, spawned) = (Instant::now(), unix_seconds());
         let relays = self.start_relays(setup, &stream, self.options.live).await?;
         let deadline = started + DRAIN_LIMIT;
@@ -417,6 +475,13 @@ impl Bench<'_> {
         }
         let done = unix_seconds();
         let redis_cpu = total_cpu_seconds(&pids) - cpu_before;
+        // The relays' whole lives (start-up included: they start with this run), the servers' deltas.
+        let split = CpuSplit {
+            relays: total_cpu_seconds(&relays.iter().map(|r| r.pid).collect::<Vec<_>>()),
+            primaries: total_cpu_seconds(&primaries) - split_before.primaries,
+            replicas: total_cpu_seconds(&replicas) - split_before.replicas,
+            postgres: postgres_cpu_seconds() - split_before.postgres,
+        };
         figures.peak_rss_kb = figures.peak_rss_kb.max(peak_rss_kb(&relays));
         stop_all(relays).await?;
         let stored = count_rows(&self.client).await?;
@@ -440,6 +505,7 @@ impl Bench<'_> {
         figures.startup.push(startup);
         figures.entries_per_second.push(rate);
         figures.redis_cpu_per_100k.push(redis_cpu * 100_000.0 / payloads.len() as f64);
+        figures.cpu_split_per_100k.push(split.scaled(100_000.0 / payloads.len() as f64));
         Ok(())
     }
 
@@ -720,6 +786,21 @@ fn print_setups(options: &Options, figures: &mut [Figures]) {
             f.connections.iter().max().copied().unwrap_or(0),
             f.peak_rss_kb as f64 / 1024.0,
             median(&f.idle_cpu_percent)
+        );
+    }
+    println!();
+    println!("  CPU s per 100k entries (throughput, median)   relays  Redis: streams  replicas  postgres    total");
+    for (setup, f) in SETUPS.iter().zip(figures.iter()) {
+        let split = CpuSplit::median(&f.cpu_split_per_100k);
+        println!(
+            "  ({}) {:<40} {:>8.2} {:>15.2} {:>9.2} {:>9.2} {:>8.2}",
+            setup.label,
+            setup.name,
+            split.relays,
+            split.primaries,
+            split.replicas,
+            split.postgres,
+            split.total()
         );
     }
     println!();

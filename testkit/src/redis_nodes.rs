@@ -98,6 +98,16 @@ impl RedisCluster {
         self.nodes.iter().filter_map(|n| n.child.as_ref().map(Child::id)).collect()
     }
 
+    /// The process ids of the running primaries serving slots, and of the other running nodes (the
+    /// replicas): what each role costs, apart.
+    pub fn pids_by_role(&self) -> Result<(Vec<u32>, Vec<u32>)> {
+        let primaries = self.primaries()?;
+        let running = self.nodes.iter().filter_map(|n| Some((n.port, n.child.as_ref()?.id())));
+        let (serving, others): (Vec<_>, Vec<_>) = running.partition(|(port, _)| primaries.contains(port));
+        let pids = |nodes: Vec<(u16, u32)>| nodes.into_iter().map(|(_, pid)| pid).collect();
+        Ok((pids(serving), pids(others)))
+    }
+
     /// The ports of the nodes still running.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.port).collect()
