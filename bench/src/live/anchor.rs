@@ -6,7 +6,10 @@
 //! receipt is measured.
 //!
 //! pg_eventserv is not part of this project, which neither builds nor installs it: give a binary of it
-//! with `--anchor-binary`. Without it only Trackway's side runs.
+//! with `--anchor-binary`. Without it only Trackway's side runs. With `--anchor-durable` it runs a second
+//! time with a publisher that also stores each payload (an `INSERT` in the same transaction), so that its
+//! commit waits for the WAL flush as Trackway's does: the forwarding compared with the same wait (a figure
+//! beside the goals, not a goal).
 
 use std::{
     path::PathBuf,
@@ -56,6 +59,35 @@ pub struct AnchorOptions {
     /// Anchor: devices sending.
     #[arg(long, default_value_t = 100)]
     pub anchor_devices: usize,
+    /// Anchor: also run pg_eventserv with a publisher that stores each payload durably (an INSERT in the
+    /// same transaction as its NOTIFY), beside the goals.
+    #[arg(long)]
+    pub anchor_durable: bool,
+}
+
+/// Who is measured, and how its publisher sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Trackway: `trackway.ingest`, one position per transaction.
+    Trackway,
+    /// pg_eventserv: a NOTIFY alone.
+    Anchor,
+    /// pg_eventserv with a publisher that also INSERTs the payload (its commit waits for the WAL flush).
+    DurableAnchor,
+}
+
+impl Side {
+    /// The publisher's statement: `$1` the payload, `$2` (the anchor's) the channel.
+    fn statement(self) -> &'static str {
+        match self {
+            Side::Trackway => "SELECT trackway.ingest($1::text)",
+            Side::Anchor => "SELECT pg_notify($2, $1::text)",
+            Side::DurableAnchor => {
+                "WITH stored AS (INSERT INTO anchor_payloads (payload) VALUES ($1::text)) \
+                 SELECT pg_notify($2, $1::text)"
+            }
+        }
+    }
 }
 
 /// The issue's goals for Trackway's p99 on this machine, by load.
@@ -83,7 +115,7 @@ impl Bench<'_> {
                 o.anchor_seconds
             );
             println!("{}", latency_header());
-            let (trackway, parts) = self.side(false, clients, rate).await?;
+            let (trackway, parts) = self.side(Side::Trackway, clients, rate).await?;
             println!("{}", latency_row("trackway (ingest, store, read, send)", trackway));
             println!("{}", latency_row("  of which send -> committed", parts.0));
             println!("{}", latency_row("  of which committed -> receipt", parts.1));
@@ -92,10 +124,16 @@ impl Bench<'_> {
                 goals.push(Goal::at_most(format!("anchor {load}: trackway p99"), p99(trackway), goal, "ms"));
             }
             if o.anchor_binary.is_some() {
-                let (anchor, parts) = self.side(true, clients, rate).await?;
+                let (anchor, parts) = self.side(Side::Anchor, clients, rate).await?;
                 println!("{}", latency_row("pg_eventserv (NOTIFY forwarded)", anchor));
                 println!("{}", latency_row("  of which send -> committed", parts.0));
                 println!("{}", latency_row("  of which committed -> receipt", parts.1));
+                if o.anchor_durable {
+                    let (durable, parts) = self.side(Side::DurableAnchor, clients, rate).await?;
+                    println!("{}", latency_row("pg_eventserv, publisher INSERTs", durable));
+                    println!("{}", latency_row("  of which send -> committed", parts.0));
+                    println!("{}", latency_row("  of which committed -> receipt", parts.1));
+                }
                 goals.push(Goal::at_most(
                     format!("anchor {load}: trackway p99 vs pg_eventserv's"),
                     p99(trackway),
@@ -114,7 +152,7 @@ impl Bench<'_> {
     /// alone writes nothing to wait for), and that answer → receipt (reading and sending).
     async fn side(
         &self,
-        anchor: bool,
+        side: Side,
         clients: usize,
         rate: u32,
     ) -> Result<(Option<Percentiles>, (Option<Percentiles>, Option<Percentiles>))> {
@@ -123,7 +161,15 @@ impl Bench<'_> {
         let payloads = trackway_sim::workload(total, o.anchor_devices, self.options.seed);
         let (keys, devices_of) = Keys::new(&payloads)?;
         let keys = Arc::new(keys);
+        let anchor = side != Side::Trackway;
         let setup = self.setup(if anchor { "anchor" } else { "trackway" }, &distinct(&devices_of)).await?;
+        if side == Side::DurableAnchor {
+            let client = db::connect(&setup.config).await?;
+            client
+                .batch_execute("CREATE TABLE anchor_payloads (id bigserial PRIMARY KEY, payload text NOT NULL)")
+                .await
+                .context("creating the durable publisher's table")?;
+        }
         let mut eventserv = None;
         let sockets = if anchor {
             let (child, url) = start_eventserv(o.anchor_binary.as_ref().expect("checked"), &setup.config).await?;
@@ -152,7 +198,7 @@ impl Bench<'_> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let unset = || Arc::new((0..total).map(|_| AtomicU32::new(UNSET)).collect::<Vec<_>>());
         let (sent, committed) = (unset(), unset());
-        let statement = if anchor { "SELECT pg_notify($2, $1::text)" } else { "SELECT trackway.ingest($1::text)" };
+        let statement = side.statement();
         let times = Published { sent: sent.clone(), committed: committed.clone() };
         publish(&setup.config, &payloads, rate, statement, &times, self.t0).await?;
         let expected = (total * clients) as u64;
