@@ -5,7 +5,8 @@
 # own CPU for the scenarios notify (XADD->NOTIFY alone), routed, broadcast and idle; then storm (clients
 # reconnecting at once to resume), unread (clients that never read) and forged (an honest and a forged
 # `since`); and the goals. `--scenario anchor --anchor-binary PATH` compares with pg_eventserv (a binary
-# you bring: this project neither builds nor installs it).
+# you bring: this project neither builds nor installs it); `--anchor-durable` adds pg_eventserv with a
+# publisher that stores each payload, so that its commit waits for the WAL flush as Trackway's does.
 # Extra arguments go to `trackway-bench live`, e.g.:
 #   bench/live.sh --scenario routed --routed-seconds 10 --relay-arg=--batch-size=200
 set -euo pipefail
