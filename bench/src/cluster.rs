@@ -455,9 +455,7 @@ impl Bench<'_> {
         for (key, shard) in keys.iter().zip(&by_shard) {
             trackway_testkit::xadd_payloads(&mut conn, key, shard).await.context("XADD")?;
         }
-        let pids = self.servers.pids(setup.cluster);
         let (primaries, replicas) = self.servers.pids_by_role(setup.cluster)?;
-        let cpu_before = total_cpu_seconds(&pids);
         let split_before = CpuSplit {
             relays: 0.0,
             primaries: total_cpu_seconds(&primaries),
@@ -474,7 +472,6 @@ impl Bench<'_> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let done = unix_seconds();
-        let redis_cpu = total_cpu_seconds(&pids) - cpu_before;
         // The relays' whole lives (start-up included: they start with this run), the servers' deltas.
         let split = CpuSplit {
             relays: total_cpu_seconds(&relays.iter().map(|r| r.pid).collect::<Vec<_>>()),
@@ -482,6 +479,7 @@ impl Bench<'_> {
             replicas: total_cpu_seconds(&replicas) - split_before.replicas,
             postgres: postgres_cpu_seconds() - split_before.postgres,
         };
+        let redis_cpu = split.primaries + split.replicas;
         figures.peak_rss_kb = figures.peak_rss_kb.max(peak_rss_kb(&relays));
         stop_all(relays).await?;
         let stored = count_rows(&self.client).await?;

@@ -77,6 +77,15 @@ enum Side {
 }
 
 impl Side {
+    /// The side's name in the latency table.
+    fn name(self) -> &'static str {
+        match self {
+            Side::Trackway => "trackway (ingest, store, read, send)",
+            Side::Anchor => "pg_eventserv (NOTIFY forwarded)",
+            Side::DurableAnchor => "pg_eventserv, publisher INSERTs",
+        }
+    }
+
     /// The publisher's statement: `$1` the payload, `$2` (the anchor's) the channel.
     fn statement(self) -> &'static str {
         match self {
@@ -115,24 +124,15 @@ impl Bench<'_> {
                 o.anchor_seconds
             );
             println!("{}", latency_header());
-            let (trackway, parts) = self.side(Side::Trackway, clients, rate).await?;
-            println!("{}", latency_row("trackway (ingest, store, read, send)", trackway));
-            println!("{}", latency_row("  of which send -> committed", parts.0));
-            println!("{}", latency_row("  of which committed -> receipt", parts.1));
+            let trackway = self.side(Side::Trackway, clients, rate).await?;
             let p99 = |p: Option<Percentiles>| p.map_or(f64::NAN, |p| p.p99);
             if let Some(goal) = fixed_goal_ms(clients, rate) {
                 goals.push(Goal::at_most(format!("anchor {load}: trackway p99"), p99(trackway), goal, "ms"));
             }
             if o.anchor_binary.is_some() {
-                let (anchor, parts) = self.side(Side::Anchor, clients, rate).await?;
-                println!("{}", latency_row("pg_eventserv (NOTIFY forwarded)", anchor));
-                println!("{}", latency_row("  of which send -> committed", parts.0));
-                println!("{}", latency_row("  of which committed -> receipt", parts.1));
+                let anchor = self.side(Side::Anchor, clients, rate).await?;
                 if o.anchor_durable {
-                    let (durable, parts) = self.side(Side::DurableAnchor, clients, rate).await?;
-                    println!("{}", latency_row("pg_eventserv, publisher INSERTs", durable));
-                    println!("{}", latency_row("  of which send -> committed", parts.0));
-                    println!("{}", latency_row("  of which committed -> receipt", parts.1));
+                    self.side(Side::DurableAnchor, clients, rate).await?;
                 }
                 goals.push(Goal::at_most(
                     format!("anchor {load}: trackway p99 vs pg_eventserv's"),
@@ -147,15 +147,11 @@ impl Bench<'_> {
         Ok(goals)
     }
 
-    /// One server under one load: send → receipt percentiles, and the two parts of that time: send → the
-    /// publisher's commit answered (storing, for Trackway: the commit waits for the WAL flush; a NOTIFY
-    /// alone writes nothing to wait for), and that answer → receipt (reading and sending).
-    async fn side(
-        &self,
-        side: Side,
-        clients: usize,
-        rate: u32,
-    ) -> Result<(Option<Percentiles>, (Option<Percentiles>, Option<Percentiles>))> {
+    /// One server under one load: prints send → receipt percentiles and the two parts of that time: send →
+    /// the publisher's commit answered (storing, for Trackway: the commit waits for the WAL flush; a NOTIFY
+    /// alone writes nothing to wait for), and that answer → receipt (reading and sending). Returns the
+    /// send → receipt percentiles.
+    async fn side(&self, side: Side, clients: usize, rate: u32) -> Result<Option<Percentiles>> {
         let o = &self.options.anchor;
         let total = (f64::from(rate) * o.anchor_seconds).round() as usize;
         let payloads = trackway_sim::workload(total, o.anchor_devices, self.options.seed);
@@ -229,10 +225,11 @@ impl Bench<'_> {
         if !complete {
             println!("  ({} of {expected} deliveries within the drain time)", lags.len());
         }
-        Ok((
-            Percentiles::of_micros(&mut lags),
-            (Percentiles::of_micros(&mut storing), Percentiles::of_micros(&mut after_commit)),
-        ))
+        let whole = Percentiles::of_micros(&mut lags);
+        println!("{}", latency_row(side.name(), whole));
+        println!("{}", latency_row("  of which send -> committed", Percentiles::of_micros(&mut storing)));
+        println!("{}", latency_row("  of which committed -> receipt", Percentiles::of_micros(&mut after_commit)));
+        Ok(whole)
     }
 }
 
