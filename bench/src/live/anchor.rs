@@ -28,7 +28,7 @@ use tokio_postgres::Config;
 
 use super::{
     client::{self, Keys, Received},
-    distinct,
+    distinct, procfs,
     stats::{latency_header, latency_row, Goal, Percentiles},
     wait_for, Bench, DRAIN, FLEET, UNSET,
 };
@@ -40,9 +40,10 @@ const CHANNEL: &str = "trackway_anchor";
 const PUBLISHERS: usize = 4;
 /// The clients' read buffer. Frames here are a few positions; tungstenite zero-fills its read buffer's
 /// size before every read, and at the default 128 KiB that filling took 13 % of the machine's CPU in a
-/// profile of this scenario (the clients stand for other machines: their cost must not weigh on the
-/// servers measured).
-const READ_BUFFER: usize = 16 * 1024;
+/// profile of this scenario, at 16 KiB still 10 % of the benchmark's own (the clients stand for other
+/// machines: their cost must not weigh on the servers measured). A bigger frame (Trackway's snapshot)
+/// takes several reads.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Options of the scenario.
 #[derive(clap::Args, Clone, Debug)]
@@ -196,9 +197,13 @@ impl Bench<'_> {
         let (sent, committed) = (unset(), unset());
         let statement = side.statement();
         let times = Published { sent: sent.clone(), committed: committed.clone() };
+        let server = eventserv.as_ref().and_then(tokio::process::Child::id).unwrap_or(setup.relay.pid);
+        let postmaster = postmaster_of(&setup.config).await?;
+        let cpu_before = CpuSplit::read(server, postmaster);
         publish(&setup.config, &payloads, rate, statement, &times, self.t0).await?;
         let expected = (total * clients) as u64;
         let complete = wait_for(|| delivered.load(Ordering::Relaxed) >= expected, DRAIN).await;
+        let cpu = CpuSplit::read(server, postmaster).zip(cpu_before).map(|(after, before)| after.minus(&before));
         stop.send_replace(true);
         let mut received: Vec<Received> = Vec::new();
         for task in receivers {
@@ -229,8 +234,65 @@ impl Bench<'_> {
         println!("{}", latency_row(side.name(), whole));
         println!("{}", latency_row("  of which send -> committed", Percentiles::of_micros(&mut storing)));
         println!("{}", latency_row("  of which committed -> receipt", Percentiles::of_micros(&mut after_commit)));
+        if let Some(cpu) = cpu {
+            println!("{}", cpu.per_thousand(lags.len()));
+        }
         Ok(whole)
     }
+}
+
+/// CPU seconds used so far by the machine, the server measured (the relay or pg_eventserv), PostgreSQL (the
+/// postmaster and its processes) and this benchmark (the clients and the publisher).
+#[derive(Clone, Copy)]
+struct CpuSplit {
+    machine: f64,
+    server: f64,
+    postgres: f64,
+    bench: f64,
+}
+
+impl CpuSplit {
+    fn read(server: u32, postmaster: u32) -> Option<CpuSplit> {
+        Some(CpuSplit {
+            machine: procfs::machine_busy_seconds()?,
+            server: procfs::cpu_seconds(server)?,
+            postgres: procfs::server_cpu_seconds(postmaster)?,
+            bench: procfs::cpu_seconds(std::process::id())?,
+        })
+    }
+
+    fn minus(&self, before: &CpuSplit) -> CpuSplit {
+        CpuSplit {
+            machine: self.machine - before.machine,
+            server: self.server - before.server,
+            postgres: self.postgres - before.postgres,
+            bench: self.bench - before.bench,
+        }
+    }
+
+    /// A row: CPU milliseconds per 1,000 deliveries, by part; "other" is the rest of the machine (the
+    /// kernel's network work done outside these processes, other processes).
+    fn per_thousand(&self, deliveries: usize) -> String {
+        let per = |seconds: f64| 1e6 * seconds / deliveries.max(1) as f64;
+        let other = self.machine - self.server - self.postgres - self.bench;
+        format!(
+            "    CPU ms per 1,000 deliveries: server {:.1}, PostgreSQL {:.1}, clients and publisher {:.1}, \
+             other {:.1}; all {:.1}",
+            per(self.server),
+            per(self.postgres),
+            per(self.bench),
+            per(other),
+            per(self.machine)
+        )
+    }
+}
+
+/// The process id of the postmaster serving `config` (the parent of a backend of ours).
+async fn postmaster_of(config: &Config) -> Result<u32> {
+    let client = db::connect(config).await?;
+    let backend: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.context("pg_backend_pid")?.get(0);
+    let backend = u32::try_from(backend).context("a backend's pid")?;
+    procfs::parent_of(backend).context("the postmaster (is PostgreSQL on this machine?)")
 }
 
 /// Starts pg_eventserv on a free port against `config`'s database; its `/listen/` URL for [`CHANNEL`].
