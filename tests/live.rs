@@ -167,6 +167,68 @@ async fn subscribing_while_rows_pour_in_leaves_no_gap_between_snapshot_and_live(
     relay.stop().await.expect("clean stop");
 }
 
+/// A feed with nobody watching reads no rows (a poll only moves its cursor to the present); a client
+/// that arrives at an idle feed while rows pour in still gets its snapshot and then every row after it,
+/// none missing and none twice; once the last client has gone, the feed reads nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_with_nobody_watching_reads_nothing_and_first_subscribers_miss_nothing() {
+    let db = fresh_database("live_idle").await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_idle"), &[])).await;
+    let reads = |text: &str| metric(text, "trackway_live_feed_reads_total");
+    let ts = |n: u32| {
+        let doc: Value = serde_json::from_str(&payload("idle", n)).expect("json");
+        ("idle".to_owned(), doc["timestamp"].as_str().expect("ts").to_owned())
+    };
+    // Nobody connected: 30 transactions, each announced; past a poll (1 s), the feed has read none.
+    for n in 0..30u32 {
+        ingest(&db, &[payload("idle", n)]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reads(&relay.metrics().await), 0.0, "nobody watches: no rows read");
+    // Clients arrive one at a time at an idle feed while a writer inserts one row per transaction; each
+    // takes 20 live positions after its snapshot, then leaves before the next one comes.
+    const TOTAL: u32 = 1200;
+    let writer_db = db.clone();
+    let writer = tokio::spawn(async move {
+        let client = connect(&writer_db).await;
+        for n in 30..TOTAL {
+            client.query("SELECT trackway.ingest($1)", &[&payload("idle", n)]).await.expect("ingest");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let mut arrivals = 0;
+    while !writer.is_finished() {
+        let mut c = Client::authenticated(&relay.url(""), &admin_token()).await;
+        let sub = c.subscribe(json!({"device": "idle"})).await;
+        let snapshot = sub["snapshot"].as_array().and_then(|s| s.first()).expect("the device has a latest position");
+        let start = (0..TOTAL)
+            .find(|&n| snapshot["timestamp"].as_str() == Some(ts(n).1.as_str()))
+            .expect("the snapshot's row is one of ours");
+        if start + 20 >= TOTAL {
+            break;
+        }
+        let got = c.positions(20, Duration::from_secs(10)).await;
+        assert!(got.len() >= 20, "{} positions after the snapshot at {start}", got.len());
+        let want: Vec<(String, String)> = (start + 1..start + 21).map(ts).collect();
+        assert_eq!(keys(&got[..20]), want, "after the snapshot at {start}");
+        arrivals += 1;
+        c.close().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.await.expect("writer");
+    assert!(arrivals >= 3, "{arrivals} clients arrived while rows poured in");
+    // Nobody watches again: more rows, no more reads.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = reads(&relay.metrics().await);
+    assert!(before > 0.0, "the feed read while clients watched");
+    for n in TOTAL..TOTAL + 20 {
+        ingest(&db, &[payload("idle", n)]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reads(&relay.metrics().await), before, "nobody watches again: no rows read");
+    relay.stop().await.expect("clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_membership_changes_apply_while_subscribed() {
     let db = fresh_database("live_membership").await;

@@ -25,8 +25,12 @@
 //! servers holding the streams, the cluster's replicas, PostgreSQL): on a machine whose cores every part
 //! shares, it shows what a setup's extra work is.
 //!
-//! Then the **ceiling** of the design: every relay's live feed reads every new row, so each added relay
-//! adds database work whatever its share of the stream. For each relay count in `--ceiling`, the latency
+//! With the live side on, each relay gets one live client as soon as it is ready (watching a device that
+//! sends nothing): a relay serving maps has clients, and its feed reads every new row while anyone watches
+//! (a feed nobody watches reads nothing).
+//!
+//! Then the **ceiling** of the design: every watched relay's live feed reads every new row, so each added
+//! relay adds database work whatever its share of the stream. For each relay count in `--ceiling`, the latency
 //! phase runs on the cluster with the live side on and again with it off (`TRACKWAY_LIVE_ADDR=off`), and
 //! the PostgreSQL processes' CPU is compared: the difference is what the feeds cost.
 //!
@@ -44,7 +48,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use futures_util::future::try_join_all;
+use futures_util::{future::try_join_all, StreamExt};
 use tokio_postgres::{Client, Config};
 use trackway_testkit::{
     prometheus::{sample as metric_sample, sum as metric_sum},
@@ -54,7 +58,7 @@ use trackway_testkit::{
 use crate::db;
 use crate::live::{
     self,
-    client::{micros_since, Keys},
+    client::{self, micros_since, Keys},
     procfs::{cpu_seconds, memory_kb},
     relay::{Launch, Relay},
     stats::{latency_header, latency_row, Goal, Percentiles},
@@ -65,7 +69,7 @@ use crate::live::{
 const SETTLE: Duration = Duration::from_secs(30);
 /// Longest a backlog may take to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
-/// The relays' JWT secret (no client connects: the live side runs for its feed alone).
+/// The relays' JWT secret (for the one watcher per relay).
 const SECRET: &str = "trackway-bench-cluster-secret-not-for-production-0123456789";
 
 /// Goals (issue 18).
@@ -97,7 +101,8 @@ pub struct Options {
     /// Runs of each setup; throughput is the median, latency samples are pooled.
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
-    /// Whether the relays of setups (a), (b) and (c) run their live side (its feed reads every new row).
+    /// Whether the relays of setups (a), (b) and (c) run their live side, each with one client watching (so
+    /// that its feed reads every new row).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub live: bool,
     /// Relay counts of the ceiling measurement (comma-separated; `0` skips it).
@@ -464,6 +469,7 @@ impl Bench<'_> {
         };
         let (started, spawned) = (Instant::now(), unix_seconds());
         let relays = self.start_relays(setup, &stream, self.options.live).await?;
+        let _watchers = Watchers::start(&relays, self.options.live).await?;
         let deadline = started + DRAIN_LIMIT;
         while !drained(&mut conn, &keys).await? {
             if Instant::now() > deadline {
@@ -523,6 +529,7 @@ impl Bench<'_> {
 
         let baseline = self.servers.connected_clients(setup.cluster);
         let relays = self.start_relays(setup, &stream, live).await?;
+        let _watchers = Watchers::start(&relays, live).await?;
         wait_for_groups(&mut conn, &keys).await?;
         let relay_pids: Vec<u32> = relays.iter().map(|r| r.pid).collect();
         if self.options.idle_seconds > 0.0 {
@@ -571,6 +578,35 @@ impl Bench<'_> {
         figures.redis_cpu_percent.push(redis_cpu);
         figures.connections.push(connections);
         Ok(cpu)
+    }
+}
+
+/// One live client per relay, watching a device that sends nothing, reading (and dropping) what comes
+/// until dropped: the relay's feed then reads every new row, as a relay serving maps does.
+struct Watchers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Watchers {
+    /// A watcher on each relay when `live` (none otherwise).
+    async fn start(relays: &[Relay], live: bool) -> Result<Watchers> {
+        let mut watchers = Watchers(Vec::new());
+        if !live {
+            return Ok(watchers);
+        }
+        let token = live::token(SECRET)?;
+        for relay in relays {
+            let mut socket = client::connect(&relay.live_url, &token, 4096).await?;
+            client::subscribe(&mut socket, "device", "bench-watcher").await?;
+            watchers.0.push(tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} }));
+        }
+        Ok(watchers)
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 

@@ -893,7 +893,7 @@ fn random_secret() -> Result<String> {
 }
 
 /// An HS256 token with Directus's claims: an administrator, valid for two hours.
-fn token(secret: &str) -> Result<String> {
+pub(crate) fn token(secret: &str) -> Result<String> {
     let claims = serde_json::json!({
         "id": "0b7c3c8e-7f55-4c1a-9d1e-6a3b5be3a001",
         "role": "0b7c3c8e-7f55-4c1a-9d1e-6a3b5be3a002",

@@ -12,6 +12,13 @@
 //! see (its cursor stands at S) — wait in the holds and follow each answer once it is queued. So the
 //! snapshot or replay and the live rows meet without a gap, no row the snapshot already covers comes again
 //! as new, and no answer, however long, holds back the live rows of anyone else.
+//!
+//! **Nobody watching, nothing read.** While no client watches anything (no subscription in force or held),
+//! rows read would go to nobody: the feed does not wake on notifications, and each poll only moves its
+//! cursor to the present (`current_cursor`, one cheap call that also keeps checking the connection). The
+//! cycle that answers the first subscription places the cursor at S itself, in S's transaction, instead of
+//! reading up to S. So a relay without live clients (one that only ingests, say) costs the database nothing
+//! per row, and a relay's feed reads rows only while someone is there to receive them.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -173,8 +180,8 @@ impl Feed {
     }
 
     /// Waits up to `delay` (the poll interval, or a backoff delay while the database is `down`), applying
-    /// commands as they come: leaves and unsubscribes at once. While the database is up a ring or a
-    /// subscription to answer ends the wait; while it is down subscriptions are refused at once
+    /// commands as they come: leaves and unsubscribes at once. While the database is up a ring (unless
+    /// nobody watches anything) or a subscription to answer ends the wait; while it is down subscriptions are refused at once
     /// (`unavailable`) rather than left waiting. `false` at shutdown.
     async fn wait(&mut self, shutdown: &CancellationToken, delay: Duration, down: bool) -> bool {
         let until = tokio::time::sleep(delay);
@@ -202,7 +209,7 @@ impl Feed {
                         return true;
                     }
                 }
-                () = self.wake.rung(), if !down => return true,
+                () = self.wake.rung(), if !down && !self.router.is_idle() => return true,
                 () = &mut until => return true,
             }
         }
@@ -302,15 +309,24 @@ impl Feed {
         let noticed = self.wake.take_first().unwrap_or_else(Instant::now);
         let reconnected = self.wake.take_reconnected();
         self.pending.retain(|p| !p.abandoned());
+        let idle = self.router.is_idle();
         if self.pending.is_empty() || self.answers.free() == 0 {
+            if idle {
+                return self.skip_to_present(&conn.client).await;
+            }
             let read = self.read_to_end(&conn.client, &conn.feed, noticed).await?;
             self.count_replayed(reconnected, read);
             return Ok(());
         }
         // Read only: no transaction id.
         answered("BEGIN", READ_BOUND, conn.client.batch_execute(sql::BEGIN_READ)).await?;
-        let read = self.read_to_end(&conn.client, &conn.feed, noticed).await?;
-        self.count_replayed(reconnected, read);
+        if idle {
+            // The first statement of the transaction: the cursor stands at S, the snapshot exported below.
+            self.skip_to_present(&conn.client).await?;
+        } else {
+            let read = self.read_to_end(&conn.client, &conn.feed, noticed).await?;
+            self.count_replayed(reconnected, read);
+        }
         let exported = answered("exporting the snapshot", READ_BOUND, conn.client.query_one(sql::EXPORT_SNAPSHOT, &[]));
         let snapshot: String = exported.await?.try_get(0)?;
         // Each replay (of a distinct target and cursor) may take a connection of its own; the snapshots
@@ -355,6 +371,18 @@ impl Feed {
                 metrics: self.metrics.clone(),
             });
         }
+        Ok(())
+    }
+
+    /// Nobody watches anything: instead of reading rows that would go to nobody, the cursor moves to the
+    /// present (the caller's snapshot inside a transaction). The rows remembered for repeats and failovers
+    /// are from before it and are forgotten: after a failover the feed now reads on from this cursor, as it
+    /// does from the one it starts with.
+    async fn skip_to_present(&mut self, client: &tokio_postgres::Client) -> Result<(), DbError> {
+        let row = answered("current_cursor", READ_BOUND, client.query_one(sql::CURRENT_CURSOR, &[])).await?;
+        self.cursor = Some(row.try_get(0)?);
+        self.recent.clear();
+        self.recent_order.clear();
         Ok(())
     }
 

@@ -153,6 +153,12 @@ impl Router {
         }
     }
 
+    /// Whether no client watches or waits for anything (no subscription in force, none held): then rows
+    /// read would go to nobody.
+    pub fn is_idle(&self) -> bool {
+        self.clients.is_empty()
+    }
+
     /// Subscriptions in force (held ones not counted).
     pub fn subscriptions(&self) -> usize {
         self.clients.values().map(|c| c.targets.len()).sum()
@@ -407,6 +413,22 @@ mod tests {
         router.route(&[row("d1", &["h"], 1), row("d2", &["h"], 2), row("d3", &["h"], 3)]);
         assert_eq!(received(&b), "4008");
         assert_eq!(router.release(2, &Target::Group("h".into()), 2, true), Pushed::default());
+    }
+
+    #[test]
+    fn the_router_is_idle_only_while_nothing_is_watched_or_held() {
+        let mut router = Router::default();
+        let a = Arc::new(Outbox::new(10));
+        assert!(router.is_idle());
+        router.hold(1, &a, Target::Device("d1".into()), 1);
+        assert!(!router.is_idle(), "a held subscription waits for rows");
+        router.release(1, &Target::Device("d1".into()), 1, true);
+        assert!(!router.is_idle());
+        router.unsubscribe(1, &Target::Device("d1".into()));
+        assert!(router.is_idle());
+        router.subscribe(2, &a, Target::Group("g".into()));
+        router.leave(2);
+        assert!(router.is_idle());
     }
 
     #[test]
