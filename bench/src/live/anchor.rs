@@ -198,7 +198,7 @@ impl Bench<'_> {
         let statement = side.statement();
         let times = Published { sent: sent.clone(), committed: committed.clone() };
         let server = eventserv.as_ref().and_then(tokio::process::Child::id).unwrap_or(setup.relay.pid);
-        let postmaster = postmaster_of(&setup.config).await?;
+        let postmaster = postmaster_of(&setup.config).await;
         let cpu_before = CpuSplit::read(server, postmaster);
         publish(&setup.config, &payloads, rate, statement, &times, self.t0).await?;
         let expected = (total * clients) as u64;
@@ -252,11 +252,12 @@ struct CpuSplit {
 }
 
 impl CpuSplit {
-    fn read(server: u32, postmaster: u32) -> Option<CpuSplit> {
+    /// `postmaster`: `None` when PostgreSQL is not a process of this machine (its part is then NaN).
+    fn read(server: u32, postmaster: Option<u32>) -> Option<CpuSplit> {
         Some(CpuSplit {
             machine: procfs::machine_busy_seconds()?,
             server: procfs::cpu_seconds(server)?,
-            postgres: procfs::server_cpu_seconds(postmaster)?,
+            postgres: postmaster.and_then(procfs::server_cpu_seconds).unwrap_or(f64::NAN),
             bench: procfs::cpu_seconds(std::process::id())?,
         })
     }
@@ -287,12 +288,16 @@ impl CpuSplit {
     }
 }
 
-/// The process id of the postmaster serving `config` (the parent of a backend of ours).
-async fn postmaster_of(config: &Config) -> Result<u32> {
-    let client = db::connect(config).await?;
-    let backend: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.context("pg_backend_pid")?.get(0);
-    let backend = u32::try_from(backend).context("a backend's pid")?;
-    procfs::parent_of(backend).context("the postmaster (is PostgreSQL on this machine?)")
+/// The process id of the postmaster serving `config` (the parent of a backend of ours), when PostgreSQL runs
+/// on this machine: `None` for a remote server (its backend's pid would name some other local process).
+async fn postmaster_of(config: &Config) -> Option<u32> {
+    let client = db::connect(config).await.ok()?;
+    let backend: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.ok()?.get(0);
+    let backend = u32::try_from(backend).ok()?;
+    let postmaster = procfs::parent_of(backend)?;
+    let is_postgres =
+        |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres");
+    (is_postgres(backend) && is_postgres(postmaster)).then_some(postmaster)
 }
 
 /// Starts pg_eventserv on a free port against `config`'s database; its `/listen/` URL for [`CHANNEL`].
