@@ -181,8 +181,8 @@ impl Feed {
 
     /// Waits up to `delay` (the poll interval, or a backoff delay while the database is `down`), applying
     /// commands as they come: leaves and unsubscribes at once. While the database is up a ring (unless
-    /// nobody watches anything) or a subscription to answer ends the wait; while it is down subscriptions are refused at once
-    /// (`unavailable`) rather than left waiting. `false` at shutdown.
+    /// nobody watches anything) or a subscription to answer ends the wait; while it is down subscriptions
+    /// are refused at once (`unavailable`) rather than left waiting. `false` at shutdown.
     async fn wait(&mut self, shutdown: &CancellationToken, delay: Duration, down: bool) -> bool {
         let until = tokio::time::sleep(delay);
         tokio::pin!(until);
