@@ -57,7 +57,7 @@ pub fn server_cpu_seconds(parent: u32) -> Option<f64> {
 
 /// The parent process id (field 4) of a `/proc/<pid>/stat` line.
 pub fn stat_parent(stat: &str) -> Option<u32> {
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    stat_fields(stat)?.nth(1)?.parse().ok()
 }
 
 /// The parent of process `pid`.
@@ -67,17 +67,15 @@ pub fn parent_of(pid: u32) -> Option<u32> {
 
 /// cutime + cstime (fields 16 and 17) of a `/proc/<pid>/stat` line: the children that ended.
 fn stat_children_ticks(stat: &str) -> Option<u64> {
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(13);
+    let mut fields = stat_fields(stat)?.skip(13);
     let cutime: u64 = fields.next()?.parse().ok()?;
     let cstime: u64 = fields.next()?.parse().ok()?;
     Some(cutime + cstime)
 }
 
-/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2) may hold
-/// spaces and parentheses, so fields are counted after its last `)`.
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line.
 fn stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
+    let mut fields = stat_fields(stat)?;
     // After the name: field 3 (state) is the first; utime is field 14, the 12th from here.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
@@ -97,6 +95,12 @@ fn stat_busy_ticks(line: &str) -> Option<u64> {
         line.strip_prefix("cpu ")?.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
     let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = fields[..] else { return None };
     Some(user + nice + system + irq + softirq + steal)
+}
+
+/// The fields of a `/proc/<pid>/stat` line from field 3 (state) on. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted after its last `)`.
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
 }
 
 fn clock_ticks_per_second() -> f64 {
