@@ -189,6 +189,11 @@ async fn a_relay_that_died_with_entries_pending_is_taken_over_by_another() {
 /// entries (their delivery count grows to 5) and failing to connect, and killed. Nothing reached the
 /// database, so nothing counts: once the role may log in, all 500 entries are stored and none is a dead
 /// letter.
+///
+/// The relay is built with the `store-counted` failpoint holding every counted attempt for 1 s between
+/// counting it and sending it, and each run is killed as soon as the attempts hash shows a count (or 1.5 s
+/// into its outage): a relay that counted before it had a connection is killed inside that window every
+/// time, and its counts pile up (the failure CI saw once, when a kill fell between count and take-back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_while_the_database_refuses_the_login_dead_letter_nothing() {
     let pg = PgCluster::start();
@@ -201,6 +206,7 @@ async fn restarts_while_the_database_refuses_the_login_dead_letter_nothing() {
         .await
         .expect("role relay");
     let stream = trackway_tests::relay::unique("nologin");
+    let attempts = format!("{stream}:attempts");
     let redis_url = trackway_tests::relay::redis_url();
     let mut conn = redis(&redis_url).await;
     let payloads: Vec<String> = (0..500).map(payload).collect();
@@ -221,8 +227,9 @@ async fn restarts_while_the_database_refuses_the_login_dead_letter_nothing() {
         "100",
     ];
     let binary = env!("CARGO_BIN_EXE_relay-under-test");
+    let hold = [("FAILPOINTS", "store-counted=return(1000)")];
     for run in 1..=5 {
-        let relay = trackway_tests::relay::Process::spawn(binary, &args, "trackway-test-nologin");
+        let relay = trackway_tests::relay::Process::spawn_with_env(binary, &args, &hold, "trackway-test-nologin");
         // Wait until this run has read the first entry (again) and has tried the database.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -246,7 +253,14 @@ async fn restarts_while_the_database_refuses_the_login_dead_letter_nothing() {
             assert!(Instant::now() < deadline, "run {run}: first entry delivered {delivered} times, /readyz {ready:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Kill inside a counted attempt if there is one, else after a few more tries to connect.
+        let outage = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < outage && counted(&mut conn, &attempts, &ids[0]).await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         relay.kill();
+        let left = counted(&mut conn, &attempts, &ids[0]).await;
+        assert_eq!(left, 0, "run {run}: a relay that could not log in counted {left} store attempts of {}", ids[0]);
     }
     admin.batch_execute("ALTER ROLE relay LOGIN").await.expect("allow login");
     let relay = trackway_tests::relay::Process::spawn(binary, &args, "trackway-test-nologin");
@@ -256,4 +270,13 @@ async fn restarts_while_the_database_refuses_the_login_dead_letter_nothing() {
     assert!(dead.is_empty(), "{} good entries dead-lettered: {:?}", dead.len(), dead.first());
     let rows: i64 = admin.query_one("SELECT count(*) FROM trackway.positions", &[]).await.expect("count").get(0);
     assert_eq!(rows, 500);
+    let counts: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg(&attempts).query_async(&mut conn).await.expect("HGETALL");
+    assert!(counts.keys().all(|k| k.starts_with("call:")), "settled entries kept their counts: {counts:?}");
+}
+
+/// The unanswered store attempts counted for entry `id` in the attempts hash `key`.
+async fn counted(conn: &mut redis::aio::MultiplexedConnection, key: &str, id: &str) -> u64 {
+    let n: Option<u64> = redis::cmd("HGET").arg(key).arg(id).query_async(conn).await.expect("HGET");
+    n.unwrap_or(0)
 }

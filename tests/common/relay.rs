@@ -212,6 +212,11 @@ impl Process {
     /// Starts the relay binary (`env!("CARGO_BIN_EXE_relay-under-test")` in a test) with flags; its log
     /// goes to `/tmp/<log_name>.log`.
     pub fn spawn(binary: &str, args: &[&str], log_name: &str) -> Process {
+        Process::spawn_with_env(binary, args, &[], log_name)
+    }
+
+    /// [`Process::spawn`] with extra environment variables (for example `FAILPOINTS`).
+    pub fn spawn_with_env(binary: &str, args: &[&str], env: &[(&str, &str)], log_name: &str) -> Process {
         let admin = free_port_addr();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -225,6 +230,7 @@ impl Process {
             .arg("--admin-addr")
             .arg(admin.to_string())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -115,6 +115,12 @@ impl Combiner {
         self.inner.commits.load(Ordering::Acquire)
     }
 
+    /// Whether the database takes connections now: a pooled connection can be had (opened if none is idle).
+    /// Nothing is sent; the connection goes back to the pool for the statement that follows.
+    pub async fn reachable(&self) -> Result<(), IngestError> {
+        database::ingest::connection(&self.inner.pool).await.map(drop)
+    }
+
     /// Stores `payloads` (with whatever other consumers have queued); one status per payload, in order.
     pub async fn ingest(&self, payloads: &[&str]) -> Answer {
         let (reply, mut answer) = oneshot::channel();

@@ -103,6 +103,19 @@ impl Storer {
         loop {
             let marked: Vec<usize> = set.iter().copied().filter(|&i| counted[i]).collect();
             let ids: Vec<&str> = marked.iter().map(|&i| items[i].id).collect();
+            if !ids.is_empty() {
+                // Count only once the database takes connections. While it refuses them nothing is sent,
+                // and a relay killed between counting and taking the count back (restarted again and
+                // again during a login outage) would otherwise leave a count per kill: good entries
+                // dead-lettered by an outage.
+                if let Err(e) = self.combiner.reachable().await {
+                    self.unavailable(&e);
+                    if !self.backoff.wait(shutdown).await {
+                        return None;
+                    }
+                    continue;
+                }
+            }
             match self.group.count_attempts(&mut self.link, &ids, 1).await {
                 Ok(counts) => {
                     let over: Vec<(usize, u64)> =
@@ -119,6 +132,9 @@ impl Storer {
                 }
                 // Redis is down (the settle stage retries); storing need not wait for the count.
                 Err(e) => tracing::debug!(error = %e, "could not count a store attempt"),
+            }
+            if let Some(hold) = held_after_counting() {
+                tokio::time::sleep(hold).await;
             }
             let started = Instant::now();
             match self.combiner.ingest(&batch).await {
@@ -168,4 +184,14 @@ impl Storer {
         self.metrics.batches.with_label_values(&["retried"]).inc();
         self.postgres.failed(error);
     }
+}
+
+/// Test hook: how long to wait between counting an attempt and sending it (`FAILPOINTS=store-counted=return(ms)`
+/// in a relay built with `failpoints`), so that a test can kill the relay inside that window. `None` in
+/// every other build.
+fn held_after_counting() -> Option<std::time::Duration> {
+    fail::fail_point!("store-counted", |ms: Option<String>| {
+        ms.and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
+    });
+    None
 }
