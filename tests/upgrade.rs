@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use trackway_tests::{connect, fresh_database, is_hypertable, server, storage, Storage};
 
 /// The releases before this one (their install scripts are kept in `pg_ext/sql/releases`).
-const PREVIOUS: [&str; 3] = ["0.1.0", "0.2.0", "0.3.0"];
+const PREVIOUS: [&str; 4] = ["0.1.0", "0.2.0", "0.3.0", "0.4.0"];
 
 /// What a schema looks like, object by object: a fresh install and an updated one must be equal.
 async fn catalog(client: &Client) -> BTreeMap<String, String> {
@@ -86,6 +86,11 @@ async fn a_database_at_0_2_0_updates_to_exactly_a_fresh_install() {
 #[tokio::test]
 async fn a_database_at_0_3_0_updates_to_exactly_a_fresh_install() {
     updates_to_exactly_a_fresh_install(PREVIOUS[2]).await;
+}
+
+#[tokio::test]
+async fn a_database_at_0_4_0_updates_to_exactly_a_fresh_install() {
+    updates_to_exactly_a_fresh_install(PREVIOUS[3]).await;
 }
 
 /// A database created at release `previous`, holding data, is updated with `ALTER EXTENSION trackway UPDATE`
