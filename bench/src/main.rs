@@ -27,12 +27,14 @@
 //!
 //! `trackway-bench relay` runs the relay binary end to end against `ingest_batch` called directly;
 //! `trackway-bench live` measures the live path to WebSocket clients (see [`live`]); `trackway-bench cluster`
-//! the relay on one Redis node against a Redis Cluster, with one and two relays (see [`cluster`]).
+//! the relay on one Redis node against a Redis Cluster, with one and two relays (see [`cluster`]);
+//! `trackway-bench reads` the live feed's read against the previous release's (see [`reads`]).
 
 mod cluster;
 mod db;
 mod ingest;
 mod live;
+mod reads;
 mod relay;
 mod report;
 mod routes;
@@ -59,6 +61,9 @@ enum Command {
     /// Sharded streams: one relay on one Redis node vs one and two relays on a Redis Cluster (entries/s,
     /// XADD -> commit, RSS, Redis CPU), and the relay-count ceiling of the live feed.
     Cluster(Box<cluster::Options>),
+    /// The live feed's read: this build's extension vs the previous release, by number of TimescaleDB
+    /// chunks.
+    Reads(reads::Options),
 }
 
 #[derive(clap::Args)]
@@ -112,6 +117,7 @@ async fn main() -> std::process::ExitCode {
         Command::Relay(args) => relay::run(&args.into()).await,
         Command::Live(options) => live::run(&options).await,
         Command::Cluster(options) => cluster::run(&options).await,
+        Command::Reads(options) => reads::run(&options).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
