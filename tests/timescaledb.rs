@@ -401,3 +401,68 @@ async fn compression_keeps_cursors_ingest_and_the_triggers_working() {
     assert_eq!(count(&client, "SELECT count(*) FROM trackway.latest_positions").await, 3);
     assert_eq!(count(&client, &compressed(true)).await, 1, "the chunk is still (partly) compressed");
 }
+
+/// The reads after a cursor keep their plan for the session (0.5.0: `plan_cache_mode =
+/// force_generic_plan`), so a chunk made or dropped by another session must reach a reader's kept plan:
+/// the relay's feed reads on one connection for days while ingest makes a chunk a day and retention drops
+/// them. A reader that missed a new chunk would never send its rows to live clients.
+#[tokio::test]
+async fn a_reader_with_a_kept_plan_sees_chunks_made_and_dropped_by_others() {
+    let pg = cluster();
+    let admin = connect_to(&pg.server(), "postgres").await;
+    admin.batch_execute("CREATE DATABASE tskeptplan").await.expect("create database");
+    let writer = connect_to(&pg.server(), "tskeptplan").await;
+    writer.batch_execute("CREATE EXTENSION timescaledb; CREATE EXTENSION trackway").await.expect("extensions");
+    assert!(is_hypertable(&writer).await);
+    let reader = connect_to(&pg.server(), "tskeptplan").await;
+    let ingest = |device: &str, day: u32| {
+        let payload = format!(
+            r#"{{"deviceId":"{device}","timestamp":"2026-11-{day:02}T10:00:00Z","latitude":54.7,"longitude":25.3}}"#
+        );
+        let writer = &writer;
+        async move {
+            let status: String =
+                writer.query_one("SELECT trackway.ingest($1)", &[&payload]).await.expect("ingest").get(0);
+            assert_eq!(status, "inserted");
+        }
+    };
+    ingest("first", 1).await;
+    let start: String = reader.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    // The relay's way: one prepared statement, called again and again (past the plan cache's five custom
+    // plans, so that a kept plan is what answers).
+    let feed = reader
+        .prepare("SELECT device_id FROM trackway.live_rows_since($1, 1000)")
+        .await
+        .expect("prepare the feed's read");
+    let read = |after: String| {
+        let (reader, feed) = (&reader, &feed);
+        async move {
+            let rows = reader.query(feed, &[&after]).await.expect("live_rows_since");
+            rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+        }
+    };
+    for _ in 0..8 {
+        assert!(read(start.clone()).await.is_empty());
+    }
+    let chunk_count = "SELECT count(*) FROM show_chunks('trackway.positions')";
+    let before = count(&writer, chunk_count).await;
+    ingest("new-chunk", 20).await;
+    assert_eq!(count(&writer, chunk_count).await, before + 1, "day 20 made a chunk");
+    assert_eq!(read(start.clone()).await, ["new-chunk"], "a row in a chunk made after the plan was kept");
+    let dropped = count(
+        &writer,
+        "SELECT count(*) FROM drop_chunks('trackway.positions', older_than => timestamptz '2026-11-10')",
+    )
+    .await;
+    assert_eq!(dropped, 1, "the chunk of November 1 was dropped");
+    ingest("another-chunk", 25).await;
+    assert_eq!(read(start.clone()).await, ["new-chunk", "another-chunk"], "after a chunk was dropped");
+    let since: Vec<String> = reader
+        .query("SELECT device_id FROM trackway.positions_since($1)", &[&start])
+        .await
+        .expect("positions_since")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(since, ["new-chunk", "another-chunk"]);
+}
