@@ -196,16 +196,37 @@ async fn a_relay_that_died_with_entries_pending_is_taken_over_by_another() {
 /// time, and its counts pile up (the failure CI saw once, when a kill fell between count and take-back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_while_the_database_refuses_the_login_dead_letter_nothing() {
+    restarts_during_an_outage_dead_letter_nothing("nologin", "CREATE ROLE relay NOLOGIN", "ALTER ROLE relay LOGIN")
+        .await;
+}
+
+/// The same while the relay may log in but not call `ingest_batch` (its privilege revoked, as an operator's
+/// mistake or a half-done migration would): every statement is answered with an error that is the
+/// environment's, never the data's. A relay that counted before knowing the call would run is killed inside
+/// the window each time, as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_while_the_ingest_call_is_refused_dead_letter_nothing() {
+    restarts_during_an_outage_dead_letter_nothing(
+        "noexecute",
+        "CREATE ROLE relay LOGIN; \
+         REVOKE EXECUTE ON FUNCTION trackway.ingest_batch(text[]) FROM trackway_ingest",
+        "GRANT EXECUTE ON FUNCTION trackway.ingest_batch(text[]) TO trackway_ingest",
+    )
+    .await;
+}
+
+/// Five starts and kills of the relay during an outage made by `outage` (SQL run in the test's database,
+/// which must create the login role `relay`), then `restore` and a sixth start: every entry stored, none
+/// dead-lettered, no attempt counted meanwhile.
+async fn restarts_during_an_outage_dead_letter_nothing(name: &str, outage: &str, restore: &str) {
     let pg = PgCluster::start();
-    let db = fresh_database_on(&pg.server(), "nologin").await;
+    let db = fresh_database_on(&pg.server(), name).await;
     let admin = connect_to(&pg.server(), &db).await;
     admin
-        .batch_execute(&format!(
-            "CREATE ROLE relay NOLOGIN; GRANT trackway_ingest TO relay; GRANT CONNECT ON DATABASE {db} TO relay"
-        ))
+        .batch_execute(&format!("{outage}; GRANT trackway_ingest TO relay; GRANT CONNECT ON DATABASE {db} TO relay"))
         .await
         .expect("role relay");
-    let stream = trackway_tests::relay::unique("nologin");
+    let stream = trackway_tests::relay::unique(name);
     let attempts = format!("{stream}:attempts");
     let redis_url = trackway_tests::relay::redis_url();
     let mut conn = redis(&redis_url).await;
@@ -227,9 +248,10 @@ async fn restarts_while_the_database_refuses_the_login_dead_letter_nothing() {
         "100",
     ];
     let binary = env!("CARGO_BIN_EXE_relay-under-test");
+    let log = format!("trackway-test-{name}");
     let hold = [("FAILPOINTS", "store-counted=return(1000)")];
     for run in 1..=5 {
-        let relay = trackway_tests::relay::Process::spawn_with_env(binary, &args, &hold, "trackway-test-nologin");
+        let relay = trackway_tests::relay::Process::spawn_with_env(binary, &args, &hold, &log);
         // Wait until this run has read the first entry (again) and has tried the database.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -253,17 +275,17 @@ async fn restarts_while_the_database_refuses_the_login_dead_letter_nothing() {
             assert!(Instant::now() < deadline, "run {run}: first entry delivered {delivered} times, /readyz {ready:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // Kill inside a counted attempt if there is one, else after a few more tries to connect.
+        // Kill inside a counted attempt if there is one, else after a few more tries.
         let outage = Instant::now() + Duration::from_millis(1500);
         while Instant::now() < outage && counted(&mut conn, &attempts, &ids[0]).await == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         relay.kill();
         let left = counted(&mut conn, &attempts, &ids[0]).await;
-        assert_eq!(left, 0, "run {run}: a relay that could not log in counted {left} store attempts of {}", ids[0]);
+        assert_eq!(left, 0, "run {run}: a relay whose calls could not run counted {left} store attempts of {}", ids[0]);
     }
-    admin.batch_execute("ALTER ROLE relay LOGIN").await.expect("allow login");
-    let relay = trackway_tests::relay::Process::spawn(binary, &args, "trackway-test-nologin");
+    admin.batch_execute(restore).await.expect("end the outage");
+    let relay = trackway_tests::relay::Process::spawn(binary, &args, &log);
     wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(60)).await;
     relay.kill();
     let dead = trackway_tests::relay::read_all(&mut conn, &format!("{stream}:dead")).await;

@@ -115,10 +115,13 @@ impl Combiner {
         self.inner.commits.load(Ordering::Acquire)
     }
 
-    /// Whether the database takes connections now: a pooled connection can be had (opened if none is idle).
-    /// Nothing is sent; the connection goes back to the pool for the statement that follows.
-    pub async fn reachable(&self) -> Result<(), IngestError> {
-        database::ingest::connection(&self.inner.pool).await.map(drop)
+    /// Whether the database would run the ingest call now: on a pooled connection (opened if none is idle),
+    /// `ingest_batch` of no payloads answers (the server takes the login, the extension is there, the relay
+    /// may call it). Stores nothing; the connection goes back to the pool for the statement that follows.
+    /// An error says why not; none of them can be the data's doing.
+    pub async fn ready(&self) -> Result<(), IngestError> {
+        let client = database::ingest::connection(&self.inner.pool).await?;
+        database::ingest_batch(&self.inner.pool, client, &[], self.inner.timeout).await.map(drop)
     }
 
     /// Stores `payloads` (with whatever other consumers have queued); one status per payload, in order.

@@ -104,11 +104,12 @@ impl Storer {
             let marked: Vec<usize> = set.iter().copied().filter(|&i| counted[i]).collect();
             let ids: Vec<&str> = marked.iter().map(|&i| items[i].id).collect();
             if !ids.is_empty() {
-                // Count only once the database takes connections. While it refuses them nothing is sent,
-                // and a relay killed between counting and taking the count back (restarted again and
-                // again during a login outage) would otherwise leave a count per kill: good entries
+                // Count only once the database would run the call (an empty one answers). While it refuses
+                // the login, or the call itself (extension missing, privilege revoked), nothing of this
+                // batch is sent, and a relay killed between counting and taking the count back (restarted
+                // again and again during the outage) would otherwise leave a count per kill: good entries
                 // dead-lettered by an outage.
-                if let Err(e) = self.combiner.reachable().await {
+                if let Err(e) = self.combiner.ready().await {
                     self.unavailable(&e);
                     if !self.backoff.wait(shutdown).await {
                         return None;
