@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use tokio_postgres::{Client, Config};
 use trackway_database::sql;
 
-use crate::db;
+use crate::{db, report};
 
 /// Options of `trackway-bench reads`.
 #[derive(clap::Args)]
@@ -93,7 +93,7 @@ pub async fn run(options: &Options) -> Result<()> {
                 times.0.push(old.time_reads(after, options.millis).await?);
                 times.1.push(new.time_reads(after, options.millis).await?);
             }
-            let (a, b) = (median(&mut times.0), median(&mut times.1));
+            let (a, b) = (report::median(&times.0), report::median(&times.1));
             let ratio = b / a;
             println!("{chunks:>6}  {label:<11} {:>9.3} ms {:>9.3} ms {ratio:>7.2}", a * 1e3, b * 1e3);
             never_slower &= ratio <= 1.0;
@@ -219,10 +219,4 @@ async fn timescaledb_preloaded(client: &Client) -> Result<bool> {
         )
         .await?;
     Ok(row.get(0))
-}
-
-/// The median of `values` (sorted in place).
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -50,7 +50,8 @@ pub fn paired_ratios(route: &Measurement, baselines: &[&Measurement]) -> Vec<f64
         .collect()
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The median of `values` (the mean of the middle two for an even count); NaN when there are none.
+pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
