@@ -442,3 +442,58 @@ async fn a_page_costs_a_page_however_far_behind_the_cursor_is() {
         }
     }
 }
+
+/// The live feed reads each row's groups by index, whatever the statistics say: with a few hundred
+/// memberships, analyzed, the planner took a sequential scan of the whole of `device_groups` for every row
+/// read (10 µs a row at 200 memberships, twice the rest of a row's cost). A page of 1,000 rows must read
+/// each row's memberships and little else of `device_groups`, with the plan PL/pgSQL makes for the call's
+/// values and with the one it may keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_reads_each_rows_groups_by_index() {
+    const DEVICES: i64 = 200;
+    const ROWS: i64 = 1_000;
+    let db = fresh_database("groups_by_index").await;
+    let mut client = connect(&db).await;
+    let cursor: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    // Row r is device r mod 200 at its (r div 200)-th second; every device is in one group of ten.
+    client
+        .execute(
+            "SELECT count(*) FROM trackway.ingest_batch(ARRAY(
+                SELECT format('{\"deviceId\":\"d-%s\",\"timestamp\":\"%s\",\"latitude\":54.5,\"longitude\":25.25}',
+                              r % $1::bigint, to_char(timestamptz '2026-11-17 00:00:00+00' + (r / $1::bigint) * interval '1 second',
+                                              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+                FROM generate_series(0, $2::bigint - 1) AS r))",
+            &[&DEVICES, &ROWS],
+        )
+        .await
+        .expect("1,000 rows");
+    client
+        .execute(
+            "INSERT INTO trackway.device_groups (group_id, device_id)
+             SELECT 'g-' || (d % 10), 'd-' || d FROM generate_series(0, $1::bigint - 1) AS d",
+            &[&DEVICES],
+        )
+        .await
+        .expect("memberships");
+    client.batch_execute("ANALYZE trackway.positions; ANALYZE trackway.device_groups").await.expect("analyze");
+    let read = "SELECT * FROM trackway.live_rows_since($1, $2)";
+    let groups_read = "SELECT coalesce(sum(seq_tup_read + idx_tup_fetch), 0)::bigint FROM pg_stat_xact_user_tables
+                       WHERE relid = 'trackway.device_groups'::regclass";
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        client.batch_execute(&format!("SET plan_cache_mode = {mode}")).await.expect("plan_cache_mode");
+        // Six calls: PL/pgSQL may keep a generic plan from the sixth on.
+        for call in 1..=6 {
+            let transaction = client.transaction().await.expect("begin");
+            let before: i64 = transaction.query_one(groups_read, &[]).await.expect("counters").get(0);
+            let rows = transaction.query(read, &[&cursor, &2_000i32]).await.expect("live_rows_since");
+            let memberships: usize = rows.iter().map(|r| r.get::<_, Vec<String>>("group_ids").len()).sum();
+            let cost = transaction.query_one(groups_read, &[]).await.expect("counters").get::<_, i64>(0) - before;
+            transaction.rollback().await.expect("rollback");
+            assert_eq!((rows.len(), memberships), (ROWS as usize, ROWS as usize), "every row, each with its group");
+            assert!(
+                cost <= memberships as i64 + PAGE_OVERHEAD,
+                "{cost} tuples of device_groups read for {memberships} memberships ({mode}, call {call})"
+            );
+        }
+    }
+}

@@ -8,7 +8,8 @@
 //! server hold the same rows: one created at the previous release (`CREATE EXTENSION trackway VERSION …`,
 //! its install script as kept in `pg_ext/sql/releases`), one at this build's version. Their reads are timed
 //! alternately, in rounds, on one connection each: a read of the one newest row and a read of a page of
-//! 1,000 rows. The goals: no read slower than the previous release's, and from 10 chunks on, this build's
+//! 1,000 rows. The rows are spread over 200 devices, each a member of one of ten groups (the read returns
+//! every row's groups). The goals: no read slower than the previous release's, and from 10 chunks on, this build's
 //! one-row read (the feed's usual wake-up) costs at most half the previous release's.
 
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ const MAX_ROWS: i32 = 1_000;
 const GOAL: f64 = 0.5;
 /// See [`GOAL`].
 const MANY_CHUNKS: u32 = 10;
+/// Devices the rows are spread over, each a member of one of ten groups.
+const DEVICES: i64 = 200;
 
 /// Runs the benchmark and prints one line per chunk count and read, then the goal.
 pub async fn run(options: &Options) -> Result<()> {
@@ -74,7 +77,10 @@ pub async fn run(options: &Options) -> Result<()> {
     println!(
         "trackway-bench reads: the live feed's read (relay statement, prepared), trackway {previous} vs {current}"
     );
-    println!("storage: {}", if timescale { "TimescaleDB hypertable, one chunk per day" } else { "plain table" });
+    println!(
+        "storage: {}; {DEVICES} devices, each in one of 10 groups",
+        if timescale { "TimescaleDB hypertable, one chunk per day" } else { "plain table" }
+    );
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!("nproc: {cpus}; {}", db::scalar(&maintenance, "SELECT version()").await?);
     println!("{:>6}  {:<11} {:>12} {:>12} {:>7}", "chunks", "read", previous, current, "ratio");
@@ -158,14 +164,25 @@ impl Side {
         for day in (0..i64::from(chunks)).rev() {
             let start = yesterday - day * day_ms;
             let payloads: Vec<String> = (0..i64::from(per_chunk))
-                .map(|i| trackway_testkit::position(&format!("bench-{:03}", i % 200), start + i * 1_000))
+                .map(|i| trackway_testkit::position(&format!("bench-{:03}", i % DEVICES), start + i * 1_000))
                 .collect();
             self.client
                 .execute("SELECT count(*) FROM trackway.ingest_batch($1::text[])", &[&payloads])
                 .await
                 .context("storing the benchmark rows")?;
         }
-        self.client.batch_execute("ANALYZE trackway.positions").await?;
+        // Every device in one of ten groups, as a fleet's map would have them: the feed reads each row's
+        // groups (the planner scanned the whole membership table for every row up to 0.4.0).
+        self.client
+            .execute(
+                "INSERT INTO trackway.device_groups (group_id, device_id)
+                 SELECT 'fleet-' || (d % 10), format('bench-%s', lpad(d::text, 3, '0'))
+                 FROM generate_series(0, $1::bigint - 1) AS d",
+                &[&DEVICES],
+            )
+            .await
+            .context("storing the group memberships")?;
+        self.client.batch_execute("ANALYZE trackway.positions; ANALYZE trackway.device_groups").await?;
         Ok(())
     }
 
