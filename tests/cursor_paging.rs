@@ -79,11 +79,6 @@ struct Schedule {
 impl Schedule {
     async fn new(seed: u64, index: usize) -> Schedule {
         let db = fresh_database(&format!("paging_{index}")).await;
-        if seed % 2 == 1 {
-            // Half of the schedules (odd seeds) have the operator's index: readers of one device read
-            // through it.
-            connect(&db).await.batch_execute(DEVICE_INDEX).await.expect("the index for reads of a few devices");
-        }
         // The writers keep transactions open while others write (see make_chunk).
         make_chunk(&db, &timestamp(0)).await;
         let mut writers = Vec::new();
@@ -372,11 +367,6 @@ async fn paging_from_any_cursor_ends_and_misses_no_committed_row() {
     }
 }
 
-/// The index README "Resuming a device far behind" tells operators to make (reads of a few devices go
-/// device by device through it).
-const DEVICE_INDEX: &str =
-    "CREATE INDEX positions_device_cursor_idx ON trackway.positions (device_id, ingest_xid, ingest_seq)";
-
 /// The page size of the reads below: the live feed's.
 const PAGE: i32 = 2_000;
 
@@ -409,18 +399,15 @@ async fn page_cost(client: &mut Client, read: &str, cursor: &str, rows: usize) -
 /// used to take every row after the cursor (a bitmap scan of the whole range) and sort them for the
 /// first page: 100,000 rows read for 100 returned, and a feed behind by 200,000 rows spent 150 ms on each
 /// page of 2,000. A first fix read each range in cursor order, but its generic plan walked the whole
-/// index to meet the (empty) list of transactions behind the cursor: 200,101 rows read beyond a page. A
-/// read of one device (a resume) walks every row after the cursor to pick that device's (200,000 rows read
-/// for 201 returned) unless the operator made the index README "Resuming a device far behind" gives, which
-/// this database has.
+/// index to meet the (empty) list of transactions behind the cursor: 200,101 rows read beyond a page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_costs_a_page_however_far_behind_the_cursor_is() {
     let db = fresh_database("paging_cost").await;
     let mut client = connect(&db).await;
     client
-        .batch_execute(&format!("ALTER TABLE trackway.positions SET (autovacuum_enabled = false); {DEVICE_INDEX}"))
+        .batch_execute("ALTER TABLE trackway.positions SET (autovacuum_enabled = false)")
         .await
-        .expect("no autovacuum on the table, and the index for reads of a few devices");
+        .expect("no autovacuum on the table");
     let far_behind: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
     // Rows %FIRST% to %LAST%, 100 per transaction as a relay's batches would come (the planner weighs how
     // many rows a transaction holds): row r is device r mod 1,000 at its (r div 1,000)-th time, 36 minutes
@@ -439,15 +426,11 @@ async fn a_page_costs_a_page_however_far_behind_the_cursor_is() {
     client.batch_execute(&ingest.replace("%FIRST%", "0").replace("%LAST%", "199999")).await.expect("200,000 rows");
     let caught_up: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
     client.batch_execute(&ingest.replace("%FIRST%", "200000").replace("%LAST%", "200099")).await.expect("100 rows");
-    // Each read with the rows it returns after the cursor far behind and after the one caught up. One
-    // device's rows are every thousandth (rows 5, 1,005, …, 200,005): with the operator's index, a resume
-    // of that device must cost its own rows, not the 200,100 stored after the cursor.
+    // Each read with the rows it returns after the cursor far behind and after the one caught up.
     let page = PAGE as usize;
     let reads = [
         ("SELECT * FROM trackway.positions_since($1, NULL, $2)", page, 100),
         ("SELECT * FROM trackway.live_rows_since($1, $2)", page, 100),
-        ("SELECT * FROM trackway.positions_since($1, ARRAY['d-5'], $2)", 201, 1),
-        ("SELECT * FROM trackway.live_replay($1, 'device', 'd-5', $2)", 201, 1),
     ];
     for analyzed in [false, true] {
         if analyzed {

@@ -8,9 +8,7 @@
 -- plans again on every call). The functions called once per row read (_wire_text, _cursor_after) and the
 -- other cursor functions (_cursor, _cursor_parts) no longer pin search_path: they name no SQL object, and
 -- a pinned one is a configuration change on every call. live_rows_since finds each row's groups by index
--- whatever the statistics say. Where the operator made the index positions_device_cursor_idx, a read of a
--- few devices (a device's or a small group's resume) goes device by device through it. No table, column or
--- Rust function signature changes.
+-- whatever the statistics say. No table, column or Rust function signature changes.
 -- Update in a new session (psql -X); see README "Upgrades and releases".
 -- tests/upgrade.rs checks that an updated database has exactly the objects, definitions and privileges of
 -- a fresh 0.5.0 install: keep this file in step with sql/schema.sql and sql/api.sql.
@@ -170,7 +168,6 @@ SET search_path TO pg_catalog, @extschema@, pg_temp
 LANGUAGE c /* Rust */
 AS 'trackway-@CARGO_VERSION@', 'ingest_batch_wrapper';
 
-
 -- The reads after a cursor keep their plans for the session (as in sql/api.sql).
 CREATE OR REPLACE FUNCTION trackway._positions_since_text(
     after text,
@@ -202,22 +199,11 @@ DECLARE
     c_xid xid8; c_seq bigint; c_behind_xids bigint[]; c_behind_after bigint[];
     c_range_xid xid8; c_range_seq bigint;
     s_xmax bigint; s_in_progress bigint[];
-    -- The filter's devices when they are few (at most 16) and the operator made the index
-    -- positions_device_cursor_idx (README "Resuming a device far behind"): each is read by it. NULL
-    -- otherwise: every row after the cursor is read in cursor order by positions_cursor_idx and filtered.
-    few text[];
 BEGIN
     SELECT k.xid::text::xid8, k.seq, k.behind_xids, k.behind_after, k.range_xid::text::xid8, k.range_seq
       INTO c_xid, c_seq, c_behind_xids, c_behind_after, c_range_xid, c_range_seq
       FROM trackway._cursor_parts(after) AS k;
     SELECT sn.xmax, sn.in_progress INTO s_xmax, s_in_progress FROM trackway._snapshot() AS sn;
-    -- Nested, not AND: with no filter (the live feed, every wake-up) the index is not even looked up.
-    IF cardinality(device_ids) <= 16 THEN
-        IF EXISTS (SELECT FROM pg_index i
-                   WHERE i.indexrelid = to_regclass('trackway.positions_device_cursor_idx') AND i.indisvalid) THEN
-            few := ARRAY(SELECT DISTINCT d FROM unnest(device_ids) AS d WHERE d IS NOT NULL);
-        END IF;
-    END IF;
     RETURN QUERY
     -- Each of the three ranges is read in cursor order and stops after one page (plus one row): the work
     -- is one page whatever lies after the cursor. Ordered and limited only as a whole, the planner read
@@ -226,27 +212,11 @@ BEGIN
     -- The transactions behind the cursor are read one by one (LATERAL), each in sequence order: joined
     -- as a whole and ordered, the session's cached (generic) plan walked the whole index in order to
     -- meet them, 32 ms for a read of 5 new rows.
-    -- With the index, a few devices (a device's or a small group's resume) are read device by device, each
-    -- in cursor order: walking every row after the cursor to pick theirs costs 0.27 µs per row stored
-    -- since, so a device's replay from 3,000,000 rows back took 0.8 s (3.7 ms by device) and one from
-    -- further back than about 18,000,000 rows runs into the relay's statement timeout. The index costs
-    -- every write (a 1,000-row ingest_batch takes 17 % longer), hence the operator's choice. Only one of
-    -- the two branches reads anything: the other's condition on `few` is false before it starts.
     WITH hits AS (
         (SELECT p.* FROM trackway.positions p
-         WHERE few IS NULL
-           AND (p.ingest_xid, p.ingest_seq) > (c_xid, c_seq)
+         WHERE (p.ingest_xid, p.ingest_seq) > (c_xid, c_seq)
            AND (device_ids IS NULL OR p.device_id = ANY (device_ids))
          ORDER BY p.ingest_xid, p.ingest_seq
-         LIMIT greatest(max_rows, 0)::bigint + 1)
-        UNION ALL
-        (SELECT q.* FROM unnest(few) AS d(id)
-         CROSS JOIN LATERAL (
-             SELECT p.* FROM trackway.positions p
-             WHERE p.device_id = d.id AND (p.ingest_xid, p.ingest_seq) > (c_xid, c_seq)
-             ORDER BY p.ingest_xid, p.ingest_seq
-             LIMIT greatest(max_rows, 0)::bigint + 1) AS q
-         ORDER BY q.ingest_xid, q.ingest_seq
          LIMIT greatest(max_rows, 0)::bigint + 1)
         UNION ALL
         (SELECT q.* FROM unnest(c_behind_xids, c_behind_after) AS b(x, s)
