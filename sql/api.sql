@@ -189,10 +189,60 @@ $$;
 COMMENT ON FUNCTION trackway.positions_since(text, text[], integer) IS
     'Rows inserted after a cursor (from a notification, a previous call or current_cursor()), oldest first, optionally only for some devices.';
 
+-- About how many rows were stored after a cursor, without reading them: how far behind a reader stands,
+-- and what positions_since(after, device_ids) walks to find one device's rows (every row after the cursor,
+-- about 0.3 µs each: the live relay refuses a replay past a budget of these instead of running into its
+-- statement timeout). The sequence's last value less the sequence number of the first row after each of
+-- the cursor's parts: one index probe per part, so a made-up cursor is measured by the rows, not by the
+-- numbers it claims. It errs high by the numbers not held by a row (rows deleted, duplicates refused by
+-- ON CONFLICT, transactions rolled back) and low by at most the rows of transactions that ran beside the
+-- first one after the cursor. 0 when no row stands after the cursor.
+CREATE FUNCTION trackway.rows_since_estimate(after text) RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, trackway, pg_temp
+SET jit = off
+SET enable_seqscan = off
+SET max_parallel_workers_per_gather = 0
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    c_xid xid8; c_seq bigint; c_behind_xids bigint[]; c_behind_after bigint[];
+    c_range_xid xid8; c_range_seq bigint;
+    first_seq bigint; last_seq bigint;
+BEGIN
+    SELECT k.xid::text::xid8, k.seq, k.behind_xids, k.behind_after, k.range_xid::text::xid8, k.range_seq
+      INTO c_xid, c_seq, c_behind_xids, c_behind_after, c_range_xid, c_range_seq
+      FROM trackway._cursor_parts(after) AS k;
+    -- The same three parts as _positions_since_text, each probed for its first row only.
+    SELECT least(
+        (SELECT p.ingest_seq FROM trackway.positions p
+         WHERE (p.ingest_xid, p.ingest_seq) > (c_xid, c_seq)
+         ORDER BY p.ingest_xid, p.ingest_seq LIMIT 1),
+        (SELECT min(q.ingest_seq) FROM unnest(c_behind_xids, c_behind_after) AS b(x, s)
+         CROSS JOIN LATERAL (
+             SELECT p.ingest_seq FROM trackway.positions p
+             WHERE p.ingest_xid = b.x::text::xid8 AND p.ingest_seq > b.s
+             ORDER BY p.ingest_seq LIMIT 1) AS q),
+        (SELECT p.ingest_seq FROM trackway.positions p
+         WHERE c_range_xid IS NOT NULL
+           AND (p.ingest_xid, p.ingest_seq) > (c_range_xid, c_range_seq) AND p.ingest_xid < c_xid
+         ORDER BY p.ingest_xid, p.ingest_seq LIMIT 1))
+      INTO first_seq;
+    IF first_seq IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT s.last_value INTO last_seq FROM trackway.ingest_seq AS s;
+    RETURN greatest(last_seq - first_seq + 1, 1);
+END
+$$;
+COMMENT ON FUNCTION trackway.rows_since_estimate(text) IS
+    'About how many rows were stored after a cursor (all devices), from the sequence, without reading them; 0 when none.';
+
 -- What the live relay reads, as functions it may rely on (the relay calls nothing else of the extension
--- but ingest_batch, current_cursor and authorize, and reads no table's columns): each row's wire document
--- comes as compact text, which the relay sends on without parsing it again. All STABLE: they read on the
--- caller's snapshot, which the relay's feed and answer connections share (no gap, nothing twice).
+-- but ingest_batch, current_cursor, rows_since_estimate and authorize, and reads no table's columns): each
+-- row's wire document comes as compact text, which the relay sends on without parsing it again. All
+-- STABLE: they read on the caller's snapshot, which the relay's feed and answer connections share (no
+-- gap, nothing twice).
 -- PL/pgSQL, not SQL: a SQL function with SET clauses is never inlined and its body is parsed and planned
 -- again on every call (the feed calls live_rows_since on every wake-up); PL/pgSQL keeps the plan.
 
@@ -493,6 +543,8 @@ GRANT USAGE ON SCHEMA trackway TO trackway_ingest, trackway_reader;
 GRANT EXECUTE ON FUNCTION trackway.ingest(text), trackway.ingest_batch(text[]) TO trackway_ingest;
 GRANT SELECT ON trackway.positions, trackway.latest_positions, trackway.device_groups, trackway.live_grants
     TO trackway_reader;
+-- How far behind a cursor stands (trackway.rows_since_estimate) is read from the sequence.
+GRANT SELECT ON SEQUENCE trackway.ingest_seq TO trackway_reader;
 -- Called by the row trigger as whatever role inserts: both only check and answer, nothing else.
 GRANT EXECUTE ON FUNCTION trackway._ingest_batch_row(), trackway._check_time(timestamptz) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -507,6 +559,7 @@ GRANT EXECUTE ON FUNCTION
     trackway._cursor_parts(text),
     trackway._cursor_after(text, bigint, bigint, boolean, bigint, bigint[]),
     trackway.positions_since(text, text[], integer),
+    trackway.rows_since_estimate(text),
     trackway._positions_since_text(text, text[], integer),
     trackway.live_rows_since(text, integer),
     trackway.live_replay(text, text, text, integer),

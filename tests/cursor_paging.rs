@@ -456,8 +456,82 @@ async fn a_page_costs_a_page_however_far_behind_the_cursor_is() {
                     assert!(cost <= PAGE_OVERHEAD, "{cost} tuples read beyond the {rows} returned ({case}): `{read}`");
                 }
             }
+            // How far behind a cursor stands is told without reading what lies after it.
+            for (cursor, after) in [(&far_behind, 200_100i64), (&caught_up, 100)] {
+                let transaction = client.transaction().await.expect("begin");
+                let before = tuples_read(&transaction).await;
+                let estimate: i64 = transaction
+                    .query_one("SELECT trackway.rows_since_estimate($1)", &[cursor])
+                    .await
+                    .expect("rows_since_estimate")
+                    .get(0);
+                let cost = tuples_read(&transaction).await - before;
+                transaction.rollback().await.expect("rollback");
+                let case = format!("{mode}, analyzed: {analyzed}, {after} rows after the cursor");
+                assert_eq!(estimate, after, "one writer, nothing refused or rolled back: exact ({case})");
+                assert!(cost <= PAGE_OVERHEAD, "{cost} tuples read to estimate {after} rows behind ({case})");
+            }
         }
     }
+}
+
+/// `rows_since_estimate` measures how far behind a cursor stands by the rows stored, never by the numbers a
+/// cursor claims (a made-up cursor must not pass for a near one: the live relay lets a replay walk the
+/// rows only below a budget of them), errs high for sequence numbers no row holds (a rolled-back batch),
+/// and may be called by `trackway_reader`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn how_far_behind_a_cursor_stands_is_measured_by_the_rows_not_by_the_cursor() {
+    let db = fresh_database("rows_since_estimate").await;
+    let client = connect(&db).await;
+    let estimate = |cursor: String| {
+        let client = &client;
+        async move {
+            client
+                .query_one("SELECT trackway.rows_since_estimate($1)", &[&cursor])
+                .await
+                .unwrap_or_else(|e| panic!("rows_since_estimate({cursor}): {e:?}"))
+                .get::<_, i64>(0)
+        }
+    };
+    let start: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    assert_eq!(estimate(start.clone()).await, 0, "nothing stored after it");
+    let batch = |first: i64| {
+        format!(
+            "SELECT count(*) FROM trackway.ingest_batch(ARRAY(
+                SELECT format('{{\"deviceId\":\"d-%s\",\"timestamp\":\"%s\",\"latitude\":54.5,\"longitude\":25.25}}',
+                              r % 10, to_char(timestamptz '2026-11-17 00:00:00+00' + r * interval '1 second',
+                                              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+                FROM generate_series({first}, {first} + 249) AS r))"
+        )
+    };
+    client.batch_execute(&batch(0)).await.expect("250 rows");
+    client.batch_execute(&batch(250)).await.expect("250 rows more");
+    assert_eq!(estimate(start.clone()).await, 500);
+    let cursors: Vec<String> = client
+        .query("SELECT cursor FROM trackway.positions_since($1, NULL, 500)", &[&start])
+        .await
+        .expect("the rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(cursors.len(), 500);
+    assert_eq!(estimate(cursors[199].clone()).await, 300, "after the 200th row");
+    assert_eq!(estimate(cursors[499].clone()).await, 0, "after the last row");
+    // Made up: a transaction older than every row with a sequence number past every row's. Taken at its
+    // word it would stand after everything; by the rows, every row lies after it.
+    assert_eq!(estimate("3:999999999999".to_owned()).await, 500, "a made-up cursor is measured by the rows");
+    // Numbers taken and given back between rows count: the estimate errs high, never low, for them.
+    client.batch_execute(&batch(500)).await.expect("250 rows");
+    let mut other = connect(&db).await;
+    let transaction = other.transaction().await.expect("begin");
+    transaction.batch_execute(&batch(750)).await.expect("250 rows, rolled back");
+    transaction.rollback().await.expect("rollback");
+    client.batch_execute(&batch(1_000)).await.expect("250 rows");
+    assert_eq!(estimate(cursors[499].clone()).await, 750, "500 stored, 250 numbers rolled back between them");
+    assert_eq!(estimate(start.clone()).await, 1_250);
+    // The relay's role (a member of trackway_reader) may ask.
+    client.batch_execute("SET ROLE trackway_reader").await.expect("set role");
+    assert_eq!(estimate(start).await, 1_250, "as trackway_reader");
 }
 
 /// The live feed reads each row's groups by index, whatever the statistics say: with a few hundred

@@ -1015,6 +1015,101 @@ async fn a_since_ahead_of_the_database_is_refused() {
     relay.stop().await.expect("clean stop");
 }
 
+/// A device's `since` far behind the rows stored since (an hour of a big fleet) is refused with
+/// `resume_too_far` before the replay walks them: finding one device's positions reads every row after
+/// the cursor, and from about 18 million rows back that ran into the answer statement's timeout, was
+/// answered `unavailable` and cost the same again on every retry. It used to be read and replayed however
+/// far back. A `since` within the budget still resumes, and another target's resume in the same batch is
+/// answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_since_behind_more_rows_than_a_replay_walks_is_refused_at_once() {
+    let db = fresh_database("live_since_behind").await;
+    let admin = connect(&db).await;
+    let flags = ["--live-max-replay-behind", "1000"];
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_since_behind"), &flags)).await;
+    let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
+    watcher.subscribe(json!({"device": "d-far"})).await;
+    ingest(&db, &[payload("d-far", 1)]).await;
+    let seen = watcher.positions(1, Duration::from_secs(5)).await;
+    let since = seen[0]["cursor"].as_str().expect("cursor").to_owned();
+    watcher.close().await;
+    // 1,500 positions of other devices, one of d-far, two of d-near: the replay would be one position,
+    // found by walking 1,503 rows.
+    ingest(&db, &(0..1_500).map(|n| payload(&format!("other-{}", n % 50), n)).collect::<Vec<_>>()).await;
+    ingest(&db, &[payload("d-far", 2)]).await;
+    let near: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    ingest(&db, &[payload("d-near", 1), payload("d-near", 2)]).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.send(json!({"type": "subscribe", "device": "d-far", "since": since, "id": "far"})).await;
+    let error = client.recv_type("error").await;
+    assert_eq!((error["code"].as_str(), error["id"].as_str()), (Some("resume_too_far"), Some("far")), "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("about 1503 positions"), "says how far behind, and why: {message}");
+    // Two rows behind: replayed.
+    let sub = client.subscribe(json!({"device": "d-near", "since": near})).await;
+    assert_eq!(sub["replay"], 2, "{sub}");
+    assert_eq!(client.positions(2, Duration::from_secs(5)).await.len(), 2);
+    // The client starts again from a snapshot, as the error says.
+    let snapshot = client.subscribe(json!({"device": "d-far"})).await;
+    assert_eq!(snapshot["snapshot"].as_array().map(Vec::len), Some(1), "{snapshot}");
+    let text = relay.metrics().await;
+    assert_eq!(metric(&text, "trackway_live_replays_refused_total{why=\"rows_behind\"}"), 1.0);
+    assert_eq!(metric(&text, "trackway_live_replayed_positions_total{why=\"resume\"}"), 2.0);
+    relay.stop().await.expect("clean stop");
+}
+
+/// One client's backlog of replays does not hold back another's resume: a connection's requests are
+/// handled one at a time (its next waits for the answer to the last), so a client that sends 40 costly
+/// replays at once has one of them at the answer connections at any moment, and a resume asked for by
+/// another client meanwhile goes with the next free connection. Were a connection's requests all handed
+/// to the answer connections together, the resume would wait for a batch of ten of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_backlog_of_replays_does_not_hold_back_anothers_resume() {
+    const HOSTILE: usize = 40;
+    let db = fresh_database("live_fair_replays").await;
+    let admin = connect(&db).await;
+    let since: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    // 160,000 rows of other devices: each of the 40 replays walks them all to find its device's (none).
+    for chunk in 0..16u32 {
+        let payloads: Vec<String> =
+            (0..10_000u32).map(|i| payload(&format!("bulk-{}", i % 8), chunk * 1250 + i / 8 + 1)).collect();
+        admin.query("SELECT trackway.ingest_batch($1::text[])", &[&payloads]).await.expect("ingest_batch");
+    }
+    let near: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    ingest(&db, &[payload("honest", 1)]).await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_fair_replays"), &[])).await;
+    let mut hostile = Client::authenticated(&relay.url(""), &admin_token()).await;
+    let mut honest = Client::authenticated(&relay.url(""), &admin_token()).await;
+    for i in 0..HOSTILE {
+        hostile.send(json!({"type": "subscribe", "device": format!("h-{i}"), "since": since})).await;
+    }
+    let (first, first_answered) = tokio::sync::oneshot::channel();
+    let answers = tokio::spawn(async move {
+        let mut at = Vec::with_capacity(HOSTILE);
+        let mut first = Some(first);
+        for _ in 0..HOSTILE {
+            let frame = hostile.recv_type("subscribed").await;
+            assert_eq!(frame["replay"], 0, "{frame}");
+            at.push(tokio::time::Instant::now());
+            if let Some(first) = first.take() {
+                let _ = first.send(());
+            }
+        }
+        at
+    });
+    first_answered.await.expect("the first of the backlog answered");
+    let sub = honest.subscribe(json!({"device": "honest", "since": near})).await;
+    let honest_at = tokio::time::Instant::now();
+    assert_eq!(sub["replay"], 1, "{sub}");
+    let hostile_at = answers.await.expect("the backlog answered");
+    let before = hostile_at.iter().filter(|at| **at < honest_at).count();
+    let span = hostile_at[HOSTILE - 1] - hostile_at[0];
+    eprintln!("{before} of the backlog's {HOSTILE} replays answered before the resume; the backlog took {span:?}");
+    assert!(span >= Duration::from_millis(200), "the backlog took {span:?}: too little to show anything");
+    assert!(before < 12, "{before} of the other client's {HOSTILE} replays were answered before this resume");
+    relay.stop().await.expect("clean stop");
+}
+
 /// Replays run beside the feed, never in its way: while eight clients resume a device each from a cursor
 /// 20,000 of its positions back, a watcher of another device gets its new position before the first
 /// replay is even answered. The feed used to run every replay itself, one after the other, between two

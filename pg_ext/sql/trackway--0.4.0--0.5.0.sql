@@ -8,7 +8,9 @@
 -- plans again on every call). The functions called once per row read (_wire_text, _cursor_after) and the
 -- other cursor functions (_cursor, _cursor_parts) no longer pin search_path: they name no SQL object, and
 -- a pinned one is a configuration change on every call. live_rows_since finds each row's groups by index
--- whatever the statistics say. No table, column or Rust function signature changes.
+-- whatever the statistics say. New: trackway.rows_since_estimate(cursor), about how many rows were stored
+-- after a cursor (the relay refuses a replay past a budget of them), and trackway_reader may read the
+-- sequence ingest_seq for it. No table, column or Rust function signature changes.
 -- Update in a new session (psql -X); see README "Upgrades and releases".
 -- tests/upgrade.rs checks that an updated database has exactly the objects, definitions and privileges of
 -- a fresh 0.5.0 install: keep this file in step with sql/schema.sql and sql/api.sql.
@@ -274,6 +276,55 @@ BEGIN
 END
 $$;
 
+-- About how many rows were stored after a cursor, without reading them: how far behind a reader stands,
+-- and what positions_since(after, device_ids) walks to find one device's rows (every row after the cursor,
+-- about 0.3 µs each: the live relay refuses a replay past a budget of these instead of running into its
+-- statement timeout). The sequence's last value less the sequence number of the first row after each of
+-- the cursor's parts: one index probe per part, so a made-up cursor is measured by the rows, not by the
+-- numbers it claims. It errs high by the numbers not held by a row (rows deleted, duplicates refused by
+-- ON CONFLICT, transactions rolled back) and low by at most the rows of transactions that ran beside the
+-- first one after the cursor. 0 when no row stands after the cursor.
+CREATE FUNCTION trackway.rows_since_estimate(after text) RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, trackway, pg_temp
+SET jit = off
+SET enable_seqscan = off
+SET max_parallel_workers_per_gather = 0
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    c_xid xid8; c_seq bigint; c_behind_xids bigint[]; c_behind_after bigint[];
+    c_range_xid xid8; c_range_seq bigint;
+    first_seq bigint; last_seq bigint;
+BEGIN
+    SELECT k.xid::text::xid8, k.seq, k.behind_xids, k.behind_after, k.range_xid::text::xid8, k.range_seq
+      INTO c_xid, c_seq, c_behind_xids, c_behind_after, c_range_xid, c_range_seq
+      FROM trackway._cursor_parts(after) AS k;
+    -- The same three parts as _positions_since_text, each probed for its first row only.
+    SELECT least(
+        (SELECT p.ingest_seq FROM trackway.positions p
+         WHERE (p.ingest_xid, p.ingest_seq) > (c_xid, c_seq)
+         ORDER BY p.ingest_xid, p.ingest_seq LIMIT 1),
+        (SELECT min(q.ingest_seq) FROM unnest(c_behind_xids, c_behind_after) AS b(x, s)
+         CROSS JOIN LATERAL (
+             SELECT p.ingest_seq FROM trackway.positions p
+             WHERE p.ingest_xid = b.x::text::xid8 AND p.ingest_seq > b.s
+             ORDER BY p.ingest_seq LIMIT 1) AS q),
+        (SELECT p.ingest_seq FROM trackway.positions p
+         WHERE c_range_xid IS NOT NULL
+           AND (p.ingest_xid, p.ingest_seq) > (c_range_xid, c_range_seq) AND p.ingest_xid < c_xid
+         ORDER BY p.ingest_xid, p.ingest_seq LIMIT 1))
+      INTO first_seq;
+    IF first_seq IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT s.last_value INTO last_seq FROM trackway.ingest_seq AS s;
+    RETURN greatest(last_seq - first_seq + 1, 1);
+END
+$$;
+COMMENT ON FUNCTION trackway.rows_since_estimate(text) IS
+    'About how many rows were stored after a cursor (all devices), from the sequence, without reading them; 0 when none.';
+
 CREATE OR REPLACE FUNCTION trackway.live_rows_since(after text, max_rows integer DEFAULT 1000)
 RETURNS TABLE (cursor text, device_id text, "position" text, group_ids text[], ts_us bigint)
 -- Each row's groups come from device_groups_device_idx, never from a sequential scan: with a few hundred
@@ -308,3 +359,7 @@ BEGIN
     ORDER BY s.n;
 END
 $$;
+
+REVOKE ALL ON FUNCTION trackway.rows_since_estimate(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION trackway.rows_since_estimate(text) TO trackway_reader;
+GRANT SELECT ON SEQUENCE trackway.ingest_seq TO trackway_reader;

@@ -9,7 +9,7 @@ use std::{ffi::OsStr, fmt, net::SocketAddr, ops::RangeInclusive, str::FromStr, s
 use clap::{builder::TypedValueParser, Parser};
 
 use trackway_ingest::IngestConfig;
-use trackway_live::{AuthConfig, LiveConfig, Origins, TileUrl};
+use trackway_live::{AuthConfig, LiveConfig, Origins, ReplayLimits, TileUrl};
 use trackway_redis::StreamNames;
 
 use crate::error::Error;
@@ -325,6 +325,18 @@ pub struct Settings {
     )]
     pub live_max_replay: usize,
 
+    /// Most rows (of every device) stored after a `since` for its replay to be read (1000–1000000000):
+    /// finding one target's positions walks every row after the cursor (about 0.3 µs each), so a `since`
+    /// further back gets `resume_too_far` at once instead of holding an answer connection until its
+    /// statement timeout.
+    #[arg(
+        long,
+        env = "TRACKWAY_LIVE_MAX_REPLAY_BEHIND",
+        default_value = "1000000",
+        value_parser = whole::<i64>(1_000..=1_000_000_000),
+    )]
+    pub live_max_replay_behind: i64,
+
     /// Database connections that answer `subscribe` (snapshots and replays) beside the live feed, each
     /// running one batch at a time (1–64); subscriptions wait for a free one.
     #[arg(long, env = "TRACKWAY_LIVE_ANSWER_CONNECTIONS", default_value = "4", value_parser = whole::<usize>(1..=64))]
@@ -607,7 +619,7 @@ impl Settings {
             ping_interval: self.live_ping,
             queue: self.live_queue,
             send_timeout: self.live_send_timeout,
-            max_replay: self.live_max_replay,
+            replay: ReplayLimits { positions: self.live_max_replay, rows_behind: self.live_max_replay_behind },
             answer_connections: self.live_answer_connections,
             poll_interval: self.live_poll,
         }))
@@ -809,7 +821,8 @@ mod tests {
     fn live_settings_have_safe_defaults_and_modes_need_their_parts() {
         let live = parse(&[]).expect("defaults").live.expect("live on by default");
         assert_eq!(live.addr.to_string(), "0.0.0.0:8080");
-        assert_eq!((live.queue, live.max_replay, live.ping_interval), (1024, 10_000, Duration::from_secs(30)));
+        assert_eq!((live.queue, live.replay.positions, live.ping_interval), (1024, 10_000, Duration::from_secs(30)));
+        assert_eq!(live.replay.rows_behind, 1_000_000);
         assert!(parse(&["--live-addr", "off"]).expect("off").live.is_none());
         let err = parse(&["--auth", "directus"]).unwrap_err().to_string();
         assert!(err.starts_with("TRACKWAY_DIRECTUS_URL (--directus-url): "), "{err}");

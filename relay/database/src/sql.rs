@@ -1,8 +1,8 @@
 //! Every statement the relay sends to PostgreSQL, in one place: what the relay asks of the extension is
 //! read here, not gathered from the files that send it. It calls only functions the extension documents
-//! for it (`ingest_batch`, `current_cursor`, `authorize`, `live_rows_since`, `live_replay`, `live_latest`,
-//! `live_latest_of_groups`), and reads `trackway.positions` only by its key (the feed's check after a
-//! reconnect).
+//! for it (`ingest_batch`, `current_cursor`, `authorize`, `live_rows_since`, `live_replay`,
+//! `rows_since_estimate`, `live_latest`, `live_latest_of_groups`), and reads `trackway.positions` only by
+//! its key (the feed's check after a reconnect).
 //!
 //! Nothing here is built from input. The one statement with a value written into its text,
 //! [`begin_on_snapshot`], takes an id the server itself exported and checks its form first.
@@ -54,6 +54,9 @@ pub const SNAPSHOT_GROUPS: &str = "SELECT group_id, \"position\" FROM trackway.l
 
 /// Rows of one target after a cursor (a group as its membership stands now).
 pub const REPLAY: &str = "SELECT cursor, device_id, \"position\", ts_us FROM trackway.live_replay($1, $2, $3, $4)";
+
+/// About how many rows of every device were stored after a cursor (what a replay from it walks).
+pub const ROWS_BEHIND: &str = "SELECT trackway.rows_since_estimate($1)";
 
 /// The first transaction id not yet handed out, as the snapshot sees it.
 pub const XMAX: &str = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text";

@@ -12,9 +12,12 @@
 //! and the held rows follow it.
 //!
 //! **Bounded.** At most `TRACKWAY_LIVE_ANSWER_CONNECTIONS` batches run at once; every statement runs under
-//! `statement_timeout`; a replay holds at most `TRACKWAY_LIVE_MAX_REPLAY` rows. Subscriptions that find
-//! every connection busy wait in the feed for the next free one, and the session's subscribe timeout bounds
-//! that wait.
+//! `statement_timeout`; a replay holds at most `TRACKWAY_LIVE_MAX_REPLAY` rows, and is read only when at
+//! most `TRACKWAY_LIVE_MAX_REPLAY_BEHIND` rows of every device were stored after its `since` (finding a
+//! target's rows walks all of them: a device's `since` from an hour back would otherwise run into the
+//! statement timeout, be answered `unavailable`, and cost the same again on every retry). Subscriptions
+//! that find every connection busy wait in the feed for the next free one, and the session's subscribe
+//! timeout bounds that wait.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,6 +30,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{
     command::{Command, Subscribe},
+    config::ReplayLimits,
     metrics::LiveMetrics,
     outbox::AnswerFrame,
     protocol::{self, ErrorCode, Refusal, Snapshot, Target, Text},
@@ -54,6 +58,7 @@ pub struct Answerer {
     snapshot_devices: Statement,
     snapshot_groups: Statement,
     replay: Statement,
+    rows_behind: Statement,
     xmax: Statement,
     /// Dropped with the connection: closes it even while its path is silent.
     _driver: Driver,
@@ -111,6 +116,7 @@ impl Answers {
             snapshot_devices: prepare(sql::SNAPSHOT_DEVICES).await?,
             snapshot_groups: prepare(sql::SNAPSHOT_GROUPS).await?,
             replay: prepare(sql::REPLAY).await?,
+            rows_behind: prepare(sql::ROWS_BEHIND).await?,
             xmax: prepare(sql::XMAX).await?,
             client,
             _driver: driver,
@@ -155,6 +161,40 @@ impl Answer {
     }
 }
 
+/// Why a replay was not read: the answer `resume_too_far` says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TooFar {
+    /// More positions of the target than a replay holds.
+    Positions,
+    /// About this many rows of every device stored after `since`, more than a replay may walk.
+    RowsBehind(i64),
+}
+
+impl TooFar {
+    /// The metric's label.
+    fn label(self) -> &'static str {
+        match self {
+            TooFar::Positions => "positions",
+            TooFar::RowsBehind(_) => "rows_behind",
+        }
+    }
+
+    /// The `resume_too_far` message.
+    fn message(self, limits: ReplayLimits) -> String {
+        match self {
+            TooFar::Positions => format!(
+                "more than {} positions after this cursor: subscribe without since to start from a snapshot",
+                limits.positions
+            ),
+            TooFar::RowsBehind(rows) => format!(
+                "about {rows} positions of all devices were stored after this cursor, more than a replay reads \
+                 through ({}): subscribe without since to start from a snapshot",
+                limits.rows_behind
+            ),
+        }
+    }
+}
+
 /// A replay read once and framed once, for every client resuming the same target from the same cursor.
 struct Replay {
     /// Positions in it.
@@ -179,8 +219,8 @@ pub struct Batch {
     pub cursor: String,
     /// What to answer.
     pub jobs: Vec<Job>,
-    /// `TRACKWAY_LIVE_MAX_REPLAY`.
-    pub max_replay: usize,
+    /// How far back a replay may reach.
+    pub replay: ReplayLimits,
     /// To tell the feed each answer is queued (so the held rows follow it).
     pub commands: mpsc::Sender<Command>,
     /// Live metrics.
@@ -280,7 +320,7 @@ impl Batch {
         let a = &self.answerer;
         let xmax: String = answered("xmax", ANSWER_BOUND, a.client.query_one(&a.xmax, &[])).await?.try_get(0)?;
         let xmax = xmax.parse().unwrap_or(u64::MAX);
-        let mut read: HashMap<(Target, String), Option<Replay>> = HashMap::new();
+        let mut read: HashMap<(Target, String), Result<Replay, TooFar>> = HashMap::new();
         while let Some(job) = left.as_slice().first() {
             if job.request.abandoned() {
                 let job = left.next().expect("looked at");
@@ -289,6 +329,7 @@ impl Batch {
             }
             if ahead_of(job.request.since.as_deref(), xmax) {
                 let job = left.next().expect("looked at");
+                self.metrics.replays_refused.with_label_values(&["ahead"]).inc();
                 let refusal = Refusal {
                     code: ErrorCode::ResumeTooFar,
                     message: "this cursor is ahead of the database (made before a failover or a restore?): \
@@ -307,23 +348,22 @@ impl Batch {
                 read.insert(key.clone(), rows);
             }
             let job = left.next().expect("looked at");
-            let answer = match read.get(&key).and_then(Option::as_ref) {
-                Some(replay) => {
+            let answer = match read.get(&key).expect("read above") {
+                Ok(replay) => {
                     let p = &job.request;
                     self.metrics.replayed.with_label_values(&["resume"]).inc_by(replay.count as u64);
                     let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &key.1, replay.count);
                     let positions = replay.frames.iter().map(|(bytes, n)| (Text::Shared(bytes.clone()), *n));
                     Answer::subscribed(Text::Own(frame), "positions", positions)
                 }
-                None => Answer::refusal(&Refusal {
-                    code: ErrorCode::ResumeTooFar,
-                    message: format!(
-                        "more than {} positions after this cursor: subscribe without since to start from a \
-                         snapshot",
-                        self.max_replay
-                    ),
-                    id: job.request.id.clone(),
-                }),
+                Err(too_far) => {
+                    self.metrics.replays_refused.with_label_values(&[too_far.label()]).inc();
+                    Answer::refusal(&Refusal {
+                        code: ErrorCode::ResumeTooFar,
+                        message: too_far.message(self.replay),
+                        id: job.request.id.clone(),
+                    })
+                }
             };
             let subscribed = answer.frames[0].kind == "subscribed";
             self.conclude(job, Some(answer), subscribed).await;
@@ -331,14 +371,21 @@ impl Batch {
         Ok(())
     }
 
-    /// Every row of `target` after `since`, each once, in `positions` frames; `None` past the replay limit.
-    async fn replay(&self, target: &Target, since: &str) -> Result<Option<Replay>, DbError> {
-        let limit = i32::try_from(self.max_replay.saturating_add(1)).unwrap_or(i32::MAX);
+    /// Every row of `target` after `since`, each once, in `positions` frames; `TooFar` past a limit.
+    async fn replay(&self, target: &Target, since: &str) -> Result<Result<Replay, TooFar>, DbError> {
         let a = &self.answerer;
+        // Asked first, and cheaply (one index probe per part of the cursor): the replay below walks them all.
+        let behind: i64 =
+            answered("rows behind", ANSWER_BOUND, a.client.query_one(&a.rows_behind, &[&since])).await?.try_get(0)?;
+        if behind > self.replay.rows_behind {
+            return Ok(Err(TooFar::RowsBehind(behind)));
+        }
+        let max = self.replay.positions;
+        let limit = i32::try_from(max.saturating_add(1)).unwrap_or(i32::MAX);
         let (kind, id) = (target.kind(), target.id());
         let rows = answered("replay", ANSWER_BOUND, a.client.query(&a.replay, &[&since, &kind, &id, &limit])).await?;
-        if rows.len() > self.max_replay {
-            return Ok(None);
+        if rows.len() > max {
+            return Ok(Err(TooFar::Positions));
         }
         let mut items = Vec::with_capacity(rows.len());
         // positions_since may return a row twice; a replay sends each once.
@@ -356,7 +403,7 @@ impl Batch {
             .into_iter()
             .map(|(frame, n)| (Utf8Bytes::from(frame), n as u64))
             .collect();
-        Ok(Some(Replay { count: items.len(), frames }))
+        Ok(Ok(Replay { count: items.len(), frames }))
     }
 
     /// Queues the answer (unless the session gave up waiting and answered the client itself), tells the

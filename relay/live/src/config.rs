@@ -36,8 +36,8 @@ pub struct LiveConfig {
     pub queue: usize,
     /// Longest a blocked socket may hold a client's frames.
     pub send_timeout: Duration,
-    /// Most positions replayed for `since`.
-    pub max_replay: usize,
+    /// How far back a `since` may reach.
+    pub replay: ReplayLimits,
     /// Most connections answering subscriptions at once.
     pub answer_connections: usize,
     /// Longest time between two reads of new positions.
@@ -46,6 +46,17 @@ pub struct LiveConfig {
     pub map_tile_url: Option<TileUrl>,
     /// Which browser pages may open `/live`.
     pub origins: Origins,
+}
+
+/// How far back a `subscribe` with `since` may reach; past either limit the client gets `resume_too_far`
+/// and starts again from a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayLimits {
+    /// Most positions of the target replayed (`TRACKWAY_LIVE_MAX_REPLAY`).
+    pub positions: usize,
+    /// Most rows of every device stored after `since` (`TRACKWAY_LIVE_MAX_REPLAY_BEHIND`): the replay walks
+    /// them all to find the target's, so this bounds what one replay costs the database.
+    pub rows_behind: i64,
 }
 
 /// The web origins allowed to open `/live` from a browser, besides the relay's own.
@@ -207,7 +218,7 @@ pub(crate) fn for_tests(auth: AuthConfig, map_tile_url: Option<TileUrl>) -> Live
         ping_interval: second,
         queue: 16,
         send_timeout: second,
-        max_replay: 100,
+        replay: ReplayLimits { positions: 100, rows_behind: 1_000_000 },
         answer_connections: 1,
         poll_interval: second,
         map_tile_url,

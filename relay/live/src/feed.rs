@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     answers::{Answers, Batch, Job},
     command::{Command, Subscribe},
+    config::ReplayLimits,
     listen::Wake,
     metrics::LiveMetrics,
     outbox::Delivery,
@@ -64,8 +65,8 @@ pub struct FeedSettings {
     /// Longest time between two reads.
     pub poll_interval: Duration,
 
-    /// Most rows a replay may hold.
-    pub max_replay: usize,
+    /// How far back a replay may reach.
+    pub replay: ReplayLimits,
     /// Most answer connections (batches of subscriptions answered at once beside the feed).
     pub answer_connections: usize,
 }
@@ -366,7 +367,7 @@ impl Feed {
                 answerer,
                 cursor: cursor.clone(),
                 jobs,
-                max_replay: self.settings.max_replay,
+                replay: self.settings.replay,
                 commands: self.to_self.clone(),
                 metrics: self.metrics.clone(),
             });

@@ -50,7 +50,7 @@ use trackway_database as database;
 use trackway_runtime::{backoff, BackendState};
 
 pub use crate::{
-    config::{AuthConfig, LiveConfig, Origins, TileUrl},
+    config::{AuthConfig, LiveConfig, Origins, ReplayLimits, TileUrl},
     error::Error,
 };
 
@@ -82,7 +82,7 @@ pub async fn run(
     let feed_settings = feed::FeedSettings {
         database: database.clone(),
         poll_interval: config.poll_interval,
-        max_replay: config.max_replay,
+        replay: config.replay,
         answer_connections: config.answer_connections,
     };
     let channel = (commands.clone(), requests);

@@ -38,6 +38,10 @@ pub struct LiveMetrics {
     /// Positions read again for clients, by `why`: `resume` (a `subscribe` with `since`) and `reconnect`
     /// (the first read after the LISTEN connection came back: what was committed while it was away).
     pub replayed: IntCounterVec,
+    /// `subscribe`s with `since` answered `resume_too_far`, by `why`: `positions` (more than
+    /// `TRACKWAY_LIVE_MAX_REPLAY` of the target), `rows_behind` (more than `TRACKWAY_LIVE_MAX_REPLAY_BEHIND`
+    /// rows of every device after it) or `ahead` (a cursor the database has not reached).
+    pub replays_refused: IntCounterVec,
     /// Rows `positions_since` returned a second time (a cursor may repeat a few), not sent again.
     pub repeats_skipped: IntCounter,
     /// Reads of new rows by the feed (`positions_since` calls): rows per read is about how many positions
@@ -137,6 +141,11 @@ impl LiveMetrics {
             replayed: counter_vec(
                 "trackway_live_replayed_positions_total",
                 "Positions read again for clients: resume (since) or reconnect (after a LISTEN loss).",
+                "why",
+            ),
+            replays_refused: counter_vec(
+                "trackway_live_replays_refused_total",
+                "Subscriptions with since answered resume_too_far: positions, rows_behind or ahead.",
                 "why",
             ),
             repeats_skipped: counter(
