@@ -1058,6 +1058,55 @@ async fn a_since_behind_more_rows_than_a_replay_walks_is_refused_at_once() {
     relay.stop().await.expect("clean stop");
 }
 
+/// A big group's resume is read in time: the replay's device filter is a hashed set, not an array
+/// searched for every row walked. A group of 3,000 devices resumed from 300,000 rows back needed
+/// 900 million comparisons, ran into the answer statement's 5 s timeout and was answered `unavailable`
+/// (on every retry); as a set it takes tens of milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_groups_resume_is_read_within_the_statement_timeout() {
+    let db = fresh_database("live_big_group").await;
+    let admin = connect(&db).await;
+    admin
+        .execute(
+            "INSERT INTO trackway.device_groups (group_id, device_id)
+             SELECT 'fleet', 'member-' || i FROM generate_series(1, 3000) AS i",
+            &[],
+        )
+        .await
+        .expect("3,000 members");
+    let since: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    // 300,000 rows of 1,000 devices outside the group, then one row each of two members.
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+                FOR t IN 0 .. 29 LOOP
+                    PERFORM trackway.ingest_batch(ARRAY(
+                        SELECT format('{\"deviceId\":\"other-%s\",\"timestamp\":\"%s\",\"latitude\":54.5,\"longitude\":25.25}',
+                                      r % 1000,
+                                      to_char(timestamptz '2026-11-17 00:00:00+00' + (r / 1000) * interval '10 minutes',
+                                              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+                        FROM generate_series(t * 10000, t * 10000 + 9999) AS r));
+                    COMMIT;
+                END LOOP;
+            END $$",
+        )
+        .await
+        .expect("300,000 rows");
+    ingest(&db, &[payload("member-7", 1), payload("member-2999", 1)]).await;
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_big_group"), &[])).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.send(json!({"type": "subscribe", "group": "fleet", "since": since})).await;
+    let answer = loop {
+        let frame = client.recv_within(Duration::from_secs(20)).await.expect("an answer within 20 s");
+        if frame["type"] == "subscribed" || frame["type"] == "error" {
+            break frame;
+        }
+    };
+    assert_eq!((answer["type"].as_str(), answer["replay"].as_u64()), (Some("subscribed"), Some(2)), "{answer}");
+    assert_eq!(key_set(&client.positions(2, Duration::from_secs(5)).await).len(), 2);
+    relay.stop().await.expect("clean stop");
+}
+
 /// One client's backlog of replays does not hold back another's resume: a connection's requests are
 /// handled one at a time (its next waits for the answer to the last), so a client that sends 40 costly
 /// replays at once has one of them at the answer connections at any moment, and a resume asked for by
