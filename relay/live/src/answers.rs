@@ -321,6 +321,9 @@ impl Batch {
         let xmax: String = answered("xmax", ANSWER_BOUND, a.client.query_one(&a.xmax, &[])).await?.try_get(0)?;
         let xmax = xmax.parse().unwrap_or(u64::MAX);
         let mut read: HashMap<(Target, String), Result<Replay, TooFar>> = HashMap::new();
+        // How far behind each cursor stands: asked once per cursor (after a restart every client of a
+        // fleet resumes from the same one, whatever its target).
+        let mut behind: HashMap<String, i64> = HashMap::new();
         while let Some(job) = left.as_slice().first() {
             if job.request.abandoned() {
                 let job = left.next().expect("looked at");
@@ -344,7 +347,18 @@ impl Batch {
             // last live position's): their replay is read once and its positions shared.
             let key = (job.request.target.clone(), job.request.since.clone().unwrap_or_default());
             if !read.contains_key(&key) {
-                let rows = self.replay(&key.0, &key.1).await?;
+                let rows_behind = match behind.get(&key.1) {
+                    Some(rows) => *rows,
+                    None => {
+                        let rows = self.rows_behind(&key.1).await?;
+                        *behind.entry(key.1.clone()).or_insert(rows)
+                    }
+                };
+                let rows = if rows_behind > self.replay.rows_behind {
+                    Err(TooFar::RowsBehind(rows_behind))
+                } else {
+                    self.replay(&key.0, &key.1).await?
+                };
                 read.insert(key.clone(), rows);
             }
             let job = left.next().expect("looked at");
@@ -371,15 +385,17 @@ impl Batch {
         Ok(())
     }
 
-    /// Every row of `target` after `since`, each once, in `positions` frames; `TooFar` past a limit.
+    /// About how many rows of every device were stored after `since`: what a replay from it walks. Cheap
+    /// (one index probe per part of the cursor), so it is asked before the replay.
+    async fn rows_behind(&self, since: &str) -> Result<i64, DbError> {
+        let a = &self.answerer;
+        Ok(answered("rows behind", ANSWER_BOUND, a.client.query_one(&a.rows_behind, &[&since])).await?.try_get(0)?)
+    }
+
+    /// Every row of `target` after `since`, each once, in `positions` frames; `TooFar` past the positions
+    /// limit.
     async fn replay(&self, target: &Target, since: &str) -> Result<Result<Replay, TooFar>, DbError> {
         let a = &self.answerer;
-        // Asked first, and cheaply (one index probe per part of the cursor): the replay below walks them all.
-        let behind: i64 =
-            answered("rows behind", ANSWER_BOUND, a.client.query_one(&a.rows_behind, &[&since])).await?.try_get(0)?;
-        if behind > self.replay.rows_behind {
-            return Ok(Err(TooFar::RowsBehind(behind)));
-        }
         let max = self.replay.positions;
         let limit = i32::try_from(max.saturating_add(1)).unwrap_or(i32::MAX);
         let (kind, id) = (target.kind(), target.id());
