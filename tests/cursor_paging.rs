@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use futures_util::SinkExt;
 use tokio_postgres::Client;
-use trackway_tests::{connect, fresh_database, make_chunk, Listener};
+use trackway_tests::{connect, fresh_database, ingest_generated, make_chunk, Listener};
 use trackway_wire::format_timestamp;
 
 const WRITERS: usize = 4;
@@ -409,23 +409,13 @@ async fn a_page_costs_a_page_however_far_behind_the_cursor_is() {
         .await
         .expect("no autovacuum on the table");
     let far_behind: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
-    // Rows %FIRST% to %LAST%, 100 per transaction as a relay's batches would come (the planner weighs how
-    // many rows a transaction holds): row r is device r mod 1,000 at its (r div 1,000)-th time, 36 minutes
-    // apart, so 200,000 rows span five days (five chunks of a hypertable).
-    let ingest = "DO $$ BEGIN
-        FOR t IN %FIRST% / 100 .. %LAST% / 100 LOOP
-            PERFORM trackway.ingest_batch(ARRAY(
-                SELECT format('{\"deviceId\":\"d-%s\",\"timestamp\":\"%s\",\"latitude\":54.5,\"longitude\":25.25}',
-                              r % 1000,
-                              to_char(timestamptz '2026-11-17 00:00:00+00' + (r / 1000) * interval '36 minutes',
-                                      'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
-                FROM generate_series(t * 100, t * 100 + 99) AS r));
-            COMMIT;
-        END LOOP;
-    END $$";
-    client.batch_execute(&ingest.replace("%FIRST%", "0").replace("%LAST%", "199999")).await.expect("200,000 rows");
+    // 100 rows per transaction as a relay's batches would come (the planner weighs how many rows a
+    // transaction holds): row r is device r mod 1,000 at its (r div 1,000)-th time, 36 minutes apart, so
+    // 200,000 rows span five days (five chunks of a hypertable).
+    let devices = ("d-", 1_000);
+    assert_eq!(ingest_generated(&client, 0..200_000, 100, devices, "36 minutes").await, 200_000);
     let caught_up: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
-    client.batch_execute(&ingest.replace("%FIRST%", "200000").replace("%LAST%", "200099")).await.expect("100 rows");
+    assert_eq!(ingest_generated(&client, 200_000..200_100, 100, devices, "36 minutes").await, 100);
     let reads =
         ["SELECT * FROM trackway.positions_since($1, NULL, $2)", "SELECT * FROM trackway.live_rows_since($1, $2)"];
     for analyzed in [false, true] {
@@ -495,17 +485,8 @@ async fn how_far_behind_a_cursor_stands_is_measured_by_the_rows_not_by_the_curso
     };
     let start: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
     assert_eq!(estimate(start.clone()).await, 0, "nothing stored after it");
-    let batch = |first: i64| {
-        format!(
-            "SELECT count(*) FROM trackway.ingest_batch(ARRAY(
-                SELECT format('{{\"deviceId\":\"d-%s\",\"timestamp\":\"%s\",\"latitude\":54.5,\"longitude\":25.25}}',
-                              r % 10, to_char(timestamptz '2026-11-17 00:00:00+00' + r * interval '1 second',
-                                              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
-                FROM generate_series({first}, {first} + 249) AS r))"
-        )
-    };
-    client.batch_execute(&batch(0)).await.expect("250 rows");
-    client.batch_execute(&batch(250)).await.expect("250 rows more");
+    ingest_generated(&client, 0..250, 250, ("d-", 10), "1 second").await;
+    ingest_generated(&client, 250..500, 250, ("d-", 10), "1 second").await;
     assert_eq!(estimate(start.clone()).await, 500);
     let cursors: Vec<String> = client
         .query("SELECT cursor FROM trackway.positions_since($1, NULL, 500)", &[&start])
@@ -521,12 +502,12 @@ async fn how_far_behind_a_cursor_stands_is_measured_by_the_rows_not_by_the_curso
     // word it would stand after everything; by the rows, every row lies after it.
     assert_eq!(estimate("3:999999999999".to_owned()).await, 500, "a made-up cursor is measured by the rows");
     // Numbers taken and given back between rows count: the estimate errs high, never low, for them.
-    client.batch_execute(&batch(500)).await.expect("250 rows");
+    ingest_generated(&client, 500..750, 250, ("d-", 10), "1 second").await;
     let mut other = connect(&db).await;
     let transaction = other.transaction().await.expect("begin");
-    transaction.batch_execute(&batch(750)).await.expect("250 rows, rolled back");
+    ingest_generated(&transaction, 750..1_000, 250, ("d-", 10), "1 second").await;
     transaction.rollback().await.expect("rollback");
-    client.batch_execute(&batch(1_000)).await.expect("250 rows");
+    ingest_generated(&client, 1_000..1_250, 250, ("d-", 10), "1 second").await;
     assert_eq!(estimate(cursors[499].clone()).await, 750, "500 stored, 250 numbers rolled back between them");
     assert_eq!(estimate(start.clone()).await, 1_250);
     // The relay's role (a member of trackway_reader) may ask.
@@ -547,17 +528,7 @@ async fn the_feed_reads_each_rows_groups_by_index() {
     let mut client = connect(&db).await;
     let cursor: String = client.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
     // Row r is device r mod 200 at its (r div 200)-th second; every device is in one group of ten.
-    client
-        .execute(
-            "SELECT count(*) FROM trackway.ingest_batch(ARRAY(
-                SELECT format('{\"deviceId\":\"d-%s\",\"timestamp\":\"%s\",\"latitude\":54.5,\"longitude\":25.25}',
-                              r % $1::bigint, to_char(timestamptz '2026-11-17 00:00:00+00' + (r / $1::bigint) * interval '1 second',
-                                              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
-                FROM generate_series(0, $2::bigint - 1) AS r))",
-            &[&DEVICES, &ROWS],
-        )
-        .await
-        .expect("1,000 rows");
+    assert_eq!(ingest_generated(&client, 0..ROWS, ROWS, ("d-", DEVICES), "1 second").await, ROWS);
     client
         .execute(
             "INSERT INTO trackway.device_groups (group_id, device_id)

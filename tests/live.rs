@@ -6,7 +6,7 @@ use std::{collections::HashSet, time::Duration};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use trackway_tests::{
-    connect, fresh_database,
+    connect, fresh_database, ingest_generated,
     live::{admin_token, key_set, keys, live_flags, payload, token_with, user_token, Client, LiveRelay, SECRET},
     relay::{metric, redis, unique, xadd_payloads},
 };
@@ -1076,22 +1076,7 @@ async fn a_big_groups_resume_is_read_within_the_statement_timeout() {
         .expect("3,000 members");
     let since: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
     // 300,000 rows of 1,000 devices outside the group, then one row each of two members.
-    admin
-        .batch_execute(
-            "DO $$ BEGIN
-                FOR t IN 0 .. 29 LOOP
-                    PERFORM trackway.ingest_batch(ARRAY(
-                        SELECT format('{\"deviceId\":\"other-%s\",\"timestamp\":\"%s\",\"latitude\":54.5,\"longitude\":25.25}',
-                                      r % 1000,
-                                      to_char(timestamptz '2026-11-17 00:00:00+00' + (r / 1000) * interval '10 minutes',
-                                              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
-                        FROM generate_series(t * 10000, t * 10000 + 9999) AS r));
-                    COMMIT;
-                END LOOP;
-            END $$",
-        )
-        .await
-        .expect("300,000 rows");
+    assert_eq!(ingest_generated(&admin, 0..300_000, 10_000, ("other-", 1_000), "10 minutes").await, 300_000);
     ingest(&db, &[payload("member-7", 1), payload("member-2999", 1)]).await;
     let relay = LiveRelay::start(&live_flags(&db, &unique("live_big_group"), &[])).await;
     let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;

@@ -142,6 +142,37 @@ pub async fn make_chunk(db: &str, ts: &str) {
     transaction.commit().await.expect("commit");
 }
 
+/// Stores the generated rows `rows` through `trackway.ingest_batch`, `per_batch` to a call (each call a
+/// transaction of its own, as a relay's batches come): row r is device `{prefix}{r mod devices}` at
+/// 2026-11-17T00:00:00Z plus (r div devices) × `step` (an interval: `"36 minutes"`). Made inside the server,
+/// so hundreds of thousands of rows take seconds. Returns the rows stored.
+pub async fn ingest_generated(
+    client: &impl tokio_postgres::GenericClient,
+    rows: std::ops::Range<i64>,
+    per_batch: i64,
+    (prefix, devices): (&str, i64),
+    step: &str,
+) -> i64 {
+    let sql = "SELECT count(*) FILTER (WHERE status = 'inserted') FROM trackway.ingest_batch(ARRAY(
+        SELECT format('{\"deviceId\":\"%s%s\",\"timestamp\":\"%s\",\"latitude\":54.5,\"longitude\":25.25}',
+                      $3::text, r % $4::bigint,
+                      to_char(timestamptz '2026-11-17 00:00:00+00' + (r / $4::bigint) * $5::text::interval,
+                              'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+        FROM generate_series($1::bigint, $2::bigint) AS r))";
+    let mut stored = 0;
+    let mut first = rows.start;
+    while first < rows.end {
+        let last = (first + per_batch).min(rows.end) - 1;
+        let row = client
+            .query_one(sql, &[&first, &last, &prefix, &devices, &step])
+            .await
+            .unwrap_or_else(|e| panic!("ingest_batch of rows {first}..={last}: {e:?}"));
+        stored += row.get::<_, i64>(0);
+        first = last + 1;
+    }
+    stored
+}
+
 /// Whether `trackway.positions` is a TimescaleDB hypertable in the database of `client`.
 pub async fn is_hypertable(client: &Client) -> bool {
     let timescaledb: bool = client
