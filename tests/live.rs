@@ -1007,6 +1007,8 @@ async fn a_since_ahead_of_the_database_is_refused() {
     client.send(json!({"type": "subscribe", "device": "d-ahead", "since": ahead, "id": "a"})).await;
     let error = client.recv_type("error").await;
     assert_eq!((error["code"].as_str(), error["id"].as_str()), (Some("resume_too_far"), Some("a")), "{error}");
+    let text = relay.metrics().await;
+    assert_eq!(metric(&text, "trackway_live_replays_refused_total{why=\"ahead\"}"), 1.0);
     // An honest cursor still resumes.
     let honest: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
     ingest(&db, &[payload("d-ahead", 1)]).await;

@@ -164,6 +164,9 @@ impl Answer {
 /// Why a replay was not read: the answer `resume_too_far` says which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TooFar {
+    /// The cursor names a transaction id the database has not handed out (made before a failover or a
+    /// restore, or made up): resuming from it would skip the rows of every transaction below it to come.
+    Ahead,
     /// More positions of the target than a replay holds.
     Positions,
     /// About this many rows of every device stored after `since`, more than a replay may walk.
@@ -174,6 +177,7 @@ impl TooFar {
     /// The metric's label.
     fn label(self) -> &'static str {
         match self {
+            TooFar::Ahead => "ahead",
             TooFar::Positions => "positions",
             TooFar::RowsBehind(_) => "rows_behind",
         }
@@ -182,6 +186,9 @@ impl TooFar {
     /// The `resume_too_far` message.
     fn message(self, limits: ReplayLimits) -> String {
         match self {
+            TooFar::Ahead => "this cursor is ahead of the database (made before a failover or a restore?): \
+                              subscribe without since to start from a snapshot"
+                .to_owned(),
             TooFar::Positions => format!(
                 "more than {} positions after this cursor: subscribe without since to start from a snapshot",
                 limits.positions
@@ -332,15 +339,8 @@ impl Batch {
             }
             if ahead_of(job.request.since.as_deref(), xmax) {
                 let job = left.next().expect("looked at");
-                self.metrics.replays_refused.with_label_values(&["ahead"]).inc();
-                let refusal = Refusal {
-                    code: ErrorCode::ResumeTooFar,
-                    message: "this cursor is ahead of the database (made before a failover or a restore?): \
-                              subscribe without since to start from a snapshot"
-                        .into(),
-                    id: job.request.id.clone(),
-                };
-                self.conclude(job, Some(Answer::refusal(&refusal)), false).await;
+                let refusal = self.too_far(TooFar::Ahead, &job);
+                self.conclude(job, Some(refusal), false).await;
                 continue;
             }
             // Clients that watched the same target resume from the same cursor after a restart (the
@@ -351,7 +351,8 @@ impl Batch {
                     Some(rows) => *rows,
                     None => {
                         let rows = self.rows_behind(&key.1).await?;
-                        *behind.entry(key.1.clone()).or_insert(rows)
+                        behind.insert(key.1.clone(), rows);
+                        rows
                     }
                 };
                 let rows = if rows_behind > self.replay.rows_behind {
@@ -370,19 +371,19 @@ impl Batch {
                     let positions = replay.frames.iter().map(|(bytes, n)| (Text::Shared(bytes.clone()), *n));
                     Answer::subscribed(Text::Own(frame), "positions", positions)
                 }
-                Err(too_far) => {
-                    self.metrics.replays_refused.with_label_values(&[too_far.label()]).inc();
-                    Answer::refusal(&Refusal {
-                        code: ErrorCode::ResumeTooFar,
-                        message: too_far.message(self.replay),
-                        id: job.request.id.clone(),
-                    })
-                }
+                Err(too_far) => self.too_far(*too_far, &job),
             };
             let subscribed = answer.frames[0].kind == "subscribed";
             self.conclude(job, Some(answer), subscribed).await;
         }
         Ok(())
+    }
+
+    /// The answer `resume_too_far`, counted by why.
+    fn too_far(&self, why: TooFar, job: &Job) -> Answer {
+        self.metrics.replays_refused.with_label_values(&[why.label()]).inc();
+        let message = why.message(self.replay);
+        Answer::refusal(&Refusal { code: ErrorCode::ResumeTooFar, message, id: job.request.id.clone() })
     }
 
     /// About how many rows of every device were stored after `since`: what a replay from it walks. Cheap
