@@ -1060,6 +1060,82 @@ async fn a_since_behind_more_rows_than_a_replay_walks_is_refused_at_once() {
     relay.stop().await.expect("clean stop");
 }
 
+/// One answer's failure is its own: when the database refuses the statement of one subscription's answer
+/// (a statement timeout, here an error injected into the extension's functions), that subscription is
+/// answered `unavailable` and the others answered on the same connection, before and after it, get their
+/// snapshots and replays. A refused statement used to fail its whole batch: every answer not given yet
+/// `unavailable`, and the connection dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_answer_fails_only_its_own_subscription() {
+    let db = fresh_database("live_answer_isolated").await;
+    let admin = connect(&db).await;
+    let since: String = admin.query_one("SELECT trackway.current_cursor()", &[]).await.expect("cursor").get(0);
+    ingest(&db, &(1..=3).map(|n| payload("good", n)).collect::<Vec<_>>()).await;
+    // The replay of device `slow` takes 1.5 s (it keeps the one answer connection busy while the next
+    // subscriptions gather into one batch); the replay of device `poison` and the snapshot of group
+    // `poison` are refused by the server.
+    admin
+        .batch_execute(
+            r#"ALTER FUNCTION trackway.live_replay(text, text, text, integer) RENAME TO live_replay_real;
+               CREATE FUNCTION trackway.live_replay(after text, kind text, id text, max_rows integer DEFAULT 1000)
+               RETURNS TABLE (cursor text, device_id text, "position" text, ts_us bigint) LANGUAGE plpgsql AS $$
+               BEGIN
+                   IF live_replay.id = 'slow' THEN PERFORM pg_sleep(1.5); END IF;
+                   IF live_replay.id = 'poison' THEN RAISE EXCEPTION 'injected: the replay of poison fails'; END IF;
+                   RETURN QUERY SELECT * FROM trackway.live_replay_real(after, kind, id, max_rows);
+               END $$;
+               ALTER FUNCTION trackway.live_latest_of_groups(text[]) RENAME TO live_latest_of_groups_real;
+               CREATE FUNCTION trackway.live_latest_of_groups(group_ids text[])
+               RETURNS TABLE (group_id text, "position" text) LANGUAGE plpgsql AS $$
+               BEGIN
+                   IF 'poison' = ANY(group_ids) THEN RAISE EXCEPTION 'injected: the snapshot of poison fails'; END IF;
+                   RETURN QUERY SELECT * FROM trackway.live_latest_of_groups_real(group_ids);
+               END $$;"#,
+        )
+        .await
+        .expect("inject the failures");
+    let flags = live_flags(&db, &unique("live_answer_isolated"), &["--live-answer-connections", "1"]);
+    let relay = LiveRelay::start(&flags).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(Client::authenticated(&relay.url(""), &admin_token()).await);
+    }
+    let requests = [
+        json!({"type": "subscribe", "device": "slow", "since": since}),
+        json!({"type": "subscribe", "group": "poison"}),
+        json!({"type": "subscribe", "device": "good"}),
+        json!({"type": "subscribe", "device": "poison", "since": since}),
+        json!({"type": "subscribe", "device": "good", "since": since}),
+    ];
+    for (client, request) in clients.iter_mut().zip(requests) {
+        client.send(request).await;
+        // In this order at the feed; the first holds the connection while the other four wait for it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut answers = Vec::new();
+    for client in &mut clients {
+        answers.push(client.recv_within(Duration::from_secs(10)).await.expect("an answer"));
+    }
+    assert_eq!((answers[0]["type"].as_str(), answers[0]["replay"].as_u64()), (Some("subscribed"), Some(0)));
+    for refused in [&answers[1], &answers[3]] {
+        assert_eq!(
+            (refused["type"].as_str(), refused["code"].as_str()),
+            (Some("error"), Some("unavailable")),
+            "{refused}"
+        );
+    }
+    assert_eq!(answers[2]["type"], "subscribed", "the device snapshot beside the refused group's: {}", answers[2]);
+    let snapshot = clients[2].rest_of_snapshot(answers[2].clone()).await;
+    assert_eq!(snapshot["snapshot"].as_array().map(Vec::len), Some(1), "{snapshot}");
+    assert_eq!(answers[4]["type"], "subscribed", "the replay after the refused one: {}", answers[4]);
+    assert_eq!(answers[4]["replay"], 3, "{}", answers[4]);
+    assert_eq!(clients[4].positions(3, Duration::from_secs(5)).await.len(), 3);
+    let text = relay.metrics().await;
+    assert_eq!(metric(&text, "trackway_live_answers_failed_total{scope=\"one\"}"), 2.0);
+    assert!(!text.contains("trackway_live_answers_failed_total{scope=\"batch\"}"), "no batch failed");
+    relay.stop().await.expect("clean stop");
+}
+
 /// A big group's resume is read in time: the replay's device filter is a hashed set, not an array
 /// searched for every row walked. A group of 3,000 devices resumed from 300,000 rows back needed
 /// 900 million comparisons, ran into the answer statement's 5 s timeout and was answered `unavailable`

@@ -61,14 +61,20 @@ pub const ROWS_BEHIND: &str = "SELECT trackway.rows_since_estimate($1)";
 /// The first transaction id not yet handed out, as the snapshot sees it.
 pub const XMAX: &str = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
 
-/// Starts an answer connection's transaction on the feed's exported snapshot. `SET TRANSACTION
-/// SNAPSHOT` takes no parameters, so the id is written into the text: only in the form
-/// `pg_export_snapshot()` gives it (hex digits and dashes). It comes from the server, never from a client;
-/// this is the belt to those braces. Any other text gets a statement the server refuses with a clear error.
+/// Starts an answer connection's transaction on the feed's exported snapshot, and marks the savepoint
+/// [`ROLLBACK_TO_ANSWER`] returns to. `SET TRANSACTION SNAPSHOT` takes no parameters, so the id is written
+/// into the text: only in the form `pg_export_snapshot()` gives it (hex digits and dashes). It comes from
+/// the server, never from a client; this is the belt to those braces. Any other text gets a statement the
+/// server refuses with a clear error.
 pub fn begin_on_snapshot(snapshot: &str) -> String {
     let id = if is_snapshot_id(snapshot) { snapshot } else { "not-a-snapshot-id" };
-    format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{id}'")
+    format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{id}'; SAVEPOINT answer")
 }
+
+/// After the server refused one answer's statement (a statement timeout, say): the transaction is usable
+/// again, still on the feed's snapshot (the savepoint comes after `SET TRANSACTION SNAPSHOT`; answers only
+/// read, so nothing else is undone), and the batch's other answers go on.
+pub const ROLLBACK_TO_ANSWER: &str = "ROLLBACK TO SAVEPOINT answer";
 
 /// Whether `id` looks like what `pg_export_snapshot()` returns.
 fn is_snapshot_id(id: &str) -> bool {
@@ -101,9 +107,9 @@ mod tests {
 
     #[test]
     fn only_exported_snapshot_ids_are_written_into_sql() {
-        assert!(begin_on_snapshot("00000003-0000001B-1").ends_with("SNAPSHOT '00000003-0000001B-1'"));
+        assert!(begin_on_snapshot("00000003-0000001B-1").contains("SNAPSHOT '00000003-0000001B-1';"));
         for bad in ["", "1'; DROP TABLE x; --", &"a".repeat(65)] {
-            assert!(begin_on_snapshot(bad).ends_with("SNAPSHOT 'not-a-snapshot-id'"), "{bad:?}");
+            assert!(begin_on_snapshot(bad).contains("SNAPSHOT 'not-a-snapshot-id';"), "{bad:?}");
         }
     }
 }

@@ -11,6 +11,11 @@
 //! that takes, while the feed goes on. Once the answer is queued the feed is told ([`Command::Answered`]),
 //! and the held rows follow it.
 //!
+//! **One answer's failure is its own.** The server refusing one answer's statement (a statement timeout on a
+//! huge group's snapshot, say) answers only the subscriptions waiting for that statement `unavailable`: the
+//! transaction goes back to a savepoint set right after it took the snapshot, and the batch goes on. Only a
+//! failure of the connection or its path fails the batch (every answer in it not given yet).
+//!
 //! **Bounded.** At most `TRACKWAY_LIVE_ANSWER_CONNECTIONS` batches run at once; every statement runs under
 //! `statement_timeout`; a replay holds at most `TRACKWAY_LIVE_MAX_REPLAY` rows, and is read only when at
 //! most `TRACKWAY_LIVE_MAX_REPLAY_BEHIND` rows of every device were stored after its `since` (finding a
@@ -202,6 +207,16 @@ impl TooFar {
     }
 }
 
+/// What reading one target's replay from one cursor came to.
+enum Replayed {
+    /// Read: its frames.
+    Read(Replay),
+    /// Not read (`resume_too_far`).
+    TooFar(TooFar),
+    /// The server refused a statement of it (a statement timeout, say): `unavailable`.
+    Failed,
+}
+
 /// A replay read once and framed once, for every client resuming the same target from the same cursor.
 struct Replay {
     /// Positions in it.
@@ -264,6 +279,7 @@ impl Batch {
             Err(e) => {
                 tracing::warn!(error = %e, "answering subscriptions failed; they are answered `unavailable`");
                 for job in snapshots.into_iter().chain(left) {
+                    self.metrics.answers_failed.with_label_values(&["batch"]).inc();
                     let refusal = Refusal::database_unavailable(job.request.id.clone());
                     self.conclude(job, Some(Answer::refusal(&refusal)), false).await;
                 }
@@ -287,24 +303,33 @@ impl Batch {
         let (devices, groups) = (ids("device"), ids("group"));
         let a = &self.answerer;
         let mut docs: HashMap<Target, Vec<String>> = HashMap::new();
-        if !devices.is_empty() {
-            let params: [&(dyn ToSql + Sync); 1] = [&devices];
-            for row in
-                answered("snapshot of devices", ANSWER_BOUND, a.client.query(&a.snapshot_devices, &params)).await?
-            {
-                docs.entry(Target::Device(row.try_get(0)?)).or_default().push(row.try_get(1)?);
+        // The kinds of target whose query the server refused: their subscriptions are answered `unavailable`.
+        let mut failed: HashSet<&str> = HashSet::new();
+        for (kind, ids, statement) in [("device", devices, &a.snapshot_devices), ("group", groups, &a.snapshot_groups)]
+        {
+            if ids.is_empty() {
+                continue;
             }
-        }
-        if !groups.is_empty() {
-            let params: [&(dyn ToSql + Sync); 1] = [&groups];
-            for row in answered("snapshot of groups", ANSWER_BOUND, a.client.query(&a.snapshot_groups, &params)).await?
-            {
-                docs.entry(Target::Group(row.try_get(0)?)).or_default().push(row.try_get(1)?);
+            match self.isolated(self.latest(statement, &ids)).await? {
+                Some(rows) => {
+                    for (id, doc) in rows {
+                        let target = if kind == "device" { Target::Device(id) } else { Target::Group(id) };
+                        docs.entry(target).or_default().push(doc);
+                    }
+                }
+                None => {
+                    failed.insert(kind);
+                }
             }
         }
         // Each target's documents are cut into frames once, shared by all its subscribers here.
         let mut snapshots: HashMap<Target, Snapshot> = HashMap::new();
         for job in std::mem::take(waiting) {
+            if failed.contains(job.request.target.kind()) {
+                let answer = self.failed(&job);
+                self.conclude(job, Some(answer), false).await;
+                continue;
+            }
             let p = &job.request;
             let snapshot = snapshots.entry(p.target.clone()).or_insert_with(|| {
                 Snapshot::new(&p.target, docs.get(&p.target).map(Vec::as_slice).unwrap_or_default())
@@ -317,6 +342,14 @@ impl Batch {
         Ok(())
     }
 
+    /// The latest positions of the targets `ids`, by `statement` (of devices or of groups): (target id,
+    /// document) pairs.
+    async fn latest(&self, statement: &Statement, ids: &[&str]) -> Result<Vec<(String, String)>, DbError> {
+        let params: [&(dyn ToSql + Sync); 1] = [&ids];
+        let rows = answered("snapshot", ANSWER_BOUND, self.answerer.client.query(statement, &params)).await?;
+        rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+    }
+
     /// Replays, one after the other; on an error the ones not answered stay in `left`.
     async fn serve_replays(&self, left: &mut std::vec::IntoIter<Job>) -> Result<(), DbError> {
         if left.as_slice().is_empty() {
@@ -327,10 +360,10 @@ impl Batch {
         let a = &self.answerer;
         let xmax: String = answered("xmax", ANSWER_BOUND, a.client.query_one(&a.xmax, &[])).await?.try_get(0)?;
         let xmax = xmax.parse().unwrap_or(u64::MAX);
-        let mut read: HashMap<(Target, String), Result<Replay, TooFar>> = HashMap::new();
+        let mut read: HashMap<(Target, String), Replayed> = HashMap::new();
         // How far behind each cursor stands: asked once per cursor (after a restart every client of a
-        // fleet resumes from the same one, whatever its target).
-        let mut behind: HashMap<String, i64> = HashMap::new();
+        // fleet resumes from the same one, whatever its target); none where the server refused to say.
+        let mut behind: HashMap<String, Option<i64>> = HashMap::new();
         while let Some(job) = left.as_slice().first() {
             if job.request.abandoned() {
                 let job = left.next().expect("looked at");
@@ -350,28 +383,29 @@ impl Batch {
                 let rows_behind = match behind.get(&key.1) {
                     Some(rows) => *rows,
                     None => {
-                        let rows = self.rows_behind(&key.1).await?;
+                        let rows = self.isolated(self.rows_behind(&key.1)).await?;
                         behind.insert(key.1.clone(), rows);
                         rows
                     }
                 };
-                let rows = if rows_behind > self.replay.rows_behind {
-                    Err(TooFar::RowsBehind(rows_behind))
-                } else {
-                    self.replay(&key.0, &key.1).await?
+                let replayed = match rows_behind {
+                    None => Replayed::Failed,
+                    Some(rows) if rows > self.replay.rows_behind => Replayed::TooFar(TooFar::RowsBehind(rows)),
+                    Some(_) => self.isolated(self.replay(&key.0, &key.1)).await?.unwrap_or(Replayed::Failed),
                 };
-                read.insert(key.clone(), rows);
+                read.insert(key.clone(), replayed);
             }
             let job = left.next().expect("looked at");
             let answer = match read.get(&key).expect("read above") {
-                Ok(replay) => {
+                Replayed::Read(replay) => {
                     let p = &job.request;
                     self.metrics.replayed.with_label_values(&["resume"]).inc_by(replay.count as u64);
                     let frame = protocol::subscribed_replay_frame(&p.target, p.id.as_ref(), &key.1, replay.count);
                     let positions = replay.frames.iter().map(|(bytes, n)| (Text::Shared(bytes.clone()), *n));
                     Answer::subscribed(Text::Own(frame), "positions", positions)
                 }
-                Err(too_far) => self.too_far(*too_far, &job),
+                Replayed::TooFar(too_far) => self.too_far(*too_far, &job),
+                Replayed::Failed => self.failed(&job),
             };
             let subscribed = answer.frames[0].kind == "subscribed";
             self.conclude(job, Some(answer), subscribed).await;
@@ -386,6 +420,31 @@ impl Batch {
         Answer::refusal(&Refusal { code: ErrorCode::ResumeTooFar, message, id: job.request.id.clone() })
     }
 
+    /// The answer `unavailable` to a subscription whose own statement the server refused, counted.
+    fn failed(&self, job: &Job) -> Answer {
+        self.metrics.answers_failed.with_label_values(&["one"]).inc();
+        Answer::refusal(&Refusal::database_unavailable(job.request.id.clone()))
+    }
+
+    /// Awaits the statements of one answer. When the server refuses one (a statement timeout, say), the
+    /// transaction goes back to the savepoint set after it took the feed's snapshot and only this answer
+    /// fails (`None`); a failure of the connection or its path fails the batch (`Err`).
+    async fn isolated<T>(
+        &self,
+        part: impl std::future::Future<Output = Result<T, DbError>>,
+    ) -> Result<Option<T>, DbError> {
+        match part.await {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.is_server_answer() => {
+                tracing::warn!(error = %e, "the database refused an answer's statement: its subscriptions are answered `unavailable`, the others go on");
+                let rollback = self.answerer.client.batch_execute(sql::ROLLBACK_TO_ANSWER);
+                answered("ROLLBACK TO SAVEPOINT", ANSWER_BOUND, rollback).await?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// About how many rows of every device were stored after `since`: what a replay from it walks. Cheap
     /// (one index probe per part of the cursor), so it is asked before the replay.
     async fn rows_behind(&self, since: &str) -> Result<i64, DbError> {
@@ -395,14 +454,14 @@ impl Batch {
 
     /// Every row of `target` after `since`, each once, in `positions` frames; `TooFar` past the positions
     /// limit.
-    async fn replay(&self, target: &Target, since: &str) -> Result<Result<Replay, TooFar>, DbError> {
+    async fn replay(&self, target: &Target, since: &str) -> Result<Replayed, DbError> {
         let a = &self.answerer;
         let max = self.replay.positions;
         let limit = i32::try_from(max.saturating_add(1)).unwrap_or(i32::MAX);
         let (kind, id) = (target.kind(), target.id());
         let rows = answered("replay", ANSWER_BOUND, a.client.query(&a.replay, &[&since, &kind, &id, &limit])).await?;
         if rows.len() > max {
-            return Ok(Err(TooFar::Positions));
+            return Ok(Replayed::TooFar(TooFar::Positions));
         }
         let mut items = Vec::with_capacity(rows.len());
         // positions_since may return a row twice; a replay sends each once.
@@ -420,7 +479,7 @@ impl Batch {
             .into_iter()
             .map(|(frame, n)| (Utf8Bytes::from(frame), n as u64))
             .collect();
-        Ok(Ok(Replay { count: items.len(), frames }))
+        Ok(Replayed::Read(Replay { count: items.len(), frames }))
     }
 
     /// Queues the answer (unless the session gave up waiting and answered the client itself), tells the

@@ -42,6 +42,10 @@ pub struct LiveMetrics {
     /// `TRACKWAY_LIVE_MAX_REPLAY` of the target), `rows_behind` (more than `TRACKWAY_LIVE_MAX_REPLAY_BEHIND`
     /// rows of every device after it) or `ahead` (a cursor the database has not reached).
     pub replays_refused: IntCounterVec,
+    /// `subscribe`s answered `unavailable` because the database failed them, by `scope`: `one` (the server
+    /// refused that answer's statement, a statement timeout say; the batch's other answers went on) or
+    /// `batch` (the answer connection or its path failed, and every answer of its batch not given yet).
+    pub answers_failed: IntCounterVec,
     /// Rows `positions_since` returned a second time (a cursor may repeat a few), not sent again.
     pub repeats_skipped: IntCounter,
     /// Reads of new rows by the feed (`positions_since` calls): rows per read is about how many positions
@@ -147,6 +151,11 @@ impl LiveMetrics {
                 "trackway_live_replays_refused_total",
                 "Subscriptions with since answered resume_too_far: positions, rows_behind or ahead.",
                 "why",
+            ),
+            answers_failed: counter_vec(
+                "trackway_live_answers_failed_total",
+                "Subscriptions answered unavailable because the database failed them: one (its statement) or batch.",
+                "scope",
             ),
             repeats_skipped: counter(
                 "trackway_live_repeats_skipped_total",
