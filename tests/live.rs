@@ -1136,6 +1136,78 @@ async fn a_refused_answer_fails_only_its_own_subscription() {
     relay.stop().await.expect("clean stop");
 }
 
+/// An answer connection is free again as soon as its batch ends, however busy the feed's command queue is.
+/// The feed counted an ended batch as running until it joined it, and it joined only when no command was
+/// waiting: with connections opening and closing all the time (each close is a command) and a
+/// subscription waiting, it never did, and the subscription was answered `unavailable` at its timeout
+/// with the one connection idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_answer_batch_frees_its_connection_while_commands_pour_in() {
+    let db = fresh_database("live_answers_reaped").await;
+    let admin = connect(&db).await;
+    // Each read of the feed takes 50 ms (commands pile up meanwhile); the snapshot of device `slow` 0.5 s
+    // (a second subscription arrives while it is read).
+    admin
+        .batch_execute(
+            r#"ALTER FUNCTION trackway.live_rows_since(text, integer) RENAME TO live_rows_since_real;
+               CREATE FUNCTION trackway.live_rows_since(after text, max_rows integer DEFAULT 1000)
+               RETURNS TABLE (cursor text, device_id text, "position" text, group_ids text[], ts_us bigint)
+               LANGUAGE plpgsql AS $$
+               BEGIN
+                   PERFORM pg_sleep(0.05);
+                   RETURN QUERY SELECT * FROM trackway.live_rows_since_real(after, max_rows);
+               END $$;
+               ALTER FUNCTION trackway.live_latest(text[]) RENAME TO live_latest_real;
+               CREATE FUNCTION trackway.live_latest(device_ids text[])
+               RETURNS TABLE (device_id text, "position" text) LANGUAGE plpgsql AS $$
+               BEGIN
+                   IF 'slow' = ANY(device_ids) THEN PERFORM pg_sleep(0.5); END IF;
+                   RETURN QUERY SELECT * FROM trackway.live_latest_real(device_ids);
+               END $$;"#,
+        )
+        .await
+        .expect("inject the delays");
+    let flags = live_flags(
+        &db,
+        &unique("live_answers_reaped"),
+        &["--live-answer-connections", "1", "--live-subscribe-timeout-ms", "4000"],
+    );
+    let relay = LiveRelay::start(&flags).await;
+    let url = relay.url("");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churners: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut closed = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    drop(Client::authenticated(&url, &admin_token()).await);
+                    closed += 1;
+                }
+                closed
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut first = Client::authenticated(&url, &admin_token()).await;
+    let mut second = Client::authenticated(&url, &admin_token()).await;
+    first.send(json!({"type": "subscribe", "device": "slow"})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = tokio::time::Instant::now();
+    second.send(json!({"type": "subscribe", "device": "next"})).await;
+    let answer = second.recv_within(Duration::from_secs(10)).await.expect("an answer");
+    let waited = asked.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut closed = 0;
+    for churner in churners {
+        closed += churner.await.expect("a churner");
+    }
+    assert_eq!(first.recv_type("subscribed").await["device"], "slow");
+    assert_eq!(answer["type"], "subscribed", "after {waited:?}, {closed} connections closed meanwhile: {answer}");
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+    relay.stop().await.expect("clean stop");
+}
+
 /// A big group's resume is read in time: the replay's device filter is a hashed set, not an array
 /// searched for every row walked. A group of 3,000 devices resumed from 300,000 rows back needed
 /// 900 million comparisons, ran into the answer statement's 5 s timeout and was answered `unavailable`

@@ -138,10 +138,28 @@ impl Answers {
     /// none runs (for the feed's `select!`; cancel-safe).
     pub async fn finished(&mut self) {
         match self.running.join_next().await {
-            Some(Ok(Some(answerer))) => self.idle.push(answerer),
-            Some(Ok(None)) => {}
-            Some(Err(e)) => tracing::error!(error = %e, "an answer batch ended abnormally; its connection is dropped"),
+            Some(ended) => self.keep(ended),
             None => std::future::pending::<()>().await,
+        }
+    }
+
+    /// Keeps the connections of the batches that have ended, without waiting. [`Answers::free`] counts a
+    /// batch as running until it is joined, and the feed may not get to [`Answers::finished`] for a long
+    /// time: while subscriptions wait, any command (a connection closing, say) ends its wait first. Without
+    /// this, a steady flow of commands kept ended batches counted as running, and the waiting
+    /// subscriptions were answered `unavailable` at their timeout with every connection idle.
+    pub fn reap(&mut self) {
+        while let Some(ended) = self.running.try_join_next() {
+            self.keep(ended);
+        }
+    }
+
+    /// Keeps the connection of an ended batch (none when it broke).
+    fn keep(&mut self, ended: Result<Option<Answerer>, tokio::task::JoinError>) {
+        match ended {
+            Ok(Some(answerer)) => self.idle.push(answerer),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "an answer batch ended abnormally; its connection is dropped"),
         }
         self.metrics.answer_connections_busy.set(self.running.len() as i64);
     }

@@ -310,6 +310,7 @@ impl Feed {
         let noticed = self.wake.take_first().unwrap_or_else(Instant::now);
         let reconnected = self.wake.take_reconnected();
         self.pending.retain(|p| !p.abandoned());
+        self.answers.reap();
         let idle = self.router.is_idle();
         if self.pending.is_empty() || self.answers.free() == 0 {
             if idle {
