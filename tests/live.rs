@@ -1208,6 +1208,93 @@ async fn an_ended_answer_batch_frees_its_connection_while_commands_pour_in() {
     relay.stop().await.expect("clean stop");
 }
 
+/// The rows held for a new subscription come right after its `subscribed` frame, before anything the relay
+/// read later for the client's other subscriptions. A client keeps one resume cursor per subscription and
+/// takes every live position after `subscribed` as the new one's (docs/live-protocol.md §7.2), so a position
+/// of another device arriving between the answer and the held rows would move that cursor past rows still
+/// to come: had the connection ended there, resuming from it would skip them. The answer used to be queued
+/// by the answer connection and the held rows by the feed when it next heard of it, with the feed's
+/// routing in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_rows_follow_the_answer_before_anything_read_later() {
+    let db = fresh_database("live_held_order").await;
+    let admin = connect(&db).await;
+    // Each read of the feed takes 100 ms (the answer is almost always queued while one runs); the snapshot
+    // of device `b` 0.5 s (rows of `b` are held meanwhile).
+    admin
+        .batch_execute(
+            r#"ALTER FUNCTION trackway.live_rows_since(text, integer) RENAME TO live_rows_since_real;
+               CREATE FUNCTION trackway.live_rows_since(after text, max_rows integer DEFAULT 1000)
+               RETURNS TABLE (cursor text, device_id text, "position" text, group_ids text[], ts_us bigint)
+               LANGUAGE plpgsql AS $$
+               BEGIN
+                   PERFORM pg_sleep(0.1);
+                   RETURN QUERY SELECT * FROM trackway.live_rows_since_real(after, max_rows);
+               END $$;
+               ALTER FUNCTION trackway.live_latest(text[]) RENAME TO live_latest_real;
+               CREATE FUNCTION trackway.live_latest(device_ids text[])
+               RETURNS TABLE (device_id text, "position" text) LANGUAGE plpgsql AS $$
+               BEGIN
+                   IF 'b' = ANY(device_ids) THEN PERFORM pg_sleep(0.5); END IF;
+                   RETURN QUERY SELECT * FROM trackway.live_latest_real(device_ids);
+               END $$;"#,
+        )
+        .await
+        .expect("inject the delays");
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_held_order"), &[])).await;
+    let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
+    client.subscribe(json!({"device": "a"})).await;
+    // b(n) then a(n), each in a transaction of its own: in the order the relay reads them, every b(n) comes
+    // before a(n).
+    let writer = tokio::spawn(async move {
+        for n in 1..=150u32 {
+            for device in ["b", "a"] {
+                let payloads = vec![payload(device, n)];
+                admin.query("SELECT trackway.ingest_batch($1::text[])", &[&payloads]).await.expect("ingest_batch");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.send(json!({"type": "subscribe", "device": "b"})).await;
+    let mut after_subscribed = false;
+    // The newest `a` position received after `b`'s `subscribed`, and every `b` position received after it.
+    let mut newest_a: Option<String> = None;
+    let mut late = Vec::new();
+    let mut b_positions = 0;
+    while let Some(frame) = client.recv_within(Duration::from_secs(3)).await {
+        if frame["type"] == "subscribed" {
+            assert_eq!(frame["device"], "b", "{frame}");
+            after_subscribed = true;
+            continue;
+        }
+        if frame["type"] != "positions" || !after_subscribed {
+            continue;
+        }
+        for item in frame["positions"].as_array().expect("positions") {
+            let (device, ts) = (&item["position"]["deviceId"], item["position"]["timestamp"].as_str().expect("ts"));
+            if device == "a" {
+                newest_a = Some(ts.to_owned());
+            } else if device == "b" {
+                b_positions += 1;
+                if newest_a.as_deref().is_some_and(|a| ts <= a) {
+                    late.push(format!("b {ts} after a {}", newest_a.as_deref().unwrap_or_default()));
+                }
+            }
+        }
+    }
+    writer.await.expect("the writer");
+    assert!(after_subscribed, "b was answered");
+    assert!(b_positions > 10, "{b_positions} positions of b after its answer: too few to show anything");
+    assert!(
+        late.is_empty(),
+        "{} positions of b came after a later one of a: {:?}",
+        late.len(),
+        &late[..late.len().min(5)]
+    );
+    relay.stop().await.expect("clean stop");
+}
+
 /// A big group's resume is read in time: the replay's device filter is a hashed set, not an array
 /// searched for every row walked. A group of 3,000 devices resumed from 300,000 rows back needed
 /// 900 million comparisons, ran into the answer statement's 5 s timeout and was answered `unavailable`

@@ -8,8 +8,11 @@
 //! the feed holds those subscriptions in the router: the rows of its later reads, which are exactly the
 //! rows S does not see, wait in each subscription's hold. The answer — the latest positions as S sees them,
 //! or every row of the target after `since` that S sees — is read on the answer connection, however long
-//! that takes, while the feed goes on. Once the answer is queued the feed is told ([`Command::Answered`]),
-//! and the held rows follow it.
+//! that takes, while the feed goes on. The answer goes to the feed ([`Command::Answered`]), which queues it
+//! and the held rows right after it, in one step: whatever the feed routes to the client before that (its
+//! other subscriptions' positions) comes before the `subscribed` frame, never between it and the held
+//! rows — a client that takes each live position after `subscribed` as this subscription's resume point
+//! (docs/live-protocol.md §7.2) would otherwise skip held rows older than it.
 //!
 //! **One answer's failure is its own.** The server refusing one answer's statement (a statement timeout on a
 //! huge group's snapshot, say) answers only the subscriptions waiting for that statement `unavailable`: the
@@ -500,20 +503,13 @@ impl Batch {
         Ok(Replayed::Read(Replay { count: items.len(), frames }))
     }
 
-    /// Queues the answer (unless the session gave up waiting and answered the client itself), tells the
-    /// feed (which releases or drops the hold), then the session. In that order: the session's next
-    /// request about this target reaches the feed after the feed has heard of the answer.
+    /// Hands the answer (none: the request was abandoned) to the feed, which queues it with the rows held
+    /// for it and then tells the session.
     async fn conclude(&self, job: Job, answer: Option<Answer>, subscribed: bool) {
-        let Job { request: p, ticket } = job;
-        let claimed = answer.is_some() && p.claim();
-        if let (true, Some(answer)) = (claimed, answer) {
-            p.outbox.push_answers(answer.frames);
-        }
-        let subscribed = subscribed && claimed;
-        let (client, target) = (p.client, p.target);
+        let Job { request, ticket } = job;
+        let frames = answer.map(|a| a.frames);
         // The feed only stops at shutdown, when nobody waits for this any more.
-        let _ = self.commands.send(Command::Answered { client, target, ticket, subscribed }).await;
-        let _ = p.reply.send(subscribed);
+        let _ = self.commands.send(Command::Answered { request, ticket, frames, subscribed }).await;
     }
 }
 

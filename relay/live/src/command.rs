@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{
-    outbox::Outbox,
+    outbox::{AnswerFrame, Outbox},
     protocol::{self, Target},
     router::ClientId,
 };
@@ -37,16 +37,18 @@ pub enum Command {
         /// The connection.
         client: ClientId,
     },
-    /// An answer connection has queued the answer to a held subscription (`subscribed`), or refused or
-    /// dropped it: the rows held for it follow the answer, or are dropped.
+    /// An answer connection has read the answer to a held subscription, or refused or dropped it. The
+    /// feed queues the answer (unless the session gave up waiting and answered the client itself), then the
+    /// rows held for it (or drops them), then tells the session: in one step, so that nothing the feed
+    /// routes comes between the answer and the held rows, and the session's next request follows both.
     Answered {
-        /// The connection.
-        client: ClientId,
-        /// The subscription's target.
-        target: Target,
+        /// The request.
+        request: Subscribe,
         /// The hold's ticket ([`Router::hold`]).
         ticket: u64,
-        /// Whether the subscription is now in force.
+        /// The answer's frames; none when nobody waits for it any more.
+        frames: Option<Vec<AnswerFrame>>,
+        /// Whether the answer is `subscribed` (not a refusal).
         subscribed: bool,
     },
 }

@@ -237,8 +237,14 @@ impl Feed {
                 self.router.leave(client);
                 self.metrics.subscriptions.set(self.router.subscriptions() as i64);
             }
-            Command::Answered { client, target, ticket, subscribed } => {
-                let pushed = self.router.release(client, &target, ticket, subscribed);
+            Command::Answered { request: p, ticket, frames, subscribed } => {
+                let claimed = frames.is_some() && p.claim();
+                if let (true, Some(frames)) = (claimed, frames) {
+                    p.outbox.push_answers(frames);
+                }
+                let subscribed = subscribed && claimed;
+                let pushed = self.router.release(p.client, &p.target, ticket, subscribed);
+                let _ = p.reply.send(subscribed);
                 self.metrics.coalesced.inc_by(pushed.coalesced);
                 self.metrics.dropped.inc_by(pushed.dropped);
                 self.metrics.subscriptions.set(self.router.subscriptions() as i64);
