@@ -309,6 +309,41 @@ async fn an_entry_whose_dead_letter_cannot_be_written_stays_pending_until_it_can
     relay.stop().await.expect("clean stop");
 }
 
+/// When Redis loses the consumer group while a settlement with a dead letter waits to be written (a restart
+/// without persistence, a failover to a replica that never got the group), the settlement ends — nothing
+/// is pending any more — and the reader recreates the group and goes on. The settle script's XPENDING
+/// failed with NOGROUP on every retry, and the reader waited behind it: the stream stopped for good.
+#[tokio::test]
+async fn a_settlement_whose_group_was_lost_does_not_stop_the_stream() {
+    let db = fresh_database("relay_group_lost").await;
+    let client = connect(&db).await;
+    let stream = unique("grouplost");
+    let dead_key = format!("{stream}:dead");
+    let mut conn = redis(&redis_url()).await;
+    // The dead letter cannot be written yet (the key holds a string): its settlement is retried.
+    let _: () = redis::cmd("SET").arg(&dead_key).arg("not a stream").query_async(&mut conn).await.expect("SET");
+    let bad = r#"{"deviceId":"gl","timestamp":"2026-11-28T00:00:00Z","latitude":91.5,"longitude":25}"#.to_owned();
+    let id = xadd_payloads(&mut conn, &stream, &[bad]).await.remove(0);
+    let relay = start(&db, &stream, &[]).await;
+    wait_metric(&relay, "trackway_relay_settle_failures_total", 1.0).await;
+    // Redis loses the group (and the dead-letter key gets fixed).
+    let _: () =
+        redis::cmd("XGROUP").arg("DESTROY").arg(&stream).arg("trackway").query_async(&mut conn).await.expect("DESTROY");
+    let _: () = redis::cmd("DEL").arg(&dead_key).query_async(&mut conn).await.expect("DEL");
+    xadd_payloads(&mut conn, &stream, &[position("gl-good", 1)]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count(&client, "SELECT count(*) FROM trackway.positions WHERE device_id = 'gl-good'").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the entry added after the group was lost was never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The group was recreated from the start: the bad entry was read again and dead-lettered once.
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    let dead = read_all(&mut conn, &dead_key).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0].1["trackway.source_id"], id);
+    relay.stop().await.expect("clean stop");
+}
+
 /// 2026-11-29T00:00:00Z in Unix milliseconds.
 const NOV_29_MS: i64 = 1_795_910_400_000;
 

@@ -85,14 +85,15 @@ impl Settler {
                         self.metrics.reconnects.with_label_values(&["redis"]).inc();
                     }
                     self.metrics.acks.inc_by(settled.acked);
-                    for (letter, written) in dead.iter().zip(&settled.written) {
-                        if *written {
-                            self.metrics.dead_letters.with_label_values(&[letter.reason.label()]).inc();
-                            tracing::debug!(id = %letter.entry.id, reason = letter.reason.label(), error = %letter.error, "dead-lettered");
-                        }
+                    // Not written: no longer pending (settled by another relay, or the group was lost).
+                    let written: Vec<&DeadLetter> =
+                        dead.iter().zip(&settled.written).filter(|(_, written)| **written).map(|(l, _)| l).collect();
+                    for letter in &written {
+                        self.metrics.dead_letters.with_label_values(&[letter.reason.label()]).inc();
+                        tracing::debug!(id = %letter.entry.id, reason = letter.reason.label(), error = %letter.error, "dead-lettered");
                     }
-                    if let Some(first) = dead.first() {
-                        tracing::info!(count = dead.len(), first_id = %first.entry.id, first_error = %first.error,
+                    if let Some(first) = written.first() {
+                        tracing::info!(count = written.len(), first_id = %first.entry.id, first_error = %first.error,
                                        "entries dead-lettered");
                     }
                     return true;

@@ -33,8 +33,11 @@ const MAX_DEAD_LETTER_FIELDS: usize = 1000;
 /// there with an error and the entry stays pending, to be settled again; an entry is never acknowledged
 /// without its dead letter. (Redis does not roll back a script that stops with an error, so what it did
 /// before — acknowledgements and earlier dead letters — stays done; doing it again is harmless because
-/// nothing is acknowledged or written twice.)
-/// Settled entries also lose their count of unanswered store attempts.
+/// nothing is acknowledged or written twice.) When Redis has lost the group since the entries were read
+/// (a restart without persistence, a failover to a replica that never got it, `XGROUP DESTROY`), nothing is
+/// pending: the XACKs count 0 and no dead letter is written, instead of an error retried forever with the
+/// reader waiting behind it — the reader then recreates the group from the start and reads again what the
+/// stream still holds. Settled entries also lose their count of unanswered store attempts.
 /// KEYS: stream, dead-letter stream, attempts hash. ARGV: group, n, n ids to ack, then per dead letter: id,
 /// pair count, field/value pairs. Returns {entries acked, {1|0 per dead letter: written}}.
 const SETTLE_LUA: &str = include_str!("scripts/settle.lua");

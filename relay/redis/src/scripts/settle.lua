@@ -12,7 +12,16 @@ local i = 3 + n
 while i <= #ARGV do
   local id = ARGV[i]
   local pairs_count = tonumber(ARGV[i + 1])
-  if #redis.call('XPENDING', KEYS[1], group, id, id, 1) > 0 then
+  -- NOGROUP: Redis lost the group (or the stream) since the entry was read; nothing is pending, and the
+  -- reader, recreating the group from the start, reads the entry again if the stream still holds it.
+  local pending = redis.pcall('XPENDING', KEYS[1], group, id, id, 1)
+  if type(pending) == 'table' and pending.err then
+    if string.sub(pending.err, 1, 7) ~= 'NOGROUP' then
+      return redis.error_reply(pending.err)
+    end
+    pending = {}
+  end
+  if #pending > 0 then
     redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 2, i + 1 + 2 * pairs_count))
     acked = acked + redis.call('XACK', KEYS[1], group, id)
     redis.call('HDEL', KEYS[3], id)
