@@ -538,6 +538,52 @@ async fn payloads_refused_alone_while_the_rest_stores_are_rejected() {
     relay.stop().await.expect("clean stop");
 }
 
+/// An entry held (refused alone, with no commit since to judge it by) stays pending on this relay, so its
+/// own claim sweep reads it again: it is sent once, not once more per sweep. Each sweep used to add a copy
+/// (one held entry became dozens, each refused alone again, and an unanswered statement counted an attempt
+/// per copy); once another write commits it is dead-lettered once.
+#[tokio::test]
+async fn a_held_entry_read_again_by_the_claim_sweep_is_sent_once() {
+    let db = fresh_database("relay_held_once").await;
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.guard() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.device_id = 'held-x' THEN RAISE EXCEPTION 'device held-x is banned'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER guard BEFORE INSERT ON trackway.positions
+               FOR EACH ROW EXECUTE FUNCTION public.guard();",
+        )
+        .await
+        .expect("guard trigger");
+    let stream = unique("heldonce");
+    let mut conn = redis(&redis_url()).await;
+    let id = xadd_payloads(&mut conn, &stream, &[position("held-x", 1)]).await.remove(0);
+    let relay = start(&db, &stream, &["--claim-idle-ms", "1000"]).await;
+    wait_metric(&relay, "trackway_relay_held_entries", 1.0).await;
+    // Several claim sweeps' worth of time with nothing else to store.
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = http_get(relay.admin, "/metrics").await.1;
+        let held = metric(&text, "trackway_relay_held_entries");
+        assert!(held <= 1.0, "one entry held {held} times");
+    }
+    let text = http_get(relay.admin, "/metrics").await.1;
+    assert!(metric(&text, "trackway_relay_entries_read_total{source=\"claimed\"}") >= 1.0, "swept: {text}");
+    xadd_payloads(&mut conn, &stream, &[position("held-good", 2)]).await;
+    wait_drained(&mut conn, &stream, "trackway", Duration::from_secs(30)).await;
+    let dead = read_all(&mut conn, &format!("{stream}:dead")).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(
+        (dead[0].1["trackway.source_id"].as_str(), dead[0].1["trackway.reason"].as_str()),
+        (id.as_str(), "rejected")
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 1);
+    relay.stop().await.expect("clean stop");
+}
+
 /// Backends of database `db` (other than the asking one) running an `ingest_batch` statement.
 async fn ingest_backends(client: &tokio_postgres::Client, db: &str) -> i64 {
     client

@@ -37,7 +37,7 @@ mod settle;
 mod store;
 mod triage;
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use trackway_database as database;
@@ -151,8 +151,14 @@ impl Consumer {
                     }
                 }
             };
-            let (mut settlement, to_store) = self.prepare(&batch).await;
+            let (mut settlement, mut to_store) = self.prepare(&batch).await;
             let held = std::mem::take(&mut self.held);
+            // A held entry stays pending on this consumer, so a claim sweep or a re-scan of the own pending
+            // list reads it again: the held copy (with its refusal) is the one sent, once.
+            if !held.is_empty() {
+                let held_ids: HashSet<&str> = held.iter().map(|h| h.entry.id.as_str()).collect();
+                to_store.retain(|(entry, _)| !held_ids.contains(entry.id.as_str()));
+            }
             let redelivered = matches!(batch.source, Source::Pending | Source::Claimed);
             let entries: Vec<&Entry> = held.iter().map(|h| &h.entry).chain(to_store.iter().map(|(e, _)| *e)).collect();
             let items: Vec<Item<'_>> = held
