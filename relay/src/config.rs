@@ -300,8 +300,9 @@ pub struct Settings {
     )]
     pub live_ping: Duration,
 
-    /// Positions queued per client before it counts as behind (1–1000000): then queued positions of a device
-    /// are replaced by its newest, and a client with more distinct devices queued than this is closed.
+    /// Live positions a client behind may have queued, in distinct devices (1–1000000): past twice this its
+    /// queued positions of each device are replaced by the newest, and a client with more distinct devices
+    /// queued than this is closed.
     #[arg(long, env = "TRACKWAY_LIVE_QUEUE", default_value = "1024", value_parser = whole::<usize>(1..=1_000_000))]
     pub live_queue: usize,
 
