@@ -264,6 +264,42 @@ async fn read_all_pages_through_a_stream_larger_than_one_reply_may_be() {
     }
 }
 
+/// Sizing new entries against the byte budget never makes Redis hold much more than the budget: the read
+/// script used to fetch `TRACKWAY_BATCH_SIZE` entries (1,000) in one XRANGE and count their bytes after;
+/// with 200 KB entries that put about 60 MB (here) into the script at each read, and blocked Redis meanwhile.
+/// On a private Redis, with a 1 MiB budget, the server's peak memory must stay near what the stream holds.
+#[tokio::test]
+async fn sizing_a_read_holds_about_the_byte_budget_in_redis() {
+    let db = fresh_database("relay_read_steps").await;
+    let client = connect(&db).await;
+    let server = RedisServer::start();
+    let mut conn = redis(&server.url()).await;
+    let stream = "big-entries";
+    let pad = vec![b'x'; 200 * 1024];
+    for i in 0..300 {
+        let payload = position("big", i);
+        xadd_fields(&mut conn, stream, &[("payload", payload.as_bytes()), ("pad", &pad)]).await;
+    }
+    let peak = |info: String| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory_peak:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory_peak")
+    };
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.expect("INFO");
+    let before = peak(info);
+    let mut args = flags(&db, stream, &["--batch-bytes", "1048576"]);
+    let at = args.iter().position(|a| a == "--redis-url").expect("--redis-url") + 1;
+    args[at] = server.url();
+    let relay = InProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    wait_drained(&mut conn, stream, "trackway", Duration::from_secs(60)).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM trackway.positions").await, 300);
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.expect("INFO");
+    let grown = (peak(info) - before) / 1e6;
+    assert!(grown < 20.0, "Redis's peak memory grew {grown:.1} MB reading with a 1 MiB budget");
+    relay.stop().await.expect("clean stop");
+}
+
 /// Waits up to 30 s until `/metrics` of `relay` shows `sample` at least `at_least`; returns the text.
 async fn wait_metric(relay: &InProcess, sample: &str, at_least: f64) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
