@@ -682,6 +682,57 @@ async fn a_renewed_token_rechecks_every_subscription() {
     relay.stop().await.expect("clean stop");
 }
 
+/// A renewal's `unsubscribed` frames come before the answers to the requests after it: the session waits
+/// until the feed has queued them. It used to send them to the feed and go on, so an `unsubscribe` of the
+/// removed target sent right after the renewal was answered `not_subscribed` before the `unsubscribed`
+/// that explains why (while the feed was busy reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewals_unsubscribed_frames_come_before_later_answers() {
+    let db = fresh_database("live_reauthorize_order").await;
+    let admin = connect(&db).await;
+    admin.batch_execute("INSERT INTO trackway.live_grants VALUES ('u-7', 'device', 'revoked')").await.expect("grant");
+    // Each read of the feed takes 0.5 s, and rows of an unwatched device keep it reading.
+    admin
+        .batch_execute(
+            r#"ALTER FUNCTION trackway.live_rows_since(text, integer) RENAME TO live_rows_since_real;
+               CREATE FUNCTION trackway.live_rows_since(after text, max_rows integer DEFAULT 1000)
+               RETURNS TABLE (cursor text, device_id text, "position" text, group_ids text[], ts_us bigint)
+               LANGUAGE plpgsql AS $$
+               BEGIN
+                   PERFORM pg_sleep(0.5);
+                   RETURN QUERY SELECT * FROM trackway.live_rows_since_real(after, max_rows);
+               END $$;"#,
+        )
+        .await
+        .expect("inject the delay");
+    let relay = LiveRelay::start(&live_flags(&db, &unique("live_reauthorize_order"), &[])).await;
+    let mut user = Client::authenticated(&relay.url(""), &user_token("u-7", "r")).await;
+    user.subscribe(json!({"device": "revoked"})).await;
+    admin.batch_execute("DELETE FROM trackway.live_grants").await.expect("revoke");
+    let writer = tokio::spawn(async move {
+        for n in 1..=40u32 {
+            let payloads = vec![payload("other", n)];
+            admin.query("SELECT trackway.ingest_batch($1::text[])", &[&payloads]).await.expect("ingest_batch");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    user.send(json!({"type": "auth", "token": user_token("u-7", "r")})).await;
+    user.send(json!({"type": "unsubscribe", "device": "revoked", "id": "after"})).await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let frame = user.recv().await;
+        kinds.push(format!(
+            "{} {}",
+            frame["type"].as_str().unwrap_or(""),
+            frame["reason"].as_str().or(frame["code"].as_str()).unwrap_or("")
+        ));
+    }
+    writer.await.expect("the writer");
+    assert_eq!(kinds, ["authenticated ", "unsubscribed forbidden", "error not_subscribed"]);
+    relay.stop().await.expect("clean stop");
+}
+
 /// The status of a handshake sent with these extra headers (`origin`, `host`), 101 when it opened.
 async fn handshake_status(relay: &LiveRelay, headers: &[(&'static str, &str)]) -> u16 {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -445,10 +445,12 @@ impl Reader<'_> {
     /// Every subscription held is checked again with the claims now in force (after a renewal or a
     /// re-check), the per-connection answers forgotten first. A "no" removes it as `forbidden`; a database
     /// that cannot answer removes it as `unavailable` (fail closed: the client may subscribe again later,
-    /// resuming with `since`).
+    /// resuming with `since`). Returns once the feed has queued every `unsubscribed`, so that answers to
+    /// later requests come after them (protocol §3).
     async fn reauthorize(&mut self) {
         self.allowed.clear();
         let held: Vec<Target> = self.targets.iter().cloned().collect();
+        let mut queued = Vec::new();
         for target in held {
             let reason = match self.authorized(&target).await {
                 Ok(true) => continue,
@@ -460,7 +462,13 @@ impl Reader<'_> {
             };
             self.targets.remove(&target);
             let (client, outbox) = (self.client, self.outbox.clone());
-            self.send(Command::Unsubscribe { client, outbox, target, id: None, reason, reply: None }).await;
+            let (reply, answered) = oneshot::channel();
+            self.send(Command::Unsubscribe { client, outbox, target, id: None, reason, reply: Some(reply) }).await;
+            queued.push(answered);
+        }
+        // The feed applies unsubscribes as they come, outage or not (an error: it stopped, at shutdown).
+        for answered in queued {
+            let _ = answered.await;
         }
     }
 
