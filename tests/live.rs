@@ -682,6 +682,39 @@ async fn a_renewed_token_rechecks_every_subscription() {
     relay.stop().await.expect("clean stop");
 }
 
+/// Makes every read of the live feed take `seconds` longer (`live_rows_since` renamed and wrapped; call it
+/// before the relay starts: the feed prepares its statement against the function it finds then).
+async fn slow_feed_reads(admin: &tokio_postgres::Client, seconds: f64) {
+    let sql = format!(
+        r#"ALTER FUNCTION trackway.live_rows_since(text, integer) RENAME TO live_rows_since_real;
+           CREATE FUNCTION trackway.live_rows_since(after text, max_rows integer DEFAULT 1000)
+           RETURNS TABLE (cursor text, device_id text, "position" text, group_ids text[], ts_us bigint)
+           LANGUAGE plpgsql AS $$
+           BEGIN
+               PERFORM pg_sleep({seconds});
+               RETURN QUERY SELECT * FROM trackway.live_rows_since_real(after, max_rows);
+           END $$;"#
+    );
+    admin.batch_execute(&sql).await.expect("slow the feed's reads");
+}
+
+/// Makes every snapshot that includes device `device` take `seconds` longer (`live_latest` renamed and
+/// wrapped; before the relay starts).
+async fn slow_snapshot_of(admin: &tokio_postgres::Client, device: &str, seconds: f64) {
+    // Written into the function's text: a plain name only.
+    assert!(device.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'), "{device:?}");
+    let sql = format!(
+        r#"ALTER FUNCTION trackway.live_latest(text[]) RENAME TO live_latest_real;
+           CREATE FUNCTION trackway.live_latest(device_ids text[])
+           RETURNS TABLE (device_id text, "position" text) LANGUAGE plpgsql AS $$
+           BEGIN
+               IF '{device}' = ANY(device_ids) THEN PERFORM pg_sleep({seconds}); END IF;
+               RETURN QUERY SELECT * FROM trackway.live_latest_real(device_ids);
+           END $$;"#
+    );
+    admin.batch_execute(&sql).await.expect("slow a snapshot");
+}
+
 /// A renewal's `unsubscribed` frames come before the answers to the requests after it: the session waits
 /// until the feed has queued them. It used to send them to the feed and go on, so an `unsubscribe` of the
 /// removed target sent right after the renewal was answered `not_subscribed` before the `unsubscribed`
@@ -692,19 +725,7 @@ async fn a_renewals_unsubscribed_frames_come_before_later_answers() {
     let admin = connect(&db).await;
     admin.batch_execute("INSERT INTO trackway.live_grants VALUES ('u-7', 'device', 'revoked')").await.expect("grant");
     // Each read of the feed takes 0.5 s, and rows of an unwatched device keep it reading.
-    admin
-        .batch_execute(
-            r#"ALTER FUNCTION trackway.live_rows_since(text, integer) RENAME TO live_rows_since_real;
-               CREATE FUNCTION trackway.live_rows_since(after text, max_rows integer DEFAULT 1000)
-               RETURNS TABLE (cursor text, device_id text, "position" text, group_ids text[], ts_us bigint)
-               LANGUAGE plpgsql AS $$
-               BEGIN
-                   PERFORM pg_sleep(0.5);
-                   RETURN QUERY SELECT * FROM trackway.live_rows_since_real(after, max_rows);
-               END $$;"#,
-        )
-        .await
-        .expect("inject the delay");
+    slow_feed_reads(&admin, 0.5).await;
     let relay = LiveRelay::start(&live_flags(&db, &unique("live_reauthorize_order"), &[])).await;
     let mut user = Client::authenticated(&relay.url(""), &user_token("u-7", "r")).await;
     user.subscribe(json!({"device": "revoked"})).await;
@@ -1198,26 +1219,8 @@ async fn an_ended_answer_batch_frees_its_connection_while_commands_pour_in() {
     let admin = connect(&db).await;
     // Each read of the feed takes 50 ms (commands pile up meanwhile); the snapshot of device `slow` 0.5 s
     // (a second subscription arrives while it is read).
-    admin
-        .batch_execute(
-            r#"ALTER FUNCTION trackway.live_rows_since(text, integer) RENAME TO live_rows_since_real;
-               CREATE FUNCTION trackway.live_rows_since(after text, max_rows integer DEFAULT 1000)
-               RETURNS TABLE (cursor text, device_id text, "position" text, group_ids text[], ts_us bigint)
-               LANGUAGE plpgsql AS $$
-               BEGIN
-                   PERFORM pg_sleep(0.05);
-                   RETURN QUERY SELECT * FROM trackway.live_rows_since_real(after, max_rows);
-               END $$;
-               ALTER FUNCTION trackway.live_latest(text[]) RENAME TO live_latest_real;
-               CREATE FUNCTION trackway.live_latest(device_ids text[])
-               RETURNS TABLE (device_id text, "position" text) LANGUAGE plpgsql AS $$
-               BEGIN
-                   IF 'slow' = ANY(device_ids) THEN PERFORM pg_sleep(0.5); END IF;
-                   RETURN QUERY SELECT * FROM trackway.live_latest_real(device_ids);
-               END $$;"#,
-        )
-        .await
-        .expect("inject the delays");
+    slow_feed_reads(&admin, 0.05).await;
+    slow_snapshot_of(&admin, "slow", 0.5).await;
     let flags = live_flags(
         &db,
         &unique("live_answers_reaped"),
@@ -1272,26 +1275,8 @@ async fn held_rows_follow_the_answer_before_anything_read_later() {
     let admin = connect(&db).await;
     // Each read of the feed takes 100 ms (the answer is almost always queued while one runs); the snapshot
     // of device `b` 0.5 s (rows of `b` are held meanwhile).
-    admin
-        .batch_execute(
-            r#"ALTER FUNCTION trackway.live_rows_since(text, integer) RENAME TO live_rows_since_real;
-               CREATE FUNCTION trackway.live_rows_since(after text, max_rows integer DEFAULT 1000)
-               RETURNS TABLE (cursor text, device_id text, "position" text, group_ids text[], ts_us bigint)
-               LANGUAGE plpgsql AS $$
-               BEGIN
-                   PERFORM pg_sleep(0.1);
-                   RETURN QUERY SELECT * FROM trackway.live_rows_since_real(after, max_rows);
-               END $$;
-               ALTER FUNCTION trackway.live_latest(text[]) RENAME TO live_latest_real;
-               CREATE FUNCTION trackway.live_latest(device_ids text[])
-               RETURNS TABLE (device_id text, "position" text) LANGUAGE plpgsql AS $$
-               BEGIN
-                   IF 'b' = ANY(device_ids) THEN PERFORM pg_sleep(0.5); END IF;
-                   RETURN QUERY SELECT * FROM trackway.live_latest_real(device_ids);
-               END $$;"#,
-        )
-        .await
-        .expect("inject the delays");
+    slow_feed_reads(&admin, 0.1).await;
+    slow_snapshot_of(&admin, "b", 0.5).await;
     let relay = LiveRelay::start(&live_flags(&db, &unique("live_held_order"), &[])).await;
     let mut client = Client::authenticated(&relay.url(""), &admin_token()).await;
     client.subscribe(json!({"device": "a"})).await;

@@ -24,6 +24,21 @@ fn key_of(payload: &str) -> (String, String) {
     (doc["deviceId"].as_str().expect("id").to_owned(), doc["timestamp"].as_str().expect("ts").to_owned())
 }
 
+/// A client that never reads: a tiny receive buffer, sends `subscribe`, then is never polled again (keep
+/// the returned socket alive for as long as it is to stay connected).
+async fn stalled_subscriber(
+    relay: &LiveRelay,
+    subscribe: Value,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small buffer");
+    let stream = socket.connect(relay.live).await.expect("connect");
+    let (mut stalled, _) =
+        client_async(relay.url(&format!("access_token={}", admin_token())), stream).await.expect("handshake");
+    futures_util::SinkExt::send(&mut stalled, Message::text(subscribe.to_string())).await.expect("subscribe");
+    stalled
+}
+
 /// A client kept behind costs the feed little per position, however long its queue may grow: its queue is
 /// coalesced at most once per `TRACKWAY_LIVE_QUEUE` positions. It used to be coalesced for every position
 /// routed to it once full, a pass over the whole queue each time (0.1 ms at 1,024 devices, 0.6 ms at
@@ -40,15 +55,7 @@ async fn a_client_kept_behind_costs_the_feed_little_per_position() {
     let flags =
         live_flags(&db, &unique("live_behind_cost"), &["--live-queue", "5000", "--live-send-timeout-ms", "60000"]);
     let relay = LiveRelay::start(&flags).await;
-    // The never-reading client: a tiny receive buffer, subscribes, then is never polled again.
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("small buffer");
-    let stream = socket.connect(relay.live).await.expect("connect");
-    let (mut stalled, _) =
-        client_async(relay.url(&format!("access_token={}", admin_token())), stream).await.expect("handshake");
-    futures_util::SinkExt::send(&mut stalled, Message::text(json!({"type":"subscribe","group":"big"}).to_string()))
-        .await
-        .expect("subscribe");
+    let _stalled = stalled_subscriber(&relay, json!({"type":"subscribe","group":"big"})).await;
     let mut watcher = Client::authenticated(&relay.url(""), &admin_token()).await;
     watcher.subscribe(json!({"device": "w"})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -81,15 +88,7 @@ async fn a_client_that_never_reads_delays_no_one_and_is_closed() {
     // reading client below was sometimes closed as too slow itself when the test machine was busy.
     let flags = live_flags(&db, &unique("live_slow"), &["--live-queue", "1000000", "--live-send-timeout-ms", "5000"]);
     let relay = LiveRelay::start(&flags).await;
-    // The never-reading client: a tiny receive buffer, subscribes, then is never polled again.
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("small buffer");
-    let stream = socket.connect(relay.live).await.expect("connect");
-    let (mut stalled, _) =
-        client_async(relay.url(&format!("access_token={}", admin_token())), stream).await.expect("handshake");
-    futures_util::SinkExt::send(&mut stalled, Message::text(json!({"type":"subscribe","group":"all"}).to_string()))
-        .await
-        .expect("subscribe");
+    let stalled = stalled_subscriber(&relay, json!({"type":"subscribe","group":"all"})).await;
     let mut reader = Client::authenticated(&relay.url(""), &admin_token()).await;
     reader.subscribe(json!({"group": "all"})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
